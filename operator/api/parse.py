@@ -1,0 +1,52 @@
+"""Turns user YAML (or an object from the API) into typed resources, with errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from keras_operator.api.base import describe_errors
+from keras_operator.api.common import API_VERSION
+from keras_operator.api.training import KIND as TRAINING_KIND
+from keras_operator.api.training import KerasTrainingJob, KerasTrainingJobSpec
+from pydantic import ValidationError
+
+KINDS: dict[str, type[KerasTrainingJob]] = {TRAINING_KIND: KerasTrainingJob}
+
+
+class InvalidResource(Exception):
+    """The resource breaks the API; str() names each offending field."""
+
+
+def read_documents(path: str | Path) -> list[dict[str, Any]]:
+    try:
+        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
+    except OSError as exc:
+        raise InvalidResource(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise InvalidResource(f"{path} is not valid YAML: {exc}") from exc
+    for doc in docs:
+        if not isinstance(doc, dict):
+            raise InvalidResource(f"{path}: each document must be a mapping, got {type(doc).__name__}")
+    return docs
+
+
+def parse(obj: dict[str, Any]) -> KerasTrainingJob:
+    kind = obj.get("kind")
+    if obj.get("apiVersion") != API_VERSION:
+        raise InvalidResource(f"apiVersion: expected {API_VERSION}, got {obj.get('apiVersion')!r}")
+    cls = KINDS.get(str(kind))
+    if cls is None:
+        raise InvalidResource(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    try:
+        return cls.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidResource(describe_errors(exc, prefix="")) from exc
+
+
+def parse_training_spec(spec: Any) -> KerasTrainingJobSpec:
+    try:
+        return KerasTrainingJobSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise InvalidResource(describe_errors(exc, prefix="spec")) from exc

@@ -1,0 +1,103 @@
+"""What the trainer tells the operator, without any Kubernetes credentials in its pod.
+
+While it runs: one JSON log line per finished epoch on stdout (read through `pods/log`).
+When it ends: a TrainingResult in the container's termination message file, which the
+kubelet copies into the pod status (and which survives the log being rotated away).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+from keras_operator.api.base import ApiModel
+
+EPOCH_EVENT = "epoch_end"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+EXIT_INVALID_SPEC = 2  # the Job's podFailurePolicy fails at once on this code: retrying cannot help
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates anything longer
+
+
+def clean_metrics(logs: dict[str, Any]) -> dict[str, float]:
+    """Keras logs -> JSON-safe floats (NaN and infinities are dropped: JSON has no such numbers)."""
+    out: dict[str, float] = {}
+    for key, value in logs.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[str(key)] = float(f"{number:.6g}")
+    return out
+
+
+class EpochReport(ApiModel):
+    """One finished epoch, as logged on stdout."""
+
+    event: Literal["epoch_end"] = EPOCH_EVENT
+    epoch: int
+    epochs: int
+    metrics: dict[str, float]
+
+
+class TrainingResult(ApiModel):
+    """The trainer's final word, written to the termination message file."""
+
+    phase: Literal["Succeeded", "Failed"]
+    reason: Literal["Completed", "InvalidSpec", "TrainingError"] = "Completed"
+    """InvalidSpec failures are the user's to fix: the trainer exits with EXIT_INVALID_SPEC and the Job
+    does not retry them."""
+    message: str = ""
+    epoch: int = 0
+    epochs: int = 0
+    metrics: dict[str, float] | None = None
+    model_uri: str | None = None
+
+    def to_termination_message(self) -> str:
+        """Serialize within the kubelet's limit, giving up metrics and then message text if needed."""
+        text = json.dumps(self.dump(), separators=(",", ":"))
+        if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+            return text
+        slim = self.model_copy(update={"metrics": None})
+        text = json.dumps(slim.dump(), separators=(",", ":"))
+        overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT
+        if overflow > 0:
+            slim.message = (
+                slim.message.encode()[: max(0, len(slim.message.encode()) - overflow - 3)].decode(errors="ignore")
+                + "..."
+            )
+            text = json.dumps(slim.dump(), separators=(",", ":"))
+        return text
+
+
+def parse_epoch_line(line: str) -> EpochReport | None:
+    """An epoch report from one log line, or None for any other line."""
+    line = line.strip()
+    if not line.startswith("{") or EPOCH_EVENT not in line:
+        return None
+    try:
+        data = json.loads(line)
+        if data.get("event") != EPOCH_EVENT:
+            return None
+        return EpochReport.model_validate({k: data[k] for k in ("epoch", "epochs", "metrics")})
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def last_epoch(log: str) -> EpochReport | None:
+    for line in reversed(log.splitlines()):
+        report = parse_epoch_line(line)
+        if report is not None:
+            return report
+    return None
+
+
+def parse_termination_message(text: str | None) -> TrainingResult | None:
+    """The trainer's result, or None when the message is not one (e.g. the log-tail fallback)."""
+    if not text:
+        return None
+    try:
+        return TrainingResult.model_validate_json(text.strip())
+    except ValueError:
+        return None

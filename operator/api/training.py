@@ -1,0 +1,292 @@
+"""The KerasTrainingJob API: the one definition the CRD, operator, trainer and CLI all read."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from keras_operator.api.base import ApiModel, OpenModel, Rule, at_most_one_of, exactly_one_of, requires
+from keras_operator.api.common import API_VERSION, Backend, Condition, PodTemplate, Resources
+from pydantic import ConfigDict, Field, WithJsonSchema
+
+KIND = "KerasTrainingJob"
+PLURAL = "kerastrainingjobs"
+
+Shape = list[Annotated[int, Field(ge=1)]]
+
+# A value that is either a name or a {name, args} object cannot be a structural schema type;
+# the schema keeps it open and pydantic checks it.
+NameOrObject = Annotated[
+    str | dict[str, Any],
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+StrOrList = Annotated[
+    str | list[str],
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
+class Layer(OpenModel):
+    """A Keras layer: its class name plus the constructor arguments, e.g. {type: Dense, units: 64}."""
+
+    type: Annotated[str, Field(min_length=1)]
+    """A keras.layers class name, e.g. Dense, Conv2D, Dropout."""
+
+
+class Application(ApiModel):
+    """A model from keras.applications."""
+
+    name: Annotated[str, Field(min_length=1)]
+    """A keras.applications class name, e.g. MobileNetV2, ResNet50."""
+    weights: str | None = None
+    """Pretrained weights ("imagenet", downloaded at run time, or a file path); empty for random init."""
+    args: dict[str, Any] | None = Field(default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    """Keyword arguments for the constructor, e.g. {input_shape: [32, 32, 3], classes: 10}."""
+
+
+class ModelSpec(ApiModel):
+    """The model to train: exactly one of layers, config, application, callable, uri."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        exactly_one_of("layers", "config", "application", "callable", "uri"),
+        requires("layers", "inputShape"),
+    )
+
+    input_shape: Shape | None = None
+    """Shape of one example without the batch dimension, e.g. [64] or [28, 28, 1]; required with layers."""
+    layers: Annotated[list[Layer], Field(min_length=1)] | None = None
+    """A Sequential model as a list of layers."""
+    config: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """A full Keras model config, as produced by model.to_json()."""
+    application: Application | None = None
+    """A model from keras.applications."""
+    callable: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
+    """A Python function "module:function" returning a keras.Model; the module comes from codeConfigMap or
+    the image."""
+    code_config_map: str | None = None
+    """A ConfigMap whose files are put on the Python path (for callable)."""
+    uri: str | None = None
+    """A saved .keras model to start from (fine-tuning, continued training)."""
+
+
+DataFormat = Literal["npz", "csv", "tfrecord", "images"]
+KerasDataset = Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
+
+
+class Synthetic(ApiModel):
+    """Random data with the given shape, for smoke tests."""
+
+    samples: Annotated[int, Field(ge=1)] = 256
+    """Number of examples."""
+    input_shape: Shape
+    """Shape of one example."""
+    classes: Annotated[int, Field(ge=0)] = 10
+    """Number of classes for integer labels; 0 gives one float target per example (regression)."""
+
+
+class DataSource(ApiModel):
+    """Where examples come from: exactly one of uri, synthetic, keras."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (exactly_one_of("uri", "synthetic", "keras"),)
+
+    uri: Annotated[str, Field(min_length=1)] | None = None
+    """pvc://CLAIM/PATH, s3://, gs://, https://, file:// or a plain path."""
+    format: DataFormat | None = None
+    """npz, csv, tfrecord or images (class-per-folder); inferred from the suffix when omitted."""
+    features: StrOrList | None = None
+    """npz key or tfrecord feature (a string), or csv columns (a list or comma-separated string); default x
+    (npz, tfrecord) or all but the label column (csv)."""
+    labels: str | None = None
+    """npz key, tfrecord feature or csv column of the targets; default y (npz, tfrecord) or the last column
+    (csv)."""
+    shape: Shape | None = None
+    """Shape of one example for tfrecord features (stored flat)."""
+    image_size: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)] | None = None
+    """[height, width] images are resized to (images format); default [224, 224]."""
+    color_mode: Literal["rgb", "grayscale", "rgba"] = "rgb"
+    """Channels for images (images format)."""
+    synthetic: Synthetic | None = None
+    """Random data, for smoke tests."""
+    keras: KerasDataset | None = None
+    """A keras.datasets name, downloaded at run time."""
+
+
+class DataSpec(ApiModel):
+    """Training data and how to validate."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (at_most_one_of("validation", "validationSplit"),)
+
+    train: DataSource
+    """Training examples."""
+    validation: DataSource | None = None
+    """Validation examples; exclusive with validationSplit."""
+    validation_split: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Fraction of the training data held out for validation."""
+    shuffle: bool = True
+    """Shuffle the training data every epoch."""
+
+
+class Optimizer(OpenModel):
+    """A keras.optimizers name plus its arguments, e.g. {name: adam, learningRate: 0.001}."""
+
+    name: Annotated[str, Field(min_length=1)] = "adam"
+    """A keras.optimizers name, e.g. adam, sgd, rmsprop, adamw."""
+    learning_rate: Annotated[float, Field(gt=0)] | None = None
+    """Learning rate; the optimizer's default when omitted."""
+
+
+class EarlyStopping(ApiModel):
+    """Stop when a monitored metric stops improving."""
+
+    monitor: str = "val_loss"
+    """The metric to watch, e.g. val_loss or val_accuracy."""
+    patience: Annotated[int, Field(ge=0)] = 3
+    """Epochs without improvement before stopping."""
+    min_delta: Annotated[float, Field(ge=0)] = 0.0
+    """Smallest change that counts as an improvement."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """Whether the metric should go down (min) or up (max)."""
+    restore_best_weights: bool = True
+    """Keep the weights of the best epoch rather than the last."""
+
+
+class TrainingSpec(ApiModel):
+    """How to fit the model."""
+
+    epochs: Annotated[int, Field(ge=1)]
+    """Number of epochs."""
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    """Examples per gradient step."""
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    """The optimizer and its arguments."""
+    loss: NameOrObject = "sparse_categorical_crossentropy"
+    """A keras.losses name, or {name, args}."""
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
+    """keras.metrics names to compute and report."""
+    early_stopping: EarlyStopping | None = None
+    """Stop early when a metric stops improving."""
+    mixed_precision: bool = False
+    """Compute in float16 (mixed_float16 policy), for GPUs with tensor cores."""
+    seed: int | None = None
+    """Seed for Python, NumPy and the backend, for repeatable runs."""
+
+
+OutputFormat = Literal["keras", "savedmodel"]
+
+
+class OutputSpec(ApiModel):
+    """Where the model and checkpoints go."""
+
+    uri: Annotated[str, Field(min_length=1)] | None = None
+    """A folder: pvc://CLAIM/PATH, s3://, gs://, file:// or a plain path; required in a cluster, a local run
+    defaults to ./runs/NAME."""
+    formats: Annotated[list[OutputFormat], Field(min_length=1)] = Field(default_factory=lambda: ["keras"])
+    """keras (a model.keras file) and/or savedmodel (model.export, for TF Serving)."""
+    checkpoints: bool = True
+    """Back up every epoch and resume from the last finished epoch after a restart or preemption."""
+    tensorboard: bool = False
+    """Write TensorBoard logs under URI/logs."""
+
+
+class RunPolicy(ApiModel):
+    """How the Job runs: retries, deadlines, clean-up, queueing."""
+
+    backoff_limit: Annotated[int, Field(ge=0)] = 3
+    """Retries before the Job is marked failed."""
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    """Time limit for the whole Job."""
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    """Delete the finished Job (not this resource) after this many seconds."""
+    suspend: bool = False
+    """Create the Job suspended; it starts when suspend is set back to false."""
+    queue_name: str | None = None
+    """A Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name label and Kueue
+    admits it."""
+    priority_class_name: str | None = None
+    """PriorityClass of the training pods."""
+
+
+class KerasTrainingJobSpec(ApiModel):
+    """A Keras training run."""
+
+    backend: Backend = "tensorflow"
+    """Keras 3 backend: tensorflow, jax or torch."""
+    image: str | None = None
+    """Trainer image; the operator's default when omitted."""
+    model: ModelSpec
+    """The model to train."""
+    data: DataSpec
+    """Training and validation data."""
+    training: TrainingSpec
+    """How to fit the model."""
+    resources: Resources = Field(default_factory=Resources)
+    """CPU, memory and GPUs per pod."""
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    """Where the model and checkpoints go."""
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    """Retries, deadlines, clean-up, queueing."""
+    pod_template: PodTemplate | None = None
+    """Pod settings merged into the generated pod."""
+
+
+Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
+
+
+class Progress(ApiModel):
+    """Epochs done so far."""
+
+    epoch: Annotated[int, Field(ge=0)] = 0
+    """The last finished epoch."""
+    epochs: Annotated[int, Field(ge=0)] = 0
+    """Epochs in total."""
+
+
+class KerasTrainingJobStatus(ApiModel):
+    """The observed state of the training run."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase | None = None
+    """Pending, Queued, Running, Succeeded or Failed."""
+    observed_generation: int | None = None
+    """The .metadata.generation this status was computed for."""
+    conditions: list[Condition] | None = None
+    """Valid, Created, Queued, Running, Succeeded, Failed, SpecApplied."""
+    job_name: str | None = None
+    """The batch/v1 Job running the trainer."""
+    start_time: str | None = None
+    """When training started (RFC 3339)."""
+    completion_time: str | None = None
+    """When training ended (RFC 3339)."""
+    progress: Progress | None = None
+    """Epochs done so far."""
+    metrics: dict[str, float] | None = None
+    """Metrics of the latest finished epoch (loss, accuracy, val_loss, ...)."""
+    model_uri: str | None = None
+    """Where the trained model was saved."""
+    message: str | None = None
+    """A human-readable summary of the current state."""
+
+
+class ObjectMeta(ApiModel):
+    """The part of metav1.ObjectMeta the trainer and the CLI read."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[str, Field(min_length=1, max_length=53, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    namespace: str | None = None
+    generation: int | None = None
+    uid: str | None = None
+
+
+class KerasTrainingJob(ApiModel):
+    """A whole KerasTrainingJob resource, as read from YAML or the API."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["kerasoperator.dev/v1alpha1"] = API_VERSION
+    kind: Literal["KerasTrainingJob"] = KIND
+    metadata: ObjectMeta
+    spec: KerasTrainingJobSpec
+    status: KerasTrainingJobStatus | None = None

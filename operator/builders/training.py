@@ -1,0 +1,138 @@
+"""KerasTrainingJob -> the ConfigMap with the trainer's config and the batch/v1 Job that runs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from keras_operator.api.common import GROUP
+from keras_operator.api.report import EXIT_INVALID_SPEC, TERMINATION_MESSAGE_PATH
+from keras_operator.api.training import KerasTrainingJobSpec
+from keras_operator.builders.common import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
+from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
+
+CONTAINER = "trainer"
+CONFIG_DIR = "/etc/keras-operator"
+CONFIG_KEY = "job.yaml"
+CODE_DIR = "/opt/keras-operator/code"
+SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
+GENERATION_ANNOTATION = f"{GROUP}/generation"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+def job_name(name: str) -> str:
+    return f"{name}-train"
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}-train-config"
+
+
+def training_labels(name: str) -> dict[str, str]:
+    return labels("keras-trainer", name, "training-job")
+
+
+def trainer_config(owner: dict[str, Any], spec: KerasTrainingJobSpec) -> dict[str, Any]:
+    """What the trainer reads: the resource with every default filled in, so both sides agree."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "generation") if meta.get(k) is not None},
+        "spec": spec.dump(),
+    }
+
+
+def build_config_map(owner: dict[str, Any], spec: KerasTrainingJobSpec) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(owner, config_map_name(name), training_labels(name)),
+        "data": {CONFIG_KEY: yaml.safe_dump(trainer_config(owner, spec), sort_keys=False)},
+    }
+
+
+def build_job(owner: dict[str, Any], spec: KerasTrainingJobSpec, default_image: str) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    job_labels = training_labels(name)
+    policy = spec.run_policy
+    if policy.queue_name:
+        job_labels[QUEUE_LABEL] = policy.queue_name
+
+    claims = pvc_claims(
+        [
+            spec.data.train.uri,
+            spec.data.validation.uri if spec.data.validation else None,
+            spec.model.uri,
+            spec.output.uri,
+        ],
+        writable=[spec.output.uri],
+    )
+    volumes, mounts = pvc_volumes(claims)
+    volumes.insert(0, {"name": "config", "configMap": {"name": config_map_name(name)}})
+    mounts.insert(0, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
+    env = [
+        {"name": "KERAS_BACKEND", "value": spec.backend},
+        {"name": "KERAS_OPERATOR_PVC_ROOT", "value": PVC_ROOT},
+        {"name": "KERAS_OPERATOR_LOG_FORMAT", "value": "json"},
+        {"name": "KERAS_TRAINER_TERMINATION_LOG", "value": TERMINATION_MESSAGE_PATH},
+        {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"},
+    ]
+    if spec.model.code_config_map:
+        volumes.append({"name": "code", "configMap": {"name": spec.model.code_config_map}})
+        mounts.append({"name": "code", "mountPath": CODE_DIR, "readOnly": True})
+        env.append({"name": "KERAS_TRAINER_CODE_DIR", "value": CODE_DIR})
+
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.image or default_image,
+        "command": ["keras-trainer"],
+        "args": ["train", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "env": env,
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        # A trainer that dies before writing its result (OOM, segfault) still leaves its last log lines.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    requirements = resource_requirements(spec.resources)
+    if requirements:
+        container["resources"] = requirements
+    extra: dict[str, Any] = {}
+    if policy.priority_class_name:
+        extra["priorityClassName"] = policy.priority_class_name
+    template = pod_template(
+        container=container,
+        labels=job_labels,
+        volumes=volumes,
+        user=spec.pod_template,
+        restart_policy="Never",
+        extra=extra,
+    )
+
+    meta = object_meta(owner, job_name(name), job_labels)
+    meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(spec.dump())}
+    if owner["metadata"].get("generation") is not None:
+        meta["annotations"][GENERATION_ANNOTATION] = str(owner["metadata"]["generation"])
+    job_spec: dict[str, Any] = {
+        "backoffLimit": policy.backoff_limit,
+        # Kueue admits a queued Job by un-suspending it; the operator never does.
+        "suspend": policy.suspend or bool(policy.queue_name),
+        "podFailurePolicy": {
+            "rules": [
+                # The trainer exits with this code for mistakes in the spec: retrying cannot help.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_SPEC]},
+                },
+                # Preemption and node drains are not the training's fault; checkpoints resume it.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
+        "template": template,
+    }
+    if policy.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    if policy.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}

@@ -1,0 +1,44 @@
+"""Operator configuration, read once from the environment (the Helm chart sets these)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from keras_operator import __version__
+
+DEFAULT_IMAGE = f"ghcr.io/keras-operator/keras-trainer:{__version__}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    """Namespaces to watch; empty means the whole cluster."""
+    trainer_image: str = DEFAULT_IMAGE
+    """Image for training pods when a resource does not name one."""
+    log_format: str = "auto"
+    """json, console, or auto (console on a terminal)."""
+    log_level: str = "info"
+    """debug, info, warning or error."""
+    sync_interval: float = 5.0
+    """Seconds between status refreshes of a running training."""
+    api_server: str | None = None
+    """Talk to this API URL without credentials (kubectl proxy, test clusters) instead of the
+    in-cluster or kubeconfig login."""
+    liveness_port: int = 8080
+    """Port of the /healthz endpoint."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        namespaces = tuple(n.strip() for n in env.get("KERAS_OPERATOR_NAMESPACES", "").split(",") if n.strip())
+        return cls(
+            namespaces=namespaces,
+            trainer_image=env.get("KERAS_OPERATOR_TRAINER_IMAGE") or DEFAULT_IMAGE,
+            log_format=env.get("KERAS_OPERATOR_LOG_FORMAT", "auto"),
+            log_level=env.get("KERAS_OPERATOR_LOG_LEVEL", "info"),
+            sync_interval=float(env.get("KERAS_OPERATOR_SYNC_INTERVAL", "5")),
+            api_server=env.get("KERAS_OPERATOR_API_SERVER") or None,
+            liveness_port=int(env.get("KERAS_OPERATOR_LIVENESS_PORT", "8080")),
+        )

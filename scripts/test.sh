@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up (once) and runs the lint and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/pytest ] || bash scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/pytest "$@"

@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+K8S_VERSIONS = ("1.30", "1.33", "1.37")
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT

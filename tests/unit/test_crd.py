@@ -1,0 +1,112 @@
+"""The CRDs are generated from the API types; examples validate against them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from helpers.manifests import ROOT, cel_errors, crd, crd_schema, validate_cr, validate_k8s
+from keras_operator import crdgen
+from keras_operator.api.parse import InvalidResource, parse
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+PLURALS = {"KerasTrainingJob": "kerastrainingjobs"}
+
+
+def test_committed_crds_match_the_types() -> None:
+    generated = crdgen.all_crds()
+    committed = {p.name for p in (ROOT / "crds").glob("*.yaml")}
+    assert committed == set(generated), "run: python -m keras_operator.crdgen"
+    for name, obj in generated.items():
+        assert (ROOT / "crds" / name).read_text() == crdgen.render(obj), (
+            f"crds/{name} is out of date with operator/api: run python -m keras_operator.crdgen"
+        )
+
+
+def test_crd_is_valid_kubernetes() -> None:
+    validate_k8s(crd("kerastrainingjobs"))
+
+
+def _walk(schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
+    out = [(path, schema)]
+    for key, sub in (schema.get("properties") or {}).items():
+        out += _walk(sub, f"{path}.{key}")
+    if "items" in schema:
+        out += _walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        out += _walk(schema["additionalProperties"], f"{path}{{}}")
+    return out
+
+
+@pytest.mark.parametrize("plural", sorted(PLURALS.values()))
+def test_schema_is_structural_and_documented(plural: str) -> None:
+    for path, node in _walk(crd_schema(plural)["properties"]["spec"], "spec"):
+        has_type = (
+            "type" in node or node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+        )
+        assert has_type, f"{path} has no type (not a structural schema)"
+        assert "$ref" not in node, path
+        assert "title" not in node, path
+        if not path.endswith("[]") and not path.endswith("{}"):
+            assert node.get("description"), f"{path} has no description for kubectl explain"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_examples_validate_against_crd_and_types(example: Path) -> None:
+    for doc in yaml.safe_load_all(example.read_text()):
+        validate_cr(doc, PLURALS[doc["kind"]])
+        parse(doc)  # and the operator's own types accept it
+
+
+def _digits() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d["spec"]["model"].update(uri="s3://b/m.keras"), "model"),
+        (lambda d: d["spec"]["model"].pop("inputShape"), "model"),
+        (lambda d: d["spec"]["data"]["train"].update(synthetic={"inputShape": [4]}), "data.train"),
+        (lambda d: d["spec"]["data"].update(validationSplit=0.1), "data"),
+        (lambda d: d["spec"]["training"].update(epochs=0), "training.epochs"),
+        (lambda d: d["spec"]["training"].update(batchSize="big"), "training.batchSize"),
+        (lambda d: d["spec"].update(backend="theano"), "backend"),
+        (lambda d: d["spec"]["resources"].update(memory="lots"), "resources.memory"),
+        (lambda d: d["spec"]["output"].update(formats=["onnx"]), "output.formats"),
+        (lambda d: d["spec"]["model"]["layers"][0].pop("type"), "model.layers[0].type"),
+    ],
+)
+def test_bad_specs_are_rejected_by_schema_and_types(mutate: Any, field: str) -> None:
+    doc = _digits()
+    mutate(doc)
+    schema = crd_schema("kerastrainingjobs")
+    schema_errors = list(jsonschema.Draft4Validator(schema).iter_errors(doc)) + cel_errors(doc, schema)
+    assert schema_errors, "the CRD schema accepted an invalid spec"
+    with pytest.raises(InvalidResource, match=re.escape(f"spec.{field}")):
+        parse(doc)
+
+
+def test_cel_rules_agree_with_python_rules() -> None:
+    """Each CEL rule and its Python twin say the same about the same objects."""
+    schema = crd_schema("kerastrainingjobs")["properties"]["spec"]["properties"]["model"]
+    for model in (
+        {"uri": "a"},
+        {"uri": "a", "callable": "m:f"},
+        {},
+        {"layers": [{"type": "Dense"}]},
+        {"layers": [{"type": "Dense"}], "inputShape": [3]},
+    ):
+        cel_ok = not cel_errors(model, schema)
+        doc = _digits()
+        doc["spec"]["model"] = model
+        try:
+            parse(doc)
+            py_ok = True
+        except InvalidResource:
+            py_ok = False
+        assert cel_ok == py_ok, model

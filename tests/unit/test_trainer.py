@@ -1,0 +1,146 @@
+"""The generic trainer: models, data, results and the one-line errors users see."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from helpers.jobs import tiny_job
+from keras_operator.api.report import last_epoch, parse_termination_message
+from keras_trainer import cli
+
+
+def run_cli(tmp_path: Path, doc: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[int, Any]:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    term = tmp_path / "termination-log"
+    monkeypatch.setenv("KERAS_TRAINER_TERMINATION_LOG", str(term))
+    code = cli.main(["train", "--config", str(config), "--output", str(tmp_path / "out")])
+    return code, parse_termination_message(term.read_text())
+
+
+def test_trains_saves_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    doc = tiny_job(output={"formats": ["keras", "savedmodel"]}, training__epochs=3)
+    code, result = run_cli(tmp_path, doc, monkeypatch)
+    assert code == 0
+    assert result.phase == "Succeeded"
+    assert (result.epoch, result.epochs) == (3, 3)
+    assert set(result.metrics) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert result.model_uri == str(tmp_path / "out" / "model.keras")
+    model = keras.models.load_model(result.model_uri)
+    assert model.predict(np.zeros((2, 8), "float32"), verbose=0).shape == (2, 3)
+    assert (tmp_path / "out" / "savedmodel" / "saved_model.pb").exists()
+    assert not (tmp_path / "out" / "checkpoints").exists()  # removed once training finished
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (
+            {"model__layers": [{"type": "Dense", "units": 4}, {"type": "Dens", "units": 3}]},
+            "spec.model.layers[1].type: unknown Keras layer 'Dens'; did you mean 'Dense'?",
+        ),
+        ({"model__layers": [{"type": "Dense", "unitz": 4}]}, "spec.model.layers[0]: Dense:"),
+        ({"training__optimizer": {"name": "adamm"}}, "spec.training.optimizer.name: unknown optimizer 'adamm'"),
+        ({"training__loss": "mean_squared_eror"}, "spec.training.loss:"),
+        ({"data__train": {"uri": "/nonexistent/train.npz"}}, "spec.data.train.uri: not found: /nonexistent/train.npz"),
+        (
+            {"model__inputShape": [9]},
+            "spec.model.inputShape: the model takes examples of shape [9] but spec.data.train has shape [8]",
+        ),
+        ({"training__epochs": 0}, "spec.training.epochs: Input should be greater than or equal to 1"),
+    ],
+)
+def test_user_mistakes_fail_with_one_line_naming_the_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: dict[str, Any], expected: str
+) -> None:
+    code, result = run_cli(tmp_path, tiny_job(**spec), monkeypatch)
+    assert code == 2
+    assert result.phase == "Failed"
+    assert result.reason == "InvalidSpec"
+    assert expected in result.message
+    assert "\n" not in result.message
+
+
+def test_npz_and_csv_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    np.savez(tmp_path / "d.npz", features=np.zeros((10, 8)), y=np.zeros(10))
+    code, result = run_cli(tmp_path, tiny_job(data={"train": {"uri": str(tmp_path / "d.npz")}}), monkeypatch)
+    assert code == 2
+    assert "spec.data.train.features: no array 'x' in d.npz (it has features, y)" in result.message
+    (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\n3,4,1\n")
+    doc = tiny_job(data={"train": {"uri": str(tmp_path / "d.csv"), "labels": "lable"}})
+    code, result = run_cli(tmp_path, doc, monkeypatch)
+    assert "spec.data.train.labels: no column 'lable' in d.csv; did you mean 'label'?" in result.message
+
+
+def test_csv_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    doc = tiny_job(
+        model={"inputShape": [64], "layers": [{"type": "Dense", "units": 10, "activation": "softmax"}]},
+        data={"train": {"uri": str(root / "examples/data/digits.csv"), "labels": "digit"}},
+    )
+    code, result = run_cli(tmp_path, doc, monkeypatch)
+    assert code == 0, result.message
+    assert result.metrics["loss"] > 0
+
+
+def test_remote_output_through_fsspec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """memory:// stands in for s3:// and gs://: the same fsspec code path, no network."""
+    import fsspec
+    import keras
+    from keras_operator.api.parse import parse
+    from keras_trainer import train
+    from keras_trainer.reporting import PodReporter
+
+    monkeypatch.setenv("KERAS_TRAINER_TERMINATION_LOG", str(tmp_path / "term"))
+    job = parse(tiny_job())
+    result = train.run(job, "memory://bucket/run1", PodReporter())
+    assert result.phase == "Succeeded", result.message
+    assert result.model_uri == "memory://bucket/run1/model.keras"
+    fs = fsspec.filesystem("memory")
+    fs.get("/bucket/run1/model.keras", str(tmp_path / "m.keras"))
+    assert keras.models.load_model(tmp_path / "m.keras").output_shape == (None, 3)
+
+
+def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path) -> None:
+    doc = tiny_job(
+        training__epochs=6,
+        data__train={"synthetic": {"samples": 20000, "inputShape": [8], "classes": 3}},
+        training__batchSize=16,
+    )
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "KERAS_TRAINER_TERMINATION_LOG": str(tmp_path / "term"), "KERAS_OPERATOR_LOG_FORMAT": "json"}
+    cmd = [sys.executable, "-m", "keras_trainer", "train", "--config", str(config), "--output", str(tmp_path / "out")]
+
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen = []
+    assert first.stdout is not None
+    for line in first.stdout:
+        report = last_epoch(line)
+        if report:
+            seen.append(report.epoch)
+            if report.epoch == 2:
+                first.send_signal(signal.SIGKILL)
+                break
+    first.wait(timeout=60)
+    assert seen == [1, 2]
+    assert first.returncode == -signal.SIGKILL
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-2000:]
+    epochs = [r.epoch for r in map(last_epoch, second.stdout.splitlines()) if r]
+    assert epochs[0] >= 3, "the second run started over instead of resuming"
+    assert epochs[-1] == 6
+    assert any(
+        json.loads(line).get("event") == "resumed" for line in second.stdout.splitlines() if line.startswith("{")
+    )

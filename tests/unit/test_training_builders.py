@@ -1,0 +1,184 @@
+"""The ConfigMap and Job built for a KerasTrainingJob: contents, security, and real Kubernetes schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+from helpers.manifests import ROOT, validate_k8s
+from keras_operator.api.parse import parse
+from keras_operator.builders.training import build_config_map, build_job
+
+IMAGE = "example.org/trainer:1"
+
+
+def owner(spec_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
+    doc = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+    doc["metadata"].update(namespace="ml", uid="1234-5678", generation=3)
+    for key, value in (spec_overrides or {}).items():
+        doc["spec"][key] = value
+    job = parse(doc)
+    return doc, job.spec
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_job_runs_the_trainer_with_owner_and_labels() -> None:
+    doc, spec = owner()
+    job = build_job(doc, spec, IMAGE)
+    assert job["metadata"]["name"] == "digits-train"
+    assert job["metadata"]["namespace"] == "ml"
+    ref = job["metadata"]["ownerReferences"][0]
+    assert ref == {
+        "apiVersion": "kerasoperator.dev/v1alpha1",
+        "kind": "KerasTrainingJob",
+        "name": "digits",
+        "uid": "1234-5678",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert job["metadata"]["labels"]["kerasoperator.dev/training-job"] == "digits"
+    assert job["spec"]["template"]["metadata"]["labels"]["kerasoperator.dev/training-job"] == "digits"
+    c = container(job)
+    assert c["image"] == IMAGE
+    assert c["command"] == ["keras-trainer"]
+    assert c["args"] == ["train", "--config", "/etc/keras-operator/job.yaml"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert job["spec"]["backoffLimit"] == 3
+    assert job["spec"]["suspend"] is False
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_pods_are_restricted() -> None:
+    doc, spec = owner()
+    pod = build_job(doc, spec, IMAGE)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True
+
+
+def test_gpu_requests_and_overridable_resource_name() -> None:
+    doc, spec = owner({"resources": {"gpus": 2, "cpu": "4", "memory": "8Gi"}})
+    res = container(build_job(doc, spec, IMAGE))["resources"]
+    assert res["limits"] == {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "2"}
+    assert res["requests"] == res["limits"]
+    doc, spec = owner({"resources": {"gpus": 1, "gpuResourceName": "amd.com/gpu"}})
+    assert container(build_job(doc, spec, IMAGE))["resources"]["limits"] == {"amd.com/gpu": "1"}
+
+
+def test_run_policy_and_queue() -> None:
+    doc, spec = owner(
+        {
+            "runPolicy": {
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": 60,
+                "ttlSecondsAfterFinished": 30,
+                "queueName": "team-a",
+                "priorityClassName": "high",
+            }
+        }
+    )
+    job = build_job(doc, spec, IMAGE)
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 60
+    assert job["spec"]["ttlSecondsAfterFinished"] == 30
+    assert job["spec"]["suspend"] is True  # Kueue admits it, not us
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "high"
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert rules[0]["onExitCodes"]["values"] == [2]
+
+
+def test_pvc_uris_are_mounted_where_the_trainer_looks() -> None:
+    doc, spec = owner({"data": {"train": {"uri": "pvc://datasets/digits/train.npz"}}})
+    job = build_job(doc, spec, IMAGE)
+    pod = job["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert set(claims) == {"datasets", "models"}
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/mnt/pvc/datasets"]["readOnly"] is True
+    assert mounts["/mnt/pvc/models"]["readOnly"] is False  # the output goes there
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["KERAS_OPERATOR_PVC_ROOT"] == "/mnt/pvc"
+
+
+def test_pod_template_is_merged() -> None:
+    template = {
+        "metadata": {
+            "labels": {"team": "vision", "kerasoperator.dev/training-job": "hijack"},
+            "annotations": {"a": "b"},
+        },
+        "spec": {
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {}},
+            "env": [{"name": "KERAS_BACKEND", "value": "jax"}, {"name": "EXTRA", "value": "1"}],
+            "envFrom": [{"secretRef": {"name": "s3-creds"}}],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            "imagePullSecrets": [{"name": "regcred"}],
+            "serviceAccountName": "trainer",
+        },
+    }
+    doc, spec = owner({"podTemplate": template})
+    tpl = build_job(doc, spec, IMAGE)["spec"]["template"]
+    pod = tpl["spec"]
+    assert tpl["metadata"]["labels"]["team"] == "vision"
+    assert tpl["metadata"]["labels"]["kerasoperator.dev/training-job"] == "digits"  # ours win
+    assert tpl["metadata"]["annotations"] == {"a": "b"}
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["serviceAccountName"] == "trainer"
+    assert pod["automountServiceAccountToken"] is True
+    c = pod["containers"][0]
+    env = [e for e in c["env"] if e["name"] == "KERAS_BACKEND"]
+    assert env == [{"name": "KERAS_BACKEND", "value": "jax"}]
+    assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"]
+    assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert {"name": "data", "emptyDir": {}} in pod["volumes"]
+
+
+def test_config_map_holds_the_normalised_spec() -> None:
+    doc, spec = owner()
+    cm = build_config_map(doc, spec)
+    config = yaml.safe_load(cm["data"]["job.yaml"])
+    assert config["metadata"]["name"] == "digits"
+    assert config["spec"]["training"]["epochs"] == 20
+    assert config["spec"]["runPolicy"]["backoffLimit"] == 3  # defaults filled in
+    assert parse(config).spec == spec
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == "1234-5678"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"resources": {"gpus": 1, "cpu": "500m", "memory": 1073741824}},
+        {"runPolicy": {"queueName": "q", "activeDeadlineSeconds": 10, "ttlSecondsAfterFinished": 5}},
+        {"model": {"callable": "models:build", "codeConfigMap": "code"}},
+        {
+            "podTemplate": {
+                "metadata": {"labels": {"x": "y"}},
+                "spec": {
+                    "nodeSelector": {"a": "b"},
+                    "tolerations": [{"key": "k", "operator": "Exists"}],
+                    "env": [{"name": "A", "value": "B"}],
+                    "serviceAccountName": "sa",
+                },
+            }
+        },
+    ],
+)
+def test_manifests_validate_against_kubernetes(overrides: dict[str, Any]) -> None:
+    doc, spec = owner(overrides)
+    validate_k8s(build_job(doc, spec, IMAGE))
+    validate_k8s(build_config_map(doc, spec))

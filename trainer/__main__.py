@@ -1,0 +1,3 @@
+from keras_trainer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Builds and compiles the Keras model a ModelSpec / TrainingSpec describe."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import keras
+from keras_operator.api.training import ModelSpec, TrainingSpec
+from keras_trainer import storage
+from keras_trainer.errors import SpecError, first_line, suggestion
+
+CODE_DIR_ENV = "KERAS_TRAINER_CODE_DIR"
+
+
+def _public_names(module: Any) -> list[str]:
+    return [n for n in dir(module) if not n.startswith("_")]
+
+
+def build(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
+    if spec.layers is not None:
+        return _sequential(spec, mixed_precision)
+    if spec.config is not None:
+        try:
+            return keras.models.model_from_json(_json(spec.config))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SpecError("spec.model.config", f"not a valid Keras model config: {exc}") from exc
+    if spec.application is not None:
+        return _application(spec)
+    if spec.callable is not None:
+        return _callable(spec.callable)
+    assert spec.uri is not None  # the API rule: exactly one source
+    return load(spec.uri, "spec.model.uri")
+
+
+def load(uri: str, field: str) -> keras.Model:
+    try:
+        path = storage.fetch(uri)
+        return keras.models.load_model(path, compile=False)
+    except storage.StorageError as exc:
+        raise SpecError(field, str(exc)) from exc
+    except (ValueError, OSError) as exc:
+        raise SpecError(field, f"cannot load a Keras model from {uri}: {exc}") from exc
+
+
+def _json(config: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(config)
+
+
+def _sequential(spec: ModelSpec, mixed_precision: bool) -> keras.Model:
+    assert spec.layers is not None
+    assert spec.input_shape is not None
+    model = keras.Sequential(name="model")
+    model.add(keras.Input(shape=tuple(spec.input_shape)))
+    for index, layer in enumerate(spec.layers):
+        field = f"spec.model.layers[{index}]"
+        cls = getattr(keras.layers, layer.type, None)
+        if not isinstance(cls, type) or not issubclass(cls, keras.layers.Layer):
+            hint = suggestion(layer.type, _public_names(keras.layers))
+            raise SpecError(f"{field}.type", f"unknown Keras layer {layer.type!r}{hint}")
+        args = layer.extra_args()
+        if mixed_precision and index == len(spec.layers) - 1:
+            # Outputs in float16 make softmax and losses unstable; Keras' guide keeps the last layer float32.
+            args.setdefault("dtype", "float32")
+        try:
+            instance = cls(**args)
+            model.add(instance)
+        except (TypeError, ValueError) as exc:
+            raise SpecError(field, f"{layer.type}: {first_line(exc)}") from exc
+    return model
+
+
+def _application(spec: ModelSpec) -> keras.Model:
+    app = spec.application
+    assert app is not None
+    factory = getattr(keras.applications, app.name, None)
+    if factory is None or not callable(factory):
+        names = [n for n in _public_names(keras.applications) if n[0].isupper()]
+        raise SpecError("spec.model.application.name", f"unknown application {app.name!r}{suggestion(app.name, names)}")
+    try:
+        return factory(weights=app.weights, **(app.args or {}))
+    except (TypeError, ValueError) as exc:
+        raise SpecError("spec.model.application", f"{app.name}: {first_line(exc)}") from exc
+
+
+def _callable(ref: str) -> keras.Model:
+    code_dir = os.environ.get(CODE_DIR_ENV)
+    if code_dir and code_dir not in sys.path:
+        sys.path.insert(0, code_dir)
+    module_name, func_name = ref.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError("spec.model.callable", f"cannot import {module_name!r}: {exc}") from exc
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise SpecError("spec.model.callable", f"{module_name} has no function {func_name!r}")
+    model = func()
+    if not isinstance(model, keras.Model):
+        raise SpecError("spec.model.callable", f"{ref} returned {type(model).__name__}, not a keras.Model")
+    return model
+
+
+def optimizer(spec: TrainingSpec) -> keras.optimizers.Optimizer:
+    opt = spec.optimizer
+    config = opt.extra_args()
+    if opt.learning_rate is not None:
+        config["learning_rate"] = opt.learning_rate
+    try:
+        return keras.optimizers.get({"class_name": opt.name, "config": config})
+    except (ValueError, TypeError) as exc:
+        if "Could not interpret" in str(exc) or "Unknown" in str(exc):
+            names = [n.lower() for n in _public_names(keras.optimizers) if n[0].isupper()]
+            return_msg = f"unknown optimizer {opt.name!r}{suggestion(opt.name.lower(), names)}"
+            raise SpecError("spec.training.optimizer.name", return_msg) from exc
+        raise SpecError("spec.training.optimizer", first_line(exc)) from exc
+
+
+def loss(spec: TrainingSpec) -> Any:
+    value = spec.loss
+    try:
+        if isinstance(value, str):
+            return keras.losses.get(value)
+        if "name" not in value:
+            raise SpecError("spec.training.loss", "an object loss needs a name, e.g. {name: Huber, args: {delta: 1}}")
+        return keras.losses.get({"class_name": value["name"], "config": value.get("args") or {}})
+    except (ValueError, TypeError) as exc:
+        raise SpecError("spec.training.loss", f"unknown or invalid loss: {first_line(exc)}") from exc
+
+
+def metrics(spec: TrainingSpec) -> list[Any]:
+    out = []
+    for index, name in enumerate(spec.metrics):
+        if name in ("accuracy", "acc"):
+            out.append(name)  # Keras picks the right accuracy for the loss
+            continue
+        try:
+            out.append(keras.metrics.get(name))
+        except (ValueError, TypeError) as exc:
+            raise SpecError(f"spec.training.metrics[{index}]", f"unknown metric {name!r}") from exc
+    return out

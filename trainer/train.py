@@ -1,0 +1,211 @@
+"""Runs one KerasTrainingJob: data -> model -> fit (with checkpoints) -> evaluate -> save."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras_operator.api.report import EpochReport, TrainingResult, clean_metrics
+from keras_operator.api.training import KerasTrainingJob
+from keras_trainer import data as data_mod
+from keras_trainer import models, storage
+from keras_trainer.errors import SpecError, first_line
+from keras_trainer.reporting import Reporter
+
+MODEL_FILE = "model.keras"
+SAVEDMODEL_DIR = "savedmodel"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class _Progress(keras.callbacks.Callback):
+    """Bridges Keras callbacks to a Reporter and remembers the latest epoch for the final result."""
+
+    def __init__(self, reporter: Reporter, epochs: int, steps: int | None, on_epoch: Any = None) -> None:
+        super().__init__()
+        self.reporter, self.epochs, self.steps, self.on_epoch = reporter, epochs, steps, on_epoch
+        self.last: EpochReport | None = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        initial = int(getattr(self.model, "_initial_epoch", 0) or 0)  # set by BackupAndRestore on resume
+        self.reporter.begin(epochs=self.epochs, initial_epoch=initial, steps=self.steps)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.reporter.batch(batch + 1)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.last = EpochReport(epoch=epoch + 1, epochs=self.epochs, metrics=clean_metrics(logs or {}))
+        if self.on_epoch is not None:
+            self.on_epoch()
+        self.reporter.epoch(self.last)
+
+
+class Workspace:
+    """The output location as a local folder; remote outputs are staged and uploaded."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.remote = storage.is_remote(uri)
+        self.local = Path(tempfile.mkdtemp(prefix="keras-out-")) if self.remote else storage.local_path(uri)
+        self.local.mkdir(parents=True, exist_ok=True)
+
+    def restore_checkpoints(self) -> None:
+        remote = storage.join(self.uri, CHECKPOINT_DIR)
+        if self.remote and storage.exists(remote):
+            storage.fetch(remote, self.local)
+
+    def push(self, name: str) -> None:
+        if self.remote and (self.local / name).exists():
+            storage.publish(self.local / name, storage.join(self.uri, name))
+
+
+def run(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> TrainingResult:
+    """Train, report and return the result; user mistakes become a Failed result naming the field."""
+    epochs = job.spec.training.epochs
+    try:
+        result = _train(job, output_uri, reporter)
+    except SpecError as exc:
+        result = TrainingResult(phase="Failed", reason="InvalidSpec", message=str(exc), epochs=epochs)
+    except Exception as exc:  # anything else still ends as one clear line, not a traceback in status
+        result = TrainingResult(
+            phase="Failed",
+            reason="TrainingError",
+            message=f"training failed: {type(exc).__name__}: {first_line(exc)}",
+            epochs=epochs,
+        )
+    reporter.end(result)
+    return result
+
+
+def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> TrainingResult:
+    spec = job.spec
+    training = spec.training
+    if training.seed is not None:
+        keras.utils.set_random_seed(training.seed)
+    if training.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+    model_input = spec.model.input_shape
+    train = data_mod.load(
+        spec.data.train,
+        "spec.data.train",
+        "train",
+        batch_size=training.batch_size,
+        seed=training.seed,
+        shape_hint=model_input,
+    )
+    validation = None
+    if spec.data.validation is not None:
+        validation = data_mod.load(
+            spec.data.validation,
+            "spec.data.validation",
+            "validation",
+            batch_size=training.batch_size,
+            seed=training.seed,
+            shape_hint=model_input,
+        )
+    if spec.data.validation_split is not None and train.x is None:
+        raise SpecError(
+            "spec.data.validationSplit",
+            "works with npz, csv, synthetic and keras data; give spec.data.validation for tfrecord and images",
+        )
+
+    model = models.build(spec.model, mixed_precision=training.mixed_precision)
+    _check_shapes(model, train)
+    model.compile(optimizer=models.optimizer(training), loss=models.loss(training), metrics=models.metrics(training))
+
+    workspace = Workspace(output_uri)
+    callbacks: list[keras.callbacks.Callback] = []
+    if spec.output.checkpoints:
+        workspace.restore_checkpoints()
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(str(workspace.local / CHECKPOINT_DIR), double_checkpoint=True)
+        )
+    if training.early_stopping is not None:
+        es = training.early_stopping
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=es.monitor,
+                patience=es.patience,
+                min_delta=es.min_delta,
+                mode=es.mode,
+                restore_best_weights=es.restore_best_weights,
+            )
+        )
+    if spec.output.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(workspace.local / "logs")))
+
+    steps = _steps_per_epoch(train, training.batch_size, spec.data.validation_split)
+    progress = _Progress(reporter, training.epochs, steps, on_epoch=lambda: workspace.push(CHECKPOINT_DIR))
+    callbacks.append(progress)
+
+    fit_args: dict[str, Any] = {"epochs": training.epochs, "callbacks": callbacks, "verbose": 0}
+    if train.x is not None:
+        fit_args.update(x=train.x, y=train.y, batch_size=training.batch_size, shuffle=spec.data.shuffle)
+        if spec.data.validation_split is not None:
+            fit_args["validation_split"] = spec.data.validation_split
+    else:
+        fit_args["x"] = train.dataset
+    if validation is not None:
+        fit_args["validation_data"] = (validation.x, validation.y) if validation.x is not None else validation.dataset
+    try:
+        model.fit(**fit_args)
+    except ValueError as exc:
+        raise SpecError("spec.model", f"the model does not fit the data: {first_line(exc)}") from exc
+
+    model_uri = _save(model, spec.output.formats, workspace)
+    last = progress.last
+    metrics = last.metrics if last else {}
+    return TrainingResult(
+        phase="Succeeded",
+        reason="Completed",
+        message=f"trained {last.epoch if last else 0}/{training.epochs} epochs",
+        epoch=last.epoch if last else 0,
+        epochs=training.epochs,
+        metrics=metrics,
+        model_uri=model_uri,
+    )
+
+
+def _check_shapes(model: keras.Model, train: data_mod.Data) -> None:
+    """Catch the commonest mistake before fit, where Keras' message is long and names no field."""
+    shape = train.example_shape
+    try:
+        expected = tuple(model.input_shape[1:])
+    except (AttributeError, ValueError):  # multi-input models: leave it to fit
+        return
+    if shape is None:
+        return
+    if len(expected) != len(shape) or any(e is not None and e != s for e, s in zip(expected, shape, strict=False)):
+        raise SpecError(
+            "spec.model.inputShape",
+            f"the model takes examples of shape {list(expected)} but spec.data.train has shape {list(shape)}",
+        )
+
+
+def _steps_per_epoch(train: data_mod.Data, batch_size: int, validation_split: float | None) -> int | None:
+    if train.x is None:
+        return None
+    n = len(train.x)
+    if validation_split:
+        n = int(n * (1 - validation_split))
+    return int(np.ceil(n / batch_size))
+
+
+def _save(model: keras.Model, formats: list[str], workspace: Workspace) -> str:
+    model_uri = storage.join(workspace.uri, MODEL_FILE)
+    if "keras" in formats:
+        model.save(workspace.local / MODEL_FILE)
+        workspace.push(MODEL_FILE)
+    if "savedmodel" in formats:
+        target = workspace.local / SAVEDMODEL_DIR
+        if target.exists():
+            shutil.rmtree(target)
+        model.export(str(target), verbose=False)
+        workspace.push(SAVEDMODEL_DIR)
+        if "keras" not in formats:
+            model_uri = storage.join(workspace.uri, SAVEDMODEL_DIR)
+    return model_uri
