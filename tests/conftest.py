@@ -9,6 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Read when the operator's handlers are imported: a running training refreshes its status every second.
+os.environ["KERAS_OPERATOR_SYNC_INTERVAL"] = "1"
 
 K8S_VERSIONS = ("1.30", "1.33", "1.37")
 

@@ -1,0 +1,55 @@
+"""kopf handlers for KerasTrainingJob: thin wrappers around training_controller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+import structlog
+from keras_operator import training_controller, training_status
+from keras_operator.api.common import GROUP, VERSION
+from keras_operator.api.training import PLURAL
+from keras_operator.settings import Settings
+
+SETTINGS = Settings.from_env()
+RESOURCE = (GROUP, VERSION, PLURAL)
+log = structlog.get_logger("keras_operator.training")
+
+
+def _apply(outcome: training_controller.Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
+    for key, value in outcome.status.items():
+        patch.status[key] = value
+    for kind, reason, message in outcome.events:
+        kopf.event(body, type=kind, reason=reason, message=message)
+    meta = body.get("metadata", {})
+    log.info(
+        "status",
+        namespace=meta.get("namespace"),
+        name=meta.get("name"),
+        phase=outcome.status.get("phase"),
+        message=outcome.status.get("message"),
+    )
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    outcome = await training_controller.reconcile(dict(body), Settings.from_env())
+    _apply(outcome, body, patch)
+
+
+def _active(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in training_status.TERMINAL and bool(status.get("jobName"))
+
+
+@kopf.timer(*RESOURCE, interval=SETTINGS.sync_interval, when=_active)
+async def refresh(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    outcome = await training_controller.sync(dict(body))
+    _apply(outcome, body, patch)
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+def deleted(name: str, namespace: str, **_: Any) -> None:
+    # Nothing to clean up by hand: the Job and ConfigMap carry owner references.
+    log.info("deleted", namespace=namespace, name=name)

@@ -1,0 +1,134 @@
+"""The operator's own calls to the Kubernetes API (kopf does the watching and the status patches).
+
+Every call maps API errors the same way: 404 -> None, 409 on create -> adopt the existing
+object, 422 -> Rejected (the user's spec produced an object the API refuses), anything else
+(5xx, timeouts, connection errors) -> kopf.TemporaryError so kopf retries with a delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import kopf
+import kubernetes
+from keras_operator.settings import Settings
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+T = TypeVar("T")
+RETRY_DELAY = 5.0
+
+
+class Rejected(Exception):
+    """The API server refused an object we built (HTTP 422): a problem in the user's spec."""
+
+
+@functools.lru_cache(maxsize=4)
+def _api_client(api_server: str | None) -> kubernetes.client.ApiClient:
+    config = kubernetes.client.Configuration()
+    if api_server:
+        config.host = api_server
+    else:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=config)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=config)
+    return kubernetes.client.ApiClient(config)
+
+
+def api_client() -> kubernetes.client.ApiClient:
+    return _api_client(Settings.from_env().api_server)
+
+
+async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except ApiException as exc:
+        if exc.status == 422:
+            raise Rejected(_api_message(exc)) from exc
+        if exc.status in (404, 409):
+            raise
+        raise kopf.TemporaryError(f"Kubernetes API error {exc.status}: {_api_message(exc)}", delay=RETRY_DELAY) from exc
+    except (HTTPError, OSError) as exc:
+        raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc}", delay=RETRY_DELAY) from exc
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def _core() -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(api_client())
+
+
+def _batch() -> kubernetes.client.BatchV1Api:
+    return kubernetes.client.BatchV1Api(api_client())
+
+
+async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
+    return await _get(_batch().read_namespaced_job, namespace, name)
+
+
+async def _get(fn: Callable[..., Any], namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj = await _call(fn, name, namespace, _preload_content=False)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(json.loads(obj.data))
+
+
+async def create_or_adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create `obj`; when it exists already (a retry, a restart) return the existing one. -> (object, created)."""
+    kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+    create, read = {
+        "Job": (_batch().create_namespaced_job, _batch().read_namespaced_job),
+        "ConfigMap": (_core().create_namespaced_config_map, _core().read_namespaced_config_map),
+    }[kind]
+    try:
+        resp = await _call(create, namespace, obj, _preload_content=False)
+        return dict(json.loads(resp.data)), True
+    except ApiException as exc:
+        if exc.status != 409:
+            raise kopf.TemporaryError(f"creating {kind} {name}: {_api_message(exc)}", delay=RETRY_DELAY) from exc
+    existing = await _get(read, namespace, name)
+    if existing is None:  # deleted between our create and read: try again soon
+        raise kopf.TemporaryError(f"{kind} {name} vanished while adopting it", delay=1)
+    return existing, False
+
+
+async def patch_config_map(namespace: str, name: str, data: dict[str, str]) -> None:
+    await _call(_core().patch_namespaced_config_map, name, namespace, {"data": data})
+
+
+async def newest_pod(namespace: str, job_name: str) -> dict[str, Any] | None:
+    """The Job's newest pod: after a retry, the one whose state matters."""
+    resp = await _call(
+        _core().list_namespaced_pod, namespace, label_selector=f"job-name={job_name}", _preload_content=False
+    )
+    pods = [
+        p
+        for p in json.loads(resp.data).get("items", [])
+        if (p["metadata"].get("labels") or {}).get("job-name") == job_name
+    ]
+    if not pods:
+        return None
+    return max(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
+
+
+async def pod_log_tail(namespace: str, pod_name: str, lines: int = 200) -> str | None:
+    """The last lines of the pod's log; None when it cannot be read now (not started, rotated, gone)."""
+    try:
+        return await _call(
+            _core().read_namespaced_pod_log, pod_name, namespace, tail_lines=lines, _preload_content=True
+        )
+    except (ApiException, kopf.TemporaryError):
+        return None

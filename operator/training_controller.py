@@ -1,0 +1,169 @@
+"""What the operator does for a KerasTrainingJob: make sure its Job exists, and report on it.
+
+Called by the thin kopf handlers; talks to the API through `kube`, decides through the pure
+builders and `training_status`. Each function returns the status to write and the Events to post.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from keras_operator import conditions, kube, training_status
+from keras_operator.api.parse import InvalidResource, parse_training_spec
+from keras_operator.api.training import KerasTrainingJobSpec
+from keras_operator.builders.common import spec_hash
+from keras_operator.builders.training import (
+    CONFIG_KEY,
+    SPEC_HASH_ANNOTATION,
+    build_config_map,
+    build_job,
+    job_name,
+)
+from keras_operator.settings import Settings
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+def _cluster_checks(spec: KerasTrainingJobSpec) -> None:
+    """Rules that hold only in a cluster (a local run has sensible defaults for these)."""
+    if not spec.output.uri:
+        raise InvalidResource("spec.output.uri: required in a cluster, where the pod's own disk is lost when it ends")
+
+
+def validate(body: dict[str, Any]) -> KerasTrainingJobSpec:
+    spec = parse_training_spec(body.get("spec"))
+    _cluster_checks(spec)
+    return spec
+
+
+async def reconcile(body: dict[str, Any], settings: Settings) -> Outcome:
+    """Create (or adopt) the ConfigMap and Job for the current spec; never a second Job."""
+    meta = body["metadata"]
+    previous = dict(body.get("status") or {})
+    generation = meta.get("generation")
+    now = conditions.now_iso()
+    try:
+        spec = validate(body)
+    except InvalidResource as exc:
+        if previous.get("jobName"):  # a training already runs: an invalid edit must not touch it
+            return _spec_not_applied(previous, generation, now, f"the new spec is invalid: {exc}")
+        return Outcome(
+            training_status.invalid(str(exc), previous, generation, now), [("Warning", "InvalidSpec", str(exc))]
+        )
+
+    namespace, name = meta["namespace"], job_name(meta["name"])
+    job = await kube.get_job(namespace, name)
+    events: list[tuple[str, str, str]] = []
+    if job is None:
+        if previous.get("phase") in training_status.TERMINAL:
+            return Outcome(previous)  # finished, and the Job was cleaned up (ttlSecondsAfterFinished): done
+        try:
+            job, events = await _create(body, spec, settings)
+        except kube.Rejected as exc:
+            message = f"spec.podTemplate: the API server rejected the generated object: {exc}"
+            return Outcome(
+                training_status.invalid(message, previous, generation, now), [("Warning", "InvalidSpec", message)]
+            )
+    elif not _owned_by(job, meta.get("uid")):
+        message = f"a Job named {name} already exists and belongs to something else; rename this resource"
+        return Outcome(
+            training_status.invalid(message, previous, generation, now), [("Warning", "NameConflict", message)]
+        )
+
+    outcome = await sync(body, job=job)
+    outcome.events[:0] = events
+    if (job.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != spec_hash(spec.dump()):
+        changed = _spec_not_applied(
+            outcome.status,
+            generation,
+            now,
+            "the spec changed after the Job was created; a running training is not changed: "
+            "delete and re-apply the resource to train with the new spec",
+        )
+        outcome.status, outcome.events = changed.status, outcome.events + changed.events
+    else:
+        outcome.status["conditions"] = conditions.merge(
+            outcome.status.get("conditions"),
+            [conditions.condition("SpecApplied", True, "JobMatchesSpec", "the Job runs the current spec")],
+            generation,
+            now,
+        )
+    return outcome
+
+
+async def sync(body: dict[str, Any], job: dict[str, Any] | None = None) -> Outcome:
+    """Refresh status from the Job, its newest pod and the pod's log."""
+    meta = body["metadata"]
+    previous = dict(body.get("status") or {})
+    namespace, name = meta["namespace"], job_name(meta["name"])
+    if job is None:
+        job = await kube.get_job(namespace, name)
+    if job is None and previous.get("phase") in training_status.TERMINAL:
+        return Outcome(previous)
+    pod = await kube.newest_pod(namespace, name) if job is not None else None
+    log = None
+    if pod is not None and (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed"):
+        log = await kube.pod_log_tail(namespace, pod["metadata"]["name"])
+    epochs = int(((body.get("spec") or {}).get("training") or {}).get("epochs") or 0)
+    status = training_status.observe(
+        training_status.Observation(job=job, pod=pod, log_tail=log),
+        previous,
+        meta.get("generation"),
+        conditions.now_iso(),
+        epochs,
+    )
+    return Outcome(status, transition_events(previous, status))
+
+
+def transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[tuple[str, str, str]]:
+    old, new = previous.get("phase"), status.get("phase")
+    if old == new:
+        return []
+    kind = "Warning" if new == "Failed" else "Normal"
+    return [(kind, str(new), str(status.get("message") or new))]
+
+
+async def _create(
+    body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    config_map, cm_created = await kube.create_or_adopt(build_config_map(body, spec))
+    desired_cm = build_config_map(body, spec)
+    if not cm_created and (config_map.get("data") or {}).get(CONFIG_KEY) != desired_cm["data"][CONFIG_KEY]:
+        meta = desired_cm["metadata"]
+        await kube.patch_config_map(meta["namespace"], meta["name"], desired_cm["data"])
+    job, created = await kube.create_or_adopt(build_job(body, spec, settings.trainer_image))
+    events = [("Normal", "Created", f"created Job {job['metadata']['name']}")] if created else []
+    return job, events
+
+
+def _invalid(
+    message: str, previous: dict[str, Any], generation: int | None, now: str, event_reason: str = "InvalidSpec"
+) -> Outcome:
+    return Outcome(training_status.invalid(message, previous, generation, now), [("Warning", event_reason, message)])
+
+
+def _owned_by(obj: dict[str, Any], uid: str | None) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _spec_not_applied(status: dict[str, Any], generation: int | None, now: str, message: str) -> Outcome:
+    status = dict(status)
+    old = conditions.get(status.get("conditions"), "SpecApplied")
+    status["conditions"] = conditions.merge(
+        status.get("conditions"),
+        [conditions.condition("SpecApplied", False, "ImmutableWhileRunning", message)],
+        generation,
+        now,
+    )
+    status["observedGeneration"] = generation
+    events = (
+        []
+        if old and old.get("status") == "False" and old.get("message") == message
+        else [("Warning", "SpecChangeIgnored", message)]
+    )
+    return Outcome(status, events)

@@ -1,0 +1,169 @@
+"""An emulated cluster for end-to-end tests: the API emulator and the fake Job controller run in
+their own thread and event loop; the operator runs in another (kopf's KopfRunner); the test
+talks to both synchronously."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kmock
+from kopf.testing import KopfRunner
+
+from cluster.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, Emulator
+from cluster.jobcontroller import JobController
+
+KTJ = kmock.resource("kerasoperator.dev", "v1alpha1", "kerastrainingjobs")
+T = TypeVar("T")
+
+
+class Cluster:
+    def __init__(self, pvc_root: Path, workdir: Path) -> None:
+        self.pvc_root, self.workdir = pvc_root, workdir
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="emulated-cluster", daemon=True)
+        self.emulator: Emulator | None = None
+        self.controller: JobController | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    # --- lifecycle ---
+
+    def start(self) -> Cluster:
+        self.thread.start()
+        self.call(self._start())
+        return self
+
+    async def _start(self) -> None:
+        emulator = Emulator()
+        verbs = {"list", "watch", "get", "create", "patch", "delete"}
+        declared = {
+            "v1/namespaces": {"namespaced": False},
+            "apiextensions.k8s.io/v1/customresourcedefinitions": {"namespaced": False},
+            "v1/events": {"namespaced": True},
+            "v1/pods": {"namespaced": True, "subresources": {"status", "log"}},
+            "v1/configmaps": {"namespaced": True},
+            "batch/v1/jobs": {"namespaced": True, "subresources": {"status"}},
+            "kerasoperator.dev/v1alpha1/kerastrainingjobs": {
+                "kind": "KerasTrainingJob",
+                "singular": "kerastrainingjob",
+                "namespaced": True,
+                "subresources": {"status"},
+                "shortnames": {"ktj"},
+                "categories": {"keras"},
+            },
+        }
+        for key, info in declared.items():
+            emulator.resources[key] = {"verbs": verbs, **info}
+        await self._stack.enter_async_context(emulator)
+        await self._stack.enter_async_context(kmock.Server(emulator))
+        self.emulator = emulator
+        self.controller = JobController(emulator, self.pvc_root, self.workdir)
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            if self.controller is not None:
+                await self.controller.close()
+            await self._stack.aclose()
+
+        self.call(_stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def url(self) -> str:
+        assert self.emulator is not None
+        return str(self.emulator.url).rstrip("/")
+
+    # --- the API, as kubectl would use it ---
+
+    def _path(self, resource: kmock.resource, namespace: str, name: str | None = None) -> str:
+        base = f"/api/{resource.version}" if not resource.group else f"/apis/{resource.group}/{resource.version}"
+        path = f"{base}/namespaces/{namespace}/{resource.plural}"
+        return f"{path}/{name}" if name else path
+
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        assert self.emulator is not None
+        async with self.emulator.request(method, path, json=body) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise RuntimeError(f"{method} {path}: {resp.status} {data}")
+            return data
+
+    def create(self, resource: kmock.resource, obj: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
+        obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
+        return dict(self.call(self._request("POST", self._path(resource, namespace), obj)))
+
+    def patch(self, resource: kmock.resource, name: str, body: dict[str, Any], namespace: str = "default") -> None:
+        self.call(self._request("PATCH", self._path(resource, namespace, name), body))
+
+    def delete(self, resource: kmock.resource, name: str, namespace: str = "default") -> None:
+        self.call(self._request("DELETE", self._path(resource, namespace, name)))
+
+    def get(self, resource: kmock.resource, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        assert self.emulator is not None
+        emulator = self.emulator
+
+        async def _get() -> dict[str, Any] | None:
+            return emulator.find(resource, namespace, name)
+
+        return self.call(_get())
+
+    def list(self, resource: kmock.resource, namespace: str | None = "default") -> list[dict[str, Any]]:
+        assert self.emulator is not None
+        emulator = self.emulator
+
+        async def _list() -> list[dict[str, Any]]:
+            return [
+                o for o in emulator.live(resource) if namespace is None or o["metadata"].get("namespace") == namespace
+            ]
+
+        return list(self.call(_list()))
+
+    def events_for(self, name: str, namespace: str = "default") -> list[dict[str, Any]]:
+        return [e for e in self.list(EVENTS, namespace) if e.get("involvedObject", {}).get("name") == name]
+
+    def wait_for(self, check: Callable[[], T], timeout: float = 120, message: str = "") -> T:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            last = check()
+            if last:
+                return last
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout}s waiting for {message or check}; last: {last!r}")
+
+    def ktj(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        obj = self.get(KTJ, name, namespace)
+        assert obj is not None, f"KerasTrainingJob {name} not found"
+        return obj
+
+
+@contextlib.contextmanager
+def operator(cluster: Cluster) -> Iterator[KopfRunner]:
+    """Run the real operator (keras_operator.main) against the emulated cluster until the block ends."""
+    assert cluster.emulator is not None
+    emulator = cluster.emulator
+    watches_before = emulator.watch_starts[KTJ]
+    runner = KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "keras_operator.main"], timeout=60)
+    runner.__enter__()
+    try:
+        # kmock re-sends every object on a new watch, but events between list and watch could be missed.
+        cluster.wait_for(
+            lambda: emulator.watch_starts[KTJ] > watches_before,
+            timeout=30,
+            message="the operator's watch on KerasTrainingJobs",
+        )
+        yield runner
+    finally:
+        runner.__exit__(None, None, None)
+
+
+__all__ = ["CONFIGMAPS", "JOBS", "KTJ", "PODS", "Cluster", "operator"]

@@ -1,0 +1,212 @@
+"""KerasTrainingJob end to end: the real operator, the emulated API, real trainer processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cluster.harness import CONFIGMAPS, JOBS, KTJ, PODS, Cluster, operator
+from helpers.jobs import tiny_job
+from helpers.manifests import ROOT, validate_k8s
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    c = Cluster(pvc_root=tmp_path / "pvc", workdir=ROOT).start()
+    monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", c.url)
+    monkeypatch.setenv("KERAS_OPERATOR_LOG_FORMAT", "json")
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def phase(cluster: Cluster, name: str) -> str | None:
+    return (cluster.ktj(name).get("status") or {}).get("phase")
+
+
+def conditions(obj: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def test_training_job_runs_to_success(cluster: Cluster) -> None:
+    import keras
+
+    doc = tiny_job(
+        "digits",
+        output={"uri": "pvc://models/digits"},
+        training__epochs=3,
+        resources={"gpus": 1, "cpu": "1", "memory": "1Gi"},
+    )
+    with operator(cluster):
+        created = cluster.create(KTJ, doc)
+        job = cluster.wait_for(lambda: cluster.get(JOBS, "digits-train"), 30, "the Job")
+        cluster.wait_for(lambda: phase(cluster, "digits") in ("Succeeded", "Failed"), 180, "the end of training")
+        ktj = cluster.ktj("digits")
+
+    # The Job: image, command, GPU, security, owner.
+    validate_k8s(job)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "ghcr.io/keras-operator/keras-trainer:0.1.0"
+    assert container["command"] == ["keras-trainer"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert job["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+    config_map = cluster.get(CONFIGMAPS, "digits-train-config")
+    assert config_map is not None
+    validate_k8s(config_map)
+
+    status = ktj["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["progress"] == {"epoch": 3, "epochs": 3}
+    assert set(status["metrics"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert status["modelUri"] == "pvc://models/digits/model.keras"
+    assert status["jobName"] == "digits-train"
+    assert status["startTime"]
+    assert status["completionTime"]
+    assert status["observedGeneration"] == 1
+    conds = conditions(ktj)
+    for expected in ("Valid", "Created", "Succeeded"):
+        assert conds[expected]["status"] == "True", conds
+        assert conds[expected]["observedGeneration"] == 1
+        assert conds[expected]["lastTransitionTime"]
+    assert conds["Running"]["status"] == "False"
+    assert "kerasoperator.dev/last-handled-configuration" in ktj["metadata"]["annotations"]
+    assert "kopf" not in status  # kopf's bookkeeping stays out of the public status
+
+    reasons = [e["reason"] for e in cluster.events_for("digits")]
+    assert "Created" in reasons
+    assert "Succeeded" in reasons
+
+    # The saved model loads and predicts, from where the PVC would be.
+    model = keras.models.load_model(cluster.pvc_root / "models" / "digits" / "model.keras")
+    assert model.predict(np.zeros((4, 8), "float32"), verbose=0).shape == (4, 3)
+
+
+def test_failing_trainer_reports_its_error(cluster: Cluster) -> None:
+    doc = tiny_job(
+        "broken",
+        output={"uri": "pvc://models/broken"},
+        model__layers=[{"type": "Dense", "units": 4}, {"type": "Dens", "units": 3}],
+    )
+    with operator(cluster):
+        cluster.create(KTJ, doc)
+        cluster.wait_for(lambda: phase(cluster, "broken") == "Failed", 120, "Failed")
+        ktj = cluster.ktj("broken")
+    message = ktj["status"]["message"]
+    assert "spec.model.layers[1].type: unknown Keras layer 'Dens'" in message
+    assert conditions(ktj)["Failed"]["reason"] == "InvalidSpec"
+    assert cluster.controller is not None
+    assert cluster.controller.pods_started == 1  # podFailurePolicy: no retries for a spec mistake
+
+
+def test_invalid_resource_is_reported_and_creates_nothing(cluster: Cluster) -> None:
+    doc = tiny_job("bad", output={"uri": "pvc://models/bad"}, training__epochs=0)
+    with operator(cluster):
+        cluster.create(KTJ, doc)
+        cluster.wait_for(lambda: phase(cluster, "bad") == "Failed", 30, "Failed")
+        ktj = cluster.ktj("bad")
+    valid = conditions(ktj)["Valid"]
+    assert valid["status"] == "False"
+    assert valid["reason"] == "InvalidSpec"
+    assert "spec.training.epochs" in valid["message"]
+    assert cluster.list(JOBS) == []
+    assert cluster.list(CONFIGMAPS) == []
+    assert "InvalidSpec" in [e["reason"] for e in cluster.events_for("bad")]
+
+
+def test_operator_restart_mid_run_keeps_one_job_and_the_status(cluster: Cluster) -> None:
+    doc = tiny_job(
+        "restart",
+        output={"uri": "pvc://models/restart"},
+        training__epochs=40,
+        data__train={"synthetic": {"samples": 3000, "inputShape": [8], "classes": 3}},
+    )
+    with operator(cluster):
+        cluster.create(KTJ, doc)
+        cluster.wait_for(
+            lambda: (cluster.ktj("restart").get("status") or {}).get("progress", {}).get("epoch", 0) >= 2,
+            120,
+            "a few epochs",
+        )
+    before = cluster.ktj("restart")["status"]
+    with operator(cluster):
+        cluster.wait_for(lambda: phase(cluster, "restart") == "Succeeded", 240, "Succeeded after the restart")
+    after = cluster.ktj("restart")["status"]
+    assert len(cluster.list(JOBS)) == 1
+    assert cluster.controller is not None
+    assert cluster.controller.pods_started == 1
+    assert after["startTime"] == before["startTime"]
+    assert (
+        conditions({"status": after})["Created"]["lastTransitionTime"]
+        == conditions({"status": before})["Created"]["lastTransitionTime"]
+    )
+    assert after["progress"] == {"epoch": 40, "epochs": 40}
+
+
+def test_deleting_the_resource_removes_job_and_config(cluster: Cluster) -> None:
+    doc = tiny_job(
+        "gone",
+        output={"uri": "pvc://models/gone"},
+        training__epochs=200,
+        data__train={"synthetic": {"samples": 3000, "inputShape": [8], "classes": 3}},
+    )
+    with operator(cluster):
+        cluster.create(KTJ, doc)
+        cluster.wait_for(lambda: phase(cluster, "gone") == "Running", 120, "Running")
+        cluster.delete(KTJ, "gone")
+        cluster.wait_for(lambda: cluster.get(KTJ, "gone") is None, 30, "the resource to go")
+    assert cluster.list(JOBS) == []
+    assert cluster.list(CONFIGMAPS) == []
+    assert cluster.list(PODS) == []
+
+
+def test_spec_change_after_start_is_reported_not_applied(cluster: Cluster) -> None:
+    doc = tiny_job(
+        "edit",
+        output={"uri": "pvc://models/edit"},
+        training__epochs=200,
+        data__train={"synthetic": {"samples": 3000, "inputShape": [8], "classes": 3}},
+    )
+    with operator(cluster):
+        cluster.create(KTJ, doc)
+        cluster.wait_for(lambda: phase(cluster, "edit") == "Running", 120, "Running")
+        job_before = cluster.get(JOBS, "edit-train")
+        cluster.patch(KTJ, "edit", {"spec": {"training": {"epochs": 5}}})
+        cluster.wait_for(
+            lambda: conditions(cluster.ktj("edit")).get("SpecApplied", {}).get("status") == "False",
+            30,
+            "SpecApplied=False",
+        )
+        ktj = cluster.ktj("edit")
+    cond = conditions(ktj)["SpecApplied"]
+    assert cond["reason"] == "ImmutableWhileRunning"
+    assert cond["observedGeneration"] == 2
+    assert "not changed" in cond["message"]
+    assert cluster.get(JOBS, "edit-train")["spec"] == job_before["spec"]
+    assert "SpecChangeIgnored" in [e["reason"] for e in cluster.events_for("edit")]
+
+
+def test_suspended_job_is_queued(cluster: Cluster) -> None:
+    doc = tiny_job("waiting", output={"uri": "pvc://models/waiting"}, runPolicy={"queueName": "team-a"})
+    with operator(cluster):
+        cluster.create(KTJ, doc)
+        cluster.wait_for(lambda: phase(cluster, "waiting") == "Queued", 30, "Queued")
+        job = cluster.get(JOBS, "waiting-train")
+        assert job["spec"]["suspend"] is True
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        assert "Kueue" in cluster.ktj("waiting")["status"]["message"]
+        # Kueue admits the Job by un-suspending it.
+        cluster.patch(JOBS, "waiting-train", {"spec": {"suspend": False}})
+        cluster.wait_for(lambda: phase(cluster, "waiting") == "Succeeded", 120, "Succeeded after admission")
+    assert conditions(cluster.ktj("waiting"))["Queued"]["status"] == "False"
+
+
+assert os.environ.get("KERAS_OPERATOR_SYNC_INTERVAL") == "1", "tests/conftest.py sets a fast status refresh"
