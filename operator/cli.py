@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from keras_trainer import train
     from keras_trainer.reporting import ConsoleReporter
 
-    logs.configure(stream=sys.stderr, level="warning")
+    logs.configure(level="warning", stream="stderr")
     output = args.output or local_output(job)
     print(f"training {job.metadata.name}: {job.spec.training.epochs} epochs, output {output}", file=sys.stderr)
     started = conditions.now_iso()

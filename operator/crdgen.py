@@ -1,4 +1,4 @@
-"""Generates the CRDs in crds/ from the API types (python -m keras_operator.crdgen).
+"""Generates the CRDs in crds/ from the API types (python -P -m keras_operator.crdgen).
 
 pydantic writes JSON Schema; Kubernetes wants a *structural* OpenAPI v3 schema. This module
 inlines references, drops nulls and titles, and translates the few constructs that differ.
@@ -188,7 +188,7 @@ def all_crds() -> dict[str, dict[str, Any]]:
 
 
 def render(obj: dict[str, Any]) -> str:
-    header = "# Generated from operator/api by `python -m keras_operator.crdgen`; do not edit.\n"
+    header = "# Generated from operator/api by `python -P -m keras_operator.crdgen`; do not edit.\n"
     return header + yaml.dump(obj, Dumper=_NoAliasDumper, sort_keys=False, width=120)
 
 

@@ -1,22 +1,39 @@
-"""structlog set-up shared by the trainer and the model server: JSON in containers, readable on a terminal."""
+"""structlog set-up for the operator, the trainer and the model server: JSON in containers,
+readable on a terminal."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import Any, Literal
 
 import structlog
 
 
-def configure(fmt: str | None = None, level: str | None = None, stream: TextIO | None = None) -> None:
+class _Stream:
+    """Looks up sys.stdout / sys.stderr at each write, so a replaced stream (tests, the CLI) is honoured."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def write(self, text: str) -> int:
+        return int(getattr(sys, self.name).write(text))
+
+    def flush(self) -> None:
+        getattr(sys, self.name).flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(sys, self.name).isatty())
+
+
+def configure(fmt: str | None = None, level: str | None = None, stream: Literal["stdout", "stderr"] = "stdout") -> None:
     """`fmt` is json, console or auto (console on a terminal, JSON otherwise)."""
-    stream = stream or sys.stdout
+    out = _Stream(stream)
     fmt = (fmt or os.environ.get("KERAS_OPERATOR_LOG_FORMAT") or "auto").lower()
     level_name = (level or os.environ.get("KERAS_OPERATOR_LOG_LEVEL") or "info").upper()
     if fmt == "auto":
-        fmt = "console" if stream.isatty() else "json"
+        fmt = "console" if out.isatty() else "json"
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -29,6 +46,6 @@ def configure(fmt: str | None = None, level: str | None = None, stream: TextIO |
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level_name)),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

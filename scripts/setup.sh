@@ -2,6 +2,6 @@
 # Creates .venv with the project and everything the demo and the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+python3 -P -m venv .venv  # -P: the operator/ folder must not shadow the stdlib module
+.venv/bin/python -P -m pip install --quiet --upgrade pip
+.venv/bin/python -P -m pip install --quiet -c constraints.txt -e '.[dev]'

@@ -120,7 +120,17 @@ def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path) -> None
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(doc))
     env = {**os.environ, "KERAS_TRAINER_TERMINATION_LOG": str(tmp_path / "term"), "KERAS_OPERATOR_LOG_FORMAT": "json"}
-    cmd = [sys.executable, "-m", "keras_trainer", "train", "--config", str(config), "--output", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-P",
+        "-m",
+        "keras_trainer",
+        "train",
+        "--config",
+        str(config),
+        "--output",
+        str(tmp_path / "out"),
+    ]
 
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     seen = []

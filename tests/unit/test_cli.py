@@ -1,0 +1,96 @@
+"""kerasop run / render: output and exit codes (0 Succeeded, 1 Failed, 2 invalid)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers.jobs import tiny_job
+from helpers.manifests import ROOT, validate_k8s
+from keras_operator import cli
+
+
+def write(tmp_path: Path, doc: dict[str, Any]) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _local_pvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERAS_OPERATOR_PVC_ROOT", str(tmp_path / "pvc"))
+    monkeypatch.chdir(tmp_path)
+
+
+def test_run_prints_the_final_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["run", write(tmp_path, tiny_job("local")), "-o", "json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    status = json.loads(out)["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["progress"] == {"epoch": 2, "epochs": 2}
+    assert status["modelUri"] == "runs/local/model.keras"  # no output.uri: ./runs/NAME
+    assert (tmp_path / "runs" / "local" / "model.keras").exists()
+    assert "epoch 1/2 " in err  # one plain line per epoch when not on a terminal
+    assert "epoch 2/2 " in err
+
+
+def test_run_maps_pvc_uris_to_the_local_pvc_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["run", write(tmp_path, tiny_job("p", output={"uri": "pvc://models/p"}))])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert yaml.safe_load(out)["status"]["modelUri"] == "pvc://models/p/model.keras"
+    assert (tmp_path / "pvc" / "models" / "p" / "model.keras").exists()
+
+
+def test_run_invalid_resource_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["run", write(tmp_path, tiny_job(training__batchSize=0))])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "spec.training.batchSize" in err
+
+
+def test_run_training_failure_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((20, 8), "float32"), y=np.full(20, 7))  # 7 classes > 3 outputs
+    code = cli.main(["run", write(tmp_path, tiny_job(data={"train": {"uri": str(tmp_path / "d.npz")}}))])
+    out, _ = capsys.readouterr()
+    assert code == 1
+    status = yaml.safe_load(out)["status"]
+    assert status["phase"] == "Failed"
+    assert status["message"].startswith("training failed:")
+
+
+def test_render_prints_valid_objects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["render", str(ROOT / "examples" / "digits.yaml"), "-n", "ml"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    objects = list(yaml.safe_load_all(out))
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Job"]
+    for obj in objects:
+        assert obj["metadata"]["namespace"] == "ml"
+        validate_k8s(obj)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("kind: [", "not valid YAML"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n", "apiVersion: expected kerasoperator.dev/v1alpha1"),
+        (
+            "apiVersion: kerasoperator.dev/v1alpha1\nkind: KerasTrainingJob\nmetadata: {name: x}\nspec: hello\n",
+            "spec: Input should be",
+        ),
+    ],
+)
+def test_render_rejects_garbage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
+    path = tmp_path / "x.yaml"
+    path.write_text(content)
+    assert cli.main(["render", str(path)]) == 2
+    assert expected in capsys.readouterr().err
