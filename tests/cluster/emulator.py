@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp.web
 import attrs
 import kmock
 from kmock._internal import dicts, enums, rendering
@@ -52,10 +53,24 @@ def _matches(labels: dict[str, str], selector: str) -> bool:
     return True
 
 
+@attrs.define
+class Fault:
+    """Answer the next `count` matching requests with `status`; `after_store` applies the change first
+    (the API did the work but the response was lost), else the request changes nothing."""
+
+    action: enums.action
+    resource: kmock.resource
+    status: int
+    count: int = 1
+    after_store: bool = False
+    hits: int = 0
+
+
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
     pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict)
     hooks: list[Hook] = attrs.field(factory=list)
+    faults: list[Fault] = attrs.field(factory=list)
     watch_starts: collections.Counter[kmock.resource] = attrs.field(factory=collections.Counter)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000))
 
@@ -70,6 +85,15 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> Any:
         action, resource = request.action, request.resource
+        fault = next(
+            (f for f in self.faults if f.action == action and f.resource == resource and f.hits < f.count), None
+        )
+        if fault is not None:
+            fault.hits += 1
+            if not fault.after_store:
+                raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message="injected by the test")
+        if resource == PODS and request.subresource == "log" and action == enums.action.FETCH:
+            return self._pod_log(request)
         if resource is not None and isinstance(request.data, dict):
             if action == enums.action.CREATE:
                 self._stamp_create(request)
@@ -82,6 +106,8 @@ class Emulator(kmock.KubernetesEmulator):
                 del self._requests[:-16]
         if resource is not None and action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
             await self._after_change(action, request)
+        if fault is not None:
+            raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message="response lost")
         return response
 
     def _stamp_create(self, request: rendering.Request) -> None:
@@ -166,13 +192,12 @@ class Emulator(kmock.KubernetesEmulator):
         async for item in super()._serve_watch(request):
             yield item
 
-    async def _serve_fetch(self, request: rendering.Request) -> Any:
-        if request.resource == PODS and request.subresource == "log":
-            if self.find(PODS, request.namespace or "", request.name or "") is None:
-                raise kmock.KubernetesObjectNotFoundError()
-            text = self.pod_logs.get((request.namespace or "", request.name or ""), "")
-            tail = request.params.get("tailLines")
-            if tail:
-                text = "".join(text.splitlines(keepends=True)[-int(tail) :])
-            return text.encode()
-        return await super()._serve_fetch(request)
+    def _pod_log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """GET pods/NAME/log: plain text, as the kubelet serves it, honouring tailLines."""
+        if self.find(PODS, request.namespace or "", request.name or "") is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        text = self.pod_logs.get((request.namespace or "", request.name or ""), "")
+        tail = request.params.get("tailLines")
+        if tail:
+            text = "".join(text.splitlines(keepends=True)[-int(tail) :])
+        return aiohttp.web.Response(text=text, content_type="text/plain")

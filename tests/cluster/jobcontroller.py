@@ -39,11 +39,13 @@ class JobController:
         emulator.hooks.append(self._on_change)
 
     async def close(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        for proc in self.processes.values():
+        processes = list(self.processes.values())
+        for proc in processes:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+        await asyncio.gather(*(p.wait() for p in processes), return_exceptions=True)
+        for task in self.tasks.values():
+            task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         if self.session is not None:
             await self.session.close()

@@ -210,3 +210,90 @@ def test_suspended_job_is_queued(cluster: Cluster) -> None:
 
 
 assert os.environ.get("KERAS_OPERATOR_SYNC_INTERVAL") == "1", "tests/conftest.py sets a fast status refresh"
+
+
+def test_killed_pod_is_retried_and_resumes_from_checkpoint(cluster: Cluster) -> None:
+    doc = tiny_job(
+        "preempted",
+        output={"uri": "pvc://models/preempted"},
+        training__epochs=10,
+        training__batchSize=16,
+        data__train={"synthetic": {"samples": 20000, "inputShape": [8], "classes": 3}},
+    )
+    with operator(cluster):
+        cluster.create(KTJ, doc)
+        controller, emulator = cluster.controller, cluster.emulator
+        assert controller is not None
+        assert emulator is not None
+        cluster.wait_for(lambda: any('"epoch": 3,' in log for log in emulator.pod_logs.values()), 120, "3 epochs")
+
+        async def kill() -> int:  # what an OOM kill or a node loss does to the container
+            running = [p for p in controller.processes.values() if p.returncode is None]
+            for proc in running:
+                proc.kill()
+            return len(running)
+
+        assert cluster.call(kill()) == 1
+        cluster.wait_for(
+            lambda: "attempt 2" in (cluster.ktj("preempted").get("status") or {}).get("message", ""),
+            60,
+            "the Running message to show the retry",
+        )
+        cluster.wait_for(lambda: phase(cluster, "preempted") == "Succeeded", 180, "Succeeded after the retry")
+    assert controller.pods_started == 2
+    assert cluster.get(JOBS, "preempted-train")["status"]["failed"] == 1
+    assert cluster.ktj("preempted")["status"]["progress"] == {"epoch": 10, "epochs": 10}
+    seen = {
+        v["status"]["progress"]["epoch"]
+        for v in emulator.objects[KTJ, "default", "preempted"].history
+        if v is not None and "progress" in (v.get("status") or {})
+    }
+    assert len(seen) >= 5, f"status was not kept current while training: saw epochs {sorted(seen)}"
+    second_pod = max(cluster.list(PODS), key=lambda p: p["metadata"]["resourceVersion"])
+    log = emulator.pod_logs[("default", second_pod["metadata"]["name"])]
+    assert '"event": "resumed"' in log
+
+
+def test_api_errors_are_retried_without_a_second_job(cluster: Cluster) -> None:
+    from cluster.emulator import Fault
+    from kmock import action
+
+    assert cluster.emulator is not None
+    # The first Job create is applied but its response is lost (a 500): the retry meets 409 and adopts it.
+    cluster.emulator.faults.append(Fault(action.CREATE, JOBS, 500, after_store=True))
+    # Reading Jobs fails twice with 503 while the training runs.
+    cluster.emulator.faults.append(Fault(action.FETCH, JOBS, 503, count=2))
+    doc = tiny_job("flaky", output={"uri": "pvc://models/flaky"})
+    with operator(cluster) as runner:
+        cluster.create(KTJ, doc)
+        cluster.wait_for(lambda: phase(cluster, "flaky") == "Succeeded", 180, "Succeeded despite API errors")
+    assert len(cluster.list(JOBS)) == 1
+    assert cluster.controller is not None
+    assert cluster.controller.pods_started == 1
+    assert all(f.hits == f.count for f in cluster.emulator.faults)
+    assert runner.exception is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ("hello", "spec: Input should be a valid dictionary"),
+        ({"model": {"layers": "x"}}, "spec.model.layers"),
+        ({}, "spec.model: Field required"),
+    ],
+)
+def test_garbage_objects_never_crash_the_operator(cluster: Cluster, spec: object, field: str) -> None:
+    with operator(cluster) as runner:
+        cluster.create(
+            KTJ,
+            {
+                "apiVersion": "kerasoperator.dev/v1alpha1",
+                "kind": "KerasTrainingJob",
+                "metadata": {"name": "garbage"},
+                "spec": spec,
+            },
+        )
+        cluster.wait_for(lambda: phase(cluster, "garbage") == "Failed", 30, "Failed")
+    assert field in conditions(cluster.ktj("garbage"))["Valid"]["message"]
+    assert cluster.list(JOBS) == []
+    assert runner.exception is None
