@@ -29,6 +29,12 @@ from cluster.emulator import CONFIGMAPS, JOBS, PODS, Emulator, _now
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # what the kubelet keeps of the log for FallbackToLogsOnError
 
 
+def _true(types: tuple[str, ...], reason: str, message: str, now: str) -> list[dict[str, Any]]:
+    return [
+        {"type": t, "status": "True", "reason": reason, "message": message, "lastTransitionTime": now} for t in types
+    ]
+
+
 class JobController:
     def __init__(self, emulator: Emulator, pvc_root: Path, workdir: Path) -> None:
         self.emulator, self.pvc_root, self.workdir = emulator, pvc_root, workdir
@@ -100,31 +106,14 @@ class JobController:
                     exit_code = await self._run_pod(job)
                     if exit_code == 0:
                         now = _now()
-                        await self._patch_status(
-                            "jobs",
-                            ns,
-                            name,
-                            {
-                                "active": 0,
-                                "succeeded": 1,
-                                "failed": failed,
-                                "completionTime": now,
-                                "conditions": [
-                                    {
-                                        "type": "SuccessCriteriaMet",
-                                        "status": "True",
-                                        "reason": "CompletionsReached",
-                                        "lastTransitionTime": now,
-                                    },
-                                    {
-                                        "type": "Complete",
-                                        "status": "True",
-                                        "reason": "CompletionsReached",
-                                        "lastTransitionTime": now,
-                                    },
-                                ],
-                            },
-                        )
+                        status = {
+                            "active": 0,
+                            "succeeded": 1,
+                            "failed": failed,
+                            "completionTime": now,
+                            "conditions": _true(("SuccessCriteriaMet", "Complete"), "CompletionsReached", "", now),
+                        }
+                        await self._patch_status("jobs", ns, name, status)
                         return
                     failed += 1
                     reason = self._fail_job_reason(spec, exit_code) or (
@@ -150,32 +139,8 @@ class JobController:
             await self._fail(ns, name, failed, "DeadlineExceeded", "Job was active longer than specified deadline")
 
     async def _fail(self, ns: str, name: str, failed: int, reason: str, message: str) -> None:
-        now = _now()
-        await self._patch_status(
-            "jobs",
-            ns,
-            name,
-            {
-                "active": 0,
-                "failed": failed,
-                "conditions": [
-                    {
-                        "type": "FailureTarget",
-                        "status": "True",
-                        "reason": reason,
-                        "message": message,
-                        "lastTransitionTime": now,
-                    },
-                    {
-                        "type": "Failed",
-                        "status": "True",
-                        "reason": reason,
-                        "message": message,
-                        "lastTransitionTime": now,
-                    },
-                ],
-            },
-        )
+        conditions = _true(("FailureTarget", "Failed"), reason, message, _now())
+        await self._patch_status("jobs", ns, name, {"active": 0, "failed": failed, "conditions": conditions})
 
     @staticmethod
     def _fail_job_reason(spec: dict[str, Any], exit_code: int) -> str | None:

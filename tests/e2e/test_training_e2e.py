@@ -26,6 +26,16 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         c.stop()
 
 
+def long_job(name: str, epochs: int) -> dict:
+    """A training long enough to be caught while it runs."""
+    return tiny_job(
+        name,
+        output={"uri": f"pvc://models/{name}"},
+        training__epochs=epochs,
+        data__train={"synthetic": {"samples": 3000, "inputShape": [8], "classes": 3}},
+    )
+
+
 def phase(cluster: Cluster, name: str) -> str | None:
     return (cluster.ktj(name).get("status") or {}).get("phase")
 
@@ -123,12 +133,7 @@ def test_invalid_resource_is_reported_and_creates_nothing(cluster: Cluster) -> N
 
 
 def test_operator_restart_mid_run_keeps_one_job_and_the_status(cluster: Cluster) -> None:
-    doc = tiny_job(
-        "restart",
-        output={"uri": "pvc://models/restart"},
-        training__epochs=40,
-        data__train={"synthetic": {"samples": 3000, "inputShape": [8], "classes": 3}},
-    )
+    doc = long_job("restart", epochs=40)
     with operator(cluster):
         cluster.create(KTJ, doc)
         cluster.wait_for(
@@ -152,12 +157,7 @@ def test_operator_restart_mid_run_keeps_one_job_and_the_status(cluster: Cluster)
 
 
 def test_deleting_the_resource_removes_job_and_config(cluster: Cluster) -> None:
-    doc = tiny_job(
-        "gone",
-        output={"uri": "pvc://models/gone"},
-        training__epochs=200,
-        data__train={"synthetic": {"samples": 3000, "inputShape": [8], "classes": 3}},
-    )
+    doc = long_job("gone", epochs=200)
     with operator(cluster):
         cluster.create(KTJ, doc)
         cluster.wait_for(lambda: phase(cluster, "gone") == "Running", 120, "Running")
@@ -169,12 +169,7 @@ def test_deleting_the_resource_removes_job_and_config(cluster: Cluster) -> None:
 
 
 def test_spec_change_after_start_is_reported_not_applied(cluster: Cluster) -> None:
-    doc = tiny_job(
-        "edit",
-        output={"uri": "pvc://models/edit"},
-        training__epochs=200,
-        data__train={"synthetic": {"samples": 3000, "inputShape": [8], "classes": 3}},
-    )
+    doc = long_job("edit", epochs=200)
     with operator(cluster):
         cluster.create(KTJ, doc)
         cluster.wait_for(lambda: phase(cluster, "edit") == "Running", 120, "Running")
