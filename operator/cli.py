@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from keras_operator import conditions, training_status
 from keras_operator.api.parse import InvalidResource, parse, read_documents
 from keras_operator.api.training import KerasTrainingJob

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
+
 from keras_operator.api import training
 from keras_operator.api.common import GROUP, VERSION
-from pydantic import BaseModel
 
 CRD_DIR = Path(__file__).resolve().parent.parent / "crds"
 

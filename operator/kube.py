@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 
 import kopf
 import kubernetes
-from keras_operator.settings import Settings
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
+
+from keras_operator.settings import Settings
 
 T = TypeVar("T")
 RETRY_DELAY = 5.0

@@ -27,8 +27,14 @@ class _Stream:
         return bool(getattr(sys, self.name).isatty())
 
 
-def configure(fmt: str | None = None, level: str | None = None, stream: Literal["stdout", "stderr"] = "stdout") -> None:
-    """`fmt` is json, console or auto (console on a terminal, JSON otherwise)."""
+def configure(
+    fmt: str | None = None,
+    level: str | None = None,
+    stream: Literal["stdout", "stderr"] = "stdout",
+    stdlib: bool = False,
+) -> None:
+    """`fmt` is json, console or auto (console on a terminal, JSON otherwise); `stdlib` also renders
+    the standard logging records of libraries (kopf, aiohttp) the same way."""
     out = _Stream(stream)
     fmt = (fmt or os.environ.get("KERAS_OPERATOR_LOG_FORMAT") or "auto").lower()
     level_name = (level or os.environ.get("KERAS_OPERATOR_LOG_LEVEL") or "info").upper()
@@ -49,3 +55,18 @@ def configure(fmt: str | None = None, level: str | None = None, stream: Literal[
         logger_factory=structlog.PrintLoggerFactory(out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
+    if stdlib:
+        handler = logging.StreamHandler(out)  # type: ignore[arg-type]
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processor=renderer,
+                foreign_pre_chain=[
+                    structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                ],
+            )
+        )
+        root = logging.getLogger()
+        # Replace plain stream handlers (kopf's own); keep subclasses such as test log capture.
+        root.handlers = [h for h in root.handlers if type(h) is not logging.StreamHandler] + [handler]
+        root.setLevel(level_name)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from keras_operator.api.training import DataSource
 from keras_trainer import storage
 from keras_trainer.errors import SpecError, suggestion

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import keras
+
 from keras_operator.api.training import ModelSpec, TrainingSpec
 from keras_trainer import storage
 from keras_trainer.errors import SpecError, first_line, suggestion

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 import structlog
+
 from keras_operator.api.report import TERMINATION_MESSAGE_PATH, EpochReport, TrainingResult
 
 TERMINATION_PATH_ENV = "KERAS_TRAINER_TERMINATION_LOG"

@@ -9,6 +9,7 @@ from typing import Any
 
 import keras
 import numpy as np
+
 from keras_operator.api.report import EpochReport, TrainingResult, clean_metrics
 from keras_operator.api.training import KerasTrainingJob
 from keras_trainer import data as data_mod

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from keras_operator.api.base import ApiModel
 from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema
+
+from keras_operator.api.base import ApiModel
 
 GROUP = "kerasoperator.dev"
 VERSION = "v1alpha1"

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
 from keras_operator.api.base import describe_errors
 from keras_operator.api.common import API_VERSION
 from keras_operator.api.training import KIND as TRAINING_KIND
 from keras_operator.api.training import KerasTrainingJob, KerasTrainingJobSpec
-from pydantic import ValidationError
 
 KINDS: dict[str, type[KerasTrainingJob]] = {TRAINING_KIND: KerasTrainingJob}
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
+from pydantic import ConfigDict, Field, WithJsonSchema
+
 from keras_operator.api.base import ApiModel, OpenModel, Rule, at_most_one_of, exactly_one_of, requires
 from keras_operator.api.common import API_VERSION, Backend, Condition, PodTemplate, Resources
-from pydantic import ConfigDict, Field, WithJsonSchema
 
 KIND = "KerasTrainingJob"
 PLURAL = "kerastrainingjobs"

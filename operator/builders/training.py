@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+
 from keras_operator.api.common import GROUP
 from keras_operator.api.report import EXIT_INVALID_SPEC, TERMINATION_MESSAGE_PATH
 from keras_operator.api.training import KerasTrainingJobSpec

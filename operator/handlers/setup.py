@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 import structlog
+
 from keras_operator import logs
 from keras_operator.api.common import GROUP
 from keras_operator.settings import Settings
@@ -23,7 +24,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     ours = Settings.from_env()
-    logs.configure(ours.log_format, ours.log_level)
+    logs.configure(ours.log_format, ours.log_level, stdlib=True)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     # kopf's bookkeeping lives under our own prefix, never in the public status.
     settings.persistence.finalizer = f"{GROUP}/finalizer"

@@ -6,6 +6,7 @@ from typing import Any
 
 import kopf
 import structlog
+
 from keras_operator import training_controller, training_status
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.training import PLURAL

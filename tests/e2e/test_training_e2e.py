@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cluster.harness import CONFIGMAPS, JOBS, KTJ, PODS, Cluster, operator
 from helpers.jobs import tiny_job
 from helpers.manifests import ROOT, validate_k8s
@@ -250,8 +251,9 @@ def test_killed_pod_is_retried_and_resumes_from_checkpoint(cluster: Cluster) -> 
 
 
 def test_api_errors_are_retried_without_a_second_job(cluster: Cluster) -> None:
-    from cluster.emulator import Fault
     from kmock import action
+
+    from cluster.emulator import Fault
 
     assert cluster.emulator is not None
     # The first Job create is applied but its response is lost (a 500): the retry meets 409 and adopts it.

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from helpers.jobs import tiny_job
 from helpers.manifests import ROOT, validate_k8s
 from keras_operator import cli

@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from helpers.manifests import ROOT, cel_errors, crd, crd_schema, validate_cr, validate_k8s
 from keras_operator import crdgen
 from keras_operator.api.parse import InvalidResource, parse

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+
 from helpers.jobs import tiny_job
 from keras_operator.api.report import last_epoch, parse_termination_message
 from keras_trainer import cli
@@ -97,6 +98,7 @@ def test_remote_output_through_fsspec(tmp_path: Path, monkeypatch: pytest.Monkey
     """memory:// stands in for s3:// and gs://: the same fsspec code path, no network."""
     import fsspec
     import keras
+
     from keras_operator.api.parse import parse
     from keras_trainer import train
     from keras_trainer.reporting import PodReporter

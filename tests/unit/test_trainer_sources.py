@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers.jobs import tiny_job
 from keras_operator.api.parse import parse
 from keras_trainer import train

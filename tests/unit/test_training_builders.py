@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from helpers.manifests import ROOT, validate_k8s
 from keras_operator.api.parse import parse
 from keras_operator.builders.training import build_config_map, build_job
