@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from helpers.jobs import tiny_job
-from keras_operator.api.report import last_epoch, parse_termination_message
+from keras_operator.api.report import TrainingResult, last_epoch, parse_termination_message
 from keras_trainer import cli
 
 
@@ -156,3 +156,39 @@ def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path) -> None
     assert any(
         json.loads(line).get("event") == "resumed" for line in second.stdout.splitlines() if line.startswith("{")
     )
+
+
+def test_data_from_a_remote_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data at a fsspec URI (memory:// standing in for s3:// or gs://) is fetched before loading."""
+    import fsspec
+
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(64, 8)).astype("float32"), y=np.arange(64) % 3)
+    fsspec.filesystem("memory").put(str(tmp_path / "d.npz"), "/datasets/d.npz")
+    code, result = run_cli(tmp_path, tiny_job(data={"train": {"uri": "memory://datasets/d.npz"}}), monkeypatch)
+    assert code == 0, result.message
+    code, result = run_cli(tmp_path, tiny_job(data={"train": {"uri": "memory://datasets/none.npz"}}), monkeypatch)
+    assert result.message == "spec.data.train.uri: not found: memory://datasets/none.npz"
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    import io
+
+    from keras_operator.api.report import EpochReport
+    from keras_trainer.reporting import ConsoleReporter
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    reporter = ConsoleReporter(screen)
+    reporter.begin(epochs=2, initial_epoch=0, steps=10)
+    for step in range(1, 11):
+        reporter.batch(step)
+    reporter.epoch(EpochReport(epoch=1, epochs=2, metrics={"loss": 0.5}))
+    reporter.epoch(EpochReport(epoch=2, epochs=2, metrics={"loss": 0.25}))
+    reporter.end(TrainingResult(phase="Succeeded", model_uri="m.keras", epochs=2, epoch=2))
+    text = screen.getvalue()
+    assert "epoch 2/2" in text
+    assert "10/10" in text  # a bar over the epoch's steps
+    assert "loss=0.25" in text
