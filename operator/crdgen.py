@@ -16,7 +16,9 @@ from pydantic import BaseModel
 from keras_operator.api import training
 from keras_operator.api.common import GROUP, VERSION
 
-CRD_DIR = Path(__file__).resolve().parent.parent / "crds"
+ROOT = Path(__file__).resolve().parent.parent
+# The chart ships byte-identical copies: `helm install` creates the CRDs, `kubectl apply -f crds/` too.
+CRD_DIRS = (ROOT / "crds", ROOT / "charts" / "keras-operator" / "crds")
 
 
 def structural(schema: dict[str, Any]) -> dict[str, Any]:
@@ -194,11 +196,12 @@ def render(obj: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    out = Path((argv or sys.argv[1:] or [str(CRD_DIR)])[0])
-    out.mkdir(parents=True, exist_ok=True)
-    for name, obj in all_crds().items():
-        (out / name).write_text(render(obj))
-        print(f"wrote {out / name}")
+    dirs = [Path(a) for a in (argv if argv is not None else sys.argv[1:])] or list(CRD_DIRS)
+    for out in dirs:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, obj in all_crds().items():
+            (out / name).write_text(render(obj))
+            print(f"wrote {out / name}")
     return 0
 
 

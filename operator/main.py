@@ -14,7 +14,7 @@ def main() -> None:
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
-        standalone=False,
+        standalone=True,  # one replica (Recreate): kopf peering needs no extra RBAC or CRDs
     )
 
 

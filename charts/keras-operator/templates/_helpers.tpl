@@ -1,0 +1,49 @@
+{{- define "keras-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "keras-operator.labels" -}}
+app.kubernetes.io/name: keras-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "keras-operator.selector" -}}
+app.kubernetes.io/name: keras-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "keras-operator.serviceAccount" -}}
+{{- default (include "keras-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{/* What the operator does in the namespaces it watches: exactly the calls in operator/kube.py and kopf's. */}}
+{{- define "keras-operator.namespacedRules" -}}
+- apiGroups: [kerasoperator.dev]
+  resources: [kerastrainingjobs]
+  verbs: [get, list, watch, patch]
+- apiGroups: [kerasoperator.dev]
+  resources: [kerastrainingjobs/status]
+  verbs: [get, patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}

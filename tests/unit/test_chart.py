@@ -1,0 +1,112 @@
+"""The Helm chart, rendered by the real helm binary and checked against Kubernetes' schemas."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from helpers.manifests import ROOT, validate_k8s
+
+CHART = ROOT / "charts" / "keras-operator"
+HELM = ROOT / ".cache" / "bin" / "helm"  # scripts/setup.sh fetches it
+
+
+def helm(*args: str) -> str:
+    assert HELM.exists(), "run scripts/setup.sh (it fetches helm into .cache/bin)"
+    result = subprocess.run([str(HELM), *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    args = ["template", "ko", str(CHART), "--namespace", "keras-system"]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*args)) if d]
+
+
+def test_lint_strict() -> None:
+    helm("lint", "--strict", str(CHART))
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    for crd in (ROOT / "crds").glob("*.yaml"):
+        assert (CHART / "crds" / crd.name).read_bytes() == crd.read_bytes(), crd.name
+    assert {p.name for p in (CHART / "crds").glob("*.yaml")} == {p.name for p in (ROOT / "crds").glob("*.yaml")}
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        (),
+        ("watchNamespaces={ml,team-b}", "logLevel=debug", "logFormat=console", "syncInterval=2"),
+        (
+            "serviceAccount.create=false",
+            "serviceAccount.name=existing",
+            "image.tag=dev",
+            "image.pullPolicy=Always",
+            "imagePullSecrets[0].name=regcred",
+            "nodeSelector.pool=system",
+            "tolerations[0].operator=Exists",
+            "podLabels.team=ml",
+            "podAnnotations.a=b",
+            "trainerImage=registry.local/trainer:1",
+            "replicas=0",
+        ),
+    ],
+    ids=["defaults", "namespaced", "options"],
+)
+def test_rendered_objects_are_valid_kubernetes(sets: tuple[str, ...]) -> None:
+    objects = render(*sets)
+    assert objects
+    for obj in objects:
+        validate_k8s(obj)
+
+
+def test_operator_pod_is_restricted_and_probed() -> None:
+    deployment = next(o for o in render() if o["kind"] == "Deployment")
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["KERAS_OPERATOR_NAMESPACES"] == ""
+
+
+def test_rbac_is_cluster_wide_by_default_and_per_namespace_when_asked() -> None:
+    kinds = [(o["kind"], o["metadata"].get("namespace")) for o in render()]
+    assert ("ClusterRole", None) in kinds
+    assert not any(k == "Role" for k, _ in kinds)
+    scoped = render("watchNamespaces={ml,team-b}")
+    roles = {o["metadata"]["namespace"] for o in scoped if o["kind"] == "Role"}
+    assert roles == {"ml", "team-b"}
+    cluster_roles = [o for o in scoped if o["kind"] == "ClusterRole"]
+    # Only discovery stays cluster-wide.
+    assert [r["resources"] for o in cluster_roles for r in o["rules"]] == [
+        ["customresourcedefinitions"],
+        ["namespaces"],
+    ]
+    deployment = next(o for o in scoped if o["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KERAS_OPERATOR_NAMESPACES"] == "ml,team-b"
+
+
+def test_values_schema_rejects_typos() -> None:
+    result = subprocess.run(
+        [str(HELM), "template", "ko", str(CHART), "--set", "logLevl=debug"], capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "logLevl" in result.stderr
+
+
+def test_every_value_is_documented() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for index, line in enumerate(lines):
+        if line and not line.startswith(("#", " ")) and ":" in line:
+            assert lines[index - 1].startswith("# --") or line.endswith(":"), f"undocumented value: {line}"
