@@ -159,7 +159,9 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
 
     model_uri = _save(model, spec.output.formats, workspace)
     last = progress.last
-    metrics = last.metrics if last else {}
+    metrics = dict(last.metrics) if last else {}
+    # The saved weights may be the best epoch's (early stopping), not the last one's: report theirs.
+    metrics.update(_evaluate(model, train, validation, spec.data.validation_split, training.batch_size))
     return TrainingResult(
         phase="Succeeded",
         reason="Completed",
@@ -169,6 +171,28 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
         metrics=metrics,
         model_uri=model_uri,
     )
+
+
+def _evaluate(
+    model: keras.Model,
+    train: data_mod.Data,
+    validation: data_mod.Data | None,
+    split: float | None,
+    batch_size: int,
+) -> dict[str, float]:
+    """val_* metrics of the final model on the validation data (held-out split or separate set)."""
+    if validation is not None:
+        x, y = (validation.x, validation.y) if validation.x is not None else (validation.dataset, None)
+    elif split and train.x is not None:
+        # Keras holds out the last fraction of the arrays for validation_split.
+        held_out = int(len(train.x) * split)
+        if not held_out:
+            return {}
+        x, y = train.x[-held_out:], train.y[-held_out:] if train.y is not None else None
+    else:
+        return {}
+    results = model.evaluate(x, y, batch_size=batch_size if y is not None else None, verbose=0, return_dict=True)
+    return clean_metrics({f"val_{k}": v for k, v in results.items()})
 
 
 def _check_shapes(model: keras.Model, train: data_mod.Data) -> None:

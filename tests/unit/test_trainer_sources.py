@@ -136,3 +136,25 @@ def test_termination_message_stays_under_the_kubelet_limit() -> None:
     text = result.to_termination_message()
     assert len(text.encode()) <= 4096
     assert train.TrainingResult.model_validate_json(text).phase == "Failed"
+
+
+def test_early_stopping_reports_the_restored_weights_metrics(tmp_path: Path) -> None:
+    """With restoreBestWeights the saved model is the best epoch's; the reported val_* is evaluated on it."""
+    import keras
+
+    result = run(
+        tmp_path,
+        training__epochs=30,
+        training__optimizer={"name": "sgd", "learningRate": 2.0},  # diverges: val_loss stops improving fast
+        training__earlyStopping={"monitor": "val_loss", "patience": 1},
+    )
+    assert result.phase == "Succeeded", result.message
+    assert result.epoch < 30, "early stopping did not stop"
+    model = keras.models.load_model(result.model_uri)
+    job = parse(tiny_job())
+    from keras_trainer import data
+
+    train_data = data.load(job.spec.data.train, "spec.data.train", "train", batch_size=32, seed=1, shape_hint=None)
+    held_out = int(len(train_data.x) * 0.25)
+    evaluated = model.evaluate(train_data.x[-held_out:], train_data.y[-held_out:], verbose=0, return_dict=True)
+    assert result.metrics["val_loss"] == pytest.approx(evaluated["loss"], rel=1e-3)
