@@ -32,7 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="train the KerasTrainingJob in a config file")
     train.add_argument("--config", default=CONFIG_PATH, help="the KerasTrainingJob (YAML or JSON)")
     train.add_argument("--output", help="override spec.output.uri")
+    serve = sub.add_parser("serve", help="serve a saved model over TF Serving REST and Open Inference v2")
+    serve.add_argument("--model-uri", required=True, help="a .keras file or SavedModel folder (path or URI)")
+    serve.add_argument("--model-name", required=True, help="the NAME in /v1/models/NAME and /v2/models/NAME")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--backend", default="tensorflow", choices=["tensorflow", "jax", "torch"])
+    serve.add_argument("--max-batch-size", type=int, default=32, help="rows per model call; 1 turns batching off")
+    serve.add_argument("--max-latency-ms", type=float, default=5.0, help="longest wait for a batch to fill")
+    serve.add_argument("--max-request-bytes", type=int, default=10 * 1024 * 1024)
+    serve.add_argument("--max-queue", type=int, default=1024, help="queued requests before answering 503")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
 
     logs.configure()
     reporter = PodReporter()
@@ -55,6 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     from keras_trainer import train as training  # imports keras, after the backend is chosen
 
     return exit_code(training.run(job, output, reporter))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    logs.configure(stdlib=True)
+    prepare_backend(args.backend)
+    from keras_trainer.serving.app import ServerConfig
+    from keras_trainer.serving.server import serve
+
+    config = ServerConfig(
+        max_batch_size=args.max_batch_size,
+        max_latency_ms=args.max_latency_ms,
+        max_request_bytes=args.max_request_bytes,
+        max_queue=args.max_queue,
+    )
+    return asyncio.run(serve(args.model_uri, args.model_name, args.host, args.port, config))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+"""Small Keras models for serving tests (built on the fly; nothing downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def single(path: Path) -> Path:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3, activation="softmax")]
+    )
+    model.save(path)
+    return path
+
+
+def multi(path: Path) -> Path:
+    """Two named inputs (float32 and int32), two named outputs."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    a = keras.Input((4,), name="features")
+    b = keras.Input((2,), name="counts", dtype="int32")
+    joined = keras.layers.Concatenate()([a, keras.layers.Identity()(keras.ops.cast(b, "float32"))])
+    probs = keras.layers.Dense(3, activation="softmax", name="probs")(joined)
+    score = keras.layers.Dense(1, name="score")(joined)
+    keras.Model({"features": a, "counts": b}, {"probs": probs, "score": score}).save(path)
+    return path
+
+
+def load(path: Path) -> Any:
+    import keras
+
+    return keras.models.load_model(path, compile=False)

@@ -1,0 +1,318 @@
+"""The model server, in process: both protocols, errors, batching, overload, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from helpers import models
+from keras_trainer.serving.app import BATCHER, ServerConfig, Slot, create_app
+from keras_trainer.serving.model import ServedModel
+
+X = np.random.default_rng(1).normal(size=(5, 4)).astype("float32")
+
+
+async def client_for(path: Path, name: str, config: ServerConfig | None = None) -> TestClient:
+    slot = Slot(name)
+    slot.model = ServedModel.load(str(path), name)
+    slot.model.warm_up()
+    client = TestClient(TestServer(create_app(slot, config or ServerConfig())))
+    await client.start_server()
+    return client
+
+
+@pytest_asyncio.fixture
+async def single(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Any]]:
+    path = models.single(tmp_path / "single.keras")
+    client = await client_for(path, "iris")
+    yield client, models.load(path)
+    await client.close()
+
+
+@pytest_asyncio.fixture
+async def multi(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Any]]:
+    path = models.multi(tmp_path / "multi.keras")
+    client = await client_for(path, "multi")
+    yield client, models.load(path)
+    await client.close()
+
+
+async def post(client: TestClient, path: str, body: Any) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    async with client.post(path, data=data) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_tfs_status_metadata_and_row_predict(single: tuple[TestClient, Any]) -> None:
+    client, model = single
+    async with client.get("/v1/models/iris") as resp:
+        assert (await resp.json())["model_version_status"][0]["state"] == "AVAILABLE"
+    async with client.get("/v1/models/iris/metadata") as resp:
+        sig = (await resp.json())["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["inputs"]["input_layer"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in sig["inputs"]["input_layer"]["tensor_shape"]["dim"]] == ["-1", "4"]
+    status, body = await post(client, "/v1/models/iris:predict", {"instances": X.tolist()})
+    assert status == 200
+    np.testing.assert_allclose(body["predictions"], model.predict(X, verbose=0), rtol=1e-5)
+    status, body = await post(client, "/v1/models/iris/versions/1:predict", {"inputs": X.tolist()})
+    assert status == 200
+    np.testing.assert_allclose(body["outputs"], model.predict(X, verbose=0), rtol=1e-5)
+
+
+async def test_tfs_multi_input_multi_output(multi: tuple[TestClient, Any]) -> None:
+    client, model = multi
+    counts = np.array([[1, 2], [3, 4]], dtype="int32")
+    feats = X[:2]
+    expected = model.predict({"features": feats, "counts": counts}, verbose=0)
+    rows = [{"features": f.tolist(), "counts": c.tolist()} for f, c in zip(feats, counts, strict=True)]
+    status, body = await post(client, "/v1/models/multi:predict", {"instances": rows})
+    assert status == 200
+    assert set(body["predictions"][0]) == {"probs", "score"}
+    np.testing.assert_allclose([p["probs"] for p in body["predictions"]], expected["probs"], rtol=1e-5)
+    status, body = await post(
+        client, "/v1/models/multi:predict", {"inputs": {"features": feats.tolist(), "counts": counts.tolist()}}
+    )
+    assert status == 200
+    np.testing.assert_allclose(body["outputs"]["score"], expected["score"], rtol=1e-5)
+
+
+async def test_v2_health_metadata_and_infer(multi: tuple[TestClient, Any]) -> None:
+    client, model = multi
+    for path, expected in [
+        ("/v2/health/live", {"live": True}),
+        ("/v2/health/ready", {"ready": True}),
+        ("/v2/models/multi/ready", {"name": "multi", "ready": True}),
+    ]:
+        async with client.get(path) as resp:
+            assert resp.status == 200
+            assert await resp.json() == expected
+    async with client.get("/v2") as resp:
+        assert (await resp.json())["name"] == "keras-model-server"
+    async with client.get("/v2/models/multi") as resp:
+        meta = await resp.json()
+    assert {i["name"]: (i["datatype"], i["shape"]) for i in meta["inputs"]} == {
+        "features": ("FP32", [-1, 4]),
+        "counts": ("INT32", [-1, 2]),
+    }
+    assert {o["name"] for o in meta["outputs"]} == {"probs", "score"}
+    counts = np.array([[1, 0], [0, 2], [5, 5]], dtype="int64")
+    body = {
+        "id": "req-7",
+        "inputs": [
+            {
+                "name": "features",
+                "shape": [3, 4],
+                "datatype": "FP64",
+                "data": X[:3].astype("float64").reshape(-1).tolist(),
+            },
+            {"name": "counts", "shape": [3, 2], "datatype": "INT64", "data": counts.reshape(-1).tolist()},
+        ],
+        "outputs": [{"name": "score"}],
+    }
+    status, result = await post(client, "/v2/models/multi/versions/1/infer", body)
+    assert status == 200, result
+    assert result["id"] == "req-7"
+    assert result["model_name"] == "multi"
+    assert [o["name"] for o in result["outputs"]] == ["score"]
+    out = result["outputs"][0]
+    assert out["shape"] == [3, 1]
+    assert out["datatype"] == "FP32"
+    expected = model.predict({"features": X[:3], "counts": counts.astype("int32")}, verbose=0)["score"]
+    np.testing.assert_allclose(np.array(out["data"]).reshape(3, 1), expected, rtol=1e-5)
+
+
+async def test_bool_data_and_b64_values(single: tuple[TestClient, Any]) -> None:
+    client, _ = single
+    status, body = await post(
+        client,
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "BOOL", "data": [True, False, True, False]}]},
+    )
+    assert status == 200, body
+    status, body = await post(
+        client, "/v1/models/iris:predict", {"instances": [[{"b64": base64.b64encode(b"abc").decode()}] * 4]}
+    )
+    assert status == 400
+    assert "expected numbers" in body["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "needle"),
+    [
+        ("/v1/models/nope:predict", {"instances": [[0, 0, 0, 0]]}, 404, "model 'nope' not found"),
+        ("/v1/models/iris/versions/2:predict", {"instances": [[0, 0, 0, 0]]}, 404, "no version '2'"),
+        ("/v2/models/nope/infer", {"inputs": []}, 404, "not found"),
+        ("/v1/models/iris:predict", "{not json", 400, "not valid JSON"),
+        ("/v1/models/iris:predict", "[1, 2]", 400, "JSON object"),
+        ("/v1/models/iris:predict", {"instances": [[0, 0, 0]]}, 400, "must have shape [-1, 4]"),
+        ("/v1/models/iris:predict", {"instances": [[0, 0, 0, 0], [1, 2]]}, 400, "rectangular"),
+        ("/v1/models/iris:predict", {"instances": [["a", "b", "c", "d"]]}, 400, "expected numbers"),
+        ("/v1/models/iris:predict", {"instances": []}, 400, "non-empty"),
+        ("/v1/models/iris:predict", {"instances": [[0] * 4], "inputs": [[0] * 4]}, 400, "exactly one of"),
+        ("/v1/models/iris:predict", {"inputs": [[0] * 4], "signature_name": "other"}, 400, "signature_name"),
+        ("/v1/models/iris:predict", {"instances": [[{"b64": "!!"}] * 4]}, 400, "base64"),
+        ("/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32"}]}, 400, "lacks data"),
+        (
+            "/v2/models/iris/infer",
+            {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP99", "data": [0] * 4}]},
+            400,
+            "unknown datatype",
+        ),
+        (
+            "/v2/models/iris/infer",
+            {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [0] * 4}]},
+            400,
+            "holds 8 values, data has 4",
+        ),
+        (
+            "/v2/models/iris/infer",
+            {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ["a", "b", "c", "d"]}]},
+            400,
+            "does not fit datatype FP32",
+        ),
+        (
+            "/v2/models/iris/infer",
+            {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]},
+            400,
+            "does not fit input",
+        ),
+        (
+            "/v2/models/iris/infer",
+            {
+                "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}],
+                "outputs": [{"name": "nope"}],
+            },
+            400,
+            "unknown outputs",
+        ),
+        (
+            "/v2/models/iris/infer",
+            {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0] * 4}], "id": 5},
+            400,
+            '"id" must be a string',
+        ),
+        ("/v2/models/iris/infer", {"inputs": "x"}, 400, "non-empty"),
+    ],
+)
+async def test_bad_requests_get_4xx_with_an_error(
+    single: tuple[TestClient, Any], path: str, body: Any, status: int, needle: str
+) -> None:
+    client, _ = single
+    got_status, got = await post(client, path, body)
+    assert got_status == status, got
+    assert needle in got["error"]
+
+
+async def test_oversized_body_is_413(tmp_path: Path) -> None:
+    client = await client_for(models.single(tmp_path / "m.keras"), "m", ServerConfig(max_request_bytes=1000))
+    try:
+        status, body = await post(client, "/v1/models/m:predict", {"instances": [[0.0] * 4] * 200})
+        assert status == 413
+        assert "larger than 1000 bytes" in body["error"]
+    finally:
+        await client.close()
+
+
+async def test_concurrent_requests_share_model_calls_and_get_their_own_rows(tmp_path: Path) -> None:
+    path = models.single(tmp_path / "m.keras")
+    client = await client_for(path, "m", ServerConfig(max_batch_size=64, max_latency_ms=50))
+    model = models.load(path)
+    try:
+        batcher = client.app[BATCHER]
+        calls_before = batcher.calls
+        rng = np.random.default_rng(3)
+        requests = [rng.normal(size=(int(rng.integers(1, 4)), 4)).astype("float32") for _ in range(20)]
+        results = await asyncio.gather(
+            *(post(client, "/v1/models/m:predict", {"instances": r.tolist()}) for r in requests)
+        )
+        assert batcher.calls - calls_before < len(requests)
+        for sent, (status, body) in zip(requests, results, strict=True):
+            assert status == 200
+            np.testing.assert_allclose(body["predictions"], model.predict(sent, verbose=0), rtol=1e-5, atol=1e-7)
+    finally:
+        await client.close()
+
+
+async def test_batching_off_is_one_call_per_request(tmp_path: Path) -> None:
+    client = await client_for(models.single(tmp_path / "m.keras"), "m", ServerConfig(max_batch_size=1))
+    try:
+        batcher = client.app[BATCHER]
+        before = batcher.calls
+        await asyncio.gather(*(post(client, "/v1/models/m:predict", {"instances": X.tolist()}) for _ in range(8)))
+        assert batcher.calls - before == 8
+    finally:
+        await client.close()
+
+
+async def test_overload_sheds_with_503(tmp_path: Path) -> None:
+    import time
+
+    slot = Slot("slow")
+    slot.model = ServedModel.load(str(models.single(tmp_path / "m.keras")), "slow")
+    slot.model.warm_up()
+    real = slot.model.predict
+
+    def slow(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.2)
+        return real(inputs)
+
+    slot.model.predict = slow  # type: ignore[method-assign]
+    client = TestClient(TestServer(create_app(slot, ServerConfig(max_batch_size=1, max_queue=2))))
+    await client.start_server()
+    try:
+        results = await asyncio.gather(
+            *(post(client, "/v1/models/slow:predict", {"instances": X[:1].tolist()}) for _ in range(10))
+        )
+        codes = sorted(status for status, _ in results)
+        assert 200 in codes
+        assert 503 in codes
+        assert all("overloaded" in body["error"] for status, body in results if status == 503)
+    finally:
+        await client.close()
+
+
+async def test_metrics(single: tuple[TestClient, Any]) -> None:
+    client, _ = single
+    await post(client, "/v1/models/iris:predict", {"instances": X.tolist()})
+    await post(client, "/v1/models/nope:predict", {"instances": X.tolist()})
+    async with client.get("/metrics") as resp:
+        text = await resp.text()
+    assert 'keras_server_requests_total{code="200",endpoint="/v1/models/{name}:predict"} 1.0' in text
+    assert 'keras_server_requests_total{code="404",endpoint="/v1/models/{name}:predict"} 1.0' in text
+    assert "keras_server_request_duration_seconds_bucket" in text
+    assert "keras_server_batch_size_count 1.0" in text
+    assert "keras_server_queue_depth 0.0" in text
+    assert "keras_server_model_load_seconds" in text
+
+
+async def test_loading_model_is_not_ready(tmp_path: Path) -> None:
+    client = TestClient(TestServer(create_app(Slot("later"), ServerConfig())))
+    await client.start_server()
+    try:
+        async with client.get("/v2/health/live") as resp:
+            assert resp.status == 200
+        async with client.get("/v2/health/ready") as resp:
+            assert resp.status == 503
+        status, body = await post(client, "/v1/models/later:predict", {"instances": [[0] * 4]})
+        assert status == 503
+        assert "loading" in body["error"]
+    finally:
+        await client.close()
+
+
+def test_saved_model_export_is_served(tmp_path: Path) -> None:
+    model = models.load(models.single(tmp_path / "m.keras"))
+    model.export(str(tmp_path / "exported"), verbose=False)
+    served = ServedModel.load(str(tmp_path / "exported"), "exported")
+    served.warm_up()
+    out = served.predict({served.inputs[0].name: X})
+    np.testing.assert_allclose(next(iter(out.values())), model.predict(X, verbose=0), rtol=1e-5)

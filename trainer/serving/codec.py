@@ -1,0 +1,291 @@
+"""Request and response bodies of the two protocols <-> named numpy arrays. Pure functions.
+
+Every problem with a request raises RequestError with the HTTP status and a message saying
+what was expected and what was given; nothing here is ever a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Literal
+
+import numpy as np
+
+from keras_trainer.serving.model import TensorSpec
+
+V2_DATATYPES: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "object",
+}
+NUMPY_TO_V2 = {np.dtype(v).str if v != "object" else "object": k for k, v in V2_DATATYPES.items()}
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def v2_datatype(dtype: np.dtype[Any]) -> str:
+    if dtype.kind in ("O", "S", "U"):
+        return "BYTES"
+    return NUMPY_TO_V2.get(dtype.str, "BYTES")
+
+
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("-1" if d is None else str(d) for d in shape) + "]"
+
+
+def _decode_b64(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) != {"b64"} or not isinstance(value["b64"], str):
+            raise RequestError(400, 'a binary value must be {"b64": "<base64 text>"}')
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RequestError(400, f"invalid base64 in a b64 value: {exc}") from exc
+    if isinstance(value, list):
+        return [_decode_b64(v) for v in value]
+    return value
+
+
+def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
+    """A batch for `spec` from JSON (nested lists, numbers, b64 objects), shape- and type-checked."""
+    value = _decode_b64(value)
+    try:
+        if spec.dtype.kind in ("O", "S", "U"):
+            array = np.array(value, dtype=object)
+        else:
+            raw = np.asarray(value)
+            if raw.dtype.kind not in ("b", "i", "u", "f"):
+                raise RequestError(
+                    400, f"{where}: expected numbers for input {spec.name!r} ({spec.dtype.name}), got {_kind(raw)}"
+                )
+            if spec.dtype.kind in ("i", "u") and raw.dtype.kind == "f" and not np.all(np.mod(raw, 1) == 0):
+                raise RequestError(400, f"{where}: input {spec.name!r} takes integers ({spec.dtype.name})")
+            array = raw.astype(spec.dtype, copy=False)
+    except ValueError as exc:
+        raise RequestError(400, f"{where}: input {spec.name!r} is not a rectangular array ({exc})") from exc
+    check_shape(array, spec, where)
+    return array
+
+
+def _kind(raw: np.ndarray) -> str:
+    return "text" if raw.dtype.kind in ("U", "S") else "mixed or nested values"
+
+
+def check_shape(array: np.ndarray, spec: TensorSpec, where: str) -> None:
+    expected = spec.shape
+    ok = array.ndim == len(expected) and all(e is None or e == a for e, a in zip(expected, array.shape, strict=False))
+    if not ok:
+        raise RequestError(
+            400,
+            f"{where}: input {spec.name!r} must have shape {_shape_text(expected)} (-1: any), "
+            f"got {_shape_text(tuple(array.shape))}",
+        )
+    if array.shape[0] == 0:
+        raise RequestError(400, f"{where}: no examples")
+
+
+def _batch_size(arrays: dict[str, np.ndarray]) -> int:
+    sizes = {a.shape[0] for a in arrays.values()}
+    if len(sizes) != 1:
+        raise RequestError(400, f"all inputs must have the same number of examples, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+# --- TensorFlow Serving REST ---
+
+TfsFormat = Literal["row", "columnar"]
+
+
+def parse_tfs(body: Any, inputs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], TfsFormat]:
+    if not isinstance(body, dict):
+        raise RequestError(400, 'the body must be a JSON object with "instances" or "inputs"')
+    signature = body.get("signature_name", "serving_default")
+    if signature != "serving_default":
+        raise RequestError(400, f"unknown signature_name {signature!r}; this model has serving_default")
+    if ("instances" in body) == ("inputs" in body):
+        raise RequestError(400, 'give exactly one of "instances" (row format) or "inputs" (columnar format)')
+    names = [s.name for s in inputs]
+    if "instances" in body:
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise RequestError(400, '"instances" must be a non-empty list, one item per example')
+        if len(inputs) == 1 and not all(isinstance(i, dict) for i in instances):
+            arrays = {names[0]: to_array(instances, inputs[0], "instances")}
+        else:
+            columns: dict[str, list[Any]] = {n: [] for n in names}
+            for index, item in enumerate(instances):
+                if not isinstance(item, dict) or set(item) != set(names):
+                    raise RequestError(400, f"instances[{index}] must be an object with the inputs {names}")
+                for n in names:
+                    columns[n].append(item[n])
+            arrays = {s.name: to_array(columns[s.name], s, "instances") for s in inputs}
+        _batch_size(arrays)
+        return arrays, "row"
+    given = body["inputs"]
+    if isinstance(given, dict) and (len(inputs) > 1 or set(given) == set(names)):
+        if set(given) != set(names):
+            raise RequestError(400, f'"inputs" must name exactly the inputs {names}, got {sorted(given)}')
+        arrays = {s.name: to_array(given[s.name], s, f"inputs.{s.name}") for s in inputs}
+    elif len(inputs) == 1:
+        arrays = {names[0]: to_array(given, inputs[0], "inputs")}
+    else:
+        raise RequestError(400, f'this model has several inputs: "inputs" must be an object with {names}')
+    _batch_size(arrays)
+    return arrays, "columnar"
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    if array.dtype.kind == "O" or array.dtype.kind == "S":
+        return [_jsonable(np.asarray(a)) if isinstance(a, np.ndarray) else _text(a) for a in array.tolist()]
+    return array.tolist()
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode()}
+    return value
+
+
+def encode_tfs(outputs: dict[str, np.ndarray], fmt: TfsFormat) -> dict[str, Any]:
+    if fmt == "columnar":
+        if len(outputs) == 1:
+            return {"outputs": _jsonable(next(iter(outputs.values())))}
+        return {"outputs": {name: _jsonable(a) for name, a in outputs.items()}}
+    if len(outputs) == 1:
+        return {"predictions": _jsonable(next(iter(outputs.values())))}
+    n = next(iter(outputs.values())).shape[0]
+    columns = {name: _jsonable(a) for name, a in outputs.items()}
+    return {"predictions": [{name: columns[name][i] for name in outputs} for i in range(n)]}
+
+
+# --- Open Inference Protocol (v2) ---
+
+
+def parse_v2(body: Any, inputs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], str | None, list[str] | None]:
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
+        raise RequestError(400, 'the body must be a JSON object with a non-empty "inputs" list')
+    by_name = {s.name: s for s in inputs}
+    arrays: dict[str, np.ndarray] = {}
+    for index, item in enumerate(body["inputs"]):
+        where = f"inputs[{index}]"
+        if not isinstance(item, dict):
+            raise RequestError(400, f"{where} must be an object with name, shape, datatype and data")
+        missing = [k for k in ("name", "shape", "datatype", "data") if k not in item]
+        if missing:
+            raise RequestError(400, f"{where} lacks {', '.join(missing)}")
+        name = item["name"]
+        spec = by_name.get(name)
+        if spec is None and len(inputs) == 1 and not arrays:
+            spec = inputs[0]  # one input: any name will do, as users rarely know Keras' generated one
+        if spec is None:
+            raise RequestError(400, f"{where}: unknown input {name!r}; the model takes {sorted(by_name)}")
+        datatype = item["datatype"]
+        if datatype not in V2_DATATYPES:
+            raise RequestError(400, f"{where}: unknown datatype {datatype!r}; one of {', '.join(V2_DATATYPES)}")
+        if (datatype == "BYTES") != (spec.dtype.kind in ("O", "S", "U")):
+            raise RequestError(
+                400, f"{where}: datatype {datatype} does not fit input {spec.name!r} ({v2_datatype(spec.dtype)})"
+            )
+        shape = item["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise RequestError(400, f"{where}: shape must be a list of non-negative integers")
+        data = item["data"]
+        if not isinstance(data, list):
+            raise RequestError(400, f"{where}: data must be a list (flattened in row-major order)")
+        if not _flat(data):
+            raise RequestError(400, f"{where}: data must be a flat list of {datatype} values (row-major)")
+        try:
+            flat = np.asarray(_decode_b64(data) if datatype == "BYTES" else data, dtype=V2_DATATYPES[datatype])
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise RequestError(400, f"{where}: data does not fit datatype {datatype}: {exc}") from exc
+        if flat.size != int(np.prod(shape)):
+            raise RequestError(400, f"{where}: shape {shape} holds {int(np.prod(shape))} values, data has {flat.size}")
+        arrays[spec.name] = to_array(flat.reshape(shape), spec, where) if datatype != "BYTES" else flat.reshape(shape)
+        check_shape(arrays[spec.name], spec, where)
+    if set(arrays) != set(by_name):
+        raise RequestError(400, f"missing inputs {sorted(set(by_name) - set(arrays))}")
+    _batch_size(arrays)
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise RequestError(400, '"id" must be a string')
+    requested = body.get("outputs")
+    names: list[str] | None = None
+    if requested is not None:
+        if not isinstance(requested, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
+        ):
+            raise RequestError(400, '"outputs" must be a list of objects with a name')
+        names = [o["name"] for o in requested]
+    return arrays, request_id, names
+
+
+def _flat(data: list[Any]) -> bool:
+    return all(not isinstance(v, list) for v in data)
+
+
+def encode_v2(
+    outputs: dict[str, np.ndarray], model: str, version: str, request_id: str | None, requested: list[str] | None
+) -> dict[str, Any]:
+    if requested is not None:
+        unknown = [n for n in requested if n not in outputs]
+        if unknown:
+            raise RequestError(400, f"unknown outputs {unknown}; the model has {sorted(outputs)}")
+    names = requested if requested is not None else list(outputs)
+    response: dict[str, Any] = {
+        "model_name": model,
+        "model_version": version,
+        "outputs": [
+            {
+                "name": n,
+                "shape": list(outputs[n].shape),
+                "datatype": v2_datatype(outputs[n].dtype),
+                "data": _jsonable(outputs[n].reshape(-1)),
+            }
+            for n in names
+        ],
+    }
+    if request_id is not None:
+        response["id"] = request_id
+    return response
+
+
+def v2_tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "datatype": v2_datatype(spec.dtype),
+        "shape": [-1 if d is None else d for d in spec.shape],
+    }
+
+
+TF_DTYPES = {"float16": "DT_HALF", "float32": "DT_FLOAT", "float64": "DT_DOUBLE", "bool": "DT_BOOL"}
+
+
+def tfs_tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+    name = spec.dtype.name
+    return {
+        "dtype": "DT_STRING" if spec.dtype.kind in ("O", "S", "U") else TF_DTYPES.get(name, f"DT_{name.upper()}"),
+        "tensor_shape": {
+            "dim": [{"size": str(-1 if d is None else d), "name": ""} for d in spec.shape],
+            "unknown_rank": False,
+        },
+        "name": spec.name,
+    }

@@ -1,0 +1,134 @@
+"""A loaded model with a named signature: what both protocols describe and call."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from keras_trainer import storage
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int | None, ...]  # the first dimension is the batch
+
+    def example_shape(self) -> tuple[int | None, ...]:
+        return self.shape[1:]
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+class ServedModel:
+    """Wraps a Keras model (or an exported SavedModel) behind dicts of named numpy arrays."""
+
+    def __init__(self, model: Any, name: str, version: str = "1") -> None:
+        self.model, self.name, self.version = model, name, version
+        self.inputs = self._input_specs()
+        self.outputs = self._output_specs()
+        self.load_seconds = 0.0
+        self.ready = False
+
+    @classmethod
+    def load(cls, uri: str, name: str) -> ServedModel:
+        import keras
+
+        started = time.perf_counter()
+        try:
+            path = storage.fetch(uri)
+            if path.is_dir() and (path / "saved_model.pb").exists():
+                model = _saved_model(path)
+            else:
+                model = keras.models.load_model(path, compile=False)
+        except storage.StorageError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        except (ValueError, OSError) as exc:
+            raise ModelLoadError(f"cannot load a Keras model from {uri}: {exc}") from exc
+        served = cls(model, name)
+        served.load_seconds = time.perf_counter() - started
+        return served
+
+    def _input_specs(self) -> list[TensorSpec]:
+        tensors = list(self.model.inputs)
+        specs = []
+        for index, t in enumerate(tensors):
+            # Sequential models get generated names (keras_tensor_12): give them stable ones.
+            name = (
+                t.name
+                if not t.name.startswith("keras_tensor")
+                else ("input" if len(tensors) == 1 else f"input_{index}")
+            )
+            specs.append(TensorSpec(name, np.dtype(str(t.dtype)), tuple(t.shape)))
+        self._keras_input_names = [t.name for t in tensors]
+        return specs
+
+    def _output_specs(self) -> list[TensorSpec]:
+        tensors = list(self.model.outputs)
+        names = list(getattr(self.model, "output_names", None) or [])
+        if len(names) != len(tensors):
+            names = ["output" if len(tensors) == 1 else f"output_{i}" for i in range(len(tensors))]
+        return [TensorSpec(n, np.dtype(str(t.dtype)), tuple(t.shape)) for n, t in zip(names, tensors, strict=True)]
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if len(self.inputs) == 1:
+            x: Any = inputs[self.inputs[0].name]
+        else:
+            x = {
+                keras_name: inputs[spec.name]
+                for keras_name, spec in zip(self._keras_input_names, self.inputs, strict=True)
+            }
+        y = self.model.predict_on_batch(x)
+        if isinstance(y, dict):
+            return {spec.name: np.asarray(y[spec.name]) for spec in self.outputs}
+        if isinstance(y, list | tuple):
+            return {spec.name: np.asarray(v) for spec, v in zip(self.outputs, y, strict=True)}
+        return {self.outputs[0].name: np.asarray(y)}
+
+    def warm_up(self) -> None:
+        """One call on a dummy batch, so the first user request does not pay for tracing."""
+        dummy = {
+            spec.name: np.zeros((1, *[d or 1 for d in spec.example_shape()]), dtype=spec.dtype) for spec in self.inputs
+        }
+        self.predict(dummy)
+        self.ready = True
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+class _SavedModel:
+    """An exported SavedModel's serving_default signature, shaped like the Keras API ServedModel reads."""
+
+    def __init__(self, path: Any) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        loaded = tf.saved_model.load(str(path))
+        if "serving_default" not in loaded.signatures:
+            raise ModelLoadError(f"{path}: the SavedModel has no serving_default signature")
+        self._fn = loaded.signatures["serving_default"]
+        self._loaded = loaded  # the signature needs its object alive
+        args = self._fn.structured_input_signature[1]
+        self.inputs = [_Tensor(n, tuple(t.shape), t.dtype.name) for n, t in sorted(args.items())]
+        outs = self._fn.structured_outputs
+        self.outputs = [_Tensor(n, tuple(t.shape), t.dtype.name) for n, t in sorted(outs.items())]
+        self.output_names = [t.name for t in self.outputs]
+
+    def predict_on_batch(self, x: Any) -> dict[str, np.ndarray]:
+        feeds = x if isinstance(x, dict) else {self.inputs[0].name: x}
+        result = self._fn(**{name: self._tf.constant(value) for name, value in feeds.items()})
+        return {name: value.numpy() for name, value in result.items()}
+
+
+def _saved_model(path: Any) -> Any:
+    return _SavedModel(path)
