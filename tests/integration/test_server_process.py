@@ -45,9 +45,9 @@ def test_tritonclient_speaks_v2_to_it(multi_model: Path) -> None:
         np.testing.assert_allclose(result.as_numpy("probs"), expected["probs"], rtol=1e-5)
         np.testing.assert_allclose(result.as_numpy("score"), expected["score"], rtol=1e-5)
         assert result.get_response()["id"] == "abc"
+        bad = triton.InferInput("nope", [1, 4], "FP32")
+        bad.set_data_from_numpy(X[:1], binary_data=False)
         with pytest.raises(triton.InferenceServerException, match="unknown input"):
-            bad = triton.InferInput("nope", [1, 4], "FP32")
-            bad.set_data_from_numpy(X[:1], binary_data=False)
             client.infer("multi", [bad, counts_in])
 
 
