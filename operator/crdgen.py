@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from keras_operator.api import training
+from keras_operator.api import serving, training
 from keras_operator.api.common import GROUP, VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,6 +140,37 @@ def training_job_crd() -> dict[str, Any]:
     )
 
 
+def model_service_crd() -> dict[str, Any]:
+    schema = object_schema(
+        serving.KerasModelServiceSpec,
+        serving.KerasModelServiceStatus,
+        "KerasModelService serves a saved Keras model over TF Serving REST and the Open Inference Protocol.",
+    )
+    schema["x-kubernetes-validations"] = [
+        {"rule": "self.metadata.name.size() <= 53", "message": "metadata.name must be at most 53 characters"}
+    ]
+    return crd(
+        kind=serving.KIND,
+        plural=serving.PLURAL,
+        short_names=["kms"],
+        schema=schema,
+        columns=[
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas", "priority": 1},
+            {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+            {"name": "Model", "type": "string", "jsonPath": ".status.modelUri", "priority": 1},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        # kubectl scale, HPAs and KEDA work through /scale.
+        scale={
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    )
+
+
 def crd(
     *,
     kind: str,
@@ -186,7 +217,7 @@ def crd(
 
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD, for everything this project defines."""
-    crds = [training_job_crd()]
+    crds = [training_job_crd(), model_service_crd()]
     return {f"{c['metadata']['name']}.yaml": c for c in crds}
 
 

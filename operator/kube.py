@@ -73,6 +73,51 @@ def _batch() -> kubernetes.client.BatchV1Api:
     return kubernetes.client.BatchV1Api(api_client())
 
 
+def _apps() -> kubernetes.client.AppsV1Api:
+    return kubernetes.client.AppsV1Api(api_client())
+
+
+def _autoscaling() -> kubernetes.client.AutoscalingV2Api:
+    return kubernetes.client.AutoscalingV2Api(api_client())
+
+
+def _calls(kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """(create, read, patch, delete) for each kind the operator owns."""
+    core, batch, apps, hpa = _core(), _batch(), _apps(), _autoscaling()
+    return {
+        "Job": (
+            batch.create_namespaced_job,
+            batch.read_namespaced_job,
+            batch.patch_namespaced_job,
+            batch.delete_namespaced_job,
+        ),
+        "ConfigMap": (
+            core.create_namespaced_config_map,
+            core.read_namespaced_config_map,
+            core.patch_namespaced_config_map,
+            core.delete_namespaced_config_map,
+        ),
+        "Service": (
+            core.create_namespaced_service,
+            core.read_namespaced_service,
+            core.patch_namespaced_service,
+            core.delete_namespaced_service,
+        ),
+        "Deployment": (
+            apps.create_namespaced_deployment,
+            apps.read_namespaced_deployment,
+            apps.patch_namespaced_deployment,
+            apps.delete_namespaced_deployment,
+        ),
+        "HorizontalPodAutoscaler": (
+            hpa.create_namespaced_horizontal_pod_autoscaler,
+            hpa.read_namespaced_horizontal_pod_autoscaler,
+            hpa.patch_namespaced_horizontal_pod_autoscaler,
+            hpa.delete_namespaced_horizontal_pod_autoscaler,
+        ),
+    }[kind]
+
+
 async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
     return await _get(_batch().read_namespaced_job, namespace, name)
 
@@ -90,10 +135,7 @@ async def _get(fn: Callable[..., Any], namespace: str, name: str) -> dict[str, A
 async def create_or_adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Create `obj`; when it exists already (a retry, a restart) return the existing one. -> (object, created)."""
     kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
-    create, read = {
-        "Job": (_batch().create_namespaced_job, _batch().read_namespaced_job),
-        "ConfigMap": (_core().create_namespaced_config_map, _core().read_namespaced_config_map),
-    }[kind]
+    create, read, _, _ = _calls(kind)
     try:
         resp = await _call(create, namespace, obj, _preload_content=False)
         return dict(json.loads(resp.data)), True
@@ -108,6 +150,65 @@ async def create_or_adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
 async def patch_config_map(namespace: str, name: str, data: dict[str, str]) -> None:
     await _call(_core().patch_namespaced_config_map, name, namespace, {"data": data})
+
+
+async def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    return await _get(_calls(kind)[1], namespace, name)
+
+
+async def apply(obj: dict[str, Any], hash_annotation: str) -> tuple[dict[str, Any], str | None]:
+    """Create `obj`, or patch the existing one when its hash annotation differs. -> (object, "created" |
+    "updated" | None)."""
+    current, created = await create_or_adopt(obj)
+    if created:
+        return current, "created"
+    want = obj["metadata"]["annotations"][hash_annotation]
+    if (current["metadata"].get("annotations") or {}).get(hash_annotation) == want:
+        return current, None
+    meta = obj["metadata"]
+    body = {"metadata": {"labels": meta.get("labels"), "annotations": meta.get("annotations")}, "spec": obj["spec"]}
+    resp = await _call(_calls(obj["kind"])[2], meta["name"], meta["namespace"], body, _preload_content=False)
+    return dict(json.loads(resp.data)), "updated"
+
+
+async def delete(kind: str, namespace: str, name: str) -> bool:
+    """Delete if present; True when something was deleted."""
+    try:
+        await _call(_calls(kind)[3], name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+async def get_custom(group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    api = kubernetes.client.CustomObjectsApi(api_client())
+    try:
+        return dict(await _call(api.get_namespaced_custom_object, group, version, namespace, plural, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+    resp = await _call(_core().list_namespaced_pod, namespace, label_selector=selector, _preload_content=False)
+    wanted = dict(term.split("=", 1) for term in selector.split(","))
+    # Filter here too: a proxy or an old API server may ignore the selector.
+    return [
+        p
+        for p in json.loads(resp.data).get("items", [])
+        if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+    ]
+
+
+async def pod_proxy_get(namespace: str, pod: str, port: int, path: str) -> str | None:
+    """GET a pod's HTTP endpoint through the API server's pod proxy (no direct network path needed)."""
+    try:
+        return str(await _call(_core().connect_get_namespaced_pod_proxy_with_path, f"{pod}:{port}", namespace, path))
+    except (ApiException, kopf.TemporaryError):
+        return None
 
 
 async def newest_pod(namespace: str, job_name: str) -> dict[str, Any] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keras_operator.handlers import setup, training  # noqa: F401  (importing registers the handlers)
+from keras_operator.handlers import serving, setup, training  # noqa: F401  (importing registers the handlers)
 from keras_operator.settings import Settings
 
 

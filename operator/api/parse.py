@@ -10,10 +10,16 @@ from pydantic import ValidationError
 
 from keras_operator.api.base import describe_errors
 from keras_operator.api.common import API_VERSION
+from keras_operator.api.serving import KIND as SERVING_KIND
+from keras_operator.api.serving import KerasModelService, KerasModelServiceSpec
 from keras_operator.api.training import KIND as TRAINING_KIND
 from keras_operator.api.training import KerasTrainingJob, KerasTrainingJobSpec
 
-KINDS: dict[str, type[KerasTrainingJob]] = {TRAINING_KIND: KerasTrainingJob}
+Resource = KerasTrainingJob | KerasModelService
+KINDS: dict[str, type[KerasTrainingJob] | type[KerasModelService]] = {
+    TRAINING_KIND: KerasTrainingJob,
+    SERVING_KIND: KerasModelService,
+}
 
 
 class InvalidResource(Exception):
@@ -33,7 +39,7 @@ def read_documents(path: str | Path) -> list[dict[str, Any]]:
     return docs
 
 
-def parse(obj: dict[str, Any]) -> KerasTrainingJob:
+def parse(obj: dict[str, Any]) -> Resource:
     kind = obj.get("kind")
     if obj.get("apiVersion") != API_VERSION:
         raise InvalidResource(f"apiVersion: expected {API_VERSION}, got {obj.get('apiVersion')!r}")
@@ -49,5 +55,12 @@ def parse(obj: dict[str, Any]) -> KerasTrainingJob:
 def parse_training_spec(spec: Any) -> KerasTrainingJobSpec:
     try:
         return KerasTrainingJobSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise InvalidResource(describe_errors(exc, prefix="spec")) from exc
+
+
+def parse_serving_spec(spec: Any) -> KerasModelServiceSpec:
+    try:
+        return KerasModelServiceSpec.model_validate(spec)
     except ValidationError as exc:
         raise InvalidResource(describe_errors(exc, prefix="spec")) from exc

@@ -17,7 +17,7 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 log = structlog.get_logger("keras_operator.training")
 
 
-def _apply(outcome: training_controller.Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
+def apply_outcome(outcome: training_controller.Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
     for key, value in outcome.status.items():
         patch.status[key] = value
     for kind, reason, message in outcome.events:
@@ -37,7 +37,7 @@ def _apply(outcome: training_controller.Outcome, body: kopf.Body, patch: kopf.Pa
 @kopf.on.update(*RESOURCE, field="spec")
 async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     outcome = await training_controller.reconcile(dict(body), Settings.from_env())
-    _apply(outcome, body, patch)
+    apply_outcome(outcome, body, patch)
 
 
 def _active(status: kopf.Status, **_: Any) -> bool:
@@ -47,7 +47,7 @@ def _active(status: kopf.Status, **_: Any) -> bool:
 @kopf.timer(*RESOURCE, interval=SETTINGS.sync_interval, when=_active)
 async def refresh(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     outcome = await training_controller.sync(dict(body))
-    _apply(outcome, body, patch)
+    apply_outcome(outcome, body, patch)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import aiohttp.web
 import attrs
 import kmock
@@ -71,6 +72,8 @@ class Emulator(kmock.KubernetesEmulator):
     pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict)
     hooks: list[Hook] = attrs.field(factory=list)
     faults: list[Fault] = attrs.field(factory=list)
+    # (namespace, pod, port) -> the local port the fake kubelet gave it, for pods/NAME:PORT/proxy.
+    port_of: Callable[[str, str, int], int | None] | None = None
     watch_starts: collections.Counter[kmock.resource] = attrs.field(factory=collections.Counter)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000))
 
@@ -94,6 +97,8 @@ class Emulator(kmock.KubernetesEmulator):
                 raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message="injected by the test")
         if resource == PODS and request.subresource == "log" and action == enums.action.FETCH:
             return self._pod_log(request)
+        if resource == PODS and (request.subresource or "").startswith("proxy"):
+            return await self._pod_proxy(request)
         if resource is not None and isinstance(request.data, dict):
             if action == enums.action.CREATE:
                 self._stamp_create(request)
@@ -201,3 +206,14 @@ class Emulator(kmock.KubernetesEmulator):
         if tail:
             text = "".join(text.splitlines(keepends=True)[-int(tail) :])
         return aiohttp.web.Response(text=text, content_type="text/plain")
+
+    async def _pod_proxy(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """GET pods/NAME:PORT/proxy/PATH: forwarded to the pod's process, as the API server does."""
+        name, _, port = (request.name or "").partition(":")
+        local = self.port_of(request.namespace or "", name, int(port or 80)) if self.port_of else None
+        if local is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        path = (request.subresource or "").removeprefix("proxy")
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{local}{path or '/'}") as resp:
+            body = await resp.read()
+            return aiohttp.web.Response(body=body, status=resp.status, content_type=resp.content_type)

@@ -15,10 +15,15 @@ from typing import Any, TypeVar
 import kmock
 from kopf.testing import KopfRunner
 
+from cluster.deploymentcontroller import DeploymentController
 from cluster.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, Emulator
 from cluster.jobcontroller import JobController
 
 KTJ = kmock.resource("kerasoperator.dev", "v1alpha1", "kerastrainingjobs")
+KMS = kmock.resource("kerasoperator.dev", "v1alpha1", "kerasmodelservices")
+DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
+SERVICES = kmock.resource("", "v1", "services")
+HPAS = kmock.resource("autoscaling", "v2", "horizontalpodautoscalers")
 T = TypeVar("T")
 
 
@@ -29,6 +34,7 @@ class Cluster:
         self.thread = threading.Thread(target=self.loop.run_forever, name="emulated-cluster", daemon=True)
         self.emulator: Emulator | None = None
         self.controller: JobController | None = None
+        self.deployments: DeploymentController | None = None
         self._stack = contextlib.AsyncExitStack()
 
     # --- lifecycle ---
@@ -48,6 +54,17 @@ class Cluster:
             "v1/pods": {"namespaced": True, "subresources": {"status", "log"}},
             "v1/configmaps": {"namespaced": True},
             "batch/v1/jobs": {"namespaced": True, "subresources": {"status"}},
+            "apps/v1/deployments": {"namespaced": True, "subresources": {"status", "scale"}},
+            "v1/services": {"namespaced": True},
+            "autoscaling/v2/horizontalpodautoscalers": {"namespaced": True, "subresources": {"status"}},
+            "kerasoperator.dev/v1alpha1/kerasmodelservices": {
+                "kind": "KerasModelService",
+                "singular": "kerasmodelservice",
+                "namespaced": True,
+                "subresources": {"status", "scale"},
+                "shortnames": {"kms"},
+                "categories": {"keras"},
+            },
             "kerasoperator.dev/v1alpha1/kerastrainingjobs": {
                 "kind": "KerasTrainingJob",
                 "singular": "kerastrainingjob",
@@ -63,11 +80,14 @@ class Cluster:
         await self._stack.enter_async_context(kmock.Server(emulator))
         self.emulator = emulator
         self.controller = JobController(emulator, self.pvc_root, self.workdir)
+        self.deployments = DeploymentController(emulator, self.pvc_root, self.workdir)
 
     def stop(self) -> None:
         async def _stop() -> None:
             if self.controller is not None:
                 await self.controller.close()
+            if self.deployments is not None:
+                await self.deployments.close()
             await self._stack.aclose()
 
         self.call(_stop())
@@ -140,6 +160,29 @@ class Cluster:
             time.sleep(0.2)
         raise AssertionError(f"timed out after {timeout}s waiting for {message or check}; last: {last!r}")
 
+    def service_url(self, url: str) -> str:
+        """The local address behind a Service URL (http://NAME.NS.svc.cluster.local:PORT): a ready pod's port."""
+        host, _, port = url.removeprefix("http://").partition(":")
+        name, namespace = host.split(".")[:2]
+        service = self.get(SERVICES, name, namespace)
+        assert service is not None, f"no Service {name}"
+        selector = service["spec"]["selector"]
+        assert self.deployments is not None
+        for pod in self.list(PODS, namespace):
+            labels = pod["metadata"].get("labels") or {}
+            if all(labels.get(k) == v for k, v in selector.items()) and self.deployments.ready.get(
+                (namespace, pod["metadata"]["name"])
+            ):
+                container = pod["spec"]["containers"][0]
+                target = next(
+                    p["containerPort"]
+                    for p in container["ports"]
+                    if str(p["containerPort"]) == port or p.get("name") == service["spec"]["ports"][0]["targetPort"]
+                )
+                local = self.deployments.port_of(namespace, pod["metadata"]["name"], target)
+                return f"http://127.0.0.1:{local}"
+        raise AssertionError(f"no ready pod behind {url}")
+
     def ktj(self, name: str, namespace: str = "default") -> dict[str, Any]:
         obj = self.get(KTJ, name, namespace)
         assert obj is not None, f"KerasTrainingJob {name} not found"
@@ -166,4 +209,4 @@ def operator(cluster: Cluster) -> Iterator[KopfRunner]:
         runner.__exit__(None, None, None)
 
 
-__all__ = ["CONFIGMAPS", "JOBS", "KTJ", "PODS", "Cluster", "operator"]
+__all__ = ["CONFIGMAPS", "DEPLOYMENTS", "HPAS", "JOBS", "KMS", "KTJ", "PODS", "SERVICES", "Cluster", "operator"]

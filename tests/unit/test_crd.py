@@ -15,7 +15,7 @@ from keras_operator import crdgen
 from keras_operator.api.parse import InvalidResource, parse
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-PLURALS = {"KerasTrainingJob": "kerastrainingjobs"}
+PLURALS = {"KerasTrainingJob": "kerastrainingjobs", "KerasModelService": "kerasmodelservices"}
 
 
 def test_committed_crds_match_the_types() -> None:
@@ -30,6 +30,7 @@ def test_committed_crds_match_the_types() -> None:
 
 def test_crd_is_valid_kubernetes() -> None:
     validate_k8s(crd("kerastrainingjobs"))
+    validate_k8s(crd("kerasmodelservices"))
 
 
 def _walk(schema: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:

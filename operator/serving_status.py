@@ -1,0 +1,122 @@
+"""KerasModelService status from the model resolution and the Deployment (pure functions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from keras_operator import conditions
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Which model to serve, or why there is none yet."""
+
+    model_uri: str | None
+    reason: str
+    message: str
+    failed: bool = False
+
+
+def invalid(message: str, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
+    return {
+        "phase": "Failed",
+        "observedGeneration": generation,
+        "message": message,
+        "conditions": conditions.merge(
+            previous.get("conditions"),
+            [
+                conditions.condition("Valid", False, "InvalidSpec", message),
+                conditions.condition("Ready", False, "InvalidSpec", message),
+            ],
+            generation,
+            now,
+        ),
+    }
+
+
+def observe(
+    *,
+    resolution: Resolution,
+    deployment: dict[str, Any] | None,
+    url: str,
+    selector: str,
+    metrics: dict[str, Any] | None,
+    previous: dict[str, Any],
+    generation: int | None,
+    now: str,
+) -> dict[str, Any]:
+    valid = conditions.condition("Valid", True, "SpecValid")
+    status: dict[str, Any] = {"observedGeneration": generation, "url": url, "selector": selector}
+    if resolution.model_uri is None:
+        phase = "Failed" if resolution.failed else "Pending"
+        updates = [
+            valid,
+            conditions.condition("ModelResolved", False, resolution.reason, resolution.message),
+            conditions.condition("Ready", False, resolution.reason, resolution.message),
+        ]
+        return {
+            **status,
+            "phase": phase,
+            "message": resolution.message,
+            "conditions": conditions.merge(previous.get("conditions"), updates, generation, now),
+        }
+
+    resolved = conditions.condition("ModelResolved", True, resolution.reason, resolution.message)
+    status["modelUri"] = resolution.model_uri
+    if deployment is None:
+        message = "creating the Deployment"
+        return {
+            **status,
+            "phase": "Pending",
+            "message": message,
+            "conditions": conditions.merge(
+                previous.get("conditions"),
+                [valid, resolved, conditions.condition("Ready", False, "Creating", message)],
+                generation,
+                now,
+            ),
+        }
+
+    dep_status = deployment.get("status") or {}
+    dep_conditions = dep_status.get("conditions") or []
+    desired = (deployment.get("spec") or {}).get("replicas", 1)
+    ready = int(dep_status.get("readyReplicas") or 0)
+    status["replicas"] = int(dep_status.get("replicas") or 0)
+    status["readyReplicas"] = ready
+    available = conditions.get(dep_conditions, "Available")
+    progressing = conditions.get(dep_conditions, "Progressing")
+    available_cond = conditions.condition(
+        "Available",
+        (available or {}).get("status", "Unknown"),
+        (available or {}).get("reason", "NoStatus"),
+        (available or {}).get("message", ""),
+    )
+    generation_seen = dep_status.get("observedGeneration")
+    rolled_out = (
+        generation_seen is not None
+        and generation_seen >= (deployment["metadata"].get("generation") or 0)
+        and int(dep_status.get("updatedReplicas") or 0) >= desired
+    )
+    if progressing and progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded":
+        phase, reason = "Failed", "ProgressDeadlineExceeded"
+        message = f"the Deployment made no progress: {progressing.get('message', '')}".strip()
+    elif desired == 0:
+        phase, reason, message = "Pending", "ScaledToZero", "scaled to zero replicas"
+    elif rolled_out and ready >= 1 and available and available.get("status") == "True":
+        phase, reason, message = "Ready", "Serving", f"{ready}/{desired} replicas ready at {url}"
+    else:
+        phase, reason = "Loading", "ModelLoading"
+        message = f"{ready}/{desired} replicas ready; pods are starting or loading the model"
+    status.update(phase=phase, message=message)
+    if metrics is not None:
+        status["metrics"] = metrics
+    elif previous.get("metrics"):
+        status["metrics"] = previous["metrics"]
+    status["conditions"] = conditions.merge(
+        previous.get("conditions"),
+        [valid, resolved, available_cond, conditions.condition("Ready", phase == "Ready", reason, message)],
+        generation,
+        now,
+    )
+    return status

@@ -1,0 +1,202 @@
+"""The fake kubelet both fake controllers share: creates pods over the API and runs their container
+command as a local process.
+
+Paths the pod would see are mapped to local folders: ConfigMap volumes are written out,
+emptyDirs are temp folders, PVCs are folders under `pvc_root/CLAIM`, and the termination
+message path is a temp file. Mount paths in the command's args and env values are rewritten
+to those folders; container ports are mapped to free local ports (args equal to the port number
+are rewritten), as if each pod had its own IP. stdout and stderr become the pod log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from cluster.emulator import CONFIGMAPS, Emulator, _now
+
+FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # what the kubelet keeps of the log for FallbackToLogsOnError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Kubelet:
+    def __init__(self, emulator: Emulator, pvc_root: Path, workdir: Path) -> None:
+        self.emulator, self.pvc_root, self.workdir = emulator, pvc_root, workdir
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.host_ports: dict[tuple[str, str], dict[int, int]] = {}  # (ns, pod) -> containerPort -> local port
+        self.session: aiohttp.ClientSession | None = None
+        self.pods_started = 0
+        emulator.hooks.append(self._on_change)
+
+    def port_of(self, namespace: str, pod: str, port: int) -> int | None:
+        return self.host_ports.get((namespace, pod), {}).get(port)
+
+    async def _on_change(self, event: str, resource: Any, raw: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        processes = list(self.processes.values())
+        for proc in processes:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await asyncio.gather(*(p.wait() for p in processes), return_exceptions=True)
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    async def _api(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(base_url=str(self.emulator.url))
+        async with self.session.request(method, path, json=body) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise RuntimeError(f"{method} {path}: {resp.status} {data}")
+            return dict(data)
+
+    async def _patch_status(self, kind: str, ns: str, name: str, status: dict[str, Any]) -> None:
+        base = {"jobs": "/apis/batch/v1", "deployments": "/apis/apps/v1"}.get(kind, "/api/v1")
+        await self._api("PATCH", f"{base}/namespaces/{ns}/{kind}/{name}/status", {"status": status})
+
+    async def _create_pod(
+        self, owner: dict[str, Any], template: dict[str, Any], labels: dict[str, str]
+    ) -> dict[str, Any]:
+        meta = owner["metadata"]
+        ns = meta["namespace"]
+        pod = await self._api(
+            "POST",
+            f"/api/v1/namespaces/{ns}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{meta['name']}-{secrets.token_hex(3)[:5]}",
+                    "namespace": ns,
+                    "labels": {**(template.get("metadata", {}).get("labels") or {}), **labels},
+                    "ownerReferences": [
+                        {
+                            "apiVersion": owner["apiVersion"],
+                            "kind": owner["kind"],
+                            "name": meta["name"],
+                            "uid": meta["uid"],
+                            "controller": True,
+                        }
+                    ],
+                },
+                "spec": template["spec"],
+            },
+        )
+        self.pods_started += 1
+        container = template["spec"]["containers"][0]
+        await self._patch_status(
+            "pods",
+            ns,
+            pod["metadata"]["name"],
+            {
+                "phase": "Running",
+                "startTime": _now(),
+                "podIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": _now()}},
+                    }
+                ],
+            },
+        )
+        return pod
+
+    def _mounts(self, pod: dict[str, Any], container: dict[str, Any], scratch: Path) -> dict[str, str]:
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        ns = pod["metadata"]["namespace"]
+        mapping: dict[str, str] = {}
+        for mount in container.get("volumeMounts", []):
+            volume = volumes[mount["name"]]
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                local = self.pvc_root / claim
+                if mount["mountPath"].endswith("/" + claim):
+                    # Claims mounted side by side under one folder (PVC_ROOT/CLAIM): code that builds
+                    # paths from that folder must land in our pvc_root too.
+                    mapping[mount["mountPath"][: -len(claim) - 1]] = str(self.pvc_root)
+            else:
+                local = scratch / "volumes" / mount["name"]
+                if "configMap" in volume:
+                    cm = self.emulator.find(CONFIGMAPS, ns, volume["configMap"]["name"])
+                    if cm is None:
+                        raise RuntimeError(f"ConfigMap {volume['configMap']['name']} not found")  # real: pod stuck
+                    local.mkdir(parents=True, exist_ok=True)
+                    for key, text in (cm.get("data") or {}).items():
+                        (local / key).write_text(text)
+            local.mkdir(parents=True, exist_ok=True)
+            mapping[mount["mountPath"]] = str(local)
+        mapping[container.get("terminationMessagePath", "/dev/termination-log")] = str(scratch / "termination-log")
+        return mapping
+
+    @staticmethod
+    def _rewrite(value: str, mapping: dict[str, str]) -> str:
+        for container_path in sorted(mapping, key=len, reverse=True):
+            if value == container_path or value.startswith(container_path + "/"):
+                return mapping[container_path] + value[len(container_path) :]
+        return value
+
+    async def _run_container(self, pod: dict[str, Any], container: dict[str, Any], scratch: Path) -> tuple[int, str]:
+        mapping = self._mounts(pod, container, scratch)
+        env = dict(os.environ)
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = self._rewrite(item["value"], mapping)
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+        ports = {p["containerPort"]: free_port() for p in container.get("ports", [])}
+        self.host_ports[key] = ports
+        argv = [self._rewrite(a, mapping) for a in [*container.get("command", []), *container.get("args", [])]]
+        argv = [str(ports[int(a)]) if a.isdigit() and int(a) in ports else a for a in argv]
+        self.emulator.pod_logs[key] = ""
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=self.workdir,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes[pod["metadata"]["uid"]] = proc
+        try:
+            assert proc.stdout is not None
+            async for line in proc.stdout:
+                self.emulator.pod_logs[key] += line.decode(errors="replace")
+            exit_code = await proc.wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        finally:
+            self.processes.pop(pod["metadata"]["uid"], None)
+        if exit_code < 0:
+            exit_code = 128 - exit_code  # how a container runtime reports death by signal
+        term = scratch / "termination-log"
+        message = term.read_text()[:4096] if term.exists() else ""
+        if not message and exit_code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            tail = "".join(self.emulator.pod_logs[key].splitlines(keepends=True)[-FALLBACK_LINES:])
+            message = tail[-FALLBACK_BYTES:]
+        return exit_code, message
