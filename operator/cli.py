@@ -1,4 +1,4 @@
-"""kerasop: run a KerasTrainingJob on this machine, or print what the operator would create for it.
+"""kerasop: train or serve a resource on this machine, or print what the operator would create for it.
 
 Exit codes: 0 success, 1 the training failed, 2 the resource is invalid (the message names the field).
 """
@@ -15,8 +15,10 @@ from typing import Any
 import yaml
 
 from keras_operator import conditions, training_status
-from keras_operator.api.parse import InvalidResource, parse, read_documents
+from keras_operator.api.parse import InvalidResource, Resource, parse, read_documents
+from keras_operator.api.serving import KerasModelService
 from keras_operator.api.training import KerasTrainingJob
+from keras_operator.builders.serving import build_deployment, build_hpa, build_service
 from keras_operator.builders.training import build_config_map, build_job
 from keras_operator.settings import Settings
 
@@ -24,11 +26,13 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 DEFAULT_PVC_ROOT = "runs/pvc"
 
 
-def _load_one(path: str) -> KerasTrainingJob:
-    docs = read_documents(path)
-    if len(docs) != 1:
-        raise InvalidResource(f"{path}: expected one resource, found {len(docs)} documents")
-    return parse(docs[0])
+def _load(path: str, kind: type[Resource]) -> tuple[Any, list[Resource]]:
+    """The one resource of `kind` in the file, and all resources in it (a service may name a job beside it)."""
+    resources = [parse(d) for d in read_documents(path)]
+    matching = [r for r in resources if isinstance(r, kind)]
+    if len(matching) != 1:
+        raise InvalidResource(f"{path}: expected one {kind.__name__}, found {len(matching)}")
+    return matching[0], resources
 
 
 def _dump(obj: Any, fmt: str) -> str:
@@ -44,7 +48,7 @@ def local_output(job: KerasTrainingJob) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        job = _load_one(args.file)
+        job, _ = _load(args.file, KerasTrainingJob)
     except InvalidResource as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -70,24 +74,95 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.phase == "Succeeded" else (EXIT_INVALID if result.reason == "InvalidSpec" else EXIT_FAILED)
 
 
-def cmd_render(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def trained_model_uri(service: KerasModelService, resources: list[Resource], local: bool) -> str | None:
+    """What the service would serve: its uri, or the output of the referenced job when it is known here."""
+    if service.spec.model.uri:
+        return service.spec.model.uri
+    ref = service.spec.model.training_job_ref
+    assert ref is not None
+    job = next((r for r in resources if isinstance(r, KerasTrainingJob) and r.metadata.name == ref.name), None)
+    if job is not None:
+        output = local_output(job) if local else job.spec.output.uri
+        return f"{output}/model.keras" if output else None
+    fallback = Path("runs") / ref.name / "model.keras"  # where `kerasop run` puts it by default
+    return str(fallback) if local and fallback.exists() else None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        docs = read_documents(args.file)
-        jobs = [parse(d) for d in docs]
+        service, resources = _load(args.file, KerasModelService)
+    except InvalidResource as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    os.environ.setdefault("KERAS_OPERATOR_PVC_ROOT", str(Path(args.pvc_root).resolve()))
+    uri = args.model_uri or trained_model_uri(service, resources, local=True)
+    if uri is None:
+        print(
+            "error: spec.model.trainingJobRef: no trained model found here; give --model-uri, or put the "
+            "KerasTrainingJob in the same file",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    from keras_trainer import cli as trainer_cli
+
+    spec, server = service.spec, service.spec.server
+    return trainer_cli.main(
+        [
+            "serve",
+            "--model-uri",
+            uri,
+            "--model-name",
+            spec.model_name or service.metadata.name,
+            "--host",
+            args.host,
+            "--port",
+            str(args.port or server.port),
+            "--backend",
+            spec.backend,
+            "--max-batch-size",
+            str(server.batching.max_batch_size),
+            "--max-latency-ms",
+            str(server.batching.max_latency_ms),
+            "--max-request-bytes",
+            str(server.max_request_bytes),
+            "--max-queue",
+            str(server.max_queue),
+        ]
+    )
+
+
+def render_objects(resource: Resource, resources: list[Resource], namespace: str | None) -> list[dict[str, Any]]:
+    settings = Settings.from_env()
+    owner = {
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": resource.metadata.model_dump(exclude_none=True),
+    }
+    if namespace:
+        owner["metadata"]["namespace"] = namespace
+    if isinstance(resource, KerasTrainingJob):
+        return [build_config_map(owner, resource.spec), build_job(owner, resource.spec, settings.trainer_image)]
+    uri = trained_model_uri(resource, resources, local=False)
+    if uri is None:
+        ref = resource.spec.model.training_job_ref
+        uri = f"<status.modelUri of KerasTrainingJob {ref.name if ref else '?'}>"
+        print(
+            f"note: {resource.metadata.name}: the model URI is known only once the training succeeds", file=sys.stderr
+        )
+    objects = [build_service(owner, resource.spec), build_deployment(owner, resource.spec, uri, settings.trainer_image)]
+    hpa = build_hpa(owner, resource.spec)
+    return objects + ([hpa] if hpa else [])
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    try:
+        resources = [parse(d) for d in read_documents(args.file)]
     except InvalidResource as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     objects: list[dict[str, Any]] = []
-    for job in jobs:
-        owner = {
-            "apiVersion": job.api_version,
-            "kind": job.kind,
-            "metadata": job.metadata.model_dump(exclude_none=True),
-        }
-        if args.namespace:
-            owner["metadata"]["namespace"] = args.namespace
-        objects += [build_config_map(owner, job.spec), build_job(owner, job.spec, settings.trainer_image)]
+    for resource in resources:
+        objects += render_objects(resource, resources, args.namespace)
     if args.output_format == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
     else:
@@ -117,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         f"(default ./{DEFAULT_PVC_ROOT})",
     )
     run.set_defaults(func=cmd_run)
+    serve = sub.add_parser("serve", help="serve the KerasModelService in FILE on this machine")
+    serve.add_argument("file")
+    serve.add_argument("--model-uri", help="serve this model instead of what spec.model names")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: spec.server.port")
+    serve.add_argument("--pvc-root", default=os.environ.get("KERAS_OPERATOR_PVC_ROOT", DEFAULT_PVC_ROOT))
+    serve.set_defaults(func=cmd_serve)
     render = sub.add_parser("render", help="print the Kubernetes objects the operator would create for FILE")
     render.add_argument("file")
     render.add_argument("-o", "--output-format", choices=["yaml", "json"], default="yaml")

@@ -159,13 +159,15 @@ async def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
 async def apply(obj: dict[str, Any], hash_annotation: str) -> tuple[dict[str, Any], str | None]:
     """Create `obj`, or patch the existing one when its hash annotation differs. -> (object, "created" |
     "updated" | None)."""
-    current, created = await create_or_adopt(obj)
-    if created:
-        return current, "created"
+    meta = obj["metadata"]
+    current = await get(obj["kind"], meta["namespace"], meta["name"])  # read first: no 409 on every sync
+    if current is None:
+        current, created = await create_or_adopt(obj)
+        if created:
+            return current, "created"
     want = obj["metadata"]["annotations"][hash_annotation]
     if (current["metadata"].get("annotations") or {}).get(hash_annotation) == want:
         return current, None
-    meta = obj["metadata"]
     body = {"metadata": {"labels": meta.get("labels"), "annotations": meta.get("annotations")}, "spec": obj["spec"]}
     resp = await _call(_calls(obj["kind"])[2], meta["name"], meta["namespace"], body, _preload_content=False)
     return dict(json.loads(resp.data)), "updated"

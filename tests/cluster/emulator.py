@@ -67,6 +67,25 @@ class Fault:
     hits: int = 0
 
 
+OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf itself, and the kubernetes client the operator uses
+# (group, resource[/subresource], verb) of every call the operator made, across all tests of the session:
+# the chart's RBAC must grant exactly these (tests/e2e/test_zz_rbac.py).
+OPERATOR_CALLS: set[tuple[str, str, str]] = set()
+
+
+def _verb(request: rendering.Request) -> str:
+    if request.method == enums.method.GET:
+        if request.params.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if request.name else "list"
+    return {
+        enums.method.POST: "create",
+        enums.method.PATCH: "patch",
+        enums.method.PUT: "update",
+        enums.method.DELETE: "delete",
+    }.get(request.method, str(request.method).lower())
+
+
 @attrs.define(kw_only=True)
 class Emulator(kmock.KubernetesEmulator):
     pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict)
@@ -88,6 +107,15 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> Any:
         action, resource = request.action, request.resource
+        if (
+            resource is not None
+            and resource.plural
+            and (request.headers.get("User-Agent") or "").startswith(OPERATOR_AGENTS)
+        ):
+            sub = (request.subresource or "").split("/")[0]
+            OPERATOR_CALLS.add(
+                (resource.group or "", f"{resource.plural}/{sub}" if sub else resource.plural, _verb(request))
+            )
         fault = next(
             (f for f in self.faults if f.action == action and f.resource == resource and f.hits < f.count), None
         )

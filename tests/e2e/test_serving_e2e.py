@@ -128,21 +128,26 @@ def test_autoscaling_spec_changes_and_removal(cluster: Cluster, tmp_path: Path) 
         assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
         assert "replicas" not in cluster.get(DEPLOYMENTS, "iris")["spec"]  # the HPA owns the count
 
-        # A batching change rolls the Deployment; dropping autoscaling removes the HPA.
-        cluster.patch(
-            KMS, "iris", {"spec": {"autoscaling": None, "replicas": 1, "server": {"batching": {"maxBatchSize": 1}}}}
-        )
+        cluster.patch(KMS, "iris", {"spec": {"autoscaling": {"maxReplicas": 4}}})
+        cluster.wait_for(lambda: cluster.get(HPAS, "iris")["spec"]["maxReplicas"] == 4, 30, "the HPA updated")
+
+        # Batching and port changes roll the Deployment and update the Service; dropping autoscaling
+        # removes the HPA.
+        spec = {"autoscaling": None, "replicas": 1, "server": {"port": 8081, "batching": {"maxBatchSize": 1}}}
+        cluster.patch(KMS, "iris", {"spec": spec})
         cluster.wait_for(lambda: cluster.get(HPAS, "iris") is None, 30, "the HPA to go")
         args = cluster.get(DEPLOYMENTS, "iris")["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[args.index("--max-batch-size") + 1] == "1"
         cluster.wait_for(
             lambda: (
                 kms_status(cluster, "iris").get("phase") == "Ready"
-                and kms_status(cluster, "iris").get("observedGeneration") == 2
+                and kms_status(cluster, "iris").get("observedGeneration") == 3
             ),
             120,
             "Ready again",
         )
+        assert cluster.get(SERVICES, "iris")["spec"]["ports"][0]["port"] == 8081
+        assert kms_status(cluster, "iris")["url"] == "http://iris.default.svc.cluster.local:8081"
         url = cluster.service_url(kms_status(cluster, "iris")["url"])
         code, body = post_json(
             f"{url}/v2/models/iris/infer",

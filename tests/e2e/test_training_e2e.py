@@ -261,9 +261,26 @@ def test_api_errors_are_retried_without_a_second_job(cluster: Cluster) -> None:
     # Reading Jobs fails twice with 503 while the training runs.
     cluster.emulator.faults.append(Fault(action.FETCH, JOBS, 503, count=2))
     doc = tiny_job("flaky", output={"uri": "pvc://models/flaky"})
+    # A ConfigMap left over from an earlier attempt (a crash between its create and the Job's): adopted, updated.
+    stale = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "flaky-train-config"},
+        "data": {"job.yaml": "stale"},
+    }
     with operator(cluster) as runner:
-        cluster.create(KTJ, doc)
+        created = cluster.create(KTJ, doc)
+        stale["metadata"]["ownerReferences"] = [
+            {
+                "apiVersion": "kerasoperator.dev/v1alpha1",
+                "kind": "KerasTrainingJob",
+                "name": "flaky",
+                "uid": created["metadata"]["uid"],
+            }
+        ]
+        cluster.create(CONFIGMAPS, stale)
         cluster.wait_for(lambda: phase(cluster, "flaky") == "Succeeded", 180, "Succeeded despite API errors")
+    assert "stale" not in cluster.get(CONFIGMAPS, "flaky-train-config")["data"]["job.yaml"]
     assert len(cluster.list(JOBS)) == 1
     assert cluster.controller is not None
     assert cluster.controller.pods_started == 1

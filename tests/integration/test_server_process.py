@@ -123,3 +123,46 @@ def test_unloadable_model_exits_non_zero(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "model_load_failed" in result.stdout
     assert "not found" in result.stdout
+
+
+def test_kerasop_serve_serves_what_the_deployment_would(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from helpers.server import free_port
+
+    path = models.single(tmp_path / "m.keras")
+    port = free_port()
+    (tmp_path / "svc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kerasoperator.dev/v1alpha1",
+                "kind": "KerasModelService",
+                "metadata": {"name": "local"},
+                "spec": {"model": {"uri": str(path)}, "modelName": "clf", "server": {"port": port}},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "kerasop"), "serve", str(tmp_path / "svc.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if get_json(f"http://127.0.0.1:{port}/v2/models/clf/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        status, body = post_json(f"http://127.0.0.1:{port}/v1/models/clf:predict", {"instances": X.tolist()})
+        assert status == 200
+        np.testing.assert_allclose(body["predictions"], models.load(path).predict(X, verbose=0), rtol=1e-5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -88,10 +88,7 @@ def test_rbac_is_cluster_wide_by_default_and_per_namespace_when_asked() -> None:
     assert roles == {"ml", "team-b"}
     cluster_roles = [o for o in scoped if o["kind"] == "ClusterRole"]
     # Only discovery stays cluster-wide.
-    assert [r["resources"] for o in cluster_roles for r in o["rules"]] == [
-        ["customresourcedefinitions"],
-        ["namespaces"],
-    ]
+    assert [r["resources"] for o in cluster_roles for r in o["rules"]] == [["customresourcedefinitions"]]
     deployment = next(o for o in scoped if o["kind"] == "Deployment")
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KERAS_OPERATOR_NAMESPACES"] == "ml,team-b"

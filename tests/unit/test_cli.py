@@ -95,3 +95,25 @@ def test_render_rejects_garbage(
     path.write_text(content)
     assert cli.main(["render", str(path)]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_render_a_service_with_its_job(capsys: pytest.CaptureFixture[str]) -> None:
+    both = (
+        (ROOT / "examples" / "digits.yaml").read_text()
+        + "\n---\n"
+        + (ROOT / "examples" / "digits-service.yaml").read_text()
+    )
+    path = Path("both.yaml")
+    path.write_text(both)
+    assert cli.main(["render", str(path)]) == 0
+    objects = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [o["kind"] for o in objects] == ["ConfigMap", "Job", "Service", "Deployment", "HorizontalPodAutoscaler"]
+    args = objects[3]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--model-uri") + 1] == "pvc://models/digits/model.keras"
+    for obj in objects:
+        validate_k8s(obj)
+
+
+def test_serve_without_a_trained_model_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", str(ROOT / "examples" / "digits-service.yaml")]) == 2
+    assert "spec.model.trainingJobRef: no trained model found" in capsys.readouterr().err

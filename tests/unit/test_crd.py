@@ -112,3 +112,36 @@ def test_cel_rules_agree_with_python_rules() -> None:
         except InvalidResource:
             py_ok = False
         assert cel_ok == py_ok, model
+
+
+def _service() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "examples" / "digits-service.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d["spec"]["model"].update(uri="s3://b/m.keras"), "model"),
+        (lambda d: d["spec"]["autoscaling"].update(minReplicas=5, maxReplicas=2), "autoscaling"),
+        (lambda d: d["spec"]["server"].update(port=80), "server.port"),
+        (lambda d: d["spec"]["server"]["batching"].update(maxBatchSize=0), "server.batching.maxBatchSize"),
+        (lambda d: d["spec"].update(replicas=-1), "replicas"),
+        (lambda d: d["spec"].update(modelName="no spaces"), "modelName"),
+    ],
+)
+def test_bad_service_specs_are_rejected_by_schema_and_types(mutate: Any, field: str) -> None:
+    doc = _service()
+    mutate(doc)
+    schema = crd_schema("kerasmodelservices")
+    assert list(jsonschema.Draft4Validator(schema).iter_errors(doc)) + cel_errors(doc, schema)
+    with pytest.raises(InvalidResource, match=re.escape(f"spec.{field}")):
+        parse(doc)
+
+
+def test_scale_subresource() -> None:
+    version = crd("kerasmodelservices")["spec"]["versions"][0]
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }

@@ -58,8 +58,8 @@ async def test_tfs_status_metadata_and_row_predict(single: tuple[TestClient, Any
         assert (await resp.json())["model_version_status"][0]["state"] == "AVAILABLE"
     async with client.get("/v1/models/iris/metadata") as resp:
         sig = (await resp.json())["metadata"]["signature_def"]["signature_def"]["serving_default"]
-    assert sig["inputs"]["input_layer"]["dtype"] == "DT_FLOAT"
-    assert [d["size"] for d in sig["inputs"]["input_layer"]["tensor_shape"]["dim"]] == ["-1", "4"]
+    assert sig["inputs"]["input"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in sig["inputs"]["input"]["tensor_shape"]["dim"]] == ["-1", "4"]
     status, body = await post(client, "/v1/models/iris:predict", {"instances": X.tolist()})
     assert status == 200
     np.testing.assert_allclose(body["predictions"], model.predict(X, verbose=0), rtol=1e-5)

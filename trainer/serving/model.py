@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,12 +59,10 @@ class ServedModel:
         tensors = list(self.model.inputs)
         specs = []
         for index, t in enumerate(tensors):
-            # Sequential models get generated names (keras_tensor_12): give them stable ones.
-            name = (
-                t.name
-                if not t.name.startswith("keras_tensor")
-                else ("input" if len(tensors) == 1 else f"input_{index}")
-            )
+            # Keras generates names (keras_tensor_12, input_layer_3) that change with build order: give
+            # those stable ones; names the model's author chose are kept.
+            generated = re.fullmatch(r"(keras_tensor|input_layer)(_\d+)?", t.name) is not None
+            name = ("input" if len(tensors) == 1 else f"input_{index}") if generated else t.name
             specs.append(TensorSpec(name, np.dtype(str(t.dtype)), tuple(t.shape)))
         self._keras_input_names = [t.name for t in tensors]
         return specs

@@ -1,0 +1,72 @@
+"""Deployment, Service and HPA built for a KerasModelService, validated against Kubernetes' schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from helpers.manifests import ROOT, validate_k8s
+from keras_operator.api.parse import parse
+from keras_operator.builders.serving import build_deployment, build_hpa, build_service, url
+
+
+def owner(**spec: Any) -> tuple[dict[str, Any], Any]:
+    doc = yaml.safe_load((ROOT / "examples" / "digits-service.yaml").read_text())
+    doc["metadata"].update(namespace="ml", uid="u-1", generation=2)
+    doc["spec"].update(spec)
+    return doc, parse(doc).spec
+
+
+def test_deployment_runs_the_server_with_probes_and_settings() -> None:
+    doc, spec = owner(
+        server={"port": 9000, "batching": {"maxBatchSize": 1, "maxLatencyMs": 0}},
+        resources={"gpus": 1, "cpu": "2", "memory": "4Gi"},
+        modelName="clf",
+    )
+    dep = build_deployment(doc, spec, "pvc://models/digits/model.keras", "img:1")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["args"][c["args"].index("--model-name") + 1] == "clf"
+    assert c["args"][c["args"].index("--port") + 1] == "9000"
+    assert c["args"][c["args"].index("--max-batch-size") + 1] == "1"
+    assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    claim = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert claim["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert "replicas" not in dep["spec"]  # autoscaling is set in the example: the HPA owns it
+    assert url(doc, spec) == "http://digits.ml.svc.cluster.local:9000"
+
+
+def test_replicas_without_autoscaling_and_no_hpa() -> None:
+    doc, spec = owner(autoscaling=None, replicas=3)
+    assert build_deployment(doc, spec, "s3://b/m.keras", "img")["spec"]["replicas"] == 3
+    assert build_hpa(doc, spec) is None
+
+
+def test_hash_changes_with_the_spec() -> None:
+    doc, spec = owner()
+    a = build_deployment(doc, spec, "s3://b/m.keras", "img")
+    b = build_deployment(doc, spec, "s3://b/other.keras", "img")
+    key = "kerasoperator.dev/spec-hash"
+    assert a["metadata"]["annotations"][key] != b["metadata"]["annotations"][key]
+    assert build_deployment(doc, spec, "s3://b/m.keras", "img") == a
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"autoscaling": None, "replicas": 0}, {"podTemplate": {"spec": {"nodeSelector": {"a": "b"}}}}]
+)
+def test_manifests_validate_against_kubernetes(overrides: dict[str, Any]) -> None:
+    doc, spec = owner(**overrides)
+    for obj in (
+        build_deployment(doc, spec, "pvc://models/m.keras", "img"),
+        build_service(doc, spec),
+        build_hpa(doc, spec),
+    ):
+        if obj is not None:
+            validate_k8s(obj)
