@@ -35,3 +35,13 @@ def load(path: Path) -> Any:
     import keras
 
     return keras.models.load_model(path, compile=False)
+
+
+def strings(path: Path) -> Path:
+    """One string input (a word), one float output (its index in a small vocabulary)."""
+    import keras
+
+    word = keras.Input(shape=(1,), dtype="string", name="word")
+    ids = keras.layers.StringLookup(vocabulary=["cat", "dog", "bird"])(word)
+    keras.Model(word, keras.layers.Identity(name="index")(keras.ops.cast(ids, "float32"))).save(path)
+    return path

@@ -316,3 +316,32 @@ def test_saved_model_export_is_served(tmp_path: Path) -> None:
     served.warm_up()
     out = served.predict({served.inputs[0].name: X})
     np.testing.assert_allclose(next(iter(out.values())), model.predict(X, verbose=0), rtol=1e-5)
+
+
+async def test_string_inputs_as_b64_text_and_bytes(tmp_path: Path) -> None:
+    client = await client_for(models.strings(tmp_path / "s.keras"), "words")
+    try:
+        async with client.get("/v2/models/words") as resp:
+            assert (await resp.json())["inputs"] == [{"name": "word", "datatype": "BYTES", "shape": [-1, 1]}]
+        dog = base64.b64encode(b"dog").decode()
+        status, body = await post(
+            client, "/v1/models/words:predict", {"instances": [[{"b64": dog}], ["bird"], ["unknown"]]}
+        )
+        assert status == 200, body
+        assert body["predictions"] == [[2.0], [3.0], [0.0]]
+        status, body = await post(
+            client,
+            "/v2/models/words/infer",
+            {"inputs": [{"name": "word", "shape": [2, 1], "datatype": "BYTES", "data": ["cat", {"b64": dog}]}]},
+        )
+        assert status == 200, body
+        assert body["outputs"][0]["data"] == [1.0, 2.0]
+        status, body = await post(
+            client,
+            "/v2/models/words/infer",
+            {"inputs": [{"name": "word", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]},
+        )
+        assert status == 400
+        assert "does not fit input 'word'" in body["error"]
+    finally:
+        await client.close()

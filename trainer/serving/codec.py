@@ -67,7 +67,7 @@ def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
     value = _decode_b64(value)
     try:
         if spec.dtype.kind in ("O", "S", "U"):
-            array = np.array(value, dtype=object)
+            array = _as_bytes(np.array(value, dtype=object), spec, where)
         else:
             raw = np.asarray(value)
             if raw.dtype.kind not in ("b", "i", "u", "f"):
@@ -80,6 +80,17 @@ def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
     except ValueError as exc:
         raise RequestError(400, f"{where}: input {spec.name!r} is not a rectangular array ({exc})") from exc
     check_shape(array, spec, where)
+    return array
+
+
+def _as_bytes(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
+    """Text inputs as UTF-8 bytes, whether they came as JSON strings or b64 values (TF wants one kind)."""
+    flat = array.reshape(-1)
+    for index, item in enumerate(flat):
+        if isinstance(item, str):
+            flat[index] = item.encode()
+        elif not isinstance(item, bytes):
+            raise RequestError(400, f"{where}: input {spec.name!r} takes text, got {type(item).__name__}")
     return array
 
 
@@ -219,7 +230,7 @@ def parse_v2(body: Any, inputs: list[TensorSpec]) -> tuple[dict[str, np.ndarray]
             raise RequestError(400, f"{where}: data does not fit datatype {datatype}: {exc}") from exc
         if flat.size != int(np.prod(shape)):
             raise RequestError(400, f"{where}: shape {shape} holds {int(np.prod(shape))} values, data has {flat.size}")
-        arrays[spec.name] = to_array(flat.reshape(shape), spec, where) if datatype != "BYTES" else flat.reshape(shape)
+        arrays[spec.name] = to_array(flat.reshape(shape), spec, where)
         check_shape(arrays[spec.name], spec, where)
     if set(arrays) != set(by_name):
         raise RequestError(400, f"missing inputs {sorted(set(by_name) - set(arrays))}")

@@ -63,7 +63,7 @@ class ServedModel:
             # those stable ones; names the model's author chose are kept.
             generated = re.fullmatch(r"(keras_tensor|input_layer)(_\d+)?", t.name) is not None
             name = ("input" if len(tensors) == 1 else f"input_{index}") if generated else t.name
-            specs.append(TensorSpec(name, np.dtype(str(t.dtype)), tuple(t.shape)))
+            specs.append(TensorSpec(name, numpy_dtype(t.dtype), tuple(t.shape)))
         self._keras_input_names = [t.name for t in tensors]
         return specs
 
@@ -72,7 +72,7 @@ class ServedModel:
         names = list(getattr(self.model, "output_names", None) or [])
         if len(names) != len(tensors):
             names = ["output" if len(tensors) == 1 else f"output_{i}" for i in range(len(tensors))]
-        return [TensorSpec(n, np.dtype(str(t.dtype)), tuple(t.shape)) for n, t in zip(names, tensors, strict=True)]
+        return [TensorSpec(n, numpy_dtype(t.dtype), tuple(t.shape)) for n, t in zip(names, tensors, strict=True)]
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Rows are padded to a power of two, so the compiled function sees a handful of batch shapes
@@ -80,10 +80,7 @@ class ServedModel:
         rows = next(iter(inputs.values())).shape[0]
         padded = bucket(rows)
         if padded != rows:
-            inputs = {
-                n: np.concatenate([a, np.zeros((padded - rows, *a.shape[1:]), dtype=a.dtype)])
-                for n, a in inputs.items()
-            }
+            inputs = {n: np.concatenate([a, _dummy_like(a, padded - rows)]) for n, a in inputs.items()}
         return {n: a[:rows] for n, a in self._call(inputs).items()}
 
     def _call(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -105,15 +102,30 @@ class ServedModel:
         """Call the model once per batch shape it will see, so no user request pays for tracing."""
         size = 1
         while True:
-            dummy = {
-                spec.name: np.zeros((size, *[d or 1 for d in spec.example_shape()]), dtype=spec.dtype)
-                for spec in self.inputs
-            }
+            dummy = {spec.name: _dummy(spec, size) for spec in self.inputs}
             self.predict(dummy)
             if size >= max_batch_size:
                 break
             size *= 2
         self.ready = True
+
+
+def _filled(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    return np.full(shape, b"", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype=dtype)
+
+
+def _dummy(spec: TensorSpec, rows: int) -> np.ndarray:
+    return _filled((rows, *[d or 1 for d in spec.example_shape()]), spec.dtype)
+
+
+def _dummy_like(array: np.ndarray, rows: int) -> np.ndarray:
+    return _filled((rows, *array.shape[1:]), array.dtype)
+
+
+def numpy_dtype(dtype: Any) -> np.dtype[Any]:
+    """Keras/TF dtype names -> numpy; strings travel as Python objects (bytes or str)."""
+    name = str(getattr(dtype, "name", dtype))
+    return np.dtype(object) if name == "string" else np.dtype(name)
 
 
 def bucket(rows: int) -> int:
