@@ -86,8 +86,8 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
     training = spec.training
     if training.seed is not None:
         keras.utils.set_random_seed(training.seed)
-    if training.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    # Set either way: the policy is global, and one process may train more than once (kerasop, tests).
+    keras.mixed_precision.set_global_policy("mixed_float16" if training.mixed_precision else "float32")
 
     model_input = spec.model.input_shape
     train = data_mod.load(

@@ -21,6 +21,8 @@ x, y = x[order], y[order]
 split = int(len(x) * 0.85)
 np.savez_compressed(here / "digits.npz", x=x[:split], y=y[:split])
 np.savez_compressed(here / "digits-test.npz", x=x[split:], y=y[split:])
+# The same digits as 8x8x1 images, for the CNN example.
+np.savez_compressed(here / "digits-images.npz", x=x.reshape(-1, 8, 8, 1), y=y)
 header = ",".join([f"p{i}" for i in range(64)] + ["digit"])
 rows = np.concatenate([digits.data[order][:split], y[:split, None]], axis=1).astype(int)
 np.savetxt(here / "digits.csv", rows, fmt="%d", delimiter=",", header=header, comments="")

@@ -55,3 +55,28 @@ def test_json_logs_for_libraries_too(capfd: pytest.CaptureFixture[str]) -> None:
     assert {"event": "ours", "key": 1}.items() <= lines[0].items()
     assert lines[1]["event"] == "theirs too"
     assert lines[1]["level"] == "warning"
+
+
+def test_constraints_pin_every_dependency_the_images_install() -> None:
+    """Both Dockerfiles install with -c constraints.txt: every requirement of the extras they use must be
+    pinned there, to a version its specifier accepts (CI installs with the same file)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower().replace("_", "-")] = version.strip()
+    wanted = [
+        *project["dependencies"],
+        *project["optional-dependencies"]["operator"],
+        *project["optional-dependencies"]["trainer"],
+    ]
+    for text in wanted:
+        req = Requirement(text)
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{req.name} is not pinned in constraints.txt"
+        assert req.specifier.contains(pins[name]), f"constraints.txt pins {name}=={pins[name]}, needs {req}"

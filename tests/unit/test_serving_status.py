@@ -13,16 +13,33 @@ NOW = "2026-01-01T00:00:00Z"
 RESOLVED = Resolution("s3://b/m.keras", "ModelURI", "serving s3://b/m.keras")
 
 
-def deployment(ready: int, conditions: list[dict[str, Any]], generation: int = 1, seen: int = 1,
-               replicas: int = 2) -> dict[str, Any]:
-    return {"metadata": {"generation": generation}, "spec": {"replicas": replicas},
-            "status": {"observedGeneration": seen, "replicas": replicas, "updatedReplicas": replicas,
-                       "readyReplicas": ready, "conditions": conditions}}
+def deployment(
+    ready: int, conditions: list[dict[str, Any]], generation: int = 1, seen: int = 1, replicas: int = 2
+) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": seen,
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": ready,
+            "conditions": conditions,
+        },
+    }
 
 
 def status(dep: dict[str, Any] | None, resolution: Resolution = RESOLVED) -> dict[str, Any]:
-    return observe(resolution=resolution, deployment=dep, url="http://x.ns.svc.cluster.local:8080",
-                   selector="k=v", metrics=None, previous={}, generation=3, now=NOW)
+    return observe(
+        resolution=resolution,
+        deployment=dep,
+        url="http://x.ns.svc.cluster.local:8080",
+        selector="k=v",
+        metrics=None,
+        previous={},
+        generation=3,
+        now=NOW,
+    )
 
 
 AVAILABLE = {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}
@@ -34,7 +51,11 @@ def test_ready_when_available_and_rolled_out() -> None:
     assert s["phase"] == "Ready"
     assert s["readyReplicas"] == 2
     assert {c["type"]: c["status"] for c in s["conditions"]} == {
-        "Valid": "True", "ModelResolved": "True", "Available": "True", "Ready": "True"}
+        "Valid": "True",
+        "ModelResolved": "True",
+        "Available": "True",
+        "Ready": "True",
+    }
 
 
 def test_loading_while_a_new_generation_rolls_out() -> None:
@@ -43,8 +64,12 @@ def test_loading_while_a_new_generation_rolls_out() -> None:
 
 
 def test_progress_deadline_exceeded_is_failed() -> None:
-    stuck = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-             "message": 'ReplicaSet "x" has timed out progressing.'}
+    stuck = {
+        "type": "Progressing",
+        "status": "False",
+        "reason": "ProgressDeadlineExceeded",
+        "message": 'ReplicaSet "x" has timed out progressing.',
+    }
     s = status(deployment(0, [stuck]))
     assert s["phase"] == "Failed"
     assert "timed out progressing" in s["message"]

@@ -1,0 +1,37 @@
+"""Every training example runs with `kerasop run` as a newcomer would (data paths relative to the repo)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers.manifests import ROOT
+from keras_operator import cli
+
+ORDER = ["digits.yaml", "fine-tune.yaml", "tabular-csv.yaml", "cnn-images.yaml", "gpu.yaml", "kueue.yaml"]
+
+
+def test_the_list_covers_every_training_example() -> None:
+    trainings = {p.name for p in (ROOT / "examples").glob("*.yaml") if "kind: KerasTrainingJob" in p.read_text()}
+    assert trainings == set(ORDER)
+
+
+def test_examples_train_locally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KERAS_OPERATOR_PVC_ROOT", str(tmp_path / "pvc"))
+    accuracy = {}
+    for name in ORDER:  # fine-tune starts from what digits.yaml saved
+        code = cli.main(["run", f"examples/{name}", "-o", "json"])
+        out, err = capsys.readouterr()
+        assert code == 0, f"{name}: {err[-2000:]}"
+        status = json.loads(out)["status"]
+        assert status["phase"] == "Succeeded"
+        accuracy[name] = status["metrics"]["accuracy"]
+    assert (tmp_path / "pvc" / "models" / "digits-cnn" / "savedmodel" / "saved_model.pb").exists()
+    assert accuracy["digits.yaml"] > 0.9  # 20 epochs on real digits, not random
+    assert accuracy["fine-tune.yaml"] > 0.9  # starts from the trained weights
