@@ -18,7 +18,7 @@ from keras_operator import conditions, training_status
 from keras_operator.api.parse import InvalidResource, Resource, parse, read_documents
 from keras_operator.api.serving import KerasModelService
 from keras_operator.api.training import KerasTrainingJob
-from keras_operator.builders.serving import build_deployment, build_hpa, build_service
+from keras_operator.builders.serving import build_deployment, build_hpa, build_service, model_name, server_args
 from keras_operator.builders.training import build_config_map, build_job
 from keras_operator.settings import Settings
 
@@ -63,7 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from keras_trainer import train
     from keras_trainer.reporting import ConsoleReporter
 
-    logs.configure(level="warning", stream="stderr")
+    # stdout carries only the final status (so `-o json | jq` works); every log line goes to stderr.
+    logs.configure(level="warning", stream="stderr", stdlib=True)
     output = args.output or local_output(job)
     print(f"training {job.metadata.name}: {job.spec.training.epochs} epochs, output {output}", file=sys.stderr)
     started = conditions.now_iso()
@@ -105,30 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     from keras_trainer import cli as trainer_cli
 
-    spec, server = service.spec, service.spec.server
-    return trainer_cli.main(
-        [
-            "serve",
-            "--model-uri",
-            uri,
-            "--model-name",
-            spec.model_name or service.metadata.name,
-            "--host",
-            args.host,
-            "--port",
-            str(args.port or server.port),
-            "--backend",
-            spec.backend,
-            "--max-batch-size",
-            str(server.batching.max_batch_size),
-            "--max-latency-ms",
-            str(server.batching.max_latency_ms),
-            "--max-request-bytes",
-            str(server.max_request_bytes),
-            "--max-queue",
-            str(server.max_queue),
-        ]
-    )
+    name = model_name({"metadata": {"name": service.metadata.name}}, service.spec)
+    return trainer_cli.main([*server_args(name, service.spec, uri, args.port), "--host", args.host])
 
 
 def render_objects(resource: Resource, resources: list[Resource], namespace: str | None) -> list[dict[str, Any]]:

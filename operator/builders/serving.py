@@ -41,6 +41,30 @@ def _hashed(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def server_args(name: str, spec: KerasModelServiceSpec, model_uri: str, port: int | None = None) -> list[str]:
+    """`keras-trainer` arguments that serve this spec: the Deployment's and `kerasop serve`'s."""
+    server = spec.server
+    return [
+        "serve",
+        "--model-uri",
+        model_uri,
+        "--model-name",
+        name,
+        "--port",
+        str(port or server.port),
+        "--backend",
+        spec.backend,
+        "--max-batch-size",
+        str(server.batching.max_batch_size),
+        "--max-latency-ms",
+        str(server.batching.max_latency_ms),
+        "--max-request-bytes",
+        str(server.max_request_bytes),
+        "--max-queue",
+        str(server.max_queue),
+    ]
+
+
 def build_deployment(
     owner: dict[str, Any], spec: KerasModelServiceSpec, model_uri: str, default_image: str
 ) -> dict[str, Any]:
@@ -53,25 +77,7 @@ def build_deployment(
         "name": CONTAINER,
         "image": spec.image or default_image,
         "command": ["keras-trainer"],
-        "args": [
-            "serve",
-            "--model-uri",
-            model_uri,
-            "--model-name",
-            model_name(owner, spec),
-            "--port",
-            str(server.port),
-            "--backend",
-            spec.backend,
-            "--max-batch-size",
-            str(server.batching.max_batch_size),
-            "--max-latency-ms",
-            str(server.batching.max_latency_ms),
-            "--max-request-bytes",
-            str(server.max_request_bytes),
-            "--max-queue",
-            str(server.max_queue),
-        ],
+        "args": server_args(model_name(owner, spec), spec, model_uri),
         "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
         "env": [
             {"name": "KERAS_BACKEND", "value": spec.backend},

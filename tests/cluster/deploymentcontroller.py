@@ -19,8 +19,6 @@ import aiohttp
 from cluster.emulator import PODS, _now
 from cluster.kubelet import Kubelet
 
-DEPLOYMENTS_PLURAL = "deployments"
-
 
 def template_hash(template: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
@@ -34,13 +32,9 @@ class DeploymentController(Kubelet):
         self.reported: dict[tuple[str, str], tuple[int, int]] = {}  # (ns, deployment) -> (ready, generation)
         self.emulator.port_of = self.port_of
 
-    async def _on_change(self, event: str, resource: Any, raw: dict[str, Any]) -> None:
-        if resource.plural != DEPLOYMENTS_PLURAL:
-            if resource == PODS and event == "DELETED":
-                proc = self.processes.get(raw["metadata"]["uid"])
-                if proc is not None and proc.returncode is None:
-                    proc.kill()
-            return
+    owner_plural = "deployments"
+
+    async def _on_owner_change(self, event: str, raw: dict[str, Any]) -> None:
         uid = raw["metadata"]["uid"]
         if event == "DELETED":
             state = self.deployments.pop(uid, None)

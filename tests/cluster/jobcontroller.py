@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cluster.emulator import JOBS, PODS, _now
+from cluster.emulator import _now
 from cluster.kubelet import Kubelet
 
 
@@ -24,13 +24,9 @@ def _true(types: tuple[str, ...], reason: str, message: str, now: str) -> list[d
 
 
 class JobController(Kubelet):
-    async def _on_change(self, event: str, resource: Any, raw: dict[str, Any]) -> None:
-        if resource != JOBS:
-            if resource == PODS and event == "DELETED":
-                proc = self.processes.get(raw["metadata"]["uid"])
-                if proc is not None and proc.returncode is None:
-                    proc.kill()
-            return
+    owner_plural = "jobs"
+
+    async def _on_owner_change(self, event: str, raw: dict[str, Any]) -> None:
         uid = raw["metadata"]["uid"]
         if event == "DELETED":
             task = self.tasks.pop(uid, None)

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from cluster.emulator import CONFIGMAPS, Emulator, _now
+from cluster.emulator import CONFIGMAPS, PODS, Emulator, _now
 
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # what the kubelet keeps of the log for FallbackToLogsOnError
 
@@ -47,6 +47,16 @@ class Kubelet:
         return self.host_ports.get((namespace, pod), {}).get(port)
 
     async def _on_change(self, event: str, resource: Any, raw: dict[str, Any]) -> None:
+        if resource == PODS and event == "DELETED":  # the kubelet stops a deleted pod's container
+            proc = self.processes.get(raw["metadata"]["uid"])
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+        elif resource.plural == self.owner_plural:
+            await self._on_owner_change(event, raw)
+
+    owner_plural = ""
+
+    async def _on_owner_change(self, event: str, raw: dict[str, Any]) -> None:
         raise NotImplementedError
 
     async def close(self) -> None:

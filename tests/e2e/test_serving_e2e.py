@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +9,10 @@ import pytest
 
 from cluster.harness import DEPLOYMENTS, HPAS, KMS, KTJ, SERVICES, Cluster, operator
 from helpers.jobs import tiny_job
-from helpers.manifests import ROOT, validate_k8s
+from helpers.manifests import validate_k8s
 from helpers.server import post_json
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    c = Cluster(pvc_root=tmp_path / "pvc", workdir=ROOT).start()
-    monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", c.url)
-    monkeypatch.setenv("KERAS_OPERATOR_LOG_FORMAT", "json")
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def service(name: str, model: dict, **spec: object) -> dict:

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cluster.harness import CONFIGMAPS, JOBS, KTJ, PODS, Cluster, operator
 from helpers.jobs import tiny_job
-from helpers.manifests import ROOT, validate_k8s
+from helpers.manifests import validate_k8s
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
-    c = Cluster(pvc_root=tmp_path / "pvc", workdir=ROOT).start()
-    monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", c.url)
-    monkeypatch.setenv("KERAS_OPERATOR_LOG_FORMAT", "json")
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def long_job(name: str, epochs: int) -> dict:

@@ -117,3 +117,21 @@ def test_render_a_service_with_its_job(capsys: pytest.CaptureFixture[str]) -> No
 def test_serve_without_a_trained_model_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["serve", str(ROOT / "examples" / "digits-service.yaml")]) == 2
     assert "spec.model.trainingJobRef: no trained model found" in capsys.readouterr().err
+
+
+def test_run_keeps_stdout_for_the_status_even_when_libraries_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from keras_operator import logs
+
+    logs.configure("json", "info", stream="stdout", stdlib=True)  # as an operator in this process would
+    try:
+        code = cli.main(["run", write(tmp_path, tiny_job("quiet", output={"formats": ["savedmodel"]})), "-o", "json"])
+        out, _ = capsys.readouterr()
+    finally:
+        root = logging.getLogger()
+        root.handlers = [h for h in root.handlers if type(h) is not logging.StreamHandler]
+    assert code == 0
+    assert json.loads(out)["status"]["phase"] == "Succeeded"  # nothing but the status on stdout

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.harness import Cluster
+from helpers.manifests import ROOT
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """A fresh emulated cluster; the operator (started by each test) talks to it without credentials."""
+    c = Cluster(pvc_root=tmp_path / "pvc", workdir=ROOT).start()
+    monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", c.url)
+    monkeypatch.setenv("KERAS_OPERATOR_LOG_FORMAT", "json")
+    try:
+        yield c
+    finally:
+        c.stop()
