@@ -28,6 +28,8 @@ class Settings:
     in-cluster or kubeconfig login."""
     liveness_port: int = 8080
     """Port of the /healthz endpoint."""
+    metrics_port: int = 9090
+    """Port of the Prometheus /metrics endpoint; 0 turns it off."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -41,4 +43,5 @@ class Settings:
             sync_interval=float(env.get("KERAS_OPERATOR_SYNC_INTERVAL", "5")),
             api_server=env.get("KERAS_OPERATOR_API_SERVER") or None,
             liveness_port=int(env.get("KERAS_OPERATOR_LIVENESS_PORT", "8080")),
+            metrics_port=int(env.get("KERAS_OPERATOR_METRICS_PORT", "9090")),
         )

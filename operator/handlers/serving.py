@@ -6,7 +6,7 @@ from typing import Any
 
 import kopf
 
-from keras_operator import serving_controller
+from keras_operator import metrics, serving_controller
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.serving import PLURAL
 from keras_operator.handlers.training import SETTINGS, apply_outcome
@@ -18,6 +18,7 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
+@metrics.instrumented("KerasModelService", "reconcile")
 async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     outcome = await serving_controller.reconcile(dict(body), Settings.from_env(), scrape=False)
     apply_outcome(outcome, body, patch)
@@ -26,6 +27,7 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
 # Level-triggered: the referenced training finishing, pods becoming ready and serving figures
 # all show up here within one interval.
 @kopf.timer(*RESOURCE, interval=SETTINGS.sync_interval, initial_delay=SETTINGS.sync_interval)
+@metrics.instrumented("KerasModelService", "refresh")
 async def refresh(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     outcome = await serving_controller.reconcile(dict(body), Settings.from_env())
     apply_outcome(outcome, body, patch)

@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 import structlog
 
-from keras_operator import logs
+from keras_operator import logs, metrics
 from keras_operator.api.common import GROUP
 from keras_operator.settings import Settings
 
@@ -35,7 +35,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # Events come from our own transitions, not kopf's log lines
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
-    structlog.get_logger("keras_operator").info("operator_started", namespaces=list(ours.namespaces) or "all")
+    metrics.serve(ours.metrics_port)
+    structlog.get_logger("keras_operator").info(
+        "operator_started", namespaces=list(ours.namespaces) or "all", metrics_port=ours.metrics_port
+    )
 
 
 @kopf.on.probe(id="ready")

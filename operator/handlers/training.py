@@ -7,7 +7,7 @@ from typing import Any
 import kopf
 import structlog
 
-from keras_operator import training_controller, training_status
+from keras_operator import metrics, training_controller, training_status
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.training import PLURAL
 from keras_operator.settings import Settings
@@ -18,6 +18,9 @@ log = structlog.get_logger("keras_operator.training")
 
 
 def apply_outcome(outcome: training_controller.Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
+    phase = outcome.status.get("phase")
+    if phase and phase != (body.get("status") or {}).get("phase"):
+        metrics.TRANSITIONS.labels(body.get("kind", ""), phase).inc()
     for key, value in outcome.status.items():
         patch.status[key] = value
     for kind, reason, message in outcome.events:
@@ -35,6 +38,7 @@ def apply_outcome(outcome: training_controller.Outcome, body: kopf.Body, patch: 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
+@metrics.instrumented("KerasTrainingJob", "reconcile")
 async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     outcome = await training_controller.reconcile(dict(body), Settings.from_env())
     apply_outcome(outcome, body, patch)
@@ -45,6 +49,7 @@ def _active(status: kopf.Status, **_: Any) -> bool:
 
 
 @kopf.timer(*RESOURCE, interval=SETTINGS.sync_interval, when=_active)
+@metrics.instrumented("KerasTrainingJob", "refresh")
 async def refresh(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     outcome = await training_controller.sync(dict(body))
     apply_outcome(outcome, body, patch)

@@ -7,6 +7,7 @@ import pytest
 
 from cluster.harness import Cluster
 from helpers.manifests import ROOT
+from helpers.server import OPERATOR_METRICS_PORT
 
 
 @pytest.fixture
@@ -15,6 +16,7 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
     c = Cluster(pvc_root=tmp_path / "pvc", workdir=ROOT).start()
     monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", c.url)
     monkeypatch.setenv("KERAS_OPERATOR_LOG_FORMAT", "json")
+    monkeypatch.setenv("KERAS_OPERATOR_METRICS_PORT", str(OPERATOR_METRICS_PORT))
     try:
         yield c
     finally:

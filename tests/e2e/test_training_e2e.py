@@ -83,6 +83,16 @@ def test_training_job_runs_to_success(cluster: Cluster) -> None:
     assert "Created" in reasons
     assert "Succeeded" in reasons
 
+    # The operator's own metrics.
+    import urllib.request
+
+    from helpers.server import OPERATOR_METRICS_PORT
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{OPERATOR_METRICS_PORT}/metrics", timeout=5).read().decode()
+    assert 'keras_operator_reconciles_total{handler="reconcile",kind="KerasTrainingJob",result="ok"}' in text
+    assert 'keras_operator_phase_transitions_total{kind="KerasTrainingJob",phase="Succeeded"}' in text
+    assert "keras_operator_reconcile_duration_seconds_bucket" in text
+
     # The saved model loads and predicts, from where the PVC would be.
     model = keras.models.load_model(cluster.pvc_root / "models" / "digits" / "model.keras")
     assert model.predict(np.zeros((4, 8), "float32"), verbose=0).shape == (4, 3)

@@ -20,6 +20,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# One port for the whole session: the operator starts its metrics server once per process.
+OPERATOR_METRICS_PORT = free_port()
+
+
 def get_json(url: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:

@@ -52,6 +52,8 @@ def test_chart_crds_are_the_generated_ones() -> None:
             "nodeSelector.pool=system",
             "tolerations[0].operator=Exists",
             "podLabels.team=ml",
+            "metrics.serviceMonitor.enabled=true",
+            "metrics.serviceMonitor.labels.release=prom",
             "podAnnotations.a=b",
             "trainerImage=registry.local/trainer:1",
             "replicas=0",
@@ -63,7 +65,8 @@ def test_rendered_objects_are_valid_kubernetes(sets: tuple[str, ...]) -> None:
     objects = render(*sets)
     assert objects
     for obj in objects:
-        validate_k8s(obj)
+        if obj["apiVersion"] != "monitoring.coreos.com/v1":  # a prometheus-operator CRD: checked below
+            validate_k8s(obj)
 
 
 def test_operator_pod_is_restricted_and_probed() -> None:
@@ -107,3 +110,17 @@ def test_every_value_is_documented() -> None:
     for index, line in enumerate(lines):
         if line and not line.startswith(("#", " ")) and ":" in line:
             assert lines[index - 1].startswith("# --") or line.endswith(":"), f"undocumented value: {line}"
+
+
+def test_metrics_service_and_service_monitor() -> None:
+    default = render()
+    service = next(o for o in default if o["kind"] == "Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics"}]
+    assert not any(o["kind"] == "ServiceMonitor" for o in default)  # off by default
+    monitored = render("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom")
+    monitor = next(o for o in monitored if o["kind"] == "ServiceMonitor")
+    labels = next(o for o in monitored if o["kind"] == "Service")["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert not any(o["kind"] == "Service" for o in render("metrics.port=0"))
