@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -30,6 +31,16 @@ class Settings:
     """Port of the /healthz endpoint."""
     metrics_port: int = 9090
     """Port of the Prometheus /metrics endpoint; 0 turns it off."""
+    leader_election: bool = False
+    """Act only while holding a Lease, so several replicas can run (the chart turns this on)."""
+    lease_namespace: str = "default"
+    """Namespace of the Lease (the operator's own, from the downward API)."""
+    lease_name: str = "keras-operator"
+    """Name of the Lease."""
+    identity: str = ""
+    """This replica's name in the Lease (the pod name); defaults to the host name."""
+    lease_seconds: float = 15.0
+    """How long a Lease holds without renewal: the longest gap before another replica takes over."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -44,4 +55,9 @@ class Settings:
             api_server=env.get("KERAS_OPERATOR_API_SERVER") or None,
             liveness_port=int(env.get("KERAS_OPERATOR_LIVENESS_PORT", "8080")),
             metrics_port=int(env.get("KERAS_OPERATOR_METRICS_PORT", "9090")),
+            leader_election=env.get("KERAS_OPERATOR_LEADER_ELECTION", "").lower() in ("1", "true", "yes"),
+            lease_namespace=env.get("KERAS_OPERATOR_POD_NAMESPACE") or "default",
+            lease_name=env.get("KERAS_OPERATOR_LEASE_NAME") or "keras-operator",
+            identity=env.get("KERAS_OPERATOR_POD_NAME") or socket.gethostname(),
+            lease_seconds=float(env.get("KERAS_OPERATOR_LEASE_SECONDS", "15")),
         )

@@ -160,6 +160,10 @@ class Emulator(kmock.KubernetesEmulator):
             return  # kmock answers 404
         current = self.objects[key].raw
         patch = request.data
+        wanted = (patch.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != current.get("metadata", {}).get("resourceVersion"):
+            # A write conditioned on the version the client read: someone else wrote in between.
+            raise kmock.KubernetesError(status=409, reason="Conflict", message="the object has been modified")
         # The status subresource: /status changes only status; the main endpoint never does.
         if request.subresource == "status":
             for k in list(patch):

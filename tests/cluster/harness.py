@@ -24,6 +24,7 @@ KMS = kmock.resource("kerasoperator.dev", "v1alpha1", "kerasmodelservices")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 SERVICES = kmock.resource("", "v1", "services")
 HPAS = kmock.resource("autoscaling", "v2", "horizontalpodautoscalers")
+LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 T = TypeVar("T")
 
 
@@ -56,6 +57,7 @@ class Cluster:
             "batch/v1/jobs": {"namespaced": True, "subresources": {"status"}},
             "apps/v1/deployments": {"namespaced": True, "subresources": {"status", "scale"}},
             "v1/services": {"namespaced": True},
+            "coordination.k8s.io/v1/leases": {"namespaced": True},
             "autoscaling/v2/horizontalpodautoscalers": {"namespaced": True, "subresources": {"status"}},
             "kerasoperator.dev/v1alpha1/kerasmodelservices": {
                 "kind": "KerasModelService",
@@ -209,4 +211,16 @@ def operator(cluster: Cluster) -> Iterator[KopfRunner]:
         runner.__exit__(None, None, None)
 
 
-__all__ = ["CONFIGMAPS", "DEPLOYMENTS", "HPAS", "JOBS", "KMS", "KTJ", "PODS", "SERVICES", "Cluster", "operator"]
+__all__ = [
+    "CONFIGMAPS",
+    "DEPLOYMENTS",
+    "HPAS",
+    "JOBS",
+    "KMS",
+    "KTJ",
+    "LEASES",
+    "PODS",
+    "SERVICES",
+    "Cluster",
+    "operator",
+]

@@ -56,7 +56,7 @@ def test_chart_crds_are_the_generated_ones() -> None:
             "metrics.serviceMonitor.labels.release=prom",
             "podAnnotations.a=b",
             "trainerImage=registry.local/trainer:1",
-            "replicas=0",
+            "replicas=3",
         ),
     ],
     ids=["defaults", "namespaced", "options"],
@@ -71,29 +71,30 @@ def test_rendered_objects_are_valid_kubernetes(sets: tuple[str, ...]) -> None:
 
 def test_operator_pod_is_restricted_and_probed() -> None:
     deployment = next(o for o in render() if o["kind"] == "Deployment")
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KERAS_OPERATOR_LEADER_ELECTION"] == "true"  # so replicas > 1 is safe
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["KERAS_OPERATOR_NAMESPACES"] == ""
 
 
 def test_rbac_is_cluster_wide_by_default_and_per_namespace_when_asked() -> None:
     kinds = [(o["kind"], o["metadata"].get("namespace")) for o in render()]
     assert ("ClusterRole", None) in kinds
-    assert not any(k == "Role" for k, _ in kinds)
+    assert [ns for k, ns in kinds if k == "Role"] == ["keras-system"]  # only the leader Lease
     scoped = render("watchNamespaces={ml,team-b}")
     roles = {o["metadata"]["namespace"] for o in scoped if o["kind"] == "Role"}
-    assert roles == {"ml", "team-b"}
+    assert roles == {"ml", "team-b", "keras-system"}
     cluster_roles = [o for o in scoped if o["kind"] == "ClusterRole"]
     # Only discovery stays cluster-wide.
     assert [r["resources"] for o in cluster_roles for r in o["rules"]] == [["customresourcedefinitions"]]
     deployment = next(o for o in scoped if o["kind"] == "Deployment")
-    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KERAS_OPERATOR_NAMESPACES"] == "ml,team-b"
 
 
