@@ -109,6 +109,10 @@ def object_schema(spec: type[BaseModel], status: type[BaseModel], description: s
             "spec": spec_schema,
             "status": status_schema,
         },
+        # Jobs, Deployments, Services and their pods derive their names and labels from this one.
+        "x-kubernetes-validations": [
+            {"rule": "self.metadata.name.size() <= 53", "message": "metadata.name must be at most 53 characters"}
+        ],
     }
 
 
@@ -118,10 +122,6 @@ def training_job_crd() -> dict[str, Any]:
         training.KerasTrainingJobStatus,
         "KerasTrainingJob trains a Keras model in a batch/v1 Job running the generic Keras trainer.",
     )
-    # The Job, its pods and labels derive their names from this one.
-    schema["x-kubernetes-validations"] = [
-        {"rule": "self.metadata.name.size() <= 53", "message": "metadata.name must be at most 53 characters"}
-    ]
     return crd(
         kind=training.KIND,
         plural=training.PLURAL,
@@ -129,7 +129,6 @@ def training_job_crd() -> dict[str, Any]:
         schema=schema,
         columns=[
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-            {"name": "Epoch", "type": "string", "jsonPath": ".status.message", "priority": 1},
             {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
             {"name": "Epochs", "type": "integer", "jsonPath": ".status.progress.epochs", "priority": 1},
             {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss"},
@@ -146,9 +145,6 @@ def model_service_crd() -> dict[str, Any]:
         serving.KerasModelServiceStatus,
         "KerasModelService serves a saved Keras model over TF Serving REST and the Open Inference Protocol.",
     )
-    schema["x-kubernetes-validations"] = [
-        {"rule": "self.metadata.name.size() <= 53", "message": "metadata.name must be at most 53 characters"}
-    ]
     return crd(
         kind=serving.KIND,
         plural=serving.PLURAL,

@@ -119,7 +119,7 @@ def _calls(kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[
 
 
 async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
-    return await _get(_batch().read_namespaced_job, namespace, name)
+    return await get("Job", namespace, name)
 
 
 async def _get(fn: Callable[..., Any], namespace: str, name: str) -> dict[str, Any] | None:

@@ -145,3 +145,9 @@ def test_scale_subresource() -> None:
         "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector",
     }
+
+
+@pytest.mark.parametrize("plural", sorted(PLURALS.values()))
+def test_printer_columns_are_distinct(plural: str) -> None:
+    names = [c["name"] for c in crd(plural)["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert len(names) == len(set(names)), names
