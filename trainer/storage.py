@@ -104,3 +104,12 @@ def publish(local: Path, uri: str) -> None:
         fs.put(str(local) + "/", path.rstrip("/") + "/", recursive=True)
     else:
         fs.put(str(local), path)
+
+
+def remove(uri: str) -> None:
+    """Delete a remote file or folder if it exists (local ones are managed by their writers)."""
+    if not is_remote(uri):
+        return
+    fs, path = _filesystem(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

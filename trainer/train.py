@@ -58,6 +58,11 @@ class Workspace:
         if self.remote and storage.exists(remote):
             storage.fetch(remote, self.local)
 
+    def finish_checkpoints(self) -> None:
+        """A finished training must not be "resumed" by the next run with the same output (Keras already
+        removed the local copy)."""
+        storage.remove(storage.join(self.uri, CHECKPOINT_DIR))
+
     def push(self, name: str) -> None:
         if self.remote and (self.local / name).exists():
             storage.publish(self.local / name, storage.join(self.uri, name))
@@ -158,6 +163,8 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
         raise SpecError("spec.model", f"the model does not fit the data: {first_line(exc)}") from exc
 
     model_uri = _save(model, spec.output.formats, workspace)
+    if spec.output.checkpoints:
+        workspace.finish_checkpoints()
     last = progress.last
     metrics = dict(last.metrics) if last else {}
     # The saved weights may be the best epoch's (early stopping), not the last one's: report theirs.

@@ -105,11 +105,20 @@ def test_remote_output_through_fsspec(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setenv("KERAS_TRAINER_TERMINATION_LOG", str(tmp_path / "term"))
     job = parse(tiny_job())
-    result = train.run(job, "memory://bucket/run1", PodReporter())
+    seen = []
+
+    class Watching(PodReporter):
+        def epoch(self, report: Any) -> None:  # checkpoints reach the remote output every epoch
+            seen.append(fsspec.filesystem("memory").exists("/bucket/run1/checkpoints/training_metadata.json"))
+            super().epoch(report)
+
+    result = train.run(job, "memory://bucket/run1", Watching())
+    assert seen == [True, True]
     assert result.phase == "Succeeded", result.message
     assert result.model_uri == "memory://bucket/run1/model.keras"
     fs = fsspec.filesystem("memory")
     fs.get("/bucket/run1/model.keras", str(tmp_path / "m.keras"))
+    assert not fs.exists("/bucket/run1/checkpoints")  # uploaded every epoch, removed once finished
     assert keras.models.load_model(tmp_path / "m.keras").output_shape == (None, 3)
 
 
