@@ -38,3 +38,20 @@ def get(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] |
 def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
     found = get(conditions, type_)
     return found is not None and found.get("status") == "True"
+
+
+def invalid_status(
+    message: str, previous: dict[str, Any], generation: int | None, now: str, consequence: dict[str, Any]
+) -> dict[str, Any]:
+    """Phase Failed with Valid=False (reason InvalidSpec); `consequence` is the kind's own condition for it."""
+    return {
+        "phase": "Failed",
+        "observedGeneration": generation,
+        "message": message,
+        "conditions": merge(
+            previous.get("conditions"),
+            [condition("Valid", False, "InvalidSpec", message), consequence],
+            generation,
+            now,
+        ),
+    }

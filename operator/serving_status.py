@@ -19,20 +19,9 @@ class Resolution:
 
 
 def invalid(message: str, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
-    return {
-        "phase": "Failed",
-        "observedGeneration": generation,
-        "message": message,
-        "conditions": conditions.merge(
-            previous.get("conditions"),
-            [
-                conditions.condition("Valid", False, "InvalidSpec", message),
-                conditions.condition("Ready", False, "InvalidSpec", message),
-            ],
-            generation,
-            now,
-        ),
-    }
+    return conditions.invalid_status(
+        message, previous, generation, now, conditions.condition("Ready", False, "InvalidSpec", message)
+    )
 
 
 def observe(

@@ -131,8 +131,8 @@ def transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[
 async def _create(
     body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings
 ) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
-    config_map, cm_created = await kube.create_or_adopt(build_config_map(body, spec))
     desired_cm = build_config_map(body, spec)
+    config_map, cm_created = await kube.create_or_adopt(desired_cm)
     if not cm_created and (config_map.get("data") or {}).get(CONFIG_KEY) != desired_cm["data"][CONFIG_KEY]:
         meta = desired_cm["metadata"]
         await kube.patch_config_map(meta["namespace"], meta["name"], desired_cm["data"])

@@ -23,20 +23,9 @@ class Observation:
 
 
 def invalid(message: str, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
-    return {
-        "phase": "Failed",
-        "observedGeneration": generation,
-        "message": message,
-        "conditions": conditions.merge(
-            previous.get("conditions"),
-            [
-                conditions.condition("Valid", False, "InvalidSpec", message),
-                conditions.condition("Failed", True, "InvalidSpec", message),
-            ],
-            generation,
-            now,
-        ),
-    }
+    return conditions.invalid_status(
+        message, previous, generation, now, conditions.condition("Failed", True, "InvalidSpec", message)
+    )
 
 
 def from_result(result: TrainingResult, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
