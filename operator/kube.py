@@ -83,7 +83,19 @@ def _autoscaling() -> kubernetes.client.AutoscalingV2Api:
 
 def _calls(kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
     """(create, read, patch, delete) for each kind the operator owns."""
-    core, batch, apps, hpa = _core(), _batch(), _apps(), _autoscaling()
+    return _calls_on(api_client())[kind]
+
+
+@functools.lru_cache(maxsize=4)
+def _calls_on(
+    client: kubernetes.client.ApiClient,
+) -> dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]]:
+    core, batch, apps, hpa = (
+        kubernetes.client.CoreV1Api(client),
+        kubernetes.client.BatchV1Api(client),
+        kubernetes.client.AppsV1Api(client),
+        kubernetes.client.AutoscalingV2Api(client),
+    )
     return {
         "Job": (
             batch.create_namespaced_job,
@@ -115,7 +127,7 @@ def _calls(kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[
             hpa.patch_namespaced_horizontal_pod_autoscaler,
             hpa.delete_namespaced_horizontal_pod_autoscaler,
         ),
-    }[kind]
+    }
 
 
 async def get_job(namespace: str, name: str) -> dict[str, Any] | None:

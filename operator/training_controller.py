@@ -57,25 +57,32 @@ async def reconcile(body: dict[str, Any], settings: Settings) -> Outcome:
         )
 
     namespace, name = meta["namespace"], job_name(meta["name"])
-    job = await kube.get_job(namespace, name)
+    # Without a jobName in the status no Job was made for this resource yet: create straight away
+    # (a leftover from a lost response is adopted on 409), one API call fewer per new resource.
+    job = await kube.get_job(namespace, name) if previous.get("jobName") else None
     events: list[tuple[str, str, str]] = []
+    created = False
     if job is None:
-        if previous.get("phase") in training_status.TERMINAL:
+        if previous.get("jobName") and previous.get("phase") in training_status.TERMINAL:
             return Outcome(previous)  # finished, and the Job was cleaned up (ttlSecondsAfterFinished): done
+        if not previous.get("jobName"):
+            # A spec that failed validation never ran: once fixed, its old failure no longer applies.
+            previous["conditions"] = [c for c in previous.get("conditions") or [] if c.get("type") != "Failed"]
+            body = {**body, "status": previous}
         try:
-            job, events = await _create(body, spec, settings)
+            job, events, created = await _create(body, spec, settings)
         except kube.Rejected as exc:
             message = f"spec.podTemplate: the API server rejected the generated object: {exc}"
             return Outcome(
                 training_status.invalid(message, previous, generation, now), [("Warning", "InvalidSpec", message)]
             )
-    elif not _owned_by(job, meta.get("uid")):
+    if not _owned_by(job, meta.get("uid")):
         message = f"a Job named {name} already exists and belongs to something else; rename this resource"
         return Outcome(
             training_status.invalid(message, previous, generation, now), [("Warning", "NameConflict", message)]
         )
 
-    outcome = await sync(body, job=job)
+    outcome = await sync(body, job=job, fresh=created)
     outcome.events[:0] = events
     if (job.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != spec_hash(spec.dump()):
         changed = _spec_not_applied(
@@ -96,8 +103,9 @@ async def reconcile(body: dict[str, Any], settings: Settings) -> Outcome:
     return outcome
 
 
-async def sync(body: dict[str, Any], job: dict[str, Any] | None = None) -> Outcome:
-    """Refresh status from the Job, its newest pod and the pod's log."""
+async def sync(body: dict[str, Any], job: dict[str, Any] | None = None, fresh: bool = False) -> Outcome:
+    """Refresh status from the Job, its newest pod and the pod's log (`fresh`: the Job was just
+    created, so it has no pod worth a request yet; the next refresh looks)."""
     meta = body["metadata"]
     previous = dict(body.get("status") or {})
     namespace, name = meta["namespace"], job_name(meta["name"])
@@ -105,7 +113,7 @@ async def sync(body: dict[str, Any], job: dict[str, Any] | None = None) -> Outco
         job = await kube.get_job(namespace, name)
     if job is None and previous.get("phase") in training_status.TERMINAL:
         return Outcome(previous)
-    pod = await kube.newest_pod(namespace, name) if job is not None else None
+    pod = await kube.newest_pod(namespace, name) if job is not None and not fresh else None
     log = None
     if pod is not None and (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed"):
         log = await kube.pod_log_tail(namespace, pod["metadata"]["name"])
@@ -122,7 +130,7 @@ async def sync(body: dict[str, Any], job: dict[str, Any] | None = None) -> Outco
 
 def transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[tuple[str, str, str]]:
     old, new = previous.get("phase"), status.get("phase")
-    if old == new:
+    if old == new or (old is None and new == "Pending"):  # a new resource: its "Created" Event says it
         return []
     kind = "Warning" if new == "Failed" else "Normal"
     return [(kind, str(new), str(status.get("message") or new))]
@@ -130,7 +138,7 @@ def transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[
 
 async def _create(
     body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings
-) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+) -> tuple[dict[str, Any], list[tuple[str, str, str]], bool]:
     desired_cm = build_config_map(body, spec)
     config_map, cm_created = await kube.create_or_adopt(desired_cm)
     if not cm_created and (config_map.get("data") or {}).get(CONFIG_KEY) != desired_cm["data"][CONFIG_KEY]:
@@ -138,7 +146,7 @@ async def _create(
         await kube.patch_config_map(meta["namespace"], meta["name"], desired_cm["data"])
     job, created = await kube.create_or_adopt(build_job(body, spec, settings.trainer_image))
     events = [("Normal", "Created", f"created Job {job['metadata']['name']}")] if created else []
-    return job, events
+    return job, events, created
 
 
 def _invalid(

@@ -48,7 +48,8 @@ def _active(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in training_status.TERMINAL and bool(status.get("jobName"))
 
 
-@kopf.timer(*RESOURCE, interval=SETTINGS.sync_interval, when=_active)
+# The reconcile that set jobName has just looked at the Job: the first refresh can wait an interval.
+@kopf.timer(*RESOURCE, interval=SETTINGS.sync_interval, initial_delay=SETTINGS.sync_interval, when=_active)
 @metrics.instrumented("KerasTrainingJob", "refresh")
 async def refresh(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     outcome = await training_controller.sync(dict(body))

@@ -135,13 +135,22 @@ class Emulator(kmock.KubernetesEmulator):
         try:
             response = await super()._handle(request)
         finally:
-            if len(self._requests) > 64:
-                del self._requests[:-16]
+            # Routing checks each request against every logged one, so keep only those in flight.
+            self._requests[:] = [r for r in self._requests if r is not request]
         if resource is not None and action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
             await self._after_change(action, request)
         if fault is not None:
             raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message="response lost")
         return response
+
+    def _KubernetesEmulator__get_objs(self, request: rendering.Request, strict: bool) -> list[Any]:
+        # kmock scans every stored object to serve one by name; a keyed lookup keeps a GET or PATCH
+        # constant-time when a benchmark holds thousands of objects (the scan remains the fallback).
+        if request.resource is not None and request.namespace is not None and request.name is not None:
+            found = self.objects._objects.get((request.resource, request.namespace, request.name))
+            if found is not None:
+                return [found]
+        return list(super()._KubernetesEmulator__get_objs(request, strict))  # type: ignore[misc]
 
     def _stamp_create(self, request: rendering.Request) -> None:
         meta = request.data.setdefault("metadata", {})
@@ -179,10 +188,13 @@ class Emulator(kmock.KubernetesEmulator):
                 meta_patch["generation"] = int(current.get("metadata", {}).get("generation") or 1) + 1
 
     async def _after_change(self, action: enums.action, request: rendering.Request) -> None:
-        await self._collect_garbage()
         name = request.name or (request.data or {}).get("metadata", {}).get("name")
         namespace = request.namespace or (request.data or {}).get("metadata", {}).get("namespace")
         key = (request.resource, namespace, name)
+        # Only a deletion (a DELETE, or the PATCH that drops the last finalizer) can orphan anything;
+        # scanning on every write would make the emulator quadratic in the number of objects.
+        if action == enums.action.DELETE or (key in self.objects and self.objects[key].deleted):
+            await self._collect_garbage()
         if key not in self.objects:
             return
         obj = self.objects[key]
@@ -249,3 +261,38 @@ class Emulator(kmock.KubernetesEmulator):
         async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{local}{path or '/'}") as resp:
             body = await resp.read()
             return aiohttp.web.Response(body=body, status=resp.status, content_type=resp.content_type)
+
+
+def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
+    """The API groups and kinds the operator and its tests use, as discovery serves them."""
+    verbs = {"list", "watch", "get", "create", "patch", "delete"}
+    declared = {
+        "v1/namespaces": {"namespaced": False},
+        "apiextensions.k8s.io/v1/customresourcedefinitions": {"namespaced": False},
+        "v1/events": {"namespaced": True},
+        "v1/pods": {"namespaced": True, "subresources": {"status", "log"}},
+        "v1/configmaps": {"namespaced": True},
+        "batch/v1/jobs": {"namespaced": True, "subresources": {"status"}},
+        "apps/v1/deployments": {"namespaced": True, "subresources": {"status", "scale"}},
+        "v1/services": {"namespaced": True},
+        "coordination.k8s.io/v1/leases": {"namespaced": True},
+        "autoscaling/v2/horizontalpodautoscalers": {"namespaced": True, "subresources": {"status"}},
+        "kerasoperator.dev/v1alpha1/kerasmodelservices": {
+            "kind": "KerasModelService",
+            "singular": "kerasmodelservice",
+            "namespaced": True,
+            "subresources": {"status", "scale"},
+            "shortnames": {"kms"},
+            "categories": {"keras"},
+        },
+        "kerasoperator.dev/v1alpha1/kerastrainingjobs": {
+            "kind": "KerasTrainingJob",
+            "singular": "kerastrainingjob",
+            "namespaced": True,
+            "subresources": {"status"},
+            "shortnames": {"ktj"},
+            "categories": {"keras"},
+        },
+    }
+    for key, info in declared.items():
+        emulator.resources[key] = {"verbs": verbs, **info}

@@ -16,7 +16,7 @@ import kmock
 from kopf.testing import KopfRunner
 
 from cluster.deploymentcontroller import DeploymentController
-from cluster.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, Emulator
+from cluster.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, Emulator, declare_resources
 from cluster.jobcontroller import JobController
 
 KTJ = kmock.resource("kerasoperator.dev", "v1alpha1", "kerastrainingjobs")
@@ -47,37 +47,7 @@ class Cluster:
 
     async def _start(self) -> None:
         emulator = Emulator()
-        verbs = {"list", "watch", "get", "create", "patch", "delete"}
-        declared = {
-            "v1/namespaces": {"namespaced": False},
-            "apiextensions.k8s.io/v1/customresourcedefinitions": {"namespaced": False},
-            "v1/events": {"namespaced": True},
-            "v1/pods": {"namespaced": True, "subresources": {"status", "log"}},
-            "v1/configmaps": {"namespaced": True},
-            "batch/v1/jobs": {"namespaced": True, "subresources": {"status"}},
-            "apps/v1/deployments": {"namespaced": True, "subresources": {"status", "scale"}},
-            "v1/services": {"namespaced": True},
-            "coordination.k8s.io/v1/leases": {"namespaced": True},
-            "autoscaling/v2/horizontalpodautoscalers": {"namespaced": True, "subresources": {"status"}},
-            "kerasoperator.dev/v1alpha1/kerasmodelservices": {
-                "kind": "KerasModelService",
-                "singular": "kerasmodelservice",
-                "namespaced": True,
-                "subresources": {"status", "scale"},
-                "shortnames": {"kms"},
-                "categories": {"keras"},
-            },
-            "kerasoperator.dev/v1alpha1/kerastrainingjobs": {
-                "kind": "KerasTrainingJob",
-                "singular": "kerastrainingjob",
-                "namespaced": True,
-                "subresources": {"status"},
-                "shortnames": {"ktj"},
-                "categories": {"keras"},
-            },
-        }
-        for key, info in declared.items():
-            emulator.resources[key] = {"verbs": verbs, **info}
+        declare_resources(emulator)
         await self._stack.enter_async_context(emulator)
         await self._stack.enter_async_context(kmock.Server(emulator))
         self.emulator = emulator

@@ -130,6 +130,40 @@ def test_invalid_resource_is_reported_and_creates_nothing(cluster: Cluster) -> N
     assert "InvalidSpec" in [e["reason"] for e in cluster.events_for("bad")]
 
 
+def test_fixed_spec_after_an_invalid_one_trains(cluster: Cluster) -> None:
+    with operator(cluster):
+        cluster.create(KTJ, tiny_job("fixme", output={"uri": "pvc://models/fixme"}, training__epochs=0))
+        cluster.wait_for(lambda: phase(cluster, "fixme") == "Failed", 30, "Failed")
+        cluster.patch(KTJ, "fixme", {"spec": {"training": {"epochs": 1}}})
+        cluster.wait_for(lambda: phase(cluster, "fixme") == "Succeeded", 120, "Succeeded after the fix")
+        ktj = cluster.ktj("fixme")
+    found = conditions(ktj)
+    assert found["Valid"]["status"] == "True"
+    assert found["Succeeded"]["status"] == "True"
+    assert found.get("Failed", {}).get("status") != "True"
+    assert ktj["status"]["observedGeneration"] == ktj["metadata"]["generation"] == 2
+
+
+def test_a_foreign_job_of_the_same_name_is_left_alone(cluster: Cluster) -> None:
+    foreign = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "taken-train", "labels": {"owner": "someone-else"}},
+        "spec": {"suspend": True, "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    }
+    cluster.create(JOBS, foreign)
+    with operator(cluster):
+        cluster.create(KTJ, tiny_job("taken", output={"uri": "pvc://models/taken"}))
+        cluster.wait_for(lambda: phase(cluster, "taken") == "Failed", 30, "Failed")
+        ktj = cluster.ktj("taken")
+    assert "a Job named taken-train already exists" in ktj["status"]["message"]
+    assert "NameConflict" in [e["reason"] for e in cluster.events_for("taken")]
+    jobs = cluster.list(JOBS)
+    assert len(jobs) == 1
+    assert jobs[0]["metadata"]["labels"] == {"owner": "someone-else"}
+    assert "ownerReferences" not in jobs[0]["metadata"]
+
+
 def test_operator_restart_mid_run_keeps_one_job_and_the_status(cluster: Cluster) -> None:
     doc = long_job("restart", epochs=40)
     with operator(cluster):

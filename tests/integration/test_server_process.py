@@ -51,6 +51,42 @@ def test_tritonclient_speaks_v2_to_it(multi_model: Path) -> None:
             client.infer("multi", [bad, counts_in])
 
 
+def test_tritonclient_binary_tensors(multi_model: Path, tmp_path: Path) -> None:
+    """tritonclient's defaults: inputs and outputs in the binary tensor extension."""
+    import tritonclient.http as triton
+
+    model = models.load(multi_model)
+    counts = np.array([[1, 2], [0, 0], [3, 1]], dtype="int32")
+    expected = model.predict({"features": X, "counts": counts}, verbose=0)
+    with model_server(multi_model, "multi") as (url, _):
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+        features = triton.InferInput("features", list(X.shape), "FP32")
+        features.set_data_from_numpy(X)
+        counts_in = triton.InferInput("counts", list(counts.shape), "INT32")
+        counts_in.set_data_from_numpy(counts)
+        result = client.infer("multi", [features, counts_in])  # no outputs named: all come back binary
+        np.testing.assert_allclose(result.as_numpy("probs"), expected["probs"], rtol=1e-5)
+        np.testing.assert_allclose(result.as_numpy("score"), expected["score"], rtol=1e-5)
+        assert all("data" not in o for o in result.get_response()["outputs"])
+        mixed = client.infer(
+            "multi",
+            [features, counts_in],
+            outputs=[triton.InferRequestedOutput("score"), triton.InferRequestedOutput("probs", binary_data=False)],
+        )
+        outputs = {o["name"]: o for o in mixed.get_response()["outputs"]}
+        assert list(outputs) == ["score", "probs"]
+        assert "data" in outputs["probs"]
+        assert "data" not in outputs["score"]
+        np.testing.assert_allclose(mixed.as_numpy("score"), expected["score"], rtol=1e-5)
+    with model_server(models.strings(tmp_path / "s.keras"), "words") as (url, _):
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        words = triton.InferInput("word", [3, 1], "BYTES")
+        words.set_data_from_numpy(np.array([[b"dog"], [b"cat"], [b"zebra"]], dtype=object))
+        result = client.infer("words", [words])
+        np.testing.assert_array_equal(result.as_numpy("index"), [[2.0], [1.0], [0.0]])
+
+
 def test_tf_serving_rest_as_documented(multi_model: Path) -> None:
     """Bodies shaped as in the TensorFlow Serving REST API documentation."""
     with model_server(multi_model, "multi") as (url, _):

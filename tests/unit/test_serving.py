@@ -345,3 +345,74 @@ async def test_string_inputs_as_b64_text_and_bytes(tmp_path: Path) -> None:
         assert "does not fit input 'word'" in body["error"]
     finally:
         await client.close()
+
+
+async def binary_post(client: TestClient, path: str, header: dict[str, Any], data: bytes, length: str | None = None):
+    text = json.dumps(header).encode()
+    headers = {"Inference-Header-Content-Length": length or str(len(text))}
+    async with client.post(path, data=text + data, headers=headers) as resp:
+        return resp.status, resp.headers, await resp.read()
+
+
+async def test_v2_binary_tensors_in_and_out(multi: tuple[TestClient, Any]) -> None:
+    client, model = multi
+    counts = np.array([[1, 2], [0, 0], [3, 1]], dtype="<i4")
+    features = X[:3].astype("<f4")
+    header = {
+        "inputs": [
+            {"name": "features", "shape": [3, 4], "datatype": "FP32", "parameters": {"binary_data_size": 48}},
+            {"name": "counts", "shape": [3, 2], "datatype": "INT32", "data": counts.reshape(-1).tolist()},
+        ],
+        "outputs": [{"name": "probs", "parameters": {"binary_data": True}}, {"name": "score"}],
+    }
+    status, headers, raw = await binary_post(client, "/v2/models/multi/infer", header, features.tobytes())
+    assert status == 200, raw
+    length = int(headers["Inference-Header-Content-Length"])
+    response = json.loads(raw[:length])
+    probs, score = response["outputs"]
+    assert probs["parameters"]["binary_data_size"] == len(raw) - length == 3 * 3 * 4
+    expected = model.predict({"features": features, "counts": counts}, verbose=0)
+    np.testing.assert_allclose(np.frombuffer(raw[length:], "<f4").reshape(3, 3), expected["probs"], rtol=1e-5)
+    np.testing.assert_allclose(np.array(score["data"]).reshape(3, -1), expected["score"], rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("size", "data", "length", "message"),
+    [
+        (48, b"\0" * 40, None, "goes past the end"),
+        (42, b"\0" * 42, None, "not a whole number of FP32"),
+        (48, b"\0" * 52, None, "4 bytes of binary data belong to no input"),
+        (48, b"\0" * 48, "many", "must be a number of bytes"),
+        (48, b"\0" * 48, "100000", "but the body has"),
+        (-1, b"", None, "binary_data_size must be a number of bytes"),
+    ],
+)
+async def test_v2_binary_mistakes_are_400(
+    multi: tuple[TestClient, Any], size: int, data: bytes, length: str | None, message: str
+) -> None:
+    client, _ = multi
+    header = {
+        "inputs": [
+            {"name": "features", "shape": [3, 4], "datatype": "FP32", "parameters": {"binary_data_size": size}},
+            {"name": "counts", "shape": [3, 2], "datatype": "INT32", "data": [0] * 6},
+        ]
+    }
+    status, _, raw = await binary_post(client, "/v2/models/multi/infer", header, data, length)
+    assert status == 400
+    assert message in json.loads(raw)["error"]
+
+
+async def test_v2_binary_bytes_elements(tmp_path: Path) -> None:
+    client = await client_for(models.strings(tmp_path / "s.keras"), "words")
+    try:
+        data = b"".join(len(w).to_bytes(4, "little") + w for w in (b"bird", b"cat"))
+        header = {
+            "inputs": [{"name": "word", "shape": [2, 1], "datatype": "BYTES", "parameters": {"binary_data_size": 15}}]
+        }
+        status, _, raw = await binary_post(client, "/v2/models/words/infer", header, data)
+        assert status == 200, raw
+        assert json.loads(raw)["outputs"][0]["data"] == [3.0, 1.0]
+        status, _, raw = await binary_post(client, "/v2/models/words/infer", header, data[:-1])
+        assert status == 400
+    finally:
+        await client.close()

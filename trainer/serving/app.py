@@ -138,15 +138,20 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
         )
         return response
 
-    async def read_json(request: web.Request) -> Any:
+    async def read_body(request: web.Request) -> bytes:
         length = request.content_length
         if length is not None and length > config.max_request_bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=config.max_request_bytes, actual_size=length)
-        body = await request.read()
+        return await request.read()
+
+    def parse_json(body: bytes) -> Any:
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise codec.RequestError(400, f"the body is not valid JSON: {exc}") from exc
+
+    async def read_json(request: web.Request) -> Any:
+        return parse_json(await read_body(request))
 
     def check_model(request: web.Request) -> None:
         name = request.match_info["name"]
@@ -203,7 +208,9 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
         return web.json_response({"ready": slot.ready}, status=200 if slot.ready else 503)
 
     async def server_metadata(request: web.Request) -> web.Response:
-        return web.json_response({"name": "keras-model-server", "version": __version__, "extensions": []})
+        return web.json_response(
+            {"name": "keras-model-server", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
 
     async def model_ready(request: web.Request) -> web.Response:
         check_model(request)
@@ -224,10 +231,18 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
 
     async def infer(request: web.Request) -> web.Response:
         check_model(request)
-        body = await read_json(request)
-        inputs, request_id, requested = codec.parse_v2(body, slot.loaded().inputs)
-        outputs = await run(inputs)
-        return web.json_response(codec.encode_v2(outputs, slot.name, slot.version, request_id, requested))
+        header, binary = codec.split_binary(await read_body(request), request.headers.get(codec.BINARY_HEADER))
+        parsed = codec.parse_v2(parse_json(header), slot.loaded().inputs, binary)
+        outputs = await run(parsed.inputs)
+        response, section = codec.encode_v2(outputs, slot.name, slot.version, parsed)
+        if not section:
+            return web.json_response(response)
+        text = json.dumps(response).encode()
+        return web.Response(
+            body=text + section,
+            content_type="application/octet-stream" if section else "application/json",
+            headers={codec.BINARY_HEADER: str(len(text))} if section else None,
+        )
 
     async def prometheus(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import struct
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -190,17 +192,82 @@ def encode_tfs(outputs: dict[str, np.ndarray], fmt: TfsFormat) -> dict[str, Any]
 
 # --- Open Inference Protocol (v2) ---
 
+# The binary tensor extension (KServe/Triton): the body is a JSON header of this many bytes, then the
+# raw tensors that carry a "binary_data_size" parameter, in order. tritonclient sends it by default.
+BINARY_HEADER = "Inference-Header-Content-Length"
 
-def parse_v2(body: Any, inputs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], str | None, list[str] | None]:
+
+@dataclass(frozen=True)
+class V2Request:
+    inputs: dict[str, np.ndarray]
+    id: str | None
+    outputs: list[str] | None  # the outputs asked for, in order; None: all of them
+    binary_outputs: frozenset[str]  # outputs to answer in the binary section
+
+
+def split_binary(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(JSON header, binary section) of a request body."""
+    if header_length is None:
+        return raw, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise RequestError(400, f"{BINARY_HEADER} must be a number of bytes, got {header_length!r}") from None
+    if not 0 < length <= len(raw):
+        raise RequestError(400, f"{BINARY_HEADER} is {length}, but the body has {len(raw)} bytes")
+    return raw[:length], raw[length:]
+
+
+def _from_binary(chunk: bytes, datatype: str, where: str) -> np.ndarray:
+    if datatype == "BYTES":  # each element: a 4-byte little-endian length, then its bytes
+        items, pos = [], 0
+        while pos < len(chunk):
+            if pos + 4 > len(chunk):
+                raise RequestError(400, f"{where}: a BYTES element is cut short in the binary data")
+            (size,) = struct.unpack_from("<I", chunk, pos)
+            if pos + 4 + size > len(chunk):
+                raise RequestError(400, f"{where}: a BYTES element is cut short in the binary data")
+            items.append(chunk[pos + 4 : pos + 4 + size])
+            pos += 4 + size
+        array = np.empty(len(items), dtype=object)
+        array[:] = items
+        return array
+    dtype = np.dtype(V2_DATATYPES[datatype]).newbyteorder("<")
+    if len(chunk) % dtype.itemsize:
+        raise RequestError(400, f"{where}: {len(chunk)} bytes of binary data is not a whole number of {datatype}")
+    return np.frombuffer(chunk, dtype=dtype)
+
+
+def _to_binary(array: np.ndarray) -> bytes:
+    if array.dtype.kind in ("O", "S", "U"):
+        parts = []
+        for item in array.reshape(-1).tolist():
+            data = item if isinstance(item, bytes) else str(item).encode()
+            parts += [struct.pack("<I", len(data)), data]
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
+    params = item.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise RequestError(400, f"{where}.parameters must be an object")
+    return params
+
+
+def parse_v2(body: Any, inputs: list[TensorSpec], binary: bytes = b"") -> V2Request:
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or not body["inputs"]:
         raise RequestError(400, 'the body must be a JSON object with a non-empty "inputs" list')
     by_name = {s.name: s for s in inputs}
     arrays: dict[str, np.ndarray] = {}
+    offset = 0
     for index, item in enumerate(body["inputs"]):
         where = f"inputs[{index}]"
         if not isinstance(item, dict):
             raise RequestError(400, f"{where} must be an object with name, shape, datatype and data")
-        missing = [k for k in ("name", "shape", "datatype", "data") if k not in item]
+        binary_size = _parameters(item, where).get("binary_data_size")
+        required = ("name", "shape", "datatype") if binary_size is not None else ("name", "shape", "datatype", "data")
+        missing = [k for k in required if k not in item]
         if missing:
             raise RequestError(400, f"{where} lacks {', '.join(missing)}")
         name = item["name"]
@@ -219,34 +286,59 @@ def parse_v2(body: Any, inputs: list[TensorSpec]) -> tuple[dict[str, np.ndarray]
         shape = item["shape"]
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise RequestError(400, f"{where}: shape must be a list of non-negative integers")
-        data = item["data"]
-        if not isinstance(data, list):
-            raise RequestError(400, f"{where}: data must be a list (flattened in row-major order)")
-        if not _flat(data):
-            raise RequestError(400, f"{where}: data must be a flat list of {datatype} values (row-major)")
-        try:
-            flat = np.asarray(_decode_b64(data) if datatype == "BYTES" else data, dtype=V2_DATATYPES[datatype])
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise RequestError(400, f"{where}: data does not fit datatype {datatype}: {exc}") from exc
+        if binary_size is not None:
+            if "data" in item:
+                raise RequestError(400, f"{where}: give data or parameters.binary_data_size, not both")
+            if not isinstance(binary_size, int) or isinstance(binary_size, bool) or binary_size < 0:
+                raise RequestError(400, f"{where}: parameters.binary_data_size must be a number of bytes")
+            if offset + binary_size > len(binary):
+                raise RequestError(
+                    400, f"{where}: binary_data_size {binary_size} goes past the end of the binary data ({len(binary)})"
+                )
+            flat = _from_binary(binary[offset : offset + binary_size], datatype, where)
+            offset += binary_size
+        else:
+            flat = _from_json(item["data"], datatype, where)
         if flat.size != int(np.prod(shape)):
             raise RequestError(400, f"{where}: shape {shape} holds {int(np.prod(shape))} values, data has {flat.size}")
         arrays[spec.name] = to_array(flat.reshape(shape), spec, where)
         check_shape(arrays[spec.name], spec, where)
     if set(arrays) != set(by_name):
         raise RequestError(400, f"missing inputs {sorted(set(by_name) - set(arrays))}")
+    if offset != len(binary):
+        raise RequestError(400, f"{len(binary) - offset} bytes of binary data belong to no input")
     _batch_size(arrays)
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError(400, '"id" must be a string')
+    all_binary = _parameters(body, "the request").get("binary_data_output") is True
     requested = body.get("outputs")
     names: list[str] | None = None
+    binary_outputs: set[str] = set()
     if requested is not None:
         if not isinstance(requested, list) or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested
         ):
             raise RequestError(400, '"outputs" must be a list of objects with a name')
         names = [o["name"] for o in requested]
-    return arrays, request_id, names
+        for index, o in enumerate(requested):
+            flag = _parameters(o, f"outputs[{index}]").get("binary_data")
+            if flag is True or (flag is None and all_binary):
+                binary_outputs.add(o["name"])
+    elif all_binary:
+        binary_outputs = {"*"}
+    return V2Request(arrays, request_id, names, frozenset(binary_outputs))
+
+
+def _from_json(data: Any, datatype: str, where: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise RequestError(400, f"{where}: data must be a list (flattened in row-major order)")
+    if not _flat(data):
+        raise RequestError(400, f"{where}: data must be a flat list of {datatype} values (row-major)")
+    try:
+        return np.asarray(_decode_b64(data) if datatype == "BYTES" else data, dtype=V2_DATATYPES[datatype])
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise RequestError(400, f"{where}: data does not fit datatype {datatype}: {exc}") from exc
 
 
 def _flat(data: list[Any]) -> bool:
@@ -254,29 +346,28 @@ def _flat(data: list[Any]) -> bool:
 
 
 def encode_v2(
-    outputs: dict[str, np.ndarray], model: str, version: str, request_id: str | None, requested: list[str] | None
-) -> dict[str, Any]:
-    if requested is not None:
-        unknown = [n for n in requested if n not in outputs]
+    outputs: dict[str, np.ndarray], model: str, version: str, request: V2Request
+) -> tuple[dict[str, Any], bytes]:
+    """(JSON response, binary section): outputs asked for in binary travel after the JSON."""
+    if request.outputs is not None:
+        unknown = [n for n in request.outputs if n not in outputs]
         if unknown:
             raise RequestError(400, f"unknown outputs {unknown}; the model has {sorted(outputs)}")
-    names = requested if requested is not None else list(outputs)
-    response: dict[str, Any] = {
-        "model_name": model,
-        "model_version": version,
-        "outputs": [
-            {
-                "name": n,
-                "shape": list(outputs[n].shape),
-                "datatype": v2_datatype(outputs[n].dtype),
-                "data": _jsonable(outputs[n].reshape(-1)),
-            }
-            for n in names
-        ],
-    }
-    if request_id is not None:
-        response["id"] = request_id
-    return response
+    names = request.outputs if request.outputs is not None else list(outputs)
+    chunks: list[bytes] = []
+    encoded = []
+    for n in names:
+        tensor: dict[str, Any] = {"name": n, "shape": list(outputs[n].shape), "datatype": v2_datatype(outputs[n].dtype)}
+        if n in request.binary_outputs or "*" in request.binary_outputs:
+            chunks.append(_to_binary(outputs[n]))
+            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            tensor["data"] = _jsonable(outputs[n].reshape(-1))
+        encoded.append(tensor)
+    response: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": encoded}
+    if request.id is not None:
+        response["id"] = request.id
+    return response, b"".join(chunks)
 
 
 def v2_tensor_metadata(spec: TensorSpec) -> dict[str, Any]:

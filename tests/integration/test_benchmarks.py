@@ -1,0 +1,52 @@
+"""Each benchmark runs end to end at tiny sizes, so the scripts keep working (figures are not checked:
+timings belong in bench/README.md, not in assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(script: str, name: str, out: Path, *args: str, timeout: float = 600) -> dict:
+    subprocess.run(
+        [sys.executable, "-P", str(ROOT / "bench" / script), "--out", str(out), *args],
+        check=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    readme = (out / "README.md").read_text()
+    assert f"<!-- results:{name} -->" in readme
+    return json.loads((out / "results" / f"{name}.json").read_text())
+
+
+def test_operator_benchmark_runs(tmp_path: Path) -> None:
+    data = run_bench("operator_load.py", "operator", tmp_path, "--counts", "3", "--repeats", "1")
+    for which in ("keras-operator", "baseline"):
+        (run,) = data["runs"][which]["3"]
+        assert run["count"] == 3
+        assert run["p50_ms"] > 0
+        assert run["peak_rss_mb"] > 10
+        assert run["requests"]["method.POST jobs"] == 4  # the warm-up resource and three more
+    assert data["runs"]["keras-operator"]["3"][0]["requests"]["method.POST configmaps"] == 4
+    assert data["summary"]["3"]["throughput_ratio"] > 0
+
+
+def test_serving_benchmark_runs(tmp_path: Path) -> None:
+    args = ["--models", "mlp", "--servers", "ceiling", "ours", "--concurrency", "2", "--seconds", "1"]
+    data = run_bench(
+        "serving.py", "serving", tmp_path, *args, "--repeats", "1", "--big-rows", "4", "--limit-seconds", "0.2"
+    )
+    cells = data["models"]["mlp"]
+    assert {(c["server"].split(",")[0], c["protocol"], c["rows_per_request"]) for c in cells} == {
+        ("constant response (wrk's ceiling)", "TF Serving JSON", 1),
+        ("(a) ours", "TF Serving JSON", 1),
+        ("(a) ours", "TF Serving JSON", 4),
+        ("(a) ours", "Open Inference binary", 4),
+    }
+    assert all(c["rps"] > 0 and c["errors"] == 0 for c in cells)
+    assert data["limits"]["mlp"]["limit"]["256"] > 0
+    assert data["summary"]["mlp"]["ours_vs_limit_rows"] > 0
