@@ -311,7 +311,7 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         if a and c:
             entry["ours_vs_kserve_rps"] = a["rps"] / c["rps"]
             entry["ours_vs_kserve_p99"] = a["p99_ms"] / c["p99_ms"]
-        limit = max(results["limits"][kind]["limit"].values())
+        limit = results["limits"][kind]["limit"]
         best = max((c["rps"] * c["rows_per_request"] for c in cells if c["server"] == ours_label), default=0.0)
         entry.update(ours_best_rows_per_s=best, limit_rows_per_s=limit, ours_vs_limit_rows=best / limit)
         summary[kind] = entry
@@ -343,9 +343,9 @@ def render(results: dict[str, Any], summary: dict[str, Any], args: argparse.Name
         ]
         header = ["server", "protocol", "rows/request", "clients", "requests/s", "rows/s", "p50 ms", "p99 ms", "errors"]
         lines += [table(header, rows), ""]
-        limit_rows = [["(d) compiled model(x), no HTTP", b, v] for b, v in limits["limit"].items()]
-        limit_rows += [["predict_on_batch, no HTTP", b, v] for b, v in limits["predict_on_batch"].items()]
-        lines += [table(["in-process call", "batch", "rows/s"], limit_rows), ""]
+        batches = list(next(iter(limits["calls"].values())))
+        limit_rows = [[way, *by_batch.values()] for way, by_batch in limits["calls"].items()]
+        lines += [table(["in-process call, no HTTP: rows/s at batch", *batches], limit_rows), ""]
         s = summary[kind]
         if "ours_vs_kserve_rps" in s:
             lines.append(

@@ -48,5 +48,22 @@ def test_serving_benchmark_runs(tmp_path: Path) -> None:
         ("(a) ours", "Open Inference binary", 4),
     }
     assert all(c["rps"] > 0 and c["errors"] == 0 for c in cells)
-    assert data["limits"]["mlp"]["limit"]["256"] > 0
+    assert data["limits"]["mlp"]["limit"] >= data["limits"]["mlp"]["calls"]["predict_on_batch"]["256"] > 0
     assert data["summary"]["mlp"]["ours_vs_limit_rows"] > 0
+
+
+def test_trainer_benchmark_runs(tmp_path: Path) -> None:
+    data = run_bench("trainer.py", "trainer", tmp_path, "--workloads", "digits-mlp", "--repeats", "1", "--epochs", "2")
+    results = data["summary"]["digits-mlp"]
+    assert set(results) == {
+        "hand-written Keras script",
+        "generic trainer, checkpoints off",
+        "generic trainer (as shipped: checkpoints on)",
+    }
+    assert results["hand-written Keras script"]["ratio"] == 1.0
+    for entry in results.values():
+        assert entry["steps_per_s"] > 0
+        assert entry["first_step_s"] > 0
+    (run,) = data["runs"]["digits-mlp"]["generic trainer, checkpoints off"]
+    assert run["steps"] == 48  # 1527 digits in batches of 32
+    assert len(run["epoch_s"]) == 2

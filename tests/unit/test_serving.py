@@ -159,7 +159,7 @@ async def test_bool_data_and_b64_values(single: tuple[TestClient, Any]) -> None:
         ("/v1/models/iris:predict", {"instances": []}, 400, "non-empty"),
         ("/v1/models/iris:predict", {"instances": [[0] * 4], "inputs": [[0] * 4]}, 400, "exactly one of"),
         ("/v1/models/iris:predict", {"inputs": [[0] * 4], "signature_name": "other"}, 400, "signature_name"),
-        ("/v1/models/iris:predict", {"instances": [[{"b64": "!!"}] * 4]}, 400, "base64"),
+        ("/v1/models/iris:predict", {"instances": [[{"b64": "!!"}] * 4]}, 400, "expected numbers"),
         ("/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32"}]}, 400, "lacks data"),
         (
             "/v2/models/iris/infer",
@@ -336,6 +336,9 @@ async def test_string_inputs_as_b64_text_and_bytes(tmp_path: Path) -> None:
         )
         assert status == 200, body
         assert body["outputs"][0]["data"] == [1.0, 2.0]
+        status, body = await post(client, "/v1/models/words:predict", {"instances": [[{"b64": "!!"}]]})
+        assert status == 400
+        assert "invalid base64" in body["error"]
         status, body = await post(
             client,
             "/v2/models/words/infer",

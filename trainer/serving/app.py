@@ -6,13 +6,13 @@ model, and its handlers stay on one event loop while model calls run in the batc
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -20,7 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from keras_operator import __version__
 from keras_trainer.serving import codec
-from keras_trainer.serving.batching import Batcher, Overloaded
+from keras_trainer.serving.batching import Arrival, Batcher, Overloaded
 from keras_trainer.serving.model import ServedModel
 
 log = structlog.get_logger("keras_server")
@@ -65,8 +65,15 @@ class Metrics:
         )
 
 
+def json_response(data: Any, status: int = 200) -> web.Response:
+    # orjson writes numpy arrays itself: the outputs of a batch never become Python lists.
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status=status, content_type="application/json"
+    )
+
+
 def error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return json_response({"error": message}, status=status)
 
 
 def _endpoint(request: web.Request) -> str:
@@ -146,7 +153,7 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
 
     def parse_json(body: bytes) -> Any:
         try:
-            return json.loads(body)
+            return orjson.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise codec.RequestError(400, f"the body is not valid JSON: {exc}") from exc
 
@@ -161,16 +168,16 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
         if version is not None and version != slot.version:
             raise codec.RequestError(404, f"model {name!r} has no version {version!r}; it has {slot.version!r}")
 
-    async def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def run(arrival: Arrival, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         slot.loaded()
-        return await batcher.submit(inputs)
+        return await arrival.submit(inputs)
 
     # --- TensorFlow Serving REST ---
 
     async def tfs_status(request: web.Request) -> web.Response:
         check_model(request)
         state = "AVAILABLE" if slot.ready else "LOADING"
-        return web.json_response(
+        return json_response(
             {
                 "model_version_status": [
                     {"version": slot.version, "state": state, "status": {"error_code": "OK", "error_message": ""}}
@@ -186,7 +193,7 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
             "outputs": {s.name: codec.tfs_tensor_metadata(s) for s in model.outputs},
             "method_name": "tensorflow/serving/predict",
         }
-        return web.json_response(
+        return json_response(
             {
                 "model_spec": {"name": model.name, "signature_name": "", "version": model.version},
                 "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
@@ -195,31 +202,34 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
 
     async def tfs_predict(request: web.Request) -> web.Response:
         check_model(request)
-        body = await read_json(request)
-        inputs, fmt = codec.parse_tfs(body, slot.loaded().inputs)
-        return web.json_response(codec.encode_tfs(await run(inputs), fmt))
+        arrival = batcher.arrive()
+        try:
+            inputs, fmt = codec.parse_tfs(await read_json(request), slot.loaded().inputs)
+            return json_response(codec.encode_tfs(await run(arrival, inputs), fmt))
+        finally:
+            arrival.leave()
 
     # --- Open Inference Protocol v2 ---
 
     async def live(request: web.Request) -> web.Response:
-        return web.json_response({"live": True})
+        return json_response({"live": True})
 
     async def ready(request: web.Request) -> web.Response:
-        return web.json_response({"ready": slot.ready}, status=200 if slot.ready else 503)
+        return json_response({"ready": slot.ready}, status=200 if slot.ready else 503)
 
     async def server_metadata(request: web.Request) -> web.Response:
-        return web.json_response(
+        return json_response(
             {"name": "keras-model-server", "version": __version__, "extensions": ["binary_tensor_data"]}
         )
 
     async def model_ready(request: web.Request) -> web.Response:
         check_model(request)
-        return web.json_response({"name": slot.name, "ready": slot.ready}, status=200 if slot.ready else 503)
+        return json_response({"name": slot.name, "ready": slot.ready}, status=200 if slot.ready else 503)
 
     async def model_metadata(request: web.Request) -> web.Response:
         check_model(request)
         model = slot.loaded()
-        return web.json_response(
+        return json_response(
             {
                 "name": model.name,
                 "versions": [model.version],
@@ -231,13 +241,17 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
 
     async def infer(request: web.Request) -> web.Response:
         check_model(request)
-        header, binary = codec.split_binary(await read_body(request), request.headers.get(codec.BINARY_HEADER))
-        parsed = codec.parse_v2(parse_json(header), slot.loaded().inputs, binary)
-        outputs = await run(parsed.inputs)
+        arrival = batcher.arrive()
+        try:
+            header, binary = codec.split_binary(await read_body(request), request.headers.get(codec.BINARY_HEADER))
+            parsed = codec.parse_v2(parse_json(header), slot.loaded().inputs, binary)
+            outputs = await run(arrival, parsed.inputs)
+        finally:
+            arrival.leave()
         response, section = codec.encode_v2(outputs, slot.name, slot.version, parsed)
         if not section:
-            return web.json_response(response)
-        text = json.dumps(response).encode()
+            return json_response(response)
+        text = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
         return web.Response(
             body=text + section,
             content_type="application/octet-stream" if section else "application/json",
@@ -259,12 +273,14 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
 
     app = web.Application(middlewares=[observe], client_max_size=config.max_request_bytes)
     app[BATCHER], app[METRICS] = batcher, metrics
+    # aiohttp tries routes in order: the hot ones first.
+    app.router.add_post("/v1/models/{name}:predict", tfs_predict)
+    app.router.add_post("/v2/models/{name}/infer", infer)
+    app.router.add_post("/v1/models/{name}/versions/{version}:predict", tfs_predict)
     app.router.add_get("/v1/models/{name}", tfs_status)
     app.router.add_get("/v1/models/{name}/versions/{version}", tfs_status)
     app.router.add_get("/v1/models/{name}/metadata", tfs_metadata)
     app.router.add_get("/v1/models/{name}/versions/{version}/metadata", tfs_metadata)
-    app.router.add_post("/v1/models/{name}:predict", tfs_predict)
-    app.router.add_post("/v1/models/{name}/versions/{version}:predict", tfs_predict)
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
@@ -272,7 +288,6 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
     app.router.add_get("/v2/models/{name}/ready", model_ready)
     app.router.add_get("/v2/models/{name}/versions/{version}", model_metadata)
     app.router.add_get("/v2/models/{name}/versions/{version}/ready", model_ready)
-    app.router.add_post("/v2/models/{name}/infer", infer)
     app.router.add_post("/v2/models/{name}/versions/{version}/infer", infer)
     app.router.add_get("/metrics", prometheus)
     app.on_startup.append(on_startup)

@@ -4,6 +4,11 @@ Requests queue (bounded: a full queue answers 503 instead of growing memory); on
 the first, keeps taking more until `max_batch_size` rows or `max_latency` seconds, calls the
 model once in a worker thread (the event loop never blocks), and hands each caller its own rows.
 Requests whose examples differ in shape or type from the batch being filled wait for the next one.
+
+The wait is adaptive: a handler announces a request as soon as it arrives (`arrive()`), before
+reading and parsing its body. The worker waits for more rows only while announced requests are
+still on their way; with nobody on the way, it calls the model at once, so a lone client never pays
+`max_latency` and a crowd still fills batches.
 """
 
 from __future__ import annotations
@@ -36,6 +41,23 @@ class _Pending:
         self.key = tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(self.inputs.items()))
 
 
+class Arrival:
+    """A request on its way to the batcher; `submit` (or `leave`, when it fails before) ends that."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher, self._here = batcher, True
+        batcher.arriving += 1
+
+    def leave(self) -> None:
+        if self._here:
+            self._here = False
+            self._batcher.arriving -= 1
+
+    async def submit(self, inputs: Arrays) -> Arrays:
+        self.leave()  # no await between this and the enqueue: the worker sees one or the other
+        return await self._batcher.submit(inputs)
+
+
 class Batcher:
     def __init__(
         self,
@@ -52,12 +74,16 @@ class Batcher:
         # One thread: model calls run one at a time, like TF Serving's single batching thread per model.
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.calls = 0
+        self.arriving = 0
         self._held: _Pending | None = None
         self._worker: asyncio.Task[None] | None = None
 
     @property
     def depth(self) -> int:
         return self.queue.qsize() + (1 if self._held else 0)
+
+    def arrive(self) -> Arrival:
+        return Arrival(self)
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -90,11 +116,14 @@ class Batcher:
             rows = first.rows
             deadline = time.monotonic() + self.max_latency
             while rows < self.max_batch_size and self.max_batch_size > 1:
+                if self.queue.empty() and not self.arriving:
+                    break  # nobody else is on the way: waiting would only add latency
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
                 try:
-                    nxt = await asyncio.wait_for(self.queue.get(), timeout)
+                    async with asyncio.timeout(timeout):  # no extra task per wait, unlike wait_for
+                        nxt = await self.queue.get()
                 except TimeoutError:
                     break
                 if nxt.key != first.key or rows + nxt.rows > self.max_batch_size:

@@ -66,10 +66,10 @@ def _decode_b64(value: Any) -> Any:
 
 def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
     """A batch for `spec` from JSON (nested lists, numbers, b64 objects), shape- and type-checked."""
-    value = _decode_b64(value)
     try:
         if spec.dtype.kind in ("O", "S", "U"):
-            array = _as_bytes(np.array(value, dtype=object), spec, where)
+            # b64 objects only mean something for text inputs: numbers are never walked in Python.
+            array = _as_bytes(np.array(_decode_b64(value), dtype=object), spec, where)
         else:
             raw = np.asarray(value)
             if raw.dtype.kind not in ("b", "i", "u", "f"):
@@ -164,9 +164,10 @@ def parse_tfs(body: Any, inputs: list[TensorSpec]) -> tuple[dict[str, np.ndarray
 
 
 def _jsonable(array: np.ndarray) -> Any:
+    """Text as str (or b64 objects); numbers stay a numpy array, which the server's orjson writes in C."""
     if array.dtype.kind == "O" or array.dtype.kind == "S":
         return [_jsonable(np.asarray(a)) if isinstance(a, np.ndarray) else _text(a) for a in array.tolist()]
-    return array.tolist()
+    return np.ascontiguousarray(array)
 
 
 def _text(value: Any) -> Any:
@@ -333,12 +334,18 @@ def parse_v2(body: Any, inputs: list[TensorSpec], binary: bytes = b"") -> V2Requ
 def _from_json(data: Any, datatype: str, where: str) -> np.ndarray:
     if not isinstance(data, list):
         raise RequestError(400, f"{where}: data must be a list (flattened in row-major order)")
-    if not _flat(data):
-        raise RequestError(400, f"{where}: data must be a flat list of {datatype} values (row-major)")
+    not_flat = RequestError(400, f"{where}: data must be a flat list of {datatype} values (row-major)")
+    if datatype == "BYTES" and not _flat(data):
+        raise not_flat
     try:
-        return np.asarray(_decode_b64(data) if datatype == "BYTES" else data, dtype=V2_DATATYPES[datatype])
+        flat = np.asarray(_decode_b64(data) if datatype == "BYTES" else data, dtype=V2_DATATYPES[datatype])
     except (ValueError, TypeError, OverflowError) as exc:
+        if any(isinstance(v, list) for v in data):
+            raise not_flat from exc
         raise RequestError(400, f"{where}: data does not fit datatype {datatype}: {exc}") from exc
+    if flat.ndim != 1:  # numbers are checked after numpy's C conversion, not element by element
+        raise not_flat
+    return flat
 
 
 def _flat(data: list[Any]) -> bool:
