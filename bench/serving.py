@@ -8,8 +8,9 @@ requests (`/v1/models/digits:predict`, one example per request) under `wrk` at e
   plain Keras predict (in its own venv, made on first use)   plus a constant-response server: the
   most wrk can drive here, so figures can be read against what the client itself allows.
 (d) the limit — the model called in-process on large batches, no HTTP — comes from bench/models.py.
-A second scenario sends 256 examples per request (JSON, and the Open Inference binary extension for
-ours) to compare rows/s with (d). wrk, the server and the model share this machine's cores.
+A second scenario sends 1,024 examples per request, the batch where (d) peaks (JSON, and the Open
+Inference binary extension for ours), to compare rows/s with (d). wrk, the server and the model
+share this machine's cores.
 """
 
 from __future__ import annotations
@@ -264,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
-    parser.add_argument("--big-rows", type=int, default=256, help="examples per request in the rows/s scenario")
-    parser.add_argument("--big-concurrency", type=int, default=8)
+    parser.add_argument(
+        "--big-rows", type=int, default=1024, help="examples per request in the rows/s scenario (as (d)'s best batch)"
+    )
+    parser.add_argument("--big-concurrency", type=int, default=4)
     parser.add_argument("--limit-seconds", type=float, default=3.0, help="per in-process measurement")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """The generic trainer against a hand-written Keras script doing the same training.
 
-Usage: python -P bench/trainer.py [--repeats 3] [--workloads digits-mlp cnn-synthetic]
+Usage: python -P bench/trainer.py [--repeats 5] [--workloads digits-mlp cnn-synthetic]
 
 Each repeat runs both, alternating, each in a fresh process: same model, data, optimizer, batch size
 and epochs. Reported: steady-state steps/s after the first epoch (median over epochs, then over
@@ -100,7 +100,7 @@ def steady(report: dict[str, Any]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--images", type=int, default=4096, help="examples in the synthetic image set")
     parser.add_argument("--epochs", type=int, help="override every workload's epochs (at least 2)")
@@ -126,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {w: {v: [] for v in variants} for w in args.workloads}
     for workload in args.workloads:
         for repeat in range(args.repeats):
-            for label, argv_of in variants.items():  # interleaved, so drift on the machine hits all alike
+            order = list(variants)
+            order = order[repeat % len(order) :] + order[: repeat % len(order)]  # each goes first in turn
+            for label in order:  # interleaved and rotated, so drift and position hit all alike
+                argv_of = variants[label]
                 report = run(argv_of(workload, repeat), work / f"out-{workload}-{repeat}-{len(runs[workload][label])}")
                 runs[workload][label].append(report)
                 print(
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     markdown = "\n".join(
         [
-            f"Median of {args.repeats} interleaved runs each (a fresh process per run)"
+            f"Median of {args.repeats} interleaved, rotated runs each (a fresh process per run)"
             f"{', mixed precision' if args.mixed_precision else ''}; {machine_line(info)}.",
             "",
             table(

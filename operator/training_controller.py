@@ -113,7 +113,7 @@ async def sync(body: dict[str, Any], job: dict[str, Any] | None = None, fresh: b
         job = await kube.get_job(namespace, name)
     if job is None and previous.get("phase") in training_status.TERMINAL:
         return Outcome(previous)
-    pod = await kube.newest_pod(namespace, name) if job is not None and not fresh else None
+    pod = await kube.newest_pod(namespace, name) if job is not None and not fresh and _has_pods(job) else None
     log = None
     if pod is not None and (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed"):
         log = await kube.pod_log_tail(namespace, pod["metadata"]["name"])
@@ -153,6 +153,13 @@ def _invalid(
     message: str, previous: dict[str, Any], generation: int | None, now: str, event_reason: str = "InvalidSpec"
 ) -> Outcome:
     return Outcome(training_status.invalid(message, previous, generation, now), [("Warning", event_reason, message)])
+
+
+def _has_pods(job: dict[str, Any]) -> bool:
+    """Whether the Job controller has made a pod yet: until then (queued, suspended, just created)
+    a refresh needs no pod list, which on a busy cluster is most of its API calls."""
+    status = job.get("status") or {}
+    return any(status.get(k) for k in ("active", "succeeded", "failed", "terminating", "ready", "conditions"))
 
 
 def _owned_by(obj: dict[str, Any], uid: str | None) -> bool:

@@ -21,8 +21,11 @@ def apply_outcome(outcome: training_controller.Outcome, body: kopf.Body, patch: 
     phase = outcome.status.get("phase")
     if phase and phase != (body.get("status") or {}).get("phase"):
         metrics.TRANSITIONS.labels(body.get("kind", ""), phase).inc()
+    current = body.get("status") or {}
     for key, value in outcome.status.items():
-        patch.status[key] = value
+        # Only what changed: a refresh that finds nothing new sends no PATCH (and wakes no watcher).
+        if current.get(key) != value:
+            patch.status[key] = value
     for kind, reason, message in outcome.events:
         kopf.event(body, type=kind, reason=reason, message=message)
     meta = body.get("metadata", {})

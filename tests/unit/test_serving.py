@@ -419,3 +419,20 @@ async def test_v2_binary_bytes_elements(tmp_path: Path) -> None:
         assert status == 400
     finally:
         await client.close()
+
+
+def test_models_run_xla_compiled_when_xla_can(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    served = ServedModel.load(str(models.single(tmp_path / "m.keras")), "m")
+    served.warm_up(4)
+    assert served.compiled
+    expected = models.load(tmp_path / "m.keras").predict(X, verbose=0)
+    np.testing.assert_allclose(next(iter(served.predict({served.inputs[0].name: X}).values())), expected, rtol=1e-5)
+    text = ServedModel.load(str(models.strings(tmp_path / "s.keras")), "s")
+    text.warm_up(2)  # a string lookup: XLA cannot compile it, predict_on_batch serves it
+    assert not text.compiled
+    out = text.predict({"word": np.array([[b"dog"]], dtype=object)})
+    assert out["index"].tolist() == [[2.0]]
+    monkeypatch.setenv("KERAS_SERVER_XLA", "0")
+    plain = ServedModel.load(str(tmp_path / "m.keras"), "m")
+    plain.warm_up(1)
+    assert not plain.compiled
