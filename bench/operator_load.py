@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def peak_rss_mb(pid: int) -> float:
     return int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
 
 
-async def drive(url: str, count: int, timeout: float) -> dict[str, Any]:
+async def drive(url: str, count: int, timeout: float, on_start: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Create `count` resources (after a warm-up one) and time each one's Job from its watch event."""
     seen: dict[str, float] = {}
     arrived = asyncio.Event()
@@ -114,6 +114,7 @@ async def drive(url: str, count: int, timeout: float) -> dict[str, Any]:
                     raise RuntimeError("the operator did not create the warm-up Job within 120 s")
                 await asyncio.sleep(0.05)
 
+            on_start()
             names = [f"ktj-{i:05d}" for i in range(count)]
             wanted.update(f"{n}-train" for n in names)
             sent: dict[str, float] = {}
@@ -165,13 +166,21 @@ def run_once(which: str, count: int, timeout: float, logs: Path) -> dict[str, An
         )
         cmd = [*os.environ.get("BENCH_OPERATOR_WRAPPER", "").split(), *cmd]  # e.g. a profiler
         with process(cmd, env, log=logs / f"{which}-{count}.log") as op:
-            result = asyncio.run(drive(url, count, timeout))
+            started: dict[str, float] = {}
+
+            def on_start() -> None:  # start-up and the warm-up resource are not the run's work
+                started.update(operator=cpu_seconds(op.pid), api=cpu_seconds(api.pid))
+
+            result = asyncio.run(drive(url, count, timeout, on_start))
             result["peak_rss_mb"] = peak_rss_mb(op.pid)
-            result["operator_cpu_s"] = cpu_seconds(op.pid)
-            result["api_cpu_s"] = cpu_seconds(api.pid)
+            result["operator_cpu_s"] = cpu_seconds(op.pid) - started["operator"]
+            result["api_cpu_s"] = cpu_seconds(api.pid) - started["api"]
     served = json.loads(counts.read_text())
     result["requests"] = served
-    result["requests_per_resource"] = sum(served.values()) / (count + 1)
+    # The operator's own requests: not the benchmark's creates, not the warm-up resource's share.
+    result["requests_per_resource"] = (sum(served.values()) - served.get("method.POST kerastrainingjobs", 0)) / (
+        count + 1
+    )
     return result
 
 
@@ -212,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
                     med(which, count, "p50_ms"),
                     med(which, count, "p99_ms"),
                     max(r["peak_rss_mb"] for r in runs[which][count]),
+                    med(which, count, "requests_per_resource"),
+                    1000 * med(which, count, "operator_cpu_s") / count,
+                    1000 * med(which, count, "api_cpu_s") / count,
                     f"{ratio:.2f}" if which == "keras-operator" else "1.00",
                 ]
             )
@@ -229,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                     "create→Job p50 ms",
                     "create→Job p99 ms",
                     "peak RSS MB",
+                    "API requests/resource",
+                    "operator CPU ms/resource",
+                    "API CPU ms/resource",
                     "throughput vs baseline",
                 ],
                 rows,

@@ -105,15 +105,21 @@ class ServedModel:
         return {self.outputs[0].name: np.asarray(y)}
 
     def warm_up(self, max_batch_size: int = 1) -> None:
-        """Call the model once per batch shape it will see, so no user request pays for tracing."""
+        """Call the model once per batch shape it will see, so no user request pays for tracing; when
+        XLA compiled the model, keep whichever call is faster at the largest batch (XLA wins on some
+        models and loses on others: bench/README.md)."""
         self._try_xla()
-        size = 1
-        while True:
-            dummy = {spec.name: _dummy(spec, size) for spec in self.inputs}
-            self.predict(dummy)
-            if size >= max_batch_size:
-                break
-            size *= 2
+        sizes = [1]
+        while sizes[-1] < max_batch_size:
+            sizes.append(sizes[-1] * 2)
+        seconds: dict[bool, float] = {}
+        for compiled in [True, False] if self.compiled else [False]:
+            self.compiled = compiled
+            for size in sizes:
+                self.predict({spec.name: _dummy(spec, size) for spec in self.inputs})
+            largest = {spec.name: _dummy(spec, sizes[-1]) for spec in self.inputs}
+            seconds[compiled] = min(_timed(self.predict, largest) for _ in range(5))
+        self.compiled = min(seconds, key=seconds.__getitem__)
         self.ready = True
 
     def _try_xla(self) -> None:
@@ -137,6 +143,12 @@ class ServedModel:
         except Exception as exc:  # any failure to compile means: not for this model
             self.compiled, self._xla = False, None
             log.info("xla_unavailable", model=self.name, reason=f"{type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _timed(fn: Any, arg: Any) -> float:
+    started = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - started
 
 
 def _filled(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
