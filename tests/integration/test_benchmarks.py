@@ -4,9 +4,12 @@ timings belong in bench/README.md, not in assertions)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +38,7 @@ def test_operator_benchmark_runs(tmp_path: Path) -> None:
     assert data["summary"]["3"]["throughput_ratio"] > 0
 
 
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (scripts/setup.sh installs it)")
 def test_serving_benchmark_runs(tmp_path: Path) -> None:
     args = ["--models", "mlp", "--servers", "ceiling", "ours", "--concurrency", "2", "--seconds", "1"]
     data = run_bench(
