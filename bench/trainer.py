@@ -113,24 +113,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.epochs:
             spec["training"]["epochs"] = args.epochs
         spec["training"]["mixedPrecision"] = args.mixed_precision
-    os.environ["BENCH_MIXED_PRECISION"] = "1" if args.mixed_precision else ""
-    os.environ["BENCH_EPOCHS"] = str(args.epochs or "")
     work = Path(tempfile.mkdtemp(prefix="bench-trainer-"))
     data = work / "data"
     prepare_data(data, args.images)
-    variants = {
-        "hand-written Keras script": lambda w, r: ["handwritten", w, str(data)],
-        "generic trainer, checkpoints off": lambda w, r: ["generic", str(job_file(work, w, data, False))],
-        "generic trainer (as shipped: checkpoints on)": lambda w, r: ["generic", str(job_file(work, w, data, True))],
-    }
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {w: {v: [] for v in variants} for w in args.workloads}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for workload in args.workloads:
+        plain, checkpointed = job_file(work, workload, data, False), job_file(work, workload, data, True)
+        variants = {
+            "hand-written Keras script": ["handwritten", workload, str(plain)],
+            "generic trainer, checkpoints off": ["generic", str(plain)],
+            "generic trainer (as shipped: checkpoints on)": ["generic", str(checkpointed)],
+        }
+        runs[workload] = {label: [] for label in variants}
         for repeat in range(args.repeats):
             order = list(variants)
             order = order[repeat % len(order) :] + order[: repeat % len(order)]  # each goes first in turn
             for label in order:  # interleaved and rotated, so drift and position hit all alike
-                argv_of = variants[label]
-                report = run(argv_of(workload, repeat), work / f"out-{workload}-{repeat}-{len(runs[workload][label])}")
+                report = run(variants[label], work / f"out-{workload}-{repeat}-{order.index(label)}")
                 runs[workload][label].append(report)
                 print(
                     f"{workload} #{repeat + 1} {label}: {steady(report):.1f} steps/s, "

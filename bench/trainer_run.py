@@ -1,6 +1,6 @@
 """One timed training, in its own process: the generic trainer, or the same training written by hand.
 
-Usage: python -P bench/trainer_run.py generic JOB.yaml OUT  |  handwritten WORKLOAD DATA_DIR OUT
+Usage: python -P bench/trainer_run.py generic JOB.yaml OUT  |  handwritten WORKLOAD JOB.yaml OUT
 The parent passes BENCH_LAUNCHED (its time.time() just before starting this process), so
 time-to-first-step counts the interpreter, the imports, loading the data and building the model.
 Prints one JSON object: first_step_s, and per epoch its wall time (epoch_s, with validation and
@@ -90,40 +90,40 @@ def generic(config: str, out: str) -> dict[str, Any]:
     return clock.report()
 
 
-def handwritten(workload: str, data_dir: str, out: str) -> dict[str, Any]:
-    """The plain Keras script an ML engineer would write for the same training."""
+def handwritten(workload: str, config: str, out: str) -> dict[str, Any]:
+    """The plain Keras script an ML engineer would write for the same training. The model is written
+    by hand; data paths and the numbers (epochs, batch size, learning rate, seed, precision) come from
+    the generic trainer's job file, so the two cannot drift apart."""
     import keras
     import numpy as np
+    import yaml
 
+    with open(config) as f:
+        spec = yaml.safe_load(f)["spec"]
+    training, data = spec["training"], spec["data"]
     clock = Clock()
-    keras.utils.set_random_seed(1)
-    if os.environ.get("BENCH_MIXED_PRECISION"):
+    keras.utils.set_random_seed(training["seed"])
+    if training.get("mixedPrecision"):
         keras.mixed_precision.set_global_policy("mixed_float16")
+    train = np.load(data["train"]["uri"])
+    x, y = train["x"], train["y"]
+    val = None
+    if "validation" in data:
+        test = np.load(data["validation"]["uri"])
+        val = (test["x"], test["y"])
     if workload == "digits-mlp":
-        train, test = np.load(f"{data_dir}/digits.npz"), np.load(f"{data_dir}/digits-test.npz")
-        x, y, val = train["x"], train["y"], (test["x"], test["y"])
-        model = keras.Sequential(
-            [
-                keras.Input((64,)),
-                keras.layers.Dense(64, activation="relu"),
-                keras.layers.Dense(10, activation="softmax"),
-            ]
-        )
-        optimizer, batch_size, epochs = keras.optimizers.Adam(0.002), 32, int(os.environ.get("BENCH_EPOCHS") or 8)
+        layers = [keras.Input((64,)), keras.layers.Dense(64, activation="relu")]
     else:
-        data = np.load(f"{data_dir}/images.npz")
-        x, y, val = data["x"], data["y"], None
-        model = keras.Sequential(
-            [
-                keras.Input((32, 32, 3)),
-                keras.layers.Conv2D(32, 3, activation="relu"),
-                keras.layers.MaxPooling2D(2),
-                keras.layers.Conv2D(64, 3, activation="relu"),
-                keras.layers.GlobalAveragePooling2D(),
-                keras.layers.Dense(10, activation="softmax", dtype="float32"),
-            ]
-        )
-        optimizer, batch_size, epochs = keras.optimizers.Adam(0.001), 64, int(os.environ.get("BENCH_EPOCHS") or 6)
+        layers = [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+        ]
+    # float32 outputs under mixed precision, as the generic trainer does
+    model = keras.Sequential([*layers, keras.layers.Dense(10, activation="softmax", dtype="float32")])
+    optimizer = keras.optimizers.Adam(training["optimizer"]["learningRate"])
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
     class Timing(keras.callbacks.Callback):
@@ -136,7 +136,15 @@ def handwritten(workload: str, data_dir: str, out: str) -> dict[str, Any]:
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
             clock.epoch_end()
 
-    model.fit(x, y, batch_size=batch_size, epochs=epochs, validation_data=val, callbacks=[Timing()], verbose=0)
+    model.fit(
+        x,
+        y,
+        batch_size=training["batchSize"],
+        epochs=training["epochs"],
+        validation_data=val,
+        callbacks=[Timing()],
+        verbose=0,
+    )
     model.save(Path(out) / "model.keras")
     return clock.report()
 

@@ -21,6 +21,7 @@ from urllib3.exceptions import HTTPError
 from keras_operator.settings import Settings
 
 T = TypeVar("T")
+A = TypeVar("A")
 RETRY_DELAY = 5.0
 
 
@@ -65,37 +66,31 @@ def _api_message(exc: ApiException) -> str:
         return str(exc.reason)
 
 
+@functools.lru_cache(maxsize=16)
+def _api_on(cls: type[A], client: kubernetes.client.ApiClient) -> A:
+    # One API object per client, not one per call: the operator makes several calls per resource.
+    return cls(client)
+
+
 def _core() -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(api_client())
+    return _api_on(kubernetes.client.CoreV1Api, api_client())
 
 
 def _batch() -> kubernetes.client.BatchV1Api:
-    return kubernetes.client.BatchV1Api(api_client())
+    return _api_on(kubernetes.client.BatchV1Api, api_client())
 
 
 def _apps() -> kubernetes.client.AppsV1Api:
-    return kubernetes.client.AppsV1Api(api_client())
+    return _api_on(kubernetes.client.AppsV1Api, api_client())
 
 
 def _autoscaling() -> kubernetes.client.AutoscalingV2Api:
-    return kubernetes.client.AutoscalingV2Api(api_client())
+    return _api_on(kubernetes.client.AutoscalingV2Api, api_client())
 
 
 def _calls(kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
     """(create, read, patch, delete) for each kind the operator owns."""
-    return _calls_on(api_client())[kind]
-
-
-@functools.lru_cache(maxsize=4)
-def _calls_on(
-    client: kubernetes.client.ApiClient,
-) -> dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]]:
-    core, batch, apps, hpa = (
-        kubernetes.client.CoreV1Api(client),
-        kubernetes.client.BatchV1Api(client),
-        kubernetes.client.AppsV1Api(client),
-        kubernetes.client.AutoscalingV2Api(client),
-    )
+    core, batch, apps, hpa = _core(), _batch(), _apps(), _autoscaling()
     return {
         "Job": (
             batch.create_namespaced_job,
@@ -127,7 +122,7 @@ def _calls_on(
             hpa.patch_namespaced_horizontal_pod_autoscaler,
             hpa.delete_namespaced_horizontal_pod_autoscaler,
         ),
-    }
+    }[kind]
 
 
 async def get_job(namespace: str, name: str) -> dict[str, Any] | None:

@@ -59,13 +59,14 @@ async def reconcile(body: dict[str, Any], settings: Settings) -> Outcome:
     namespace, name = meta["namespace"], job_name(meta["name"])
     # Without a jobName in the status no Job was made for this resource yet: create straight away
     # (a leftover from a lost response is adopted on 409), one API call fewer per new resource.
-    job = await kube.get_job(namespace, name) if previous.get("jobName") else None
+    made = bool(previous.get("jobName"))
+    job = await kube.get_job(namespace, name) if made else None
     events: list[tuple[str, str, str]] = []
     created = False
     if job is None:
-        if previous.get("jobName") and previous.get("phase") in training_status.TERMINAL:
+        if made and previous.get("phase") in training_status.TERMINAL:
             return Outcome(previous)  # finished, and the Job was cleaned up (ttlSecondsAfterFinished): done
-        if not previous.get("jobName"):
+        if not made:
             # A spec that failed validation never ran: once fixed, its old failure no longer applies.
             previous["conditions"] = [c for c in previous.get("conditions") or [] if c.get("type") != "Failed"]
             body = {**body, "status": previous}

@@ -18,10 +18,10 @@ log = structlog.get_logger("keras_operator.training")
 
 
 def apply_outcome(outcome: training_controller.Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
-    phase = outcome.status.get("phase")
-    if phase and phase != (body.get("status") or {}).get("phase"):
-        metrics.TRANSITIONS.labels(body.get("kind", ""), phase).inc()
     current = body.get("status") or {}
+    phase = outcome.status.get("phase")
+    if phase and phase != current.get("phase"):
+        metrics.TRANSITIONS.labels(body.get("kind", ""), phase).inc()
     for key, value in outcome.status.items():
         # Only what changed: a refresh that finds nothing new sends no PATCH (and wakes no watcher).
         if current.get(key) != value:

@@ -253,9 +253,7 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
             return json_response(response)
         text = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
         return web.Response(
-            body=text + section,
-            content_type="application/octet-stream" if section else "application/json",
-            headers={codec.BINARY_HEADER: str(len(text))} if section else None,
+            body=text + section, content_type="application/octet-stream", headers={codec.BINARY_HEADER: str(len(text))}
         )
 
     async def prometheus(request: web.Request) -> web.Response:

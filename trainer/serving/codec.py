@@ -203,7 +203,8 @@ class V2Request:
     inputs: dict[str, np.ndarray]
     id: str | None
     outputs: list[str] | None  # the outputs asked for, in order; None: all of them
-    binary_outputs: frozenset[str]  # outputs to answer in the binary section
+    binary_outputs: frozenset[str]  # named outputs to answer in the binary section
+    binary_unnamed: bool  # with no outputs named: all of them in the binary section
 
 
 def split_binary(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -302,8 +303,7 @@ def parse_v2(body: Any, inputs: list[TensorSpec], binary: bytes = b"") -> V2Requ
             flat = _from_json(item["data"], datatype, where)
         if flat.size != int(np.prod(shape)):
             raise RequestError(400, f"{where}: shape {shape} holds {int(np.prod(shape))} values, data has {flat.size}")
-        arrays[spec.name] = to_array(flat.reshape(shape), spec, where)
-        check_shape(arrays[spec.name], spec, where)
+        arrays[spec.name] = to_array(flat.reshape(shape), spec, where)  # shape-checked there
     if set(arrays) != set(by_name):
         raise RequestError(400, f"missing inputs {sorted(set(by_name) - set(arrays))}")
     if offset != len(binary):
@@ -326,9 +326,7 @@ def parse_v2(body: Any, inputs: list[TensorSpec], binary: bytes = b"") -> V2Requ
             flag = _parameters(o, f"outputs[{index}]").get("binary_data")
             if flag is True or (flag is None and all_binary):
                 binary_outputs.add(o["name"])
-    elif all_binary:
-        binary_outputs = {"*"}
-    return V2Request(arrays, request_id, names, frozenset(binary_outputs))
+    return V2Request(arrays, request_id, names, frozenset(binary_outputs), requested is None and all_binary)
 
 
 def _from_json(data: Any, datatype: str, where: str) -> np.ndarray:
@@ -365,7 +363,7 @@ def encode_v2(
     encoded = []
     for n in names:
         tensor: dict[str, Any] = {"name": n, "shape": list(outputs[n].shape), "datatype": v2_datatype(outputs[n].dtype)}
-        if n in request.binary_outputs or "*" in request.binary_outputs:
+        if n in request.binary_outputs or request.binary_unnamed:
             chunks.append(_to_binary(outputs[n]))
             tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:

@@ -116,15 +116,18 @@ class ServedModel:
         for compiled in [True, False] if self.compiled else [False]:
             self.compiled = compiled
             for size in sizes:
-                self.predict({spec.name: _dummy(spec, size) for spec in self.inputs})
-            largest = {spec.name: _dummy(spec, sizes[-1]) for spec in self.inputs}
+                self.predict(self._dummies(size))
+            largest = self._dummies(sizes[-1])
             seconds[compiled] = min(_timed(self.predict, largest) for _ in range(5))
         self.compiled = min(seconds, key=seconds.__getitem__)
         self.ready = True
 
+    def _dummies(self, rows: int) -> dict[str, np.ndarray]:
+        return {spec.name: _dummy(spec, rows) for spec in self.inputs}
+
     def _try_xla(self) -> None:
         """Keras models on TensorFlow run as one XLA-compiled function when XLA can compile them: on
-        CPU it computes a batch up to 1.6x faster than predict_on_batch (bench/README.md). Models
+        CPU it computes the digits MLP's batches 1.4x faster than predict_on_batch (bench/README.md). Models
         XLA cannot compile (string lookups, some custom ops) keep predict_on_batch."""
         import keras
 
@@ -136,10 +139,9 @@ class ServedModel:
 
         model = self.model
         self._xla = tf.function(lambda x: model(x, training=False), jit_compile=True)
-        dummy = {spec.name: _dummy(spec, 1) for spec in self.inputs}
         try:
             self.compiled = True
-            self.predict(dummy)
+            self.predict(self._dummies(1))
         except Exception as exc:  # any failure to compile means: not for this model
             self.compiled, self._xla = False, None
             log.info("xla_unavailable", model=self.name, reason=f"{type(exc).__name__}: {str(exc)[:200]}")
