@@ -1,6 +1,6 @@
 """The emulated Kubernetes API (the tests' kmock emulator) in a process of its own, for benchmarks.
 
-Usage: python -P bench/emulated_api.py [COUNTS.json] → prints `url=http://127.0.0.1:PORT` once it
+Usage: python bench/emulated_api.py [COUNTS.json] → prints `url=http://127.0.0.1:PORT` once it
 serves, runs until SIGTERM or SIGINT, then writes how many requests of each kind it served to COUNTS.json.
 No kubelet: Jobs are stored, never run (the operator benchmark counts Job creation).
 """

@@ -2,7 +2,7 @@
 a plain predict — what a KServe user writes for a custom Keras predictor. Runs in its own venv
 (kserve pins libraries the project does not use): see `ensure_kserve` in bench/serving.py.
 
-Usage: python -P bench/kserve_server.py NAME MODEL.keras PORT
+Usage: python bench/kserve_server.py NAME MODEL.keras PORT
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The benchmark models, and the physical limit of calling them in-process (no HTTP).
 
-Usage: python -P bench/models.py DIR [--seconds S] → writes DIR/mlp.keras and DIR/cnn.keras and
+Usage: python bench/models.py DIR [--seconds S] → writes DIR/mlp.keras and DIR/cnn.keras and
 prints one JSON object: parameters and rows/s per batch size for each model, for three ways of
 calling it (`model(x)` in a tf.function, the same compiled by XLA, and `predict_on_batch`, what the
 server calls); the best of all of them is the limit (d).

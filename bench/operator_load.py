@@ -1,6 +1,6 @@
 """Operator throughput: create N KerasTrainingJobs on the emulated cluster and time their Jobs.
 
-Usage: python -P bench/operator_load.py [--counts 100 1000] [--repeats 3]
+Usage: python bench/operator_load.py [--counts 100 1000] [--repeats 3]
 
 Three processes share the machine: the emulated API server (bench/emulated_api.py), the operator
 under test, and this script, which creates the resources and watches Jobs appear. Each count is run
@@ -146,7 +146,7 @@ async def drive(url: str, count: int, timeout: float, on_start: Callable[[], Non
 
 def run_once(which: str, count: int, timeout: float, logs: Path) -> dict[str, Any]:
     counts = logs / f"{which}-{count}-requests.json"
-    api_cmd = [sys.executable, "-P", *os.environ.get("BENCH_API_PY_ARGS", "").split(), str(HERE / "emulated_api.py")]
+    api_cmd = [sys.executable, *os.environ.get("BENCH_API_PY_ARGS", "").split(), str(HERE / "emulated_api.py")]
     with process([*api_cmd, str(counts)]) as api:
         assert api.stdout is not None
         line = api.stdout.readline()

@@ -1,6 +1,6 @@
 """Model server throughput and latency against peers and the physical limit.
 
-Usage: python -P bench/serving.py [--seconds 5] [--repeats 3] [--concurrency 1 8 32] [--servers ...]
+Usage: python bench/serving.py [--seconds 5] [--repeats 3] [--concurrency 1 8 32] [--servers ...]
 
 For each model (the digits MLP and a small CNN), each server answers the same TF Serving REST
 requests (`/v1/models/digits:predict`, one example per request) under `wrk` at each concurrency:
@@ -77,11 +77,11 @@ def ours(max_batch_size: int) -> Command:
 
 
 def kserve(model: Path, port: int) -> list[str]:
-    return [str(KSERVE_VENV / "bin" / "python"), "-P", str(HERE / "kserve_server.py"), "digits", str(model), str(port)]
+    return [str(KSERVE_VENV / "bin" / "python"), str(HERE / "kserve_server.py"), "digits", str(model), str(port)]
 
 
 def constant(model: Path, port: int) -> list[str]:
-    return [sys.executable, "-P", "-c", CONSTANT_SERVER, str(port)]
+    return [sys.executable, "-c", CONSTANT_SERVER, str(port)]
 
 
 SERVERS: dict[str, tuple[str, Command]] = {
@@ -99,7 +99,7 @@ def ensure_kserve() -> None:
     if python.exists():
         return
     print(f"creating {KSERVE_VENV} for KServe {KSERVE_VERSION} (once; a few minutes)", flush=True)
-    subprocess.run([sys.executable, "-P", "-m", "venv", str(KSERVE_VENV)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(KSERVE_VENV)], check=True)
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("tensorflow", "keras", "numpy")]
     subprocess.run([str(python), "-m", "pip", "install", "-q", f"kserve=={KSERVE_VERSION}", *pins], check=True)
 
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     print("building the models and measuring the in-process limit (d)", flush=True)
     limits = json.loads(
         subprocess.run(
-            [sys.executable, "-P", str(HERE / "models.py"), str(work), "--seconds", str(args.limit_seconds)],
+            [sys.executable, str(HERE / "models.py"), str(work), "--seconds", str(args.limit_seconds)],
             capture_output=True,
             text=True,
             check=True,

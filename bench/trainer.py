@@ -1,6 +1,6 @@
 """The generic trainer against a hand-written Keras script doing the same training.
 
-Usage: python -P bench/trainer.py [--repeats 5] [--workloads digits-mlp cnn-synthetic]
+Usage: python bench/trainer.py [--repeats 5] [--workloads digits-mlp cnn-synthetic]
 
 Each repeat runs both, alternating, each in a fresh process: same model, data, optimizer, batch size
 and epochs. Reported: steady-state steps/s after the first epoch (median over epochs, then over
@@ -85,7 +85,7 @@ def job_file(work: Path, workload: str, data: Path, checkpoints: bool) -> Path:
 def run(args: list[str], out: Path) -> dict[str, Any]:
     env = {**os.environ, "BENCH_LAUNCHED": repr(time.time())}
     proc = subprocess.run(
-        [sys.executable, "-P", str(HERE / "trainer_run.py"), *args, str(out)], capture_output=True, text=True, env=env
+        [sys.executable, str(HERE / "trainer_run.py"), *args, str(out)], capture_output=True, text=True, env=env
     )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH ")), None)
     if proc.returncode or line is None:

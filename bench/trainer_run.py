@@ -1,6 +1,6 @@
 """One timed training, in its own process: the generic trainer, or the same training written by hand.
 
-Usage: python -P bench/trainer_run.py generic JOB.yaml OUT  |  handwritten WORKLOAD JOB.yaml OUT
+Usage: python bench/trainer_run.py generic JOB.yaml OUT  |  handwritten WORKLOAD JOB.yaml OUT
 The parent passes BENCH_LAUNCHED (its time.time() just before starting this process), so
 time-to-first-step counts the interpreter, the imports, loading the data and building the model.
 Prints one JSON object: first_step_s, and per epoch its wall time (epoch_s, with validation and

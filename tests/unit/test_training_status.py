@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from keras_operator.settings import Settings
-from keras_operator.training_status import Observation, observe
+from keras_operator.runtime.settings import Settings
+from keras_operator.status.training import Observation, observe
 
 NOW = "2026-01-01T00:00:00Z"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from keras_operator import conditions
 from keras_operator.api.report import TrainingResult, last_epoch, parse_termination_message
+from keras_operator.status import conditions
 
 TERMINAL = ("Succeeded", "Failed")
 

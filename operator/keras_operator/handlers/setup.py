@@ -8,9 +8,9 @@ from typing import Any
 import kopf
 import structlog
 
-from keras_operator import logs, metrics
 from keras_operator.api.common import GROUP
-from keras_operator.settings import Settings
+from keras_operator.runtime import logs, metrics
+from keras_operator.runtime.settings import Settings
 
 
 @kopf.on.login()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from keras_operator import conditions
+from keras_operator.status import conditions
 
 
 @dataclass(frozen=True)

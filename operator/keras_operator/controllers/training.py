@@ -6,10 +6,8 @@ builders and `training_status`. Each function returns the status to write and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from keras_operator import conditions, kube, training_status
 from keras_operator.api.parse import InvalidResource, parse_training_spec
 from keras_operator.api.training import KerasTrainingJobSpec
 from keras_operator.builders.common import spec_hash
@@ -20,13 +18,11 @@ from keras_operator.builders.training import (
     build_job,
     job_name,
 )
-from keras_operator.settings import Settings
-
-
-@dataclass
-class Outcome:
-    status: dict[str, Any]
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+from keras_operator.controllers.outcome import Outcome, owned_by, transition_events
+from keras_operator.runtime import kube
+from keras_operator.runtime.settings import Settings
+from keras_operator.status import conditions
+from keras_operator.status import training as training_status
 
 
 def _cluster_checks(spec: KerasTrainingJobSpec) -> None:
@@ -77,7 +73,7 @@ async def reconcile(body: dict[str, Any], settings: Settings) -> Outcome:
             return Outcome(
                 training_status.invalid(message, previous, generation, now), [("Warning", "InvalidSpec", message)]
             )
-    if not _owned_by(job, meta.get("uid")):
+    if not owned_by(job, meta.get("uid")):
         message = f"a Job named {name} already exists and belongs to something else; rename this resource"
         return Outcome(
             training_status.invalid(message, previous, generation, now), [("Warning", "NameConflict", message)]
@@ -129,14 +125,6 @@ async def sync(body: dict[str, Any], job: dict[str, Any] | None = None, fresh: b
     return Outcome(status, transition_events(previous, status))
 
 
-def transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[tuple[str, str, str]]:
-    old, new = previous.get("phase"), status.get("phase")
-    if old == new or (old is None and new == "Pending"):  # a new resource: its "Created" Event says it
-        return []
-    kind = "Warning" if new == "Failed" else "Normal"
-    return [(kind, str(new), str(status.get("message") or new))]
-
-
 async def _create(
     body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings
 ) -> tuple[dict[str, Any], list[tuple[str, str, str]], bool]:
@@ -150,21 +138,11 @@ async def _create(
     return job, events, created
 
 
-def _invalid(
-    message: str, previous: dict[str, Any], generation: int | None, now: str, event_reason: str = "InvalidSpec"
-) -> Outcome:
-    return Outcome(training_status.invalid(message, previous, generation, now), [("Warning", event_reason, message)])
-
-
 def _has_pods(job: dict[str, Any]) -> bool:
     """Whether the Job controller has made a pod yet: until then (queued, suspended, just created)
     a refresh needs no pod list, which on a busy cluster is most of its API calls."""
     status = job.get("status") or {}
     return any(status.get(k) for k in ("active", "succeeded", "failed", "terminating", "ready", "conditions"))
-
-
-def _owned_by(obj: dict[str, Any], uid: str | None) -> bool:
-    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
 def _spec_not_applied(status: dict[str, Any], generation: int | None, now: str, message: str) -> Outcome:

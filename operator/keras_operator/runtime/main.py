@@ -7,7 +7,7 @@ import sys
 import threading
 
 from keras_operator.handlers import serving, setup, training  # noqa: F401  (importing registers the handlers)
-from keras_operator.settings import Settings
+from keras_operator.runtime.settings import Settings
 
 
 def main() -> None:
@@ -17,8 +17,8 @@ def main() -> None:
     lost = threading.Event()
     stop = threading.Event()
     if settings.leader_election:
-        from keras_operator import kube, logs
-        from keras_operator.leader import Elector
+        from keras_operator.runtime import kube, logs
+        from keras_operator.runtime.leader import Elector
 
         logs.configure(settings.log_format, settings.log_level)
         elector = Elector(

@@ -6,11 +6,12 @@ from typing import Any
 
 import kopf
 
-from keras_operator import metrics, serving_controller
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.serving import PLURAL
-from keras_operator.handlers.training import SETTINGS, apply_outcome
-from keras_operator.settings import Settings
+from keras_operator.controllers import serving as serving_controller
+from keras_operator.handlers.common import SETTINGS, apply_outcome
+from keras_operator.runtime import metrics
+from keras_operator.runtime.settings import Settings
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 

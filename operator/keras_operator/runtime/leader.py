@@ -18,7 +18,7 @@ import kubernetes
 import structlog
 from kubernetes.client.exceptions import ApiException
 
-log = structlog.get_logger("keras_operator.leader")
+log = structlog.get_logger("keras_operator.runtime.leader")
 
 
 def _now() -> datetime.datetime:

@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from keras_operator import logs
 from keras_operator.api.parse import InvalidResource, parse, read_documents
 from keras_operator.api.report import EXIT_INVALID_SPEC, TrainingResult
+from keras_operator.runtime import logs
 from keras_trainer.reporting import PodReporter
 
 CONFIG_PATH = "/etc/keras-operator/job.yaml"

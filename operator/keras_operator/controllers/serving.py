@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from keras_operator import conditions, kube, serving_metrics, serving_status
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.parse import InvalidResource, parse_serving_spec
 from keras_operator.api.serving import KerasModelServiceSpec
@@ -18,8 +17,11 @@ from keras_operator.builders.serving import (
     selector_text,
     url,
 )
-from keras_operator.settings import Settings
-from keras_operator.training_controller import Outcome, transition_events
+from keras_operator.controllers.outcome import Outcome, transition_events
+from keras_operator.runtime import kube
+from keras_operator.runtime.settings import Settings
+from keras_operator.status import conditions, serving_metrics
+from keras_operator.status import serving as serving_status
 
 
 async def resolve(namespace: str, spec: KerasModelServiceSpec) -> serving_status.Resolution:

@@ -1,4 +1,4 @@
-"""Generates the CRDs in crds/ from the API types (python -P -m keras_operator.crdgen).
+"""Generates the CRDs in crds/ from the API types (python -m keras_operator.crdgen).
 
 pydantic writes JSON Schema; Kubernetes wants a *structural* OpenAPI v3 schema. This module
 inlines references, drops nulls and titles, and translates the few constructs that differ.
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from keras_operator.api import serving, training
 from keras_operator.api.common import GROUP, VERSION
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # operator/keras_operator/crdgen.py -> the repository
 # The chart ships byte-identical copies: `helm install` creates the CRDs, `kubectl apply -f crds/` too.
 CRD_DIRS = (ROOT / "crds", ROOT / "charts" / "keras-operator" / "crds")
 
@@ -218,7 +218,7 @@ def all_crds() -> dict[str, dict[str, Any]]:
 
 
 def render(obj: dict[str, Any]) -> str:
-    header = "# Generated from operator/api by `python -P -m keras_operator.crdgen`; do not edit.\n"
+    header = "# Generated from operator/keras_operator/api by `python -m keras_operator.crdgen`; do not edit.\n"
     return header + yaml.dump(obj, Dumper=_NoAliasDumper, sort_keys=False, width=120)
 
 

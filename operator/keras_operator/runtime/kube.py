@@ -18,7 +18,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from keras_operator.settings import Settings
+from keras_operator.runtime.settings import Settings
 
 T = TypeVar("T")
 A = TypeVar("A")

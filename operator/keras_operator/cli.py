@@ -14,13 +14,14 @@ from typing import Any
 
 import yaml
 
-from keras_operator import conditions, training_status
 from keras_operator.api.parse import InvalidResource, Resource, parse, read_documents
 from keras_operator.api.serving import KerasModelService
 from keras_operator.api.training import KerasTrainingJob
 from keras_operator.builders.serving import build_deployment, build_hpa, build_service, model_name, server_args
 from keras_operator.builders.training import build_config_map, build_job
-from keras_operator.settings import Settings
+from keras_operator.runtime.settings import Settings
+from keras_operator.status import conditions
+from keras_operator.status import training as training_status
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 DEFAULT_PVC_ROOT = "runs/pvc"
@@ -59,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("error: local runs need the trainer: pip install 'keras-operator[trainer]'", file=sys.stderr)
         return EXIT_FAILED
     prepare_backend(job.spec.backend)
-    from keras_operator import logs
+    from keras_operator.runtime import logs
     from keras_trainer import train
     from keras_trainer.reporting import ConsoleReporter
 

@@ -7,35 +7,16 @@ from typing import Any
 import kopf
 import structlog
 
-from keras_operator import metrics, training_controller, training_status
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.training import PLURAL
-from keras_operator.settings import Settings
+from keras_operator.controllers import training as training_controller
+from keras_operator.handlers.common import SETTINGS, apply_outcome
+from keras_operator.runtime import metrics
+from keras_operator.runtime.settings import Settings
+from keras_operator.status import training as training_status
 
-SETTINGS = Settings.from_env()
 RESOURCE = (GROUP, VERSION, PLURAL)
 log = structlog.get_logger("keras_operator.training")
-
-
-def apply_outcome(outcome: training_controller.Outcome, body: kopf.Body, patch: kopf.Patch) -> None:
-    current = body.get("status") or {}
-    phase = outcome.status.get("phase")
-    if phase and phase != current.get("phase"):
-        metrics.TRANSITIONS.labels(body.get("kind", ""), phase).inc()
-    for key, value in outcome.status.items():
-        # Only what changed: a refresh that finds nothing new sends no PATCH (and wakes no watcher).
-        if current.get(key) != value:
-            patch.status[key] = value
-    for kind, reason, message in outcome.events:
-        kopf.event(body, type=kind, reason=reason, message=message)
-    meta = body.get("metadata", {})
-    log.info(
-        "status",
-        namespace=meta.get("namespace"),
-        name=meta.get("name"),
-        phase=outcome.status.get("phase"),
-        message=outcome.status.get("message"),
-    )
 
 
 @kopf.on.resume(*RESOURCE)

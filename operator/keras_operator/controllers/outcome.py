@@ -1,0 +1,27 @@
+"""What a controller decides for one resource, whatever its kind: the status to write and the Events to post."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Event = tuple[str, str, str]  # (type, reason, message)
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+
+
+def transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[Event]:
+    """One Event per phase change (a new resource's own "Created" Event says its first phase)."""
+    old, new = previous.get("phase"), status.get("phase")
+    if old == new or (old is None and new == "Pending"):
+        return []
+    kind = "Warning" if new == "Failed" else "Normal"
+    return [(kind, str(new), str(status.get("message") or new))]
+
+
+def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
