@@ -1,0 +1,175 @@
+"""s3:// for real: data, models, SavedModel exports and checkpoints against moto's S3 server.
+
+Credentials and the endpoint come only from the standard AWS environment variables
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL), as users set them for S3 or MinIO.
+Objects are checked with boto3, not through the trainer's own storage code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from helpers.jobs import tiny_job
+from helpers.manifests import ROOT
+from helpers.s3 import Bucket, forget_s3fs_state, moto_server, new_bucket
+from keras_operator.api.report import last_epoch, parse_termination_message
+from keras_trainer import cli
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
+    """A fresh bucket, with this process's AWS environment pointing at it."""
+    b = new_bucket(s3_endpoint)
+    for key, value in b.env.items():
+        monkeypatch.setenv(key, value)
+    forget_s3fs_state()
+    yield b
+    forget_s3fs_state()
+
+
+def train(tmp_path: Path, doc: dict[str, Any], output: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, Any]:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    term = tmp_path / "termination-log"
+    monkeypatch.setenv("KERAS_TRAINER_TERMINATION_LOG", str(term))
+    code = cli.main(["train", "--config", str(config), "--output", output])
+    return code, parse_termination_message(term.read_text())
+
+
+def test_training_data_read_from_s3(tmp_path: Path, bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(64, 8)).astype("float32"), y=np.arange(64) % 3)
+    uri = bucket.upload(tmp_path / "d.npz", "datasets/d.npz")
+    code, result = train(tmp_path, tiny_job(data={"train": {"uri": uri}}), str(tmp_path / "out"), monkeypatch)
+    assert code == 0, result.message
+    assert result.phase == "Succeeded"
+
+    csv_uri = bucket.upload(ROOT / "examples" / "data" / "digits.csv", "datasets/digits.csv")
+    doc = tiny_job(
+        model={"inputShape": [64], "layers": [{"type": "Dense", "units": 10, "activation": "softmax"}]},
+        data={"train": {"uri": csv_uri, "labels": "digit"}},
+    )
+    code, result = train(tmp_path, doc, str(tmp_path / "out-csv"), monkeypatch)
+    assert code == 0, result.message
+    assert result.metrics["loss"] > 0
+
+    missing = bucket.url("datasets/none.npz")
+    code, result = train(tmp_path, tiny_job(data={"train": {"uri": missing}}), str(tmp_path / "out"), monkeypatch)
+    assert code == 2
+    assert result.message == f"spec.data.train.uri: not found: {missing}"
+
+
+def test_model_savedmodel_and_checkpoints_written_to_s3(
+    tmp_path: Path, bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keras
+
+    from keras_operator.api.parse import parse
+    from keras_trainer import train as training
+    from keras_trainer.reporting import PodReporter
+
+    monkeypatch.setenv("KERAS_TRAINER_TERMINATION_LOG", str(tmp_path / "term"))
+    job = parse(tiny_job(output={"formats": ["keras", "savedmodel"]}, training__epochs=3))
+    checkpoints: list[list[str]] = []
+
+    class Watching(PodReporter):
+        def epoch(self, report: Any) -> None:  # the epoch's checkpoint is in the bucket before it is reported
+            checkpoints.append(bucket.keys("runs/tiny/checkpoints/"))
+            super().epoch(report)
+
+    result = training.run(job, bucket.url("runs/tiny"), Watching())
+    assert result.phase == "Succeeded", result.message
+    assert result.model_uri == bucket.url("runs/tiny/model.keras")
+
+    assert len(checkpoints) == 3
+    for keys in checkpoints:
+        assert {"runs/tiny/checkpoints/latest.weights.h5", "runs/tiny/checkpoints/training_metadata.json"} <= set(keys)
+    keys = bucket.keys("runs/tiny/")
+    assert "runs/tiny/model.keras" in keys
+    assert "runs/tiny/savedmodel/saved_model.pb" in keys
+    assert "runs/tiny/savedmodel/variables/variables.index" in keys
+    assert not [k for k in keys if k.startswith("runs/tiny/checkpoints/")], "checkpoints left after success"
+
+    model = keras.models.load_model(bucket.download("runs/tiny/model.keras", tmp_path / "m.keras"))
+    assert model.predict(np.zeros((2, 8), "float32"), verbose=0).shape == (2, 3)
+
+
+def test_killed_training_resumes_from_s3_checkpoints(tmp_path: Path, bucket: Bucket) -> None:
+    doc = tiny_job(
+        training__epochs=6,
+        data__train={"synthetic": {"samples": 20000, "inputShape": [8], "classes": 3}},
+        training__batchSize=16,
+    )
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    env = {
+        **os.environ,  # the bucket fixture put the AWS variables here
+        "KERAS_TRAINER_TERMINATION_LOG": str(tmp_path / "term"),
+        "KERAS_OPERATOR_LOG_FORMAT": "json",
+    }
+    output = bucket.url("runs/killed")
+    cmd = [sys.executable, "-m", "keras_trainer", "train", "--config", str(config), "--output", output]
+
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen = []
+    assert first.stdout is not None
+    for line in first.stdout:
+        report = last_epoch(line)
+        if report:
+            seen.append(report.epoch)
+            if report.epoch == 2:
+                first.send_signal(signal.SIGKILL)
+                break
+    first.wait(timeout=60)
+    assert seen == [1, 2]
+    assert first.returncode == -signal.SIGKILL
+    assert "runs/killed/checkpoints/training_metadata.json" in bucket.keys("runs/killed/")
+    assert "runs/killed/model.keras" not in bucket.keys("runs/killed/")
+
+    # The rerun has a new local staging folder: all it knows comes from the bucket.
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    lines = second.stdout.splitlines()
+    epochs = [r.epoch for r in map(last_epoch, lines) if r]
+    assert epochs[0] >= 3, "the second run started over instead of resuming"
+    assert epochs[-1] == 6
+    assert any(json.loads(line).get("event") == "resumed" for line in lines if line.startswith("{"))
+    keys = bucket.keys("runs/killed/")
+    assert "runs/killed/model.keras" in keys
+    assert not [k for k in keys if k.startswith("runs/killed/checkpoints/")]
+
+
+@pytest.mark.parametrize("fmt", ["keras", "savedmodel"])
+def test_server_loads_a_model_from_s3(tmp_path: Path, bucket: Bucket, fmt: str) -> None:
+    from helpers import models
+    from keras_trainer.serving.model import ServedModel
+
+    model = models.load(models.single(tmp_path / "model.keras"))
+    if fmt == "keras":
+        uri = bucket.upload(tmp_path / "model.keras", "served/model.keras")
+    else:
+        model.export(str(tmp_path / "savedmodel"), verbose=False)
+        for path in sorted(p for p in (tmp_path / "savedmodel").rglob("*") if p.is_file()):
+            bucket.upload(path, f"served/savedmodel/{path.relative_to(tmp_path / 'savedmodel')}")
+        uri = bucket.url("served/savedmodel")
+    served = ServedModel.load(uri, "m")
+    x = np.random.default_rng(3).normal(size=(2, 4)).astype("float32")
+    out = served.predict({served.inputs[0].name: x})
+    np.testing.assert_allclose(next(iter(out.values())), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
