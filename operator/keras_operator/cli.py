@@ -16,7 +16,7 @@ import yaml
 
 from keras_operator.api.parse import InvalidResource, Resource, parse, read_documents
 from keras_operator.api.serving import KerasModelService
-from keras_operator.api.training import KerasTrainingJob
+from keras_operator.api.training import MODEL_FILE, SAVEDMODEL_DIR, KerasTrainingJob
 from keras_operator.builders.serving import build_deployment, build_hpa, build_service, model_name, server_args
 from keras_operator.builders.training import build_config_map, build_job
 from keras_operator.runtime.settings import Settings
@@ -55,11 +55,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     os.environ.setdefault("KERAS_OPERATOR_PVC_ROOT", str(Path(args.pvc_root).resolve()))
     try:
-        from keras_trainer.cli import prepare_backend
+        from keras_trainer import backend
+        from keras_trainer.errors import SpecError
     except ImportError:
         print("error: local runs need the trainer: pip install 'keras-operator[trainer]'", file=sys.stderr)
         return EXIT_FAILED
-    prepare_backend(job.spec.backend)
+    try:
+        backend.prepare(job.spec.backend)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     from keras_operator.runtime import logs
     from keras_trainer import train
     from keras_trainer.reporting import ConsoleReporter
@@ -72,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = train.run(job, output, ConsoleReporter())
     status = training_status.from_result(result, {}, job.metadata.generation, conditions.now_iso())
     status = {"phase": status.pop("phase"), "startTime": started, "completionTime": conditions.now_iso(), **status}
+    if tensorboard := training_status.tensorboard_uri(job.spec.dump(), output):
+        status["tensorboardUri"] = tensorboard
     print(_dump({"status": status}, args.output_format))
     return EXIT_OK if result.phase == "Succeeded" else (EXIT_INVALID if result.reason == "InvalidSpec" else EXIT_FAILED)
 
@@ -85,9 +92,12 @@ def trained_model_uri(service: KerasModelService, resources: list[Resource], loc
     job = next((r for r in resources if isinstance(r, KerasTrainingJob) and r.metadata.name == ref.name), None)
     if job is not None:
         output = local_output(job) if local else job.spec.output.uri
-        return f"{output}/model.keras" if output else None
-    fallback = Path("runs") / ref.name / "model.keras"  # where `kerasop run` puts it by default
-    return str(fallback) if local and fallback.exists() else None
+        return f"{output}/{job.spec.output.model_path()}" if output else None
+    # Where `kerasop run` puts it by default, in whichever format it was saved.
+    for fallback in (Path("runs") / ref.name / MODEL_FILE, Path("runs") / ref.name / SAVEDMODEL_DIR):
+        if local and fallback.exists():
+            return str(fallback)
+    return None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -33,11 +33,20 @@ class JobController(Kubelet):
             if task is not None:
                 task.cancel()
             return
-        if (
-            uid not in self.tasks
-            and not raw.get("spec", {}).get("suspend")
-            and not raw.get("status", {}).get("conditions")
-        ):
+        suspended = bool(raw.get("spec", {}).get("suspend"))
+        finished = any(
+            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            for c in raw.get("status", {}).get("conditions") or []
+        )
+        if suspended and uid in self.tasks:
+            # Suspending a running Job stops its pods (the task's cancellation kills the process group).
+            self.tasks.pop(uid).cancel()
+            meta = raw["metadata"]
+            suspended_now = _true(("Suspended",), "JobSuspended", "Job suspended", _now())
+            await self._patch_status(
+                "jobs", meta["namespace"], meta["name"], {"active": 0, "conditions": suspended_now}
+            )
+        elif uid not in self.tasks and not suspended and not finished:
             self.tasks[uid] = asyncio.create_task(self._run_job(raw))
 
     # --- the Job controller ---
@@ -48,7 +57,12 @@ class JobController(Kubelet):
         backoff_limit = spec.get("backoffLimit", 6)
         deadline = spec.get("activeDeadlineSeconds")
         failed = 0
-        await self._patch_status("jobs", ns, name, {"startTime": _now(), "active": 1})
+        started: dict[str, Any] = {"startTime": _now(), "active": 1}
+        if any(c.get("type") == "Suspended" for c in job.get("status", {}).get("conditions") or []):
+            started["conditions"] = [
+                {**_true(("Suspended",), "JobResumed", "Job resumed", _now())[0], "status": "False"}
+            ]
+        await self._patch_status("jobs", ns, name, started)
         try:
             async with asyncio.timeout(deadline):
                 while True:

@@ -236,6 +236,47 @@ def test_suspended_job_is_queued(cluster: Cluster) -> None:
     assert conditions(cluster.ktj("waiting"))["Queued"]["status"] == "False"
 
 
+def test_suspend_and_resume_without_a_queue(cluster: Cluster) -> None:
+    """Without Kueue the operator flips its own Job: created suspended, resumed, suspended mid-run (the pod
+    stops), resumed again from the checkpoint, and the spec counts as applied throughout."""
+    doc = tiny_job(
+        "pausable",
+        output={"uri": "pvc://models/pausable"},
+        training__epochs=8,
+        training__batchSize=16,
+        data__train={"synthetic": {"samples": 20000, "inputShape": [8], "classes": 3}},
+        runPolicy={"suspend": True},
+    )
+    assert cluster.emulator is not None
+    assert cluster.controller is not None
+    emulator, controller = cluster.emulator, cluster.controller
+    with operator(cluster):
+        cluster.create(KTJ, doc)
+        cluster.wait_for(lambda: phase(cluster, "pausable") == "Queued", 30, "Queued while suspended")
+        assert cluster.get(JOBS, "pausable-train")["spec"]["suspend"] is True
+        assert "spec.runPolicy.suspend" in cluster.ktj("pausable")["status"]["message"]
+
+        cluster.patch(KTJ, "pausable", {"spec": {"runPolicy": {"suspend": False}}})
+        cluster.wait_for(lambda: any('"epoch": 2,' in log for log in emulator.pod_logs.values()), 120, "2 epochs")
+        assert cluster.get(JOBS, "pausable-train")["spec"]["suspend"] is False
+
+        cluster.patch(KTJ, "pausable", {"spec": {"runPolicy": {"suspend": True}}})
+        cluster.wait_for(lambda: phase(cluster, "pausable") == "Queued", 60, "Queued after suspending mid-run")
+        cluster.wait_for(lambda: not controller.processes, 30, "the trainer process to stop")
+
+        cluster.patch(KTJ, "pausable", {"spec": {"runPolicy": {"suspend": False}}})
+        cluster.wait_for(lambda: phase(cluster, "pausable") == "Succeeded", 180, "Succeeded after resuming")
+    status = cluster.ktj("pausable")["status"]
+    assert status["progress"] == {"epoch": 8, "epochs": 8}
+    assert conditions(cluster.ktj("pausable"))["SpecApplied"]["status"] == "True"
+    reasons = [e["reason"] for e in cluster.events_for("pausable")]
+    assert reasons.count("Resumed") == 2, reasons
+    assert reasons.count("Suspended") == 1, reasons
+    assert controller.pods_started == 2
+    last_pod = max(cluster.list(PODS), key=lambda p: p["metadata"]["resourceVersion"])
+    assert '"event": "resumed"' in emulator.pod_logs[("default", last_pod["metadata"]["name"])]
+
+
 assert os.environ.get("KERAS_OPERATOR_SYNC_INTERVAL") == "1", "tests/conftest.py sets a fast status refresh"
 
 

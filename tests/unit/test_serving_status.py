@@ -115,3 +115,9 @@ def test_quantile_interpolates_like_promql() -> None:
     buckets = {0.1: 10.0, 0.2: 30.0, float("inf"): 30.0}
     assert quantile(buckets, 0.5) == pytest.approx(0.125)
     assert quantile({}, 0.5) is None
+
+
+def test_a_pod_answering_garbage_does_not_stop_the_summary() -> None:
+    garbage = 'keras_server_requests_total{code="200"} 2.0\\nnot prometheus'  # what a mis-decoded body looked like
+    assert summarize([garbage, METRICS]) == summarize([METRICS])
+    assert summarize(["<html>502 Bad Gateway</html>"]) == {"requestsTotal": 0, "errorsTotal": 0}

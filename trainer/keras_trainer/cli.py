@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from keras_operator.api.parse import InvalidResource, parse, read_documents
 from keras_operator.api.report import EXIT_INVALID_SPEC, TrainingResult
 from keras_operator.runtime import logs
+from keras_trainer import backend
+from keras_trainer.errors import SpecError
 from keras_trainer.reporting import PodReporter
 
 CONFIG_PATH = "/etc/keras-operator/job.yaml"
@@ -18,12 +19,6 @@ def exit_code(result: TrainingResult) -> int:
     if result.phase == "Succeeded":
         return 0
     return EXIT_INVALID_SPEC if result.reason == "InvalidSpec" else 1
-
-
-def prepare_backend(backend: str) -> None:
-    """Keras reads KERAS_BACKEND once, at its first import: this must run before anything imports keras."""
-    os.environ["KERAS_BACKEND"] = backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         reporter.end(result)
         return exit_code(result)
 
-    prepare_backend(job.spec.backend)
+    try:
+        backend.prepare(job.spec.backend)
+    except SpecError as exc:
+        result = TrainingResult(phase="Failed", reason="InvalidSpec", message=str(exc), epochs=job.spec.training.epochs)
+        reporter.end(result)
+        return exit_code(result)
     from keras_trainer import train as training  # imports keras, after the backend is chosen
 
     return exit_code(training.run(job, output, reporter))
@@ -73,7 +73,11 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     logs.configure(stdlib=True)
-    prepare_backend(args.backend)
+    try:
+        backend.prepare(args.backend, field="--backend")
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
     from keras_trainer.serving.app import ServerConfig
     from keras_trainer.serving.server import serve
 

@@ -133,14 +133,14 @@ def loss(spec: TrainingSpec) -> Any:
         raise SpecError("spec.training.loss", f"unknown or invalid loss: {first_line(exc)}") from exc
 
 
-def metrics(spec: TrainingSpec) -> list[Any]:
-    out = []
+def metrics(spec: TrainingSpec) -> list[str]:
+    """The names as written: Keras resolves them itself and logs each under the name it was given
+    (`mae` stays `mae`), which is what the status shows. Checked here so a typo names its field."""
     for index, name in enumerate(spec.metrics):
         if name in ("accuracy", "acc"):
-            out.append(name)  # Keras picks the right accuracy for the loss
-            continue
+            continue  # Keras picks the right accuracy for the loss
         try:
-            out.append(keras.metrics.get(name))
+            keras.metrics.get(name)
         except (ValueError, TypeError) as exc:
             raise SpecError(f"spec.training.metrics[{index}]", f"unknown metric {name!r}") from exc
-    return out
+    return list(spec.metrics)

@@ -11,15 +11,18 @@ import keras
 import numpy as np
 
 from keras_operator.api.report import EpochReport, TrainingResult, clean_metrics
-from keras_operator.api.training import KerasTrainingJob
+from keras_operator.api.training import (
+    CHECKPOINT_DIR,
+    MODEL_FILE,
+    SAVEDMODEL_DIR,
+    TENSORBOARD_DIR,
+    KerasTrainingJob,
+    OutputSpec,
+)
 from keras_trainer import data as data_mod
 from keras_trainer import models, storage
 from keras_trainer.errors import SpecError, first_line
 from keras_trainer.reporting import Reporter
-
-MODEL_FILE = "model.keras"
-SAVEDMODEL_DIR = "savedmodel"
-CHECKPOINT_DIR = "checkpoints"
 
 
 class _Progress(keras.callbacks.Callback):
@@ -141,11 +144,14 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
                 restore_best_weights=es.restore_best_weights,
             )
         )
+    # What reaches a remote output every epoch, so a preempted run loses at most one epoch of either.
+    pushed = [CHECKPOINT_DIR]
     if spec.output.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(workspace.local / "logs")))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(workspace.local / TENSORBOARD_DIR)))
+        pushed.append(TENSORBOARD_DIR)
 
     steps = _steps_per_epoch(train, training.batch_size, spec.data.validation_split)
-    progress = _Progress(reporter, training.epochs, steps, on_epoch=lambda: workspace.push(CHECKPOINT_DIR))
+    progress = _Progress(reporter, training.epochs, steps, on_epoch=lambda: [workspace.push(p) for p in pushed])
     callbacks.append(progress)
 
     fit_args: dict[str, Any] = {"epochs": training.epochs, "callbacks": callbacks, "verbose": 0}
@@ -162,7 +168,9 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
     except ValueError as exc:
         raise SpecError("spec.model", f"the model does not fit the data: {first_line(exc)}") from exc
 
-    model_uri = _save(model, spec.output.formats, workspace)
+    model_uri = _save(model, spec.output, workspace)
+    if spec.output.tensorboard:
+        workspace.push(TENSORBOARD_DIR)  # the last epoch's events, written after its callback ran
     if spec.output.checkpoints:
         workspace.finish_checkpoints()
     last = progress.last
@@ -227,8 +235,8 @@ def _steps_per_epoch(train: data_mod.Data, batch_size: int, validation_split: fl
     return int(np.ceil(n / batch_size))
 
 
-def _save(model: keras.Model, formats: list[str], workspace: Workspace) -> str:
-    model_uri = storage.join(workspace.uri, MODEL_FILE)
+def _save(model: keras.Model, output: OutputSpec, workspace: Workspace) -> str:
+    formats = output.formats
     if "keras" in formats:
         model.save(workspace.local / MODEL_FILE)
         workspace.push(MODEL_FILE)
@@ -238,6 +246,4 @@ def _save(model: keras.Model, formats: list[str], workspace: Workspace) -> str:
             shutil.rmtree(target)
         model.export(str(target), verbose=False)
         workspace.push(SAVEDMODEL_DIR)
-        if "keras" not in formats:
-            model_uri = storage.join(workspace.uri, SAVEDMODEL_DIR)
-    return model_uri
+    return storage.join(workspace.uri, output.model_path())

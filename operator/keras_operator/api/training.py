@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, WithJsonSchema
+from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from keras_operator.api.base import ApiModel, OpenModel, Rule, at_most_one_of, exactly_one_of, requires
 from keras_operator.api.common import API_VERSION, Backend, Condition, PodTemplate, Resources
@@ -137,6 +137,20 @@ class Optimizer(OpenModel):
     """Learning rate; the optimizer's default when omitted."""
 
 
+def _optimizer_by_name(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+# `optimizer: adam`, as Keras' own compile() takes it, or {name, learningRate, ...}; like a loss, the
+# schema keeps the value open (a structural schema has no string-or-object type) and pydantic checks it.
+OptimizerOrName = Annotated[
+    Optimizer,
+    BeforeValidator(_optimizer_by_name),
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+SEED_MAX = 2**32 - 1  # the widest seed every backend's generator takes
+
+
 class EarlyStopping(ApiModel):
     """Stop when a monitored metric stops improving."""
 
@@ -159,21 +173,26 @@ class TrainingSpec(ApiModel):
     """Number of epochs."""
     batch_size: Annotated[int, Field(ge=1)] = 32
     """Examples per gradient step."""
-    optimizer: Optimizer = Field(default_factory=Optimizer)
-    """The optimizer and its arguments."""
+    optimizer: OptimizerOrName = Field(default_factory=Optimizer)
+    """A keras.optimizers name (e.g. adam), or {name, learningRate, ...} with its arguments."""
     loss: NameOrObject = "sparse_categorical_crossentropy"
     """A keras.losses name, or {name, args}."""
-    metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
-    """keras.metrics names to compute and report."""
+    metrics: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["accuracy"])
+    """keras.metrics names to compute; the status reports them under these names (mae stays mae)."""
     early_stopping: EarlyStopping | None = None
     """Stop early when a metric stops improving."""
     mixed_precision: bool = False
     """Compute in float16 (mixed_float16 policy), for GPUs with tensor cores."""
-    seed: int | None = None
-    """Seed for Python, NumPy and the backend, for repeatable runs."""
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
+    """Seed for Python, NumPy and the backend, for repeatable runs (0 to 4294967295)."""
 
 
 OutputFormat = Literal["keras", "savedmodel"]
+# What a training writes under spec.output.uri; the trainer, the operator and the CLI all read these.
+MODEL_FILE = "model.keras"
+SAVEDMODEL_DIR = "savedmodel"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "logs"
 
 
 class OutputSpec(ApiModel):
@@ -187,7 +206,11 @@ class OutputSpec(ApiModel):
     checkpoints: bool = True
     """Back up every epoch and resume from the last finished epoch after a restart or preemption."""
     tensorboard: bool = False
-    """Write TensorBoard logs under URI/logs."""
+    """Write TensorBoard logs to URI/logs (uploaded every epoch; status.tensorboardUri says where)."""
+
+    def model_path(self) -> str:
+        """The model to serve, relative to uri: the .keras file, or the SavedModel when that is all there is."""
+        return MODEL_FILE if "keras" in self.formats else SAVEDMODEL_DIR
 
 
 class RunPolicy(ApiModel):
@@ -200,7 +223,9 @@ class RunPolicy(ApiModel):
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
     """Delete the finished Job (not this resource) after this many seconds."""
     suspend: bool = False
-    """Create the Job suspended; it starts when suspend is set back to false."""
+    """Suspend the training: the Job is created (or set) suspended and its pods stop; setting it back to
+    false resumes from the last checkpoint. Without queueName the operator flips the Job's own suspend;
+    with a queueName Kueue owns it."""
     queue_name: str | None = None
     """A Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name label and Kueue
     admits it."""
@@ -266,6 +291,8 @@ class KerasTrainingJobStatus(ApiModel):
     """Metrics of the latest finished epoch (loss, accuracy, val_loss, ...)."""
     model_uri: str | None = None
     """Where the trained model was saved."""
+    tensorboard_uri: str | None = None
+    """Where the TensorBoard logs are (spec.output.tensorboard): point `tensorboard --logdir` at it."""
     message: str | None = None
     """A human-readable summary of the current state."""
 

@@ -35,6 +35,19 @@ def training_labels(name: str) -> dict[str, str]:
     return labels("keras-trainer", name, "training-job")
 
 
+def job_spec_hash(spec: KerasTrainingJobSpec) -> str:
+    """What the Job was made from, less what may change while it runs (suspend flips the Job in place)."""
+    dumped = spec.dump()
+    dumped.get("runPolicy", {}).pop("suspend", None)
+    return spec_hash(dumped)
+
+
+def desired_suspend(spec: KerasTrainingJobSpec) -> bool | None:
+    """What the Job's spec.suspend should be, or None when Kueue owns it (a queued Job is Kueue's to
+    admit, and to suspend again on preemption: the operator never writes it)."""
+    return None if spec.run_policy.queue_name else spec.run_policy.suspend
+
+
 def trainer_config(owner: dict[str, Any], spec: KerasTrainingJobSpec) -> dict[str, Any]:
     """What the trainer reads: the resource with every default filled in, so both sides agree."""
     meta = owner["metadata"]
@@ -114,7 +127,7 @@ def build_job(owner: dict[str, Any], spec: KerasTrainingJobSpec, default_image: 
     )
 
     meta = object_meta(owner, job_name(name), job_labels)
-    meta["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(spec.dump())}
+    meta["annotations"] = {SPEC_HASH_ANNOTATION: job_spec_hash(spec)}
     if owner["metadata"].get("generation") is not None:
         meta["annotations"][GENERATION_ANNOTATION] = str(owner["metadata"]["generation"])
     job_spec: dict[str, Any] = {

@@ -10,15 +10,16 @@ from typing import Any
 
 from keras_operator.api.parse import InvalidResource, parse_training_spec
 from keras_operator.api.training import KerasTrainingJobSpec
-from keras_operator.builders.common import spec_hash
 from keras_operator.builders.training import (
     CONFIG_KEY,
     SPEC_HASH_ANNOTATION,
     build_config_map,
     build_job,
+    desired_suspend,
     job_name,
+    job_spec_hash,
 )
-from keras_operator.controllers.outcome import Outcome, owned_by, transition_events
+from keras_operator.controllers.outcome import Event, Outcome, owned_by, transition_events
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import conditions
@@ -79,9 +80,10 @@ async def reconcile(body: dict[str, Any], settings: Settings) -> Outcome:
             training_status.invalid(message, previous, generation, now), [("Warning", "NameConflict", message)]
         )
 
+    job, suspend_events = await _apply_suspend(job, spec, previous.get("phase"))
     outcome = await sync(body, job=job, fresh=created)
-    outcome.events[:0] = events
-    if (job.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != spec_hash(spec.dump()):
+    outcome.events[:0] = events + suspend_events
+    if (job.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != job_spec_hash(spec):
         changed = _spec_not_applied(
             outcome.status,
             generation,
@@ -114,7 +116,8 @@ async def sync(body: dict[str, Any], job: dict[str, Any] | None = None, fresh: b
     log = None
     if pod is not None and (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed"):
         log = await kube.pod_log_tail(namespace, pod["metadata"]["name"])
-    epochs = int(((body.get("spec") or {}).get("training") or {}).get("epochs") or 0)
+    spec = body.get("spec") or {}
+    epochs = int((spec.get("training") or {}).get("epochs") or 0)
     status = training_status.observe(
         training_status.Observation(job=job, pod=pod, log_tail=log),
         previous,
@@ -122,7 +125,23 @@ async def sync(body: dict[str, Any], job: dict[str, Any] | None = None, fresh: b
         conditions.now_iso(),
         epochs,
     )
+    if tensorboard := training_status.tensorboard_uri(spec):
+        status["tensorboardUri"] = tensorboard
     return Outcome(status, transition_events(previous, status))
+
+
+async def _apply_suspend(
+    job: dict[str, Any], spec: KerasTrainingJobSpec, phase: str | None
+) -> tuple[dict[str, Any], list[Event]]:
+    """Suspend or resume our own Job as spec.runPolicy.suspend says (never a Kueue-owned or finished one)."""
+    want = desired_suspend(spec)
+    if want is None or phase in training_status.TERMINAL or bool((job.get("spec") or {}).get("suspend")) == want:
+        return job, []
+    meta = job["metadata"]
+    patched = await kube.patch("Job", meta["namespace"], meta["name"], {"spec": {"suspend": want}})
+    if want:
+        return patched, [("Normal", "Suspended", "suspended the Job (spec.runPolicy.suspend); its pods stop")]
+    return patched, [("Normal", "Resumed", "resumed the Job; training continues from the last checkpoint")]
 
 
 async def _create(
@@ -132,7 +151,7 @@ async def _create(
     config_map, cm_created = await kube.create_or_adopt(desired_cm)
     if not cm_created and (config_map.get("data") or {}).get(CONFIG_KEY) != desired_cm["data"][CONFIG_KEY]:
         meta = desired_cm["metadata"]
-        await kube.patch_config_map(meta["namespace"], meta["name"], desired_cm["data"])
+        await kube.patch("ConfigMap", meta["namespace"], meta["name"], {"data": desired_cm["data"]})
     job, created = await kube.create_or_adopt(build_job(body, spec, settings.trainer_image))
     events = [("Normal", "Created", f"created Job {job['metadata']['name']}")] if created else []
     return job, events, created

@@ -155,8 +155,10 @@ async def create_or_adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return existing, False
 
 
-async def patch_config_map(namespace: str, name: str, data: dict[str, str]) -> None:
-    await _call(_core().patch_namespaced_config_map, name, namespace, {"data": data})
+async def patch(kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch of an object the operator owns; returns the object as patched."""
+    resp = await _call(_calls(kind)[2], name, namespace, body, _preload_content=False)
+    return dict(json.loads(resp.data))
 
 
 async def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -176,8 +178,7 @@ async def apply(obj: dict[str, Any], hash_annotation: str) -> tuple[dict[str, An
     if (current["metadata"].get("annotations") or {}).get(hash_annotation) == want:
         return current, None
     body = {"metadata": {"labels": meta.get("labels"), "annotations": meta.get("annotations")}, "spec": obj["spec"]}
-    resp = await _call(_calls(obj["kind"])[2], meta["name"], meta["namespace"], body, _preload_content=False)
-    return dict(json.loads(resp.data)), "updated"
+    return await patch(obj["kind"], meta["namespace"], meta["name"], body), "updated"
 
 
 async def delete(kind: str, namespace: str, name: str) -> bool:
@@ -215,9 +216,12 @@ async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
 async def pod_proxy_get(namespace: str, pod: str, port: int, path: str) -> str | None:
     """GET a pod's HTTP endpoint through the API server's pod proxy (no direct network path needed)."""
     try:
-        return str(await _call(_core().connect_get_namespaced_pod_proxy_with_path, f"{pod}:{port}", namespace, path))
+        resp = await _call(
+            _core().connect_get_namespaced_pod_proxy_with_path, f"{pod}:{port}", namespace, path, _preload_content=False
+        )
     except (ApiException, kopf.TemporaryError):
         return None
+    return _text(resp)
 
 
 async def newest_pod(namespace: str, job_name: str) -> dict[str, Any] | None:
@@ -238,8 +242,15 @@ async def newest_pod(namespace: str, job_name: str) -> dict[str, Any] | None:
 async def pod_log_tail(namespace: str, pod_name: str, lines: int = 200) -> str | None:
     """The last lines of the pod's log; None when it cannot be read now (not started, rotated, gone)."""
     try:
-        return await _call(
-            _core().read_namespaced_pod_log, pod_name, namespace, tail_lines=lines, _preload_content=True
+        resp = await _call(
+            _core().read_namespaced_pod_log, pod_name, namespace, tail_lines=lines, _preload_content=False
         )
     except (ApiException, kopf.TemporaryError):
         return None
+    return _text(resp)
+
+
+def _text(resp: Any) -> str:
+    """A text body as sent: client versions differ in how they deserialize `str` responses (one returns
+    the repr, with escaped newlines), so the operator reads the raw bytes itself."""
+    return bytes(resp.data).decode(errors="replace")

@@ -14,22 +14,29 @@ def _inference(endpoint: str) -> bool:
     return endpoint.endswith(INFERENCE_ENDPOINTS)
 
 
+def _samples(text: str) -> list[Any]:
+    """Every sample of one pod's /metrics, or none when the text is not Prometheus' format: a pod that
+    answers garbage (or a proxy's error page) must not stop the status of the whole service."""
+    try:
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return []
+
+
 def summarize(texts: list[str]) -> dict[str, Any]:
     """Requests, errors and latency quantiles over inference endpoints, summed across pods."""
     requests = errors = 0.0
     buckets: dict[float, float] = defaultdict(float)
-    for text in texts:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                endpoint = sample.labels.get("endpoint", "")
-                if not _inference(endpoint):
-                    continue
-                if sample.name == "keras_server_requests_total":
-                    requests += sample.value
-                    if int(sample.labels.get("code", "0")) >= 400:
-                        errors += sample.value
-                elif sample.name == "keras_server_request_duration_seconds_bucket":
-                    buckets[float(sample.labels["le"])] += sample.value
+    for sample in (s for text in texts for s in _samples(text)):
+        endpoint = sample.labels.get("endpoint", "")
+        if not _inference(endpoint):
+            continue
+        if sample.name == "keras_server_requests_total":
+            requests += sample.value
+            if int(sample.labels.get("code", "0")) >= 400:
+                errors += sample.value
+        elif sample.name == "keras_server_request_duration_seconds_bucket":
+            buckets[float(sample.labels["le"])] += sample.value
     out: dict[str, Any] = {"requestsTotal": int(requests), "errorsTotal": int(errors)}
     for key, q in (("latencyP50Ms", 0.5), ("latencyP99Ms", 0.99)):
         value = quantile(buckets, q)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keras_operator.api.report import TrainingResult, last_epoch, parse_termination_message
+from keras_operator.api.training import TENSORBOARD_DIR
 from keras_operator.status import conditions
 
 TERMINAL = ("Succeeded", "Failed")
@@ -52,6 +53,13 @@ def from_result(result: TrainingResult, previous: dict[str, Any], generation: in
         previous.get("conditions"), [conditions.condition("Valid", True, "SpecValid"), *updates], generation, now
     )
     return {k: v for k, v in status.items() if v is not None}
+
+
+def tensorboard_uri(spec: dict[str, Any], output_uri: str | None = None) -> str | None:
+    """Where the TensorBoard logs go, when the spec asks for them (`output_uri`: a local run's own)."""
+    output = spec.get("output") or {}
+    base = output_uri or output.get("uri")
+    return f"{base.rstrip('/')}/{TENSORBOARD_DIR}" if output.get("tensorboard") and base else None
 
 
 def observe(
