@@ -7,6 +7,7 @@ Objects are checked with boto3, not through the trainer's own storage code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -173,3 +174,40 @@ def test_server_loads_a_model_from_s3(tmp_path: Path, bucket: Bucket, fmt: str) 
     x = np.random.default_rng(3).normal(size=(2, 4)).astype("float32")
     out = served.predict({served.inputs[0].name: x})
     np.testing.assert_allclose(next(iter(out.values())), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_folder_upload_cut_short_leaves_what_its_writer_wrote_first(
+    tmp_path: Path, bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint is uploaded file by file in the order Keras wrote it (weights, then the metadata naming
+    their epoch): a trainer killed mid-upload never leaves a newer epoch number beside older weights."""
+    import s3fs
+
+    from keras_trainer import storage
+
+    written = ["latest.weights.h5.bkp", "training_metadata.json.bkp", "latest.weights.h5", "training_metadata.json"]
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for second, name in enumerate(written):
+        (folder / name).write_text(name)
+        os.utime(folder / name, (1_700_000_000 + second, 1_700_000_000 + second))
+    upload = s3fs.S3FileSystem._put_file
+
+    def dying_after(limit: int) -> Any:
+        calls = []
+
+        async def put_file(self: Any, lpath: str, rpath: str, *args: Any, **kw: Any) -> Any:
+            calls.append(rpath)
+            if len(calls) > limit:
+                raise ConnectionAbortedError("killed")
+            return await upload(self, lpath, rpath, *args, **kw)
+
+        return put_file
+
+    for killed_after in range(len(written) + 1):
+        monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", dying_after(killed_after))
+        forget_s3fs_state()  # an instance binds its sync methods when made: the next one sees the patch
+        prefix = f"run{killed_after}/checkpoints"
+        with pytest.raises(ConnectionAbortedError) if killed_after < len(written) else contextlib.nullcontext():
+            storage.publish(folder, bucket.url(prefix))
+        assert bucket.keys(prefix + "/") == sorted(f"{prefix}/{n}" for n in written[:killed_after])

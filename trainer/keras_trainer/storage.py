@@ -100,10 +100,18 @@ def publish(local: Path, uri: str) -> None:
             shutil.copy2(local, target)
         return
     fs, path = _filesystem(uri)
-    if local.is_dir():
-        fs.put(str(local) + "/", path.rstrip("/") + "/", recursive=True)
-    else:
+    if not local.is_dir():
         fs.put(str(local), path)
+        return
+    # One file at a time, oldest first (fsspec's put uploads a folder concurrently): a process killed
+    # mid-upload leaves the remote folder as its writer once had it. Keras writes a checkpoint's
+    # weights before the metadata naming its epoch; uploaded together, the small metadata lands
+    # first, and a resumed training would skip an epoch it never trained.
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    for parent in sorted({f.parent for f in files} | {local}):
+        fs.makedirs(join(path, *parent.relative_to(local).parts), exist_ok=True)
+    for file in files:
+        fs.put_file(str(file), join(path, *file.relative_to(local).parts))
 
 
 def remove(uri: str) -> None:
