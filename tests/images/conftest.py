@@ -1,0 +1,102 @@
+"""The images, built once per session by hack/build-images.sh and removed at its end (disk is shared).
+
+TEST_OPERATOR_IMAGE and TEST_TRAINER_IMAGE name images built beforehand, to use instead (kept).
+Without podman the image tests skip, except under CI (the CI variable set), where they fail: CI must
+build and run the images. `pytest -m "not images"` leaves them out on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import podrun
+import pytest
+from podrun import ROOT, podman_env, progress
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    podrun.PYTEST_CONFIG = config
+
+
+BUILD_TIMEOUT = 1200  # seconds: the trainer alone takes 4-5 minutes on 2 cores
+
+
+@dataclass(frozen=True)
+class Images:
+    operator: str
+    trainer: str
+    env: dict[str, str]
+    """The environment hack/build-images.sh ran with (image names, base, CONTAINERS_CONF)."""
+
+
+def _require_podman() -> None:
+    missing = [tool for tool in ("podman",) if shutil.which(tool) is None]
+    if missing:
+        message = f"{', '.join(missing)} not installed (scripts/setup.sh installs it where apt-get works)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must build and run the images: {message}")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def images() -> Iterator[Images]:
+    _require_podman()
+    if os.environ.get("TEST_OPERATOR_IMAGE") and os.environ.get("TEST_TRAINER_IMAGE"):
+        # Images built beforehand (hack/build-images.sh): used as they are, and kept.
+        yield Images(os.environ["TEST_OPERATOR_IMAGE"], os.environ["TEST_TRAINER_IMAGE"], podman_env())
+        return
+    token = uuid.uuid4().hex[:8]
+    env = podman_env()
+    env.update(
+        OPERATOR_IMAGE=f"localhost/keras-operator-test:{token}",
+        TRAINER_IMAGE=f"localhost/keras-trainer-test:{token}",
+        LOCAL_BASE_IMAGE=f"localhost/keras-python-base-test:{token}",
+        # No layer cache left behind: each session builds from scratch and removes what it built.
+        BUILD_FLAGS="--layers=false",
+    )
+    script = str(ROOT / "hack" / "build-images.sh")
+    started = time.monotonic()
+    progress("building the base, operator and trainer images (about 6 minutes; hack/build-images.sh)")
+    try:
+        _run_build(script, env)
+        progress(f"images built in {time.monotonic() - started:.0f} s")
+        yield Images(operator=env["OPERATOR_IMAGE"], trainer=env["TRAINER_IMAGE"], env=env)
+    finally:
+        progress("removing the test images")
+        subprocess.run(["bash", script, "clean"], env=env, capture_output=True, timeout=300, check=False)
+
+
+def _run_build(script: str, env: dict[str, str]) -> None:
+    """Runs the build, echoing its own progress lines (not podman's) to the terminal."""
+    log: list[str] = []
+    with subprocess.Popen(
+        ["bash", script], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + BUILD_TIMEOUT
+        for line in proc.stdout:
+            log.append(line)
+            if line.startswith("[build-images"):
+                progress(line.rstrip().split("] ", 1)[-1])
+            if time.monotonic() > deadline:
+                proc.kill()
+                break
+        code = proc.wait()
+    if code != 0:
+        pytest.fail(f"hack/build-images.sh failed ({code}):\n{''.join(log[-60:])}", pytrace=False)
+
+
+@pytest.fixture
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A world-readable scratch folder (bind mounts must be reachable by the containers' uid 1000)."""
+    from podrun import workdir
+
+    with workdir("keras-images-") as path:
+        yield path

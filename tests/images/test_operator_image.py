@@ -1,0 +1,109 @@
+"""The operator image: uid 1000, no TensorFlow, and it creates the Job for a KerasTrainingJob.
+
+The API server is the tests' emulated cluster (bench/emulated_api.py) in a process of its own; the
+operator container shares the host network to reach it, as it would reach a real API server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from typing import Any
+
+import pytest
+import yaml
+from podrun import ROOT, free_port, podman, progress
+
+pytestmark = [pytest.mark.images]
+
+KTJ_PATH = "/apis/kerasoperator.dev/v1alpha1/namespaces/default/kerastrainingjobs"
+JOB_PATH = "/apis/batch/v1/namespaces/default/jobs"
+
+
+def request(url: str, method: str = "GET", body: Any = None) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+@pytest.mark.timeout(600)
+def test_operator_image_runs_as_uid_1000_without_tensorflow(images) -> None:
+    code = (
+        "import importlib.util as u, os, sys; "
+        "banned = ('tensorflow', 'keras', 'jax', 'torch', 'pip', 'setuptools', 'wheel'); "
+        "present = [m for m in banned if u.find_spec(m)]; "
+        "missing = [m for m in ('kopf', 'kubernetes', 'keras_operator') if not u.find_spec(m)]; "
+        "print(os.getuid(), os.getgid()); "
+        "sys.exit(f'present: {present}, missing: {missing}' if present or missing else 0)"
+    )
+    result = podman("run", "--rm", "--entrypoint", "python", images.operator, "-c", code, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == ["1000", "1000"]
+
+
+@pytest.mark.timeout(600)
+def test_operator_image_creates_the_job_for_a_training_job(images) -> None:
+    api = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "emulated_api.py")], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    name = f"keras-operator-{uuid.uuid4().hex[:8]}"
+    try:
+        assert api.stdout is not None
+        line = api.stdout.readline()
+        assert line.startswith("url="), line
+        url = line.strip().removeprefix("url=")
+        progress(f"operator image against the emulated API at {url}")
+        podman(
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--read-only",
+            "--cap-drop",
+            "all",
+            "--security-opt",
+            "no-new-privileges",
+            "--env",
+            f"KERAS_OPERATOR_API_SERVER={url}",
+            "--env",
+            f"KERAS_OPERATOR_LIVENESS_PORT={free_port()}",
+            "--env",
+            "KERAS_OPERATOR_METRICS_PORT=0",
+            "--env",
+            "KERAS_OPERATOR_SYNC_INTERVAL=1",
+            images.operator,
+        )
+        doc = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+        doc["metadata"]["namespace"] = "default"
+        code, _ = request(url + KTJ_PATH, "POST", doc)
+        assert code in (200, 201), code
+        deadline = time.monotonic() + 120
+        while True:
+            code, job = request(f"{url}{JOB_PATH}/digits-train")
+            if code == 200:
+                break
+            state = podman("inspect", "--format", "{{.State.Running}}", name, check=False).stdout.strip()
+            assert state == "true", podman("logs", name, check=False).stdout[-3000:]
+            assert time.monotonic() < deadline, "no Job within 120 s:\n" + podman("logs", name).stdout[-3000:]
+            time.sleep(0.5)
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == "ghcr.io/keras-operator/keras-trainer:0.1.0"  # the chart's default
+        assert container["args"] == ["train", "--config", "/etc/keras-operator/job.yaml"]
+        assert job["metadata"]["ownerReferences"][0]["name"] == "digits"
+        logs = podman("logs", name).stdout
+        events = [json.loads(line).get("event") for line in logs.splitlines() if line.startswith("{")]
+        assert events, logs[-3000:]  # JSON logs, one object a line
+    finally:
+        podman("rm", "--force", "--time", "5", name, check=False)
+        api.terminate()
+        api.wait(timeout=30)
