@@ -10,6 +10,7 @@ from typing import Protocol, TextIO
 import structlog
 
 from keras_operator.api.report import TERMINATION_MESSAGE_PATH, EpochReport, TrainingResult
+from keras_trainer.progress_push import ProgressPusher
 
 TERMINATION_PATH_ENV = "KERAS_TRAINER_TERMINATION_LOG"
 
@@ -26,13 +27,16 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 class PodReporter:
-    """One JSON log line per epoch on stdout, and the result in the termination message file."""
+    """One JSON log line per epoch on stdout, and the result in the termination message file; both are
+    also pushed to the operator's progress endpoint when the pod was given one (KERAS_OPERATOR_PROGRESS_URL),
+    the log line and the message staying the fallback."""
 
-    def __init__(self, termination_path: str | None = None) -> None:
+    def __init__(self, termination_path: str | None = None, pusher: ProgressPusher | None = None) -> None:
         self.log = structlog.get_logger("keras_trainer")
         self.termination_path = Path(
             termination_path or os.environ.get(TERMINATION_PATH_ENV) or TERMINATION_MESSAGE_PATH
         )
+        self.pusher = pusher if pusher is not None else ProgressPusher.from_env()
 
     def begin(self, *, epochs: int, initial_epoch: int, steps: int | None) -> None:
         if initial_epoch:
@@ -44,6 +48,8 @@ class PodReporter:
 
     def epoch(self, report: EpochReport) -> None:
         self.log.info(report.event, epoch=report.epoch, epochs=report.epochs, metrics=report.metrics)
+        if self.pusher is not None:
+            self.pusher.epoch(report)
 
     def end(self, result: TrainingResult) -> None:
         if result.phase == "Succeeded":
@@ -54,6 +60,9 @@ class PodReporter:
             self.termination_path.write_text(result.to_termination_message())
         except OSError as exc:  # outside a pod the file may not be writable; the log line still says it all
             self.log.warning("termination_message_not_written", path=str(self.termination_path), error=str(exc))
+        if self.pusher is not None:  # after the termination message: that one must exist whatever happens here
+            self.pusher.result(result)
+            self.pusher.close()
 
 
 class ConsoleReporter:
