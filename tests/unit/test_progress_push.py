@@ -493,3 +493,25 @@ def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
     assert all(base / 2 <= d <= base for d, base in zip(delays, bases, strict=True))
     assert (bases[0], bases[-1]) == (0.5, 30)
     assert len({round(d / b, 6) for d, b in zip(delays, bases, strict=True)}) > 1  # jittered
+
+
+def test_a_missing_token_file_or_an_unexpected_error_is_retried(
+    make: Any, endpoint: Endpoint, token: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token.unlink()  # not written yet
+    pusher = make()
+    real, calls = pusher._attempt, []
+
+    def flaky(item: Any, timeout: float) -> Any:
+        calls.append(item)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real(item, timeout)
+
+    monkeypatch.setattr(pusher, "_attempt", flaky)
+    pusher.epoch(epoch(1))
+    wait_until(lambda: len(calls) >= 3)
+    assert "token file" in pusher.stats.last_error
+    token.write_text("late-token")
+    wait_until(lambda: endpoint.delivered())
+    assert [auth for auth, _, _ in endpoint.requests] == ["Bearer late-token"]

@@ -188,7 +188,10 @@ class ProgressPusher:
                     if timeout <= 0:
                         self._give_up()
                         return
-            outcome, status, error = self._attempt(item, timeout)
+            try:
+                outcome, status, error = self._attempt(item, timeout)
+            except Exception as exc:  # never let the thread die with payloads queued: close() would wait in vain
+                outcome, status, error = _Outcome.RETRY, None, f"{type(exc).__name__}: {exc}"
             self._sending = None
             self.stats.attempts += 1
             self.stats.last_status, self.stats.last_error = status, error
