@@ -11,11 +11,13 @@ from helpers.manifests import ROOT
 from keras_operator import cli
 
 ORDER = ["digits.yaml", "fine-tune.yaml", "tabular-csv.yaml", "cnn-images.yaml", "gpu.yaml", "kueue.yaml"]
+# Examples that need more than this machine; each runs elsewhere, against a stand-in.
+ELSEWHERE = {"s3-training.yaml": "needs an S3 endpoint: test_object_storage.py runs it against moto's S3 server"}
 
 
 def test_the_list_covers_every_training_example() -> None:
     trainings = {p.name for p in (ROOT / "examples").glob("*.yaml") if "kind: KerasTrainingJob" in p.read_text()}
-    assert trainings == set(ORDER)
+    assert trainings == set(ORDER) | set(ELSEWHERE)
 
 
 def test_examples_train_locally(

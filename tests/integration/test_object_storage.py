@@ -211,3 +211,28 @@ def test_a_folder_upload_cut_short_leaves_what_its_writer_wrote_first(
         with pytest.raises(ConnectionAbortedError) if killed_after < len(written) else contextlib.nullcontext():
             storage.publish(folder, bucket.url(prefix))
         assert bucket.keys(prefix + "/") == sorted(f"{prefix}/{n}" for n in written[:killed_after])
+
+
+def test_the_s3_example_trains_against_an_s3_endpoint(
+    s3_endpoint: str, bucket: Bucket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """examples/s3-training.yaml as a user runs it locally (`kerasop run`, AWS_* from the shell), with its
+    own bucket name, against moto instead of AWS (`bucket` put the AWS_* variables in the environment)."""
+    from keras_operator import cli as kerasop
+
+    example = Bucket(s3_endpoint, "my-bucket")
+    if "my-bucket" not in {b["Name"] for b in example.client().list_buckets()["Buckets"]}:
+        example.client().create_bucket(Bucket="my-bucket")
+    for name in ("digits.npz", "digits-test.npz"):
+        example.upload(ROOT / "examples" / "data" / name, f"datasets/{name}")
+
+    code = kerasop.main(["run", str(ROOT / "examples" / "s3-training.yaml"), "-o", "json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    status = json.loads(out)["status"]
+    assert status["phase"] == "Succeeded"
+    assert status["modelUri"] == "s3://my-bucket/models/digits/model.keras"
+    assert status["metrics"]["val_accuracy"] > 0.9
+    keys = example.keys("models/digits/")
+    assert {"models/digits/model.keras", "models/digits/savedmodel/saved_model.pb"} <= set(keys)
+    assert not [k for k in keys if k.startswith("models/digits/checkpoints/")]
