@@ -115,7 +115,7 @@ def test_model_savedmodel_and_checkpoints_written_to_s3(
 def test_killed_training_resumes_from_s3_checkpoints(tmp_path: Path, bucket: Bucket) -> None:
     doc = tiny_job(
         training__epochs=6,
-        data__train={"synthetic": {"samples": 20000, "inputShape": [8], "classes": 3}},
+        data__train={"synthetic": {"samples": 6000, "inputShape": [8], "classes": 3}},
         training__batchSize=16,
     )
     config = tmp_path / "job.yaml"
