@@ -33,6 +33,7 @@ HANDLED_POD_KEYS = {
     "containers",
     "volumes",
     "terminationGracePeriodSeconds",
+    "serviceAccountName",  # its token is not mounted: the tests point the operator at the API by URL
 }
 HANDLED_CONTAINER_KEYS = {
     "name",
@@ -49,6 +50,7 @@ HANDLED_CONTAINER_KEYS = {
     "terminationMessagePolicy",
     "readinessProbe",
     "livenessProbe",
+    "imagePullPolicy",
 }
 
 
@@ -111,11 +113,16 @@ def podman_run_args(
     config_maps: dict[str, dict[str, Any]] | None = None,
     claims: dict[str, Path] | None = None,
     ports: dict[int, int] | None = None,
+    fields: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    host_network: bool = False,
 ) -> tuple[list[str], Path | None]:
     """(`podman run` options, image and args; the host file that receives the termination message).
 
     config_maps: ConfigMap objects by name; claims: PVC name -> host folder; ports: containerPort ->
-    host port on 127.0.0.1. `image` replaces the container's image (a locally built tag).
+    host port on 127.0.0.1; fields: values of the downward API's fieldRefs (metadata.name...);
+    env: variables set on top of the container's; host_network: share the host's network (no ports
+    published). `image` replaces the container's image (a locally built tag).
     """
     unknown = set(pod_spec) - HANDLED_POD_KEYS
     assert not unknown, f"pod spec fields the image tests do not translate: {unknown}"
@@ -141,8 +148,15 @@ def podman_run_args(
     if "terminationGracePeriodSeconds" in pod_spec:  # SIGTERM, then SIGKILL this much later
         opts += ["--stop-timeout", str(pod_spec["terminationGracePeriodSeconds"])]
     for var in container.get("env", []):
-        assert set(var) == {"name", "value"}, f"env {var} is not a plain value"
-        opts += ["--env", f"{var['name']}={var['value']}"]
+        if "valueFrom" in var:
+            path = var["valueFrom"]["fieldRef"]["fieldPath"]
+            value = (fields or {})[path]
+        else:
+            value = var["value"]
+        if var["name"] not in (env or {}):
+            opts += ["--env", f"{var['name']}={value}"]
+    for name, value in (env or {}).items():
+        opts += ["--env", f"{name}={value}"]
     if container.get("workingDir"):
         opts += ["--workdir", container["workingDir"]]
     limits = container.get("resources", {}).get("limits", {})
@@ -150,9 +164,12 @@ def podman_run_args(
         opts += ["--memory", _memory(limits["memory"])]
     if "cpu" in limits:
         opts += ["--cpus", _cpus(limits["cpu"])]
-    for port in container.get("ports", []):
-        host_port = (ports or {})[port["containerPort"]]
-        opts += ["--publish", f"127.0.0.1:{host_port}:{port['containerPort']}"]
+    if host_network:
+        opts += ["--network", "host"]
+    else:
+        for port in container.get("ports", []):
+            host_port = (ports or {})[port["containerPort"]]
+            opts += ["--publish", f"127.0.0.1:{host_port}:{port['containerPort']}"]
 
     volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
     for mount in container.get("volumeMounts", []):

@@ -1,4 +1,5 @@
-"""The operator image: uid 1000, no TensorFlow, and it creates the Job for a KerasTrainingJob.
+"""The operator image: uid 1000, no TensorFlow, and, run as the chart's Deployment, it creates the Job
+for a KerasTrainingJob.
 
 The API server is the tests' emulated cluster (bench/emulated_api.py) in a process of its own; the
 operator container shares the host network to reach it, as it would reach a real API server.
@@ -7,6 +8,7 @@ operator container shares the host network to reach it, as it would reach a real
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from podrun import ROOT, free_port, podman, progress
+from podrun import ROOT, free_port, podman, podman_run_args, progress, wait_http, workdir
 
 pytestmark = [pytest.mark.images]
 
@@ -49,8 +51,22 @@ def test_operator_image_runs_as_uid_1000_without_tensorflow(images) -> None:
     assert result.stdout.split() == ["1000", "1000"]
 
 
+def chart_pod_spec(name: str) -> dict[str, Any]:
+    """The operator's pod, as the chart renders it with its default values."""
+    helm = shutil.which("helm") or str(ROOT / ".cache" / "bin" / "helm")
+    rendered = subprocess.run(
+        [helm, "template", name, str(ROOT / "charts" / "keras-operator"), "--namespace", "default"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (deployment,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
+    return deployment["spec"]["template"]["spec"]
+
+
 @pytest.mark.timeout(600)
-def test_operator_image_creates_the_job_for_a_training_job(images) -> None:
+def test_operator_image_runs_the_charts_deployment_and_creates_the_job(images) -> None:
+    """The chart's pod (env, uid, read-only root, leader election on a Lease) against the emulated API."""
     api = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "emulated_api.py")], stdout=subprocess.PIPE, text=True, cwd=ROOT
     )
@@ -60,49 +76,53 @@ def test_operator_image_creates_the_job_for_a_training_job(images) -> None:
         line = api.stdout.readline()
         assert line.startswith("url="), line
         url = line.strip().removeprefix("url=")
-        progress(f"operator image against the emulated API at {url}")
-        podman(
-            "run",
-            "--detach",
-            "--name",
-            name,
-            "--network",
-            "host",
-            "--read-only",
-            "--cap-drop",
-            "all",
-            "--security-opt",
-            "no-new-privileges",
-            "--env",
-            f"KERAS_OPERATOR_API_SERVER={url}",
-            "--env",
-            f"KERAS_OPERATOR_LIVENESS_PORT={free_port()}",
-            "--env",
-            "KERAS_OPERATOR_METRICS_PORT=0",
-            "--env",
-            "KERAS_OPERATOR_SYNC_INTERVAL=1",
-            images.operator,
-        )
-        doc = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
-        doc["metadata"]["namespace"] = "default"
-        code, _ = request(url + KTJ_PATH, "POST", doc)
-        assert code in (200, 201), code
-        deadline = time.monotonic() + 120
-        while True:
-            code, job = request(f"{url}{JOB_PATH}/digits-train")
-            if code == 200:
-                break
-            state = podman("inspect", "--format", "{{.State.Running}}", name, check=False).stdout.strip()
-            assert state == "true", podman("logs", name, check=False).stdout[-3000:]
-            assert time.monotonic() < deadline, "no Job within 120 s:\n" + podman("logs", name).stdout[-3000:]
-            time.sleep(0.5)
-        container = job["spec"]["template"]["spec"]["containers"][0]
-        assert container["image"] == "ghcr.io/keras-operator/keras-trainer:0.1.0"  # the chart's default
-        assert container["args"] == ["train", "--config", "/etc/keras-operator/job.yaml"]
-        assert job["metadata"]["ownerReferences"][0]["name"] == "digits"
-        logs = podman("logs", name).stdout
-        events = [json.loads(line).get("event") for line in logs.splitlines() if line.startswith("{")]
-        assert events, logs[-3000:]  # JSON logs, one object a line
+        progress(f"operator image, as the chart's Deployment, against the emulated API at {url}")
+        health, metrics = free_port(), free_port()
+        with workdir("keras-operator-image-") as work:
+            args, _ = podman_run_args(
+                chart_pod_spec("ko"),
+                image=images.operator,
+                work=work,
+                fields={"metadata.namespace": "default", "metadata.name": name},
+                # The host's network, to reach the emulated API; free ports instead of 8080 and 9090 there.
+                env={
+                    "KERAS_OPERATOR_API_SERVER": url,
+                    "KERAS_OPERATOR_LIVENESS_PORT": str(health),
+                    "KERAS_OPERATOR_METRICS_PORT": str(metrics),
+                    "KERAS_OPERATOR_PROGRESS_PORT": str(free_port()),
+                },
+                host_network=True,
+            )
+            podman("run", "--detach", "--name", name, *args)
+            wait_http(f"http://127.0.0.1:{health}/healthz", 60, alive=[name])
+            doc = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+            doc["metadata"]["namespace"] = "default"
+            code, _ = request(url + KTJ_PATH, "POST", doc)
+            assert code in (200, 201), code
+            deadline = time.monotonic() + 120
+            while True:
+                code, job = request(f"{url}{JOB_PATH}/digits-train")
+                if code == 200:
+                    break
+                state = podman("inspect", "--format", "{{.State.Running}}", name, check=False).stdout.strip()
+                assert state == "true", podman("logs", name, check=False).stdout[-3000:]
+                assert time.monotonic() < deadline, "no Job within 120 s:\n" + podman("logs", name).stdout[-3000:]
+                time.sleep(0.5)
+            container = job["spec"]["template"]["spec"]["containers"][0]
+            assert container["image"] == "ghcr.io/keras-operator/keras-trainer:0.1.0"  # the chart's default
+            assert container["args"] == ["train", "--config", "/etc/keras-operator/job.yaml"]
+            assert job["metadata"]["ownerReferences"][0]["name"] == "digits"
+            code, lease = request(f"{url}/apis/coordination.k8s.io/v1/namespaces/default/leases/ko-keras-operator")
+            assert code == 200
+            assert lease["spec"]["holderIdentity"] == name
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as resp:
+                assert b"keras_operator" in resp.read()
+            logs = podman("logs", name).stdout
+            events = [json.loads(line).get("event") for line in logs.splitlines() if line.startswith("{")]
+            assert events, logs[-3000:]  # JSON logs, one object a line
+            inspect = json.loads(podman("inspect", name).stdout)[0]
+            assert inspect["HostConfig"]["ReadonlyRootfs"] is True
+            assert inspect["Config"]["User"] == "1000:1000"
     finally:
         podman("rm", "--force", "--time", "5", name, check=False)
         api.terminate()
