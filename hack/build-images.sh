@@ -26,7 +26,8 @@ VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/keras-
 OPERATOR_IMAGE=${OPERATOR_IMAGE:-ghcr.io/keras-operator/keras-operator:$VERSION}
 TRAINER_IMAGE=${TRAINER_IMAGE:-ghcr.io/keras-operator/keras-trainer:$VERSION}
 VARIANT=${VARIANT:-cpu}
-DEFAULT_PYTHON_IMAGE=python:3.11-slim-bookworm
+# Fully qualified: podman resolves no short names without unqualified-search registries.
+DEFAULT_PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
 LOCAL_BASE_IMAGE=${LOCAL_BASE_IMAGE:-localhost/keras-python-base:bookworm}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
