@@ -2,8 +2,9 @@
 
 Added here: uid / resourceVersion / generation (bumped on spec changes only) / creationTimestamp
 / names from generateName; the status subresource split; equality label selectors on lists;
-`pods/NAME/log` with tailLines; owner-reference garbage collection; hooks so a fake controller
-sees changes; a request log trimmed to what is in flight (kmock's full log makes routing
+`pods/NAME/log` with tailLines; owner-reference garbage collection; TokenReview of the service-account
+tokens it minted (cluster/tokens.py; the fake kubelet mints them for projected volumes); hooks so a
+fake controller sees changes; a request log trimmed to what is in flight (kmock's full log makes routing
 quadratic, and no test here asserts on request history).
 """
 
@@ -24,12 +25,15 @@ import attrs
 import kmock
 from kmock._internal import dicts, enums, rendering
 
+from cluster.tokens import API_AUDIENCE, TokenIssuer
+
 Hook = Callable[[str, kmock.resource, dict[str, Any]], Awaitable[None] | None]
 
 JOBS = kmock.resource("batch", "v1", "jobs")
 PODS = kmock.resource("", "v1", "pods")
 CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 EVENTS = kmock.resource("", "v1", "events")
+TOKENREVIEWS = kmock.resource("authentication.k8s.io", "v1", "tokenreviews")
 
 
 def _now() -> str:
@@ -94,6 +98,9 @@ class Emulator(kmock.KubernetesEmulator):
     # (namespace, pod, port) -> the local port the fake kubelet gave it, for pods/NAME:PORT/proxy.
     port_of: Callable[[str, str, int], int | None] | None = None
     watch_starts: collections.Counter[kmock.resource] = attrs.field(factory=collections.Counter)
+    tokens: TokenIssuer = attrs.field(factory=TokenIssuer)
+    # A review fails when the token's pod is gone or is another pod of the same name, as the API server's does.
+    check_token_pods: bool = True
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000))
 
     def live(self, resource: kmock.resource) -> list[dict[str, Any]]:
@@ -104,6 +111,63 @@ class Emulator(kmock.KubernetesEmulator):
         if key in self.objects and not self.objects[key].deleted:
             return copy.deepcopy(self.objects[key].raw)
         return None
+
+    # --- service-account tokens (what the kubelet mounts) and TokenReview ---
+
+    def mint_token(
+        self,
+        namespace: str,
+        pod: str,
+        uid: str,
+        audience: str | list[str] = API_AUDIENCE,
+        ttl: float = 3600,
+        service_account: str = "default",
+    ) -> str:
+        """A token bound to the pod, as the kubelet gets for a projected serviceAccountToken volume."""
+        return self.tokens.mint(namespace, pod, uid, audience, ttl, service_account)
+
+    def forge_token(
+        self,
+        namespace: str,
+        pod: str,
+        uid: str,
+        audience: str | list[str] = API_AUDIENCE,
+        ttl: float = 3600,
+        service_account: str = "default",
+    ) -> str:
+        """The same claims, signed with a key that is not the emulator's: never authenticated."""
+        return self.tokens.forge(namespace, pod, uid, audience, ttl, service_account)
+
+    def expire_token(self, token: str) -> None:
+        self.tokens.expire(token)
+
+    def revoke_token(self, token: str) -> None:
+        self.tokens.revoke(token)
+
+    def review_token(self, token: str, audiences: list[str] | None = None) -> dict[str, Any]:
+        """The `status` the API server would answer to a TokenReview of `token` for `audiences`."""
+        return self.tokens.review(token, audiences, self._pod_uid if self.check_token_pods else None)
+
+    def _pod_uid(self, namespace: str, name: str) -> str | None:
+        pod = self.find(PODS, namespace, name)
+        return None if pod is None else pod.get("metadata", {}).get("uid")
+
+    def _token_review(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """POST tokenreviews: answered, never stored (201, as the API server does)."""
+        body = request.data if isinstance(request.data, dict) else {}
+        spec = body.get("spec") or {}
+        if not spec.get("token"):
+            raise kmock.KubernetesError(
+                status=400, reason="BadRequest", message="token is required for TokenReview in authentication"
+            )
+        review = {
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": None, **(body.get("metadata") or {})},
+            "spec": spec,
+            "status": self.review_token(spec["token"], spec.get("audiences")),
+        }
+        return aiohttp.web.json_response(review, status=201)
 
     async def _handle(self, request: rendering.Request) -> Any:
         action, resource = request.action, request.resource
@@ -125,6 +189,12 @@ class Emulator(kmock.KubernetesEmulator):
                 raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message="injected by the test")
         if resource == PODS and request.subresource == "log" and action == enums.action.FETCH:
             return self._pod_log(request)
+        if resource == TOKENREVIEWS and action == enums.action.CREATE:
+            self._requests[:] = [r for r in self._requests if r is not request]
+            review = self._token_review(request)
+            if fault is not None:
+                raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message="response lost")
+            return review
         if resource == PODS and (request.subresource or "").startswith("proxy"):
             return await self._pod_proxy(request)
         if resource is not None and isinstance(request.data, dict):
@@ -276,6 +346,12 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
         "apps/v1/deployments": {"namespaced": True, "subresources": {"status", "scale"}},
         "v1/services": {"namespaced": True},
         "coordination.k8s.io/v1/leases": {"namespaced": True},
+        "authentication.k8s.io/v1/tokenreviews": {
+            "kind": "TokenReview",
+            "singular": "tokenreview",
+            "namespaced": False,
+            "verbs": {"create"},
+        },
         "autoscaling/v2/horizontalpodautoscalers": {"namespaced": True, "subresources": {"status"}},
         "kerasoperator.dev/v1alpha1/kerasmodelservices": {
             "kind": "KerasModelService",

@@ -16,7 +16,7 @@ import kmock
 from kopf.testing import KopfRunner
 
 from cluster.deploymentcontroller import DeploymentController
-from cluster.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, Emulator, declare_resources
+from cluster.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, TOKENREVIEWS, Emulator, declare_resources
 from cluster.jobcontroller import JobController
 
 KTJ = kmock.resource("kerasoperator.dev", "v1alpha1", "kerastrainingjobs")
@@ -155,6 +155,26 @@ class Cluster:
                 return f"http://127.0.0.1:{local}"
         raise AssertionError(f"no ready pod behind {url}")
 
+    # --- service-account tokens in pods (mint / forge / expire / review: on self.emulator) ---
+
+    def pod_tokens(self, pod: str, namespace: str = "default") -> list[str]:
+        """The tokens the fake kubelet wrote into the pod's projected serviceAccountToken volumes."""
+        kubelets = [k for k in (self.controller, self.deployments) if k is not None]
+
+        async def _tokens() -> list[str]:
+            return [t for k in kubelets for t in k.tokens_of(namespace, pod)]
+
+        return list(self.call(_tokens()))
+
+    def rotate_tokens(self, pod: str, namespace: str = "default") -> list[str]:
+        """Re-mint the pod's projected tokens and swap the files, as the kubelet does before expiry."""
+        kubelets = [k for k in (self.controller, self.deployments) if k is not None]
+
+        async def _rotate() -> list[str]:
+            return [t for k in kubelets for t in k.rotate_tokens(namespace, pod)]
+
+        return list(self.call(_rotate()))
+
     def ktj(self, name: str, namespace: str = "default") -> dict[str, Any]:
         obj = self.get(KTJ, name, namespace)
         assert obj is not None, f"KerasTrainingJob {name} not found"
@@ -191,6 +211,7 @@ __all__ = [
     "LEASES",
     "PODS",
     "SERVICES",
+    "TOKENREVIEWS",
     "Cluster",
     "operator",
 ]

@@ -2,8 +2,10 @@
 command as a local process.
 
 Paths the pod would see are mapped to local folders: ConfigMap volumes are written out,
-emptyDirs are temp folders, PVCs are folders under `pvc_root/CLAIM`, and the termination
-message path is a temp file. Mount paths in the command's args and env values are rewritten
+emptyDirs are temp folders, PVCs are folders under `pvc_root/CLAIM`, projected volumes get their
+ConfigMap items and a service-account token minted by the emulator for each `serviceAccountToken`
+source (bound to the pod; `rotate_tokens` re-mints them, as the kubelet does before they expire),
+and the termination message path is a temp file. Mount paths in the command's args and env values are rewritten
 to those folders; container ports are mapped to free local ports (args equal to the port number
 are rewritten), as if each pod had its own IP. stdout and stderr become the pod log.
 """
@@ -17,14 +19,38 @@ import secrets
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from cluster.emulator import CONFIGMAPS, PODS, Emulator, _now
+from cluster.tokens import API_AUDIENCE
 
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # what the kubelet keeps of the log for FallbackToLogsOnError
+
+
+@dataclass
+class ProjectedToken:
+    """A serviceAccountToken source the kubelet keeps fresh in a pod's projected volume."""
+
+    path: Path  # the local file behind the path the container reads
+    namespace: str
+    pod: str
+    uid: str
+    service_account: str
+    audience: str
+    ttl: int
+    token: str = ""
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never a half-written one (the kubelet swaps a symlink)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def free_port() -> int:
@@ -41,6 +67,7 @@ class Kubelet:
         self.host_ports: dict[tuple[str, str], dict[int, int]] = {}  # (ns, pod) -> containerPort -> local port
         self.session: aiohttp.ClientSession | None = None
         self.pods_started = 0
+        self.projected_tokens: dict[tuple[str, str], list[ProjectedToken]] = {}  # (ns, pod) -> its tokens
         emulator.hooks.append(self._on_change)
 
     def port_of(self, namespace: str, pod: str, port: int) -> int | None:
@@ -157,10 +184,61 @@ class Kubelet:
                     local.mkdir(parents=True, exist_ok=True)
                     for key, text in (cm.get("data") or {}).items():
                         (local / key).write_text(text)
+                elif "projected" in volume:
+                    self._project(pod, volume["projected"], local)
             local.mkdir(parents=True, exist_ok=True)
             mapping[mount["mountPath"]] = str(local)
         mapping[container.get("terminationMessagePath", "/dev/termination-log")] = str(scratch / "termination-log")
         return mapping
+
+    def _project(self, pod: dict[str, Any], projected: dict[str, Any], local: Path) -> None:
+        meta = pod["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        for source in projected.get("sources") or []:
+            if "serviceAccountToken" in source:
+                spec = source["serviceAccountToken"]
+                token = ProjectedToken(
+                    path=local / spec["path"],
+                    namespace=ns,
+                    pod=name,
+                    uid=meta["uid"],
+                    service_account=pod["spec"].get("serviceAccountName") or "default",
+                    audience=spec.get("audience") or API_AUDIENCE,
+                    ttl=int(spec.get("expirationSeconds") or 3600),
+                )
+                self._mint(token)
+                self.projected_tokens.setdefault((ns, name), []).append(token)
+            elif "configMap" in source:
+                ref = source["configMap"]
+                cm = self.emulator.find(CONFIGMAPS, ns, ref["name"])
+                if cm is None:
+                    if ref.get("optional"):
+                        continue
+                    raise RuntimeError(f"ConfigMap {ref['name']} not found")  # real: the pod is stuck
+                data = cm.get("data") or {}
+                items = ref.get("items") or [{"key": k, "path": k} for k in data]
+                for item in items:
+                    _write_atomically(local / item["path"], data[item["key"]])
+
+    def _mint(self, token: ProjectedToken) -> None:
+        token.token = self.emulator.mint_token(
+            token.namespace, token.pod, token.uid, token.audience, token.ttl, token.service_account
+        )
+        _write_atomically(token.path, token.token)
+
+    def rotate_tokens(self, namespace: str, pod: str) -> list[str]:
+        """Mint the pod's projected tokens again and swap them into its volumes (the old ones stay valid
+        until they expire, as with the real kubelet); returns the new tokens."""
+        tokens = self.projected_tokens.get((namespace, pod), [])
+        for token in tokens:
+            if token.path.parent.exists():  # not once the pod's folders were removed
+                self._mint(token)
+        return [t.token for t in tokens]
+
+    def tokens_of(self, namespace: str, pod: str) -> list[str]:
+        """The tokens the kubelet last wrote into the pod's projected volumes."""
+        return [t.token for t in self.projected_tokens.get((namespace, pod), [])]
 
     @staticmethod
     def _rewrite(value: str, mapping: dict[str, str]) -> str:
