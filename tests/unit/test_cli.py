@@ -32,7 +32,7 @@ def test_run_prints_the_final_status(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 0, err
     status = json.loads(out)["status"]
     assert status["phase"] == "Succeeded"
-    assert status["progress"] == {"epoch": 2, "epochs": 2}
+    assert status["progress"] == {"epoch": 2, "epochs": 2, "percent": 100, "secondsRemaining": 0}
     assert status["modelUri"] == "runs/local/model.keras"  # no output.uri: ./runs/NAME
     assert (tmp_path / "runs" / "local" / "model.keras").exists()
     assert "epoch 1/2 " in err  # one plain line per epoch when not on a terminal

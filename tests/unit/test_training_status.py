@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from keras_operator.api.report import EpochReport, last_epoch
 from keras_operator.runtime.settings import Settings
 from keras_operator.status.training import Observation, observe
 
@@ -44,15 +45,26 @@ def test_image_pull_problem_is_shown() -> None:
     assert "ImagePullBackOff" in observe(obs, {}, 1, NOW, 5)["message"]
 
 
-def test_running_reads_progress_from_the_log_and_keeps_it_when_the_log_is_gone() -> None:
-    log = 'noise\n{"event": "epoch_end", "epoch": 2, "epochs": 5, "metrics": {"loss": 0.5}}\n{"event": "x"}\n'
-    status = observe(Observation(job({"active": 1}), pod("Running"), log), {}, 1, NOW, 5)
+def test_running_shows_the_reported_progress_and_keeps_it_when_no_report_comes() -> None:
+    log = 'noise\n{"event": "epoch_end", "epoch": 2, "epochs": 5, "metrics": {"loss": 0.5}, "seconds": 3.0}\n{"x": 1}\n'
+    report = last_epoch(log)  # the log fallback and a pushed report end up the same
+    status = observe(Observation(job({"active": 1}), pod("Running"), report), {}, 1, NOW, 5)
     assert status["phase"] == "Running"
-    assert status["progress"] == {"epoch": 2, "epochs": 5}
+    assert status["progress"] == {"epoch": 2, "epochs": 5, "percent": 40, "secondsRemaining": 9}
     assert status["metrics"] == {"loss": 0.5}
     assert status["message"] == "epoch 2/5"
     again = observe(Observation(job({"active": 1}), pod("Running"), None), status, 1, NOW, 5)
-    assert again["progress"] == {"epoch": 2, "epochs": 5}
+    assert again["progress"] == status["progress"]
+
+
+def test_an_older_report_never_moves_progress_back() -> None:
+    newer = EpochReport(epoch=4, epochs=5, metrics={"loss": 0.2}, samples_per_second=1234.56)
+    status = observe(Observation(job({"active": 1}), pod("Running"), newer), {}, 1, NOW, 5)
+    assert status["progress"] == {"epoch": 4, "epochs": 5, "percent": 80, "samplesPerSecond": 1235.0}
+    older = EpochReport(epoch=3, epochs=5, metrics={"loss": 0.3})
+    late = observe(Observation(job({"active": 1}), pod("Running"), older), status, 1, NOW, 5)
+    assert late["progress"] == status["progress"]
+    assert late["metrics"] == {"loss": 0.2}
 
 
 def test_failure_without_a_result_uses_the_log_fallback_and_the_job_reason() -> None:
@@ -92,8 +104,8 @@ def test_deadline_exceeded_is_reported() -> None:
 
 
 def test_transition_time_only_changes_with_the_status() -> None:
-    first = observe(Observation(job({"active": 1}), pod("Running"), ""), {}, 1, "2026-01-01T00:00:00Z", 5)
-    later = observe(Observation(job({"active": 1}), pod("Running"), ""), first, 2, "2026-01-01T00:05:00Z", 5)
+    first = observe(Observation(job({"active": 1}), pod("Running"), None), {}, 1, "2026-01-01T00:00:00Z", 5)
+    later = observe(Observation(job({"active": 1}), pod("Running"), None), first, 2, "2026-01-01T00:05:00Z", 5)
     running = next(c for c in later["conditions"] if c["type"] == "Running")
     assert running["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert running["observedGeneration"] == 2

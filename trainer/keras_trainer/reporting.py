@@ -47,7 +47,14 @@ class PodReporter:
         pass
 
     def epoch(self, report: EpochReport) -> None:
-        self.log.info(report.event, epoch=report.epoch, epochs=report.epochs, metrics=report.metrics)
+        self.log.info(
+            report.event,
+            epoch=report.epoch,
+            epochs=report.epochs,
+            metrics=report.metrics,
+            seconds=report.seconds,
+            samples_per_second=report.samples_per_second,
+        )
         if self.pusher is not None:
             self.pusher.epoch(report)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,17 @@ from keras_trainer.reporting import Reporter
 class _Progress(keras.callbacks.Callback):
     """Bridges Keras callbacks to a Reporter and remembers the latest epoch for the final result."""
 
-    def __init__(self, reporter: Reporter, epochs: int, steps: int | None, on_epoch: Any = None) -> None:
+    def __init__(
+        self, reporter: Reporter, epochs: int, steps: int | None, samples: int | None, on_epoch: Any = None
+    ) -> None:
         super().__init__()
         self.reporter, self.epochs, self.steps, self.on_epoch = reporter, epochs, steps, on_epoch
+        self.samples = samples  # training examples per epoch, when known (arrays; not a tf.data stream)
         self.last: EpochReport | None = None
+        self._started = time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._started = time.monotonic()
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         initial = int(getattr(self.model, "_initial_epoch", 0) or 0)  # set by BackupAndRestore on resume
@@ -41,7 +49,14 @@ class _Progress(keras.callbacks.Callback):
         self.reporter.batch(batch + 1)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.last = EpochReport(epoch=epoch + 1, epochs=self.epochs, metrics=clean_metrics(logs or {}))
+        seconds = time.monotonic() - self._started  # fit, validation and callbacks: what an epoch costs
+        self.last = EpochReport(
+            epoch=epoch + 1,
+            epochs=self.epochs,
+            metrics=clean_metrics(logs or {}),
+            seconds=round(seconds, 3),
+            samples_per_second=round(self.samples / seconds, 1) if self.samples and seconds > 0 else None,
+        )
         if self.on_epoch is not None:
             self.on_epoch()
         self.reporter.epoch(self.last)
@@ -150,8 +165,11 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(workspace.local / TENSORBOARD_DIR)))
         pushed.append(TENSORBOARD_DIR)
 
-    steps = _steps_per_epoch(train, training.batch_size, spec.data.validation_split)
-    progress = _Progress(reporter, training.epochs, steps, on_epoch=lambda: [workspace.push(p) for p in pushed])
+    samples = _samples_per_epoch(train, spec.data.validation_split)
+    steps = int(np.ceil(samples / training.batch_size)) if samples is not None else None
+    progress = _Progress(
+        reporter, training.epochs, steps, samples, on_epoch=lambda: [workspace.push(p) for p in pushed]
+    )
     callbacks.append(progress)
 
     fit_args: dict[str, Any] = {"epochs": training.epochs, "callbacks": callbacks, "verbose": 0}
@@ -226,13 +244,11 @@ def _check_shapes(model: keras.Model, train: data_mod.Data) -> None:
         )
 
 
-def _steps_per_epoch(train: data_mod.Data, batch_size: int, validation_split: float | None) -> int | None:
+def _samples_per_epoch(train: data_mod.Data, validation_split: float | None) -> int | None:
     if train.x is None:
         return None
     n = len(train.x)
-    if validation_split:
-        n = int(n * (1 - validation_split))
-    return int(np.ceil(n / batch_size))
+    return int(n * (1 - validation_split)) if validation_split else n
 
 
 def _save(model: keras.Model, output: OutputSpec, workspace: Workspace) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from keras_operator.api.base import ApiModel
 
@@ -33,12 +35,27 @@ def clean_metrics(logs: dict[str, Any]) -> dict[str, float]:
 
 
 class EpochReport(ApiModel):
-    """One finished epoch, as logged on stdout."""
+    """One finished epoch, as logged on stdout and pushed to the operator."""
 
     event: Literal["epoch_end"] = EPOCH_EVENT
-    epoch: int
-    epochs: int
+    epoch: Annotated[int, Field(ge=0)]
+    epochs: Annotated[int, Field(ge=0)]
     metrics: dict[str, float]
+    seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    """Wall time of this epoch."""
+    samples_per_second: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    """Training examples per second in this epoch."""
+
+    def progress(self) -> dict[str, Any]:
+        """status.progress for this report: epochs, percent, throughput and time remaining."""
+        out: dict[str, Any] = {"epoch": self.epoch, "epochs": self.epochs}
+        if self.epochs:
+            out["percent"] = min(100, self.epoch * 100 // self.epochs)
+        if self.samples_per_second is not None:
+            out["samplesPerSecond"] = float(f"{self.samples_per_second:.4g}")
+        if self.seconds is not None:
+            out["secondsRemaining"] = round(max(0, self.epochs - self.epoch) * self.seconds)
+        return out
 
 
 class TrainingResult(ApiModel):
@@ -80,7 +97,9 @@ def parse_epoch_line(line: str) -> EpochReport | None:
         data = json.loads(line)
         if data.get("event") != EPOCH_EVENT:
             return None
-        return EpochReport.model_validate({k: data[k] for k in ("epoch", "epochs", "metrics")})
+        return EpochReport.model_validate(
+            {k: data[k] for k in ("epoch", "epochs", "metrics", "seconds", "samples_per_second") if k in data}
+        )
     except (ValueError, KeyError, TypeError):
         return None
 

@@ -260,12 +260,18 @@ Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
 
 
 class Progress(ApiModel):
-    """Epochs done so far."""
+    """Epochs done so far, how fast, and how long until the end."""
 
     epoch: Annotated[int, Field(ge=0)] = 0
     """The last finished epoch."""
     epochs: Annotated[int, Field(ge=0)] = 0
     """Epochs in total."""
+    percent: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Epochs done, as a percentage of all epochs."""
+    samples_per_second: float | None = None
+    """Training throughput of the last epoch (examples per second, all devices together)."""
+    seconds_remaining: Annotated[int, Field(ge=0)] | None = None
+    """Estimated time to the last epoch, from the last epoch's duration."""
 
 
 class KerasTrainingJobStatus(ApiModel):

@@ -21,6 +21,8 @@ SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 GENERATION_ANNOTATION = f"{GROUP}/generation"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+TRAINING_JOB_LABEL = "training-job"
+OWNER_LABEL = f"{GROUP}/{TRAINING_JOB_LABEL}"  # on the Job and its pods: the KerasTrainingJob's name
 
 
 def job_name(name: str) -> str:
@@ -32,7 +34,7 @@ def config_map_name(name: str) -> str:
 
 
 def training_labels(name: str) -> dict[str, str]:
-    return labels("keras-trainer", name, "training-job")
+    return labels("keras-trainer", name, TRAINING_JOB_LABEL)
 
 
 def job_spec_hash(spec: KerasTrainingJobSpec) -> str:

@@ -25,3 +25,19 @@ def transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[
 
 def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
     return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def merge_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `current` into `desired` for the keys `desired` names:
+    nested objects recurse, a key they no longer have becomes null, lists are replaced whole."""
+    patch: dict[str, Any] = {}
+    for key, want in desired.items():
+        have = current.get(key)
+        if isinstance(want, dict) and isinstance(have, dict):
+            nested = merge_patch(have, want)
+            nested.update({k: None for k in have if k not in want})
+            if nested:
+                patch[key] = nested
+        elif have != want:
+            patch[key] = want
+    return patch

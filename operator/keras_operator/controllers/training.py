@@ -6,10 +6,14 @@ builders and `training_status`. Each function returns the status to write and th
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from keras_operator.api.parse import InvalidResource, parse_training_spec
+from keras_operator.api.report import EpochReport
 from keras_operator.api.training import KerasTrainingJobSpec
+from keras_operator.builders.common import MANAGED_BY
 from keras_operator.builders.training import (
     CONFIG_KEY,
     SPEC_HASH_ANNOTATION,
@@ -38,51 +42,97 @@ def validate(body: dict[str, Any]) -> KerasTrainingJobSpec:
     return spec
 
 
-async def reconcile(body: dict[str, Any], settings: Settings) -> Outcome:
-    """Create (or adopt) the ConfigMap and Job for the current spec; never a second Job."""
+@dataclass
+class View:
+    """What the operator knows of one KerasTrainingJob, all from its watches and the trainer's pushes:
+    a reconcile reads no object from the API server, it only writes what must change."""
+
+    resource: dict[str, Any]
+    job: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    report: EpochReport | None = None
+
+
+# What the operator watches: the Jobs and pods it made, by their labels (OWNER_LABEL names the resource).
+WATCHED_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+# Events that say what the operator did; the others say how the status changed, and are posted
+# only when it did (a level-triggered reconcile runs on every event and must not repeat them).
+ACTION_REASONS = frozenset({"Created", "Suspended", "Resumed"})
+
+_parsed: OrderedDict[tuple[str, int | None], KerasTrainingJobSpec | InvalidResource] = OrderedDict()
+_PARSED_MAX = 20_000
+
+
+def _validated(body: dict[str, Any]) -> KerasTrainingJobSpec:
+    """The spec of this generation, parsed once: reconciles run on every watch event and push."""
+    meta = body["metadata"]
+    key = (str(meta.get("uid")), meta.get("generation"))
+    found = _parsed.get(key)
+    if found is None:
+        try:
+            found = validate(body)
+        except InvalidResource as exc:
+            found = exc
+        _parsed[key] = found
+        if len(_parsed) > _PARSED_MAX:
+            _parsed.popitem(last=False)
+    if isinstance(found, InvalidResource):
+        raise found
+    return found
+
+
+async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, Any] | None]:
+    """Make sure the Job for the current spec exists (never a second one) and say what the status is.
+    -> (outcome, the Job as this reconcile left it)."""
+    body = view.resource
     meta = body["metadata"]
     previous = dict(body.get("status") or {})
     generation = meta.get("generation")
     now = conditions.now_iso()
     try:
-        spec = validate(body)
+        spec = _validated(body)
     except InvalidResource as exc:
         if previous.get("jobName"):  # a training already runs: an invalid edit must not touch it
-            return _spec_not_applied(previous, generation, now, f"the new spec is invalid: {exc}")
+            return _spec_not_applied(previous, generation, now, f"the new spec is invalid: {exc}"), view.job
         return Outcome(
             training_status.invalid(str(exc), previous, generation, now), [("Warning", "InvalidSpec", str(exc))]
-        )
+        ), None
 
-    namespace, name = meta["namespace"], job_name(meta["name"])
-    # Without a jobName in the status no Job was made for this resource yet: create straight away
-    # (a leftover from a lost response is adopted on 409), one API call fewer per new resource.
-    made = bool(previous.get("jobName"))
-    job = await kube.get_job(namespace, name) if made else None
-    events: list[tuple[str, str, str]] = []
-    created = False
+    name = job_name(meta["name"])
+    job = view.job
+    events: list[Event] = []
     if job is None:
-        if made and previous.get("phase") in training_status.TERMINAL:
-            return Outcome(previous)  # finished, and the Job was cleaned up (ttlSecondsAfterFinished): done
-        if not made:
+        if previous.get("jobName") and previous.get("phase") in training_status.TERMINAL:
+            return Outcome(previous), None  # finished, and the Job was cleaned up (ttlSecondsAfterFinished): done
+        if not previous.get("jobName"):
             # A spec that failed validation never ran: once fixed, its old failure no longer applies.
             previous["conditions"] = [c for c in previous.get("conditions") or [] if c.get("type") != "Failed"]
             body = {**body, "status": previous}
         try:
-            job, events, created = await _create(body, spec, settings)
+            job, events = await _create(body, spec, settings)
         except kube.Rejected as exc:
             message = f"spec.podTemplate: the API server rejected the generated object: {exc}"
             return Outcome(
                 training_status.invalid(message, previous, generation, now), [("Warning", "InvalidSpec", message)]
-            )
+            ), None
     if not owned_by(job, meta.get("uid")):
         message = f"a Job named {name} already exists and belongs to something else; rename this resource"
         return Outcome(
             training_status.invalid(message, previous, generation, now), [("Warning", "NameConflict", message)]
-        )
+        ), None
 
     job, suspend_events = await _apply_suspend(job, spec, previous.get("phase"))
-    outcome = await sync(body, job=job, fresh=created)
-    outcome.events[:0] = events + suspend_events
+    status = training_status.observe(
+        training_status.Observation(job=job, pod=newest(view.pods), report=view.report),
+        previous,
+        generation,
+        now,
+        spec.training.epochs,
+    )
+    if tensorboard := training_status.tensorboard_uri(spec.dump()):
+        status["tensorboardUri"] = tensorboard
+    outcome = Outcome(status, [*events, *suspend_events, *transition_events(previous, status)])
     if (job.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != job_spec_hash(spec):
         changed = _spec_not_applied(
             outcome.status,
@@ -99,35 +149,14 @@ async def reconcile(body: dict[str, Any], settings: Settings) -> Outcome:
             generation,
             now,
         )
-    return outcome
+    return outcome, job
 
 
-async def sync(body: dict[str, Any], job: dict[str, Any] | None = None, fresh: bool = False) -> Outcome:
-    """Refresh status from the Job, its newest pod and the pod's log (`fresh`: the Job was just
-    created, so it has no pod worth a request yet; the next refresh looks)."""
-    meta = body["metadata"]
-    previous = dict(body.get("status") or {})
-    namespace, name = meta["namespace"], job_name(meta["name"])
-    if job is None:
-        job = await kube.get_job(namespace, name)
-    if job is None and previous.get("phase") in training_status.TERMINAL:
-        return Outcome(previous)
-    pod = await kube.newest_pod(namespace, name) if job is not None and not fresh and _has_pods(job) else None
-    log = None
-    if pod is not None and (pod.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed"):
-        log = await kube.pod_log_tail(namespace, pod["metadata"]["name"])
-    spec = body.get("spec") or {}
-    epochs = int((spec.get("training") or {}).get("epochs") or 0)
-    status = training_status.observe(
-        training_status.Observation(job=job, pod=pod, log_tail=log),
-        previous,
-        meta.get("generation"),
-        conditions.now_iso(),
-        epochs,
-    )
-    if tensorboard := training_status.tensorboard_uri(spec):
-        status["tensorboardUri"] = tensorboard
-    return Outcome(status, transition_events(previous, status))
+def newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Job's newest pod: after a retry, the one whose state matters."""
+    if not pods:
+        return None
+    return max(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
 
 
 async def _apply_suspend(
@@ -146,22 +175,15 @@ async def _apply_suspend(
 
 async def _create(
     body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings
-) -> tuple[dict[str, Any], list[tuple[str, str, str]], bool]:
+) -> tuple[dict[str, Any], list[Event]]:
     desired_cm = build_config_map(body, spec)
     config_map, cm_created = await kube.create_or_adopt(desired_cm)
     if not cm_created and (config_map.get("data") or {}).get(CONFIG_KEY) != desired_cm["data"][CONFIG_KEY]:
         meta = desired_cm["metadata"]
         await kube.patch("ConfigMap", meta["namespace"], meta["name"], {"data": desired_cm["data"]})
     job, created = await kube.create_or_adopt(build_job(body, spec, settings.trainer_image))
-    events = [("Normal", "Created", f"created Job {job['metadata']['name']}")] if created else []
-    return job, events, created
-
-
-def _has_pods(job: dict[str, Any]) -> bool:
-    """Whether the Job controller has made a pod yet: until then (queued, suspended, just created)
-    a refresh needs no pod list, which on a busy cluster is most of its API calls."""
-    status = job.get("status") or {}
-    return any(status.get(k) for k in ("active", "succeeded", "failed", "terminating", "ready", "conditions"))
+    events: list[Event] = [("Normal", "Created", f"created Job {job['metadata']['name']}")] if created else []
+    return job, events
 
 
 def _spec_not_applied(status: dict[str, Any], generation: int | None, now: str, message: str) -> Outcome:

@@ -1,46 +1,257 @@
-"""kopf handlers for KerasTrainingJob: thin wrappers around training_controller."""
+"""kopf wiring for KerasTrainingJob: watches, not timers.
+
+Three kopf indexes mirror what the operator needs from the cluster (its KerasTrainingJobs, and the Jobs
+and pods it made, each found by one label-selected watch); kopf fills them before any handler runs.
+Every watch event, and every progress push from a trainer, enqueues the resource's key; the work
+queue runs the controller on the indexed state and writes one status PATCH when something changed.
+No per-resource timer, no GET, no kopf annotation or finalizer on the resource.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import time
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 import structlog
 
 from keras_operator.api.common import GROUP, VERSION
-from keras_operator.api.training import PLURAL
+from keras_operator.api.report import EpochReport, last_epoch
+from keras_operator.api.training import KIND, PLURAL
 from keras_operator.controllers import training as training_controller
-from keras_operator.handlers.common import SETTINGS, apply_outcome
-from keras_operator.runtime import metrics
-from keras_operator.runtime.settings import Settings
-from keras_operator.status import training as training_status
+from keras_operator.controllers.outcome import Outcome, merge_patch
+from keras_operator.handlers.common import SETTINGS
+from keras_operator.runtime import kube, metrics
+from keras_operator.runtime.workqueue import WorkQueue
 
 RESOURCE = (GROUP, VERSION, PLURAL)
+OWNER_LABEL = training_controller.OWNER_LABEL
+OWNED = {**training_controller.WATCHED_LABELS, OWNER_LABEL: kopf.PRESENT}
 log = structlog.get_logger("keras_operator.training")
 
-
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
-@metrics.instrumented("KerasTrainingJob", "reconcile")
-async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    outcome = await training_controller.reconcile(dict(body), Settings.from_env())
-    apply_outcome(outcome, body, patch)
+Key = tuple[str, str]  # (namespace, KerasTrainingJob name)
 
 
-def _active(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in training_status.TERMINAL and bool(status.get("jobName"))
+# --- what the watches show, trimmed to what the controller reads (memory at thousands of resources) ---
 
 
-# The reconcile that set jobName has just looked at the Job: the first refresh can wait an interval.
-@kopf.timer(*RESOURCE, interval=SETTINGS.sync_interval, initial_delay=SETTINGS.sync_interval, when=_active)
-@metrics.instrumented("KerasTrainingJob", "refresh")
-async def refresh(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    outcome = await training_controller.sync(dict(body))
-    apply_outcome(outcome, body, patch)
+@kopf.index(*RESOURCE)
+def training_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    meta = body["metadata"]
+    return {
+        (namespace, name): {
+            "apiVersion": body.get("apiVersion") or f"{GROUP}/{VERSION}",
+            "kind": body.get("kind") or KIND,
+            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion")},
+            # Copies, of whatever was written: a garbage spec is the controller's to reject (Valid=False).
+            "spec": _plain(body.get("spec")),
+            "status": _plain(body.get("status")) if isinstance(body.get("status"), Mapping) else {},
+        }
+    }
 
 
-@kopf.on.delete(*RESOURCE, optional=True)
-def deleted(name: str, namespace: str, **_: Any) -> None:
-    # Nothing to clean up by hand: the Job and ConfigMap carry owner references.
-    log.info("deleted", namespace=namespace, name=name)
+def _plain(value: Any) -> Any:
+    return copy.deepcopy(dict(value)) if isinstance(value, Mapping) else copy.deepcopy(value)
+
+
+@kopf.index("batch", "v1", "jobs", labels=OWNED)
+def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    meta = body["metadata"]
+    return {
+        (namespace, labels[OWNER_LABEL]): {
+            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "labels", "annotations")}
+            | {"ownerReferences": meta.get("ownerReferences") or []},
+            "spec": {"suspend": bool((body.get("spec") or {}).get("suspend"))},
+            "status": _plain(body.get("status") or {}),
+        }
+    }
+
+
+@kopf.index("", "v1", "pods", labels=OWNED)
+def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    meta, status = body["metadata"], body.get("status") or {}
+    return {
+        (namespace, labels[OWNER_LABEL]): {
+            "metadata": {k: meta.get(k) for k in ("name", "uid", "creationTimestamp")},
+            "status": {k: status.get(k) for k in ("phase", "conditions", "containerStatuses") if status.get(k)},
+        }
+    }
+
+
+@dataclass
+class State:
+    """The indexes (kopf hands them to handlers; the queue's workers and the progress endpoint read them
+    here) and what the operator itself learnt: pushed reports, Jobs it made before their watch event,
+    the status it last wrote."""
+
+    indexes: tuple[kopf.Index, kopf.Index, kopf.Index] | None = None
+    reports: dict[Key, EpochReport] = field(default_factory=dict)
+    pushed: set[Key] = field(default_factory=set)  # trainings whose trainer reaches the endpoint
+    silent_since: dict[Key, float] = field(default_factory=dict)  # first seen running without a push
+    created: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
+    """(the resourceVersion the status was computed from, the status written): until the watch shows the
+    resource past that version, a reconcile starts from what was written, not from the older status."""
+
+    def bind(self, resources: kopf.Index, jobs: kopf.Index, pods: kopf.Index) -> None:
+        self.indexes = (resources, jobs, pods)
+
+    def view(self, key: Key) -> training_controller.View | None:
+        assert self.indexes is not None
+        resources, jobs, pods = self.indexes
+        resource = next(iter(resources.get(key, [])), None)
+        if resource is None:
+            return None
+        written = self.written.get(key)
+        if written is not None and written[0] == resource["metadata"].get("resourceVersion"):
+            resource = {**resource, "status": written[1]}
+        uid = resource["metadata"]["uid"]
+        job = next((j for j in jobs.get(key, []) if _owned(j, uid)), None)
+        if job is not None:
+            self.created.pop(key, None)  # the watch has caught up with our own create
+        else:
+            job = self.created.get(key)
+        return training_controller.View(
+            resource=resource, job=job, pods=list(pods.get(key, [])), report=self.reports.get(key)
+        )
+
+    def clear(self) -> None:
+        """A new start (in tests, a new operator in the same process) knows nothing of the last one's cluster."""
+        self.indexes = None
+        for store in (self.reports, self.silent_since, self.created, self.written):
+            store.clear()
+        self.pushed.clear()
+
+    def forget(self, key: Key) -> None:
+        for store in (self.reports, self.silent_since, self.created, self.written):
+            store.pop(key, None)
+        self.pushed.discard(key)
+
+    def running(self) -> list[tuple[Key, str]]:
+        """(key, pod name) of every training whose newest pod runs now."""
+        if self.indexes is None:
+            return []
+        _, _, pods = self.indexes
+        out = []
+        for key in list(pods):
+            newest = training_controller.newest(list(pods.get(key, [])))
+            if newest is not None and (newest.get("status") or {}).get("phase") == "Running":
+                out.append((key, newest["metadata"]["name"]))
+        return out
+
+
+def _owned(obj: dict[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+STATE = State()
+
+
+@metrics.instrumented(KIND, "reconcile")
+async def _reconcile(key: Hashable) -> None:
+    assert isinstance(key, tuple)
+    view = STATE.view(key)
+    if view is None:  # deleted: its Job and pods go with it (owner references)
+        STATE.forget(key)
+        return
+    outcome, job = await training_controller.reconcile(view, SETTINGS)
+    if job is not None and view.job is None:
+        STATE.created[key] = job
+    await _write(key, view.resource, outcome)
+
+
+async def _write(key: Key, resource: dict[str, Any], outcome: Outcome) -> None:
+    """One status PATCH with what changed (none when nothing did), then the Events."""
+    current = resource.get("status") or {}
+    changed = merge_patch(current, outcome.status)
+    if changed:
+        meta = resource["metadata"]
+        await kube.patch_status(RESOURCE, meta["namespace"], meta["name"], changed)
+        STATE.written[key] = (meta.get("resourceVersion"), outcome.status)
+        phase = outcome.status.get("phase")
+        if phase and phase != current.get("phase"):
+            metrics.TRANSITIONS.labels(KIND, phase).inc()
+        log.info(
+            "status",
+            namespace=meta["namespace"],
+            name=meta["name"],
+            phase=phase,
+            message=outcome.status.get("message"),
+        )
+    for kind, reason, message in outcome.events:
+        if changed or reason in training_controller.ACTION_REASONS:
+            kopf.event(resource, type=kind, reason=reason, message=message)
+
+
+QUEUE = WorkQueue(_reconcile)
+
+
+# --- triggers ---
+
+
+def _enqueue(key: Key, training_resources: kopf.Index, training_jobs: kopf.Index, training_pods: kopf.Index) -> None:
+    STATE.bind(training_resources, training_jobs, training_pods)
+    QUEUE.enqueue(key)
+
+
+@kopf.on.event(*RESOURCE)
+async def resource_changed(namespace: str, name: str, **kwargs: Any) -> None:
+    _enqueue((namespace, name), kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED)
+async def job_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+    _enqueue(
+        (namespace, labels[OWNER_LABEL]), kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"]
+    )
+
+
+@kopf.on.event("", "v1", "pods", labels=OWNED)
+async def pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+    _enqueue(
+        (namespace, labels[OWNER_LABEL]), kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"]
+    )
+
+
+def report_pushed(key: Key, report: EpochReport) -> None:
+    """A trainer's push (already authenticated): keep the newest epoch, refresh the status."""
+    STATE.pushed.add(key)
+    old = STATE.reports.get(key)
+    if old is None or report.epoch >= old.epoch:
+        STATE.reports[key] = report
+        QUEUE.enqueue(key)
+
+
+# --- the fallback: pod logs, only for trainings whose trainer has not been heard from ---
+
+
+async def read_logs_of_silent_trainings() -> None:
+    """When a trainer cannot reach the progress endpoint (no endpoint configured, a NetworkPolicy, an
+    old trainer image), its epochs still reach the status from its log: one log read every sync_interval
+    for each training running for progress_fallback_after seconds without a push; none for the others."""
+    while True:
+        await asyncio.sleep(SETTINGS.sync_interval)
+        now = time.monotonic()
+        for key, pod in STATE.running():
+            if key in STATE.pushed or now - STATE.silent_since.setdefault(key, now) < SETTINGS.progress_fallback_after:
+                continue
+            report = last_epoch(await kube.pod_log_tail(key[0], pod) or "")
+            old = STATE.reports.get(key)
+            if report is not None and (old is None or report.epoch > old.epoch):
+                STATE.reports[key] = report
+                QUEUE.enqueue(key)
+
+
+@kopf.on.startup()
+async def start_log_fallback(**_: Any) -> None:
+    STATE.clear()
+    asyncio.get_running_loop().create_task(read_logs_of_silent_trainings(), name="progress-log-fallback")
+
+
+@kopf.on.cleanup()
+async def stop_queue(**_: Any) -> None:
+    await QUEUE.close()

@@ -125,10 +125,6 @@ def _calls(kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[
     }[kind]
 
 
-async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
-    return await get("Job", namespace, name)
-
-
 async def _get(fn: Callable[..., Any], namespace: str, name: str) -> dict[str, Any] | None:
     try:
         obj = await _call(fn, name, namespace, _preload_content=False)
@@ -224,21 +220,6 @@ async def pod_proxy_get(namespace: str, pod: str, port: int, path: str) -> str |
     return _text(resp)
 
 
-async def newest_pod(namespace: str, job_name: str) -> dict[str, Any] | None:
-    """The Job's newest pod: after a retry, the one whose state matters."""
-    resp = await _call(
-        _core().list_namespaced_pod, namespace, label_selector=f"job-name={job_name}", _preload_content=False
-    )
-    pods = [
-        p
-        for p in json.loads(resp.data).get("items", [])
-        if (p["metadata"].get("labels") or {}).get("job-name") == job_name
-    ]
-    if not pods:
-        return None
-    return max(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
-
-
 async def pod_log_tail(namespace: str, pod_name: str, lines: int = 200) -> str | None:
     """The last lines of the pod's log; None when it cannot be read now (not started, rotated, gone)."""
     try:
@@ -254,3 +235,35 @@ def _text(resp: Any) -> str:
     """A text body as sent: client versions differ in how they deserialize `str` responses (one returns
     the repr, with escaped newlines), so the operator reads the raw bytes itself."""
     return bytes(resp.data).decode(errors="replace")
+
+
+async def patch_status(resource: tuple[str, str, str], namespace: str, name: str, status: dict[str, Any]) -> None:
+    """A merge patch of a custom resource's status subresource (lists, e.g. conditions, are replaced whole)."""
+    group, version, plural = resource
+    api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
+    try:
+        await _call(
+            api.patch_namespaced_custom_object_status,
+            group,
+            version,
+            namespace,
+            plural,
+            name,
+            {"status": status},
+            _preload_content=False,
+        )
+    except ApiException as exc:
+        if exc.status != 404:  # deleted meanwhile: nothing to report on
+            raise
+
+
+async def token_review(token: str, audience: str) -> dict[str, Any]:
+    """The API server's verdict on a bearer token for our own audience: the TokenReview's status."""
+    api = _api_on(kubernetes.client.AuthenticationV1Api, api_client())
+    body = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": [audience]},
+    }
+    resp = await _call(api.create_token_review, body, _preload_content=False)
+    return dict(json.loads(resp.data).get("status") or {})

@@ -23,7 +23,18 @@ class Settings:
     log_level: str = "info"
     """debug, info, warning or error."""
     sync_interval: float = 5.0
-    """Seconds between status refreshes of a running training."""
+    """Seconds between status refreshes of a model service, and between pod log reads of a training whose
+    trainer has not reached the progress endpoint for progress_fallback_after seconds."""
+    progress_port: int = 8443
+    """Port of the endpoint trainers push their progress to; 0 turns it off (progress then comes from pod
+    logs, read every sync_interval)."""
+    progress_url: str | None = None
+    """The endpoint's base URL as training pods reach it (the chart: https://SERVICE.NAMESPACE.svc:PORT);
+    without it, trainers are not told to push and progress comes from pod logs."""
+    progress_cert_dir: str | None = None
+    """A folder with tls.crt, tls.key and ca.crt: the endpoint serves HTTPS and trainers trust ca.crt."""
+    progress_fallback_after: float = 60.0
+    """Seconds without a push from a running training before its pod log is read instead."""
     api_server: str | None = None
     """Talk to this API URL without credentials (kubectl proxy, test clusters) instead of the
     in-cluster or kubeconfig login."""
@@ -52,6 +63,10 @@ class Settings:
             log_format=env.get("KERAS_OPERATOR_LOG_FORMAT", "auto"),
             log_level=env.get("KERAS_OPERATOR_LOG_LEVEL", "info"),
             sync_interval=float(env.get("KERAS_OPERATOR_SYNC_INTERVAL", "5")),
+            progress_port=int(env.get("KERAS_OPERATOR_PROGRESS_PORT", "8443")),
+            progress_url=env.get("KERAS_OPERATOR_PROGRESS_URL") or None,
+            progress_cert_dir=env.get("KERAS_OPERATOR_PROGRESS_CERT_DIR") or None,
+            progress_fallback_after=float(env.get("KERAS_OPERATOR_PROGRESS_FALLBACK_AFTER", "60")),
             api_server=env.get("KERAS_OPERATOR_API_SERVER") or None,
             liveness_port=int(env.get("KERAS_OPERATOR_LIVENESS_PORT", "8080")),
             metrics_port=int(env.get("KERAS_OPERATOR_METRICS_PORT", "9090")),

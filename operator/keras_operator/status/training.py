@@ -1,4 +1,4 @@
-"""KerasTrainingJob status from what can be observed: the Job, its newest pod, the pod's log tail.
+"""KerasTrainingJob status from what can be observed: the Job, its newest pod, the trainer's last report.
 
 Pure functions: the handlers gather the objects, these decide phase, conditions and message.
 The same `from_result` gives `kerasop run` the status a cluster would show.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from keras_operator.api.report import TrainingResult, last_epoch, parse_termination_message
+from keras_operator.api.report import EpochReport, TrainingResult, parse_termination_message
 from keras_operator.api.training import TENSORBOARD_DIR
 from keras_operator.status import conditions
 
@@ -20,7 +20,8 @@ TERMINAL = ("Succeeded", "Failed")
 class Observation:
     job: dict[str, Any] | None
     pod: dict[str, Any] | None = None
-    log_tail: str | None = None
+    report: EpochReport | None = None
+    """The trainer's latest epoch: pushed to the operator, or read from the pod's log as a fallback."""
 
 
 def invalid(message: str, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
@@ -29,12 +30,20 @@ def invalid(message: str, previous: dict[str, Any], generation: int | None, now:
     )
 
 
+def _final_progress(result: TrainingResult, previous: dict[str, Any]) -> dict[str, Any]:
+    progress = EpochReport(epoch=result.epoch, epochs=result.epochs, metrics={}, seconds=0).progress()
+    throughput = (previous.get("progress") or {}).get("samplesPerSecond")
+    if throughput is not None:
+        progress["samplesPerSecond"] = throughput  # the last epoch's: still the figure worth knowing
+    return progress
+
+
 def from_result(result: TrainingResult, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
     """The status for a finished training, from the trainer's own result."""
     status = {
         "phase": result.phase,
         "observedGeneration": generation,
-        "progress": {"epoch": result.epoch, "epochs": result.epochs},
+        "progress": _final_progress(result, previous),
         "metrics": result.metrics if result.metrics is not None else previous.get("metrics"),
         "modelUri": result.model_uri,
         "message": result.message,
@@ -184,12 +193,13 @@ def _status(
     return status
 
 
-def _progress(obs: Observation, previous: dict[str, Any]) -> tuple[dict[str, int], dict[str, float]] | None:
-    report = last_epoch(obs.log_tail or "")
-    if report is not None:
-        return {"epoch": report.epoch, "epochs": report.epochs}, report.metrics
-    if previous.get("progress"):
-        return previous["progress"], previous.get("metrics") or {}
+def _progress(obs: Observation, previous: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]] | None:
+    old = previous.get("progress") or {}
+    # A report older than what the status shows (a late retry, a log read after a push) changes nothing.
+    if obs.report is not None and obs.report.epoch >= int(old.get("epoch") or 0):
+        return obs.report.progress(), obs.report.metrics
+    if old:
+        return old, previous.get("metrics") or {}
     return None
 
 

@@ -1,0 +1,88 @@
+"""A keyed work queue, as controllers in Go have it: every trigger (a watch event of the resource, of
+its Job or pods, a trainer's push) enqueues the resource's key; one worker per key at a time, bursts
+coalesce into one more run, and a failed run is retried with a growing delay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Hashable
+
+import kopf
+import structlog
+
+log = structlog.get_logger("keras_operator.workqueue")
+
+MAX_DELAY = 300.0
+
+
+class WorkQueue:
+    def __init__(self, work: Callable[[Hashable], Awaitable[None]], base_delay: float = 1.0) -> None:
+        self.work, self.base_delay = work, base_delay
+        self._running: dict[Hashable, asyncio.Task[None]] = {}
+        self._again: set[Hashable] = set()
+        self._failures: dict[Hashable, int] = {}
+        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+
+    def enqueue(self, key: Hashable, delay: float = 0.0) -> None:
+        if delay > 0:
+            old = self._timers.pop(key, None)
+            if old is not None:
+                old.cancel()
+            self._timers[key] = asyncio.get_running_loop().call_later(delay, self._due, key)
+            return
+        if key in self._running:
+            self._again.add(key)  # one more run after the current one: it may have read older state
+            return
+        self._running[key] = asyncio.get_running_loop().create_task(self._run(key))
+
+    def _due(self, key: Hashable) -> None:
+        self._timers.pop(key, None)
+        self.enqueue(key)
+
+    @property
+    def busy(self) -> int:
+        return len(self._running)
+
+    async def _run(self, key: Hashable) -> None:
+        try:
+            while True:
+                self._again.discard(key)
+                retry = await self._attempt(key)
+                if retry is not None:
+                    self.enqueue(key, retry)
+                    return
+                if key not in self._again:
+                    return
+        finally:
+            self._running.pop(key, None)
+
+    async def _attempt(self, key: Hashable) -> float | None:
+        """Run the work once; None when done, else the delay before the next try."""
+        try:
+            await self.work(key)
+        except asyncio.CancelledError:
+            raise
+        except kopf.TemporaryError as exc:
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            log.warning("retrying", key=repr(key), error=str(exc), attempt=failures)
+            return min(MAX_DELAY, max(exc.delay or 0, self.base_delay * 2 ** (failures - 1)))
+        except Exception as exc:  # a bug must not stop the others: log it and try again later
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            log.exception("reconcile_failed", key=repr(key), error=f"{type(exc).__name__}: {exc}")
+            return min(MAX_DELAY, self.base_delay * 2 ** (failures - 1))
+        self._failures.pop(key, None)
+        return None
+
+    async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._timers.clear()
+        self._again.clear()
+        self._failures.clear()

@@ -1,0 +1,101 @@
+"""The pieces of the watch-driven reconcile loop: the keyed work queue and the status merge patch."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import kopf
+import pytest
+
+from keras_operator.controllers.outcome import merge_patch
+from keras_operator.runtime.workqueue import WorkQueue
+
+
+async def test_one_run_per_key_at_a_time_and_bursts_coalesce() -> None:
+    runs: list[str] = []
+    active: set[str] = set()
+    release = asyncio.Event()
+
+    async def work(key: object) -> None:
+        assert key not in active, "two runs of one key at once"
+        active.add(str(key))
+        runs.append(str(key))
+        await release.wait()
+        active.discard(str(key))
+
+    queue = WorkQueue(work)
+    queue.enqueue("a")
+    queue.enqueue("b")
+    await asyncio.sleep(0.01)
+    for _ in range(10):  # a burst of events while "a" runs: one more run, not ten
+        queue.enqueue("a")
+    release.set()
+    while queue.busy:
+        await asyncio.sleep(0.01)
+    assert sorted(runs) == ["a", "a", "b"]
+
+
+async def test_failures_are_retried_with_a_growing_delay() -> None:
+    attempts: list[float] = []
+
+    async def work(key: object) -> None:
+        attempts.append(asyncio.get_running_loop().time())
+        if len(attempts) == 1:
+            raise kopf.TemporaryError("API 503", delay=0.01)
+        if len(attempts) == 2:
+            raise RuntimeError("a bug")  # logged, and retried like the rest
+        if len(attempts) == 3:
+            raise kopf.TemporaryError("API 503", delay=0)
+
+    queue = WorkQueue(work, base_delay=0.05)
+    queue.enqueue("k")
+    for _ in range(200):
+        if len(attempts) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert len(attempts) == 4
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[1] >= 0.1 * 0.9  # second failure: base * 2
+    assert gaps[2] >= 0.2 * 0.9  # third failure: base * 4, whatever delay the error asked for
+    await queue.close()
+
+
+async def test_close_cancels_runs_and_pending_retries() -> None:
+    started = asyncio.Event()
+
+    async def work(key: object) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    queue = WorkQueue(work)
+    queue.enqueue("running")
+    queue.enqueue("later", delay=3600)
+    await started.wait()
+    await queue.close()
+    assert queue.busy == 0
+
+
+@pytest.mark.parametrize(
+    ("current", "desired", "patch"),
+    [
+        ({"phase": "Running"}, {"phase": "Running"}, {}),
+        ({"phase": "Running"}, {"phase": "Succeeded"}, {"phase": "Succeeded"}),
+        # a nested key that went away is nulled (a merge patch would otherwise keep it)
+        (
+            {"progress": {"epoch": 3, "secondsRemaining": 9, "samplesPerSecond": 5.0}},
+            {"progress": {"epoch": 4, "samplesPerSecond": 5.0}},
+            {"progress": {"epoch": 4, "secondsRemaining": None}},
+        ),
+        # lists (conditions) are replaced whole
+        (
+            {"conditions": [{"type": "A"}, {"type": "B"}]},
+            {"conditions": [{"type": "A"}]},
+            {"conditions": [{"type": "A"}]},
+        ),
+        # keys the desired status does not name are left alone
+        ({"phase": "Running", "jobName": "x"}, {"phase": "Running"}, {}),
+    ],
+)
+def test_status_merge_patch(current: dict, desired: dict, patch: dict) -> None:
+    assert merge_patch(current, desired) == patch
