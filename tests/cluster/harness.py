@@ -166,6 +166,13 @@ class Cluster:
 
         return list(self.call(_tokens()))
 
+    def alias_url(self, cluster_url: str, local_url: str) -> None:
+        """Pods reach `cluster_url...` (e.g. https://svc.ns.svc:8443) at `local_url...` (https://127.0.0.1:PORT):
+        env values and args that start with it are rewritten when a container starts."""
+        for kubelet in (self.controller, self.deployments):
+            if kubelet is not None:
+                kubelet.url_aliases[cluster_url] = local_url
+
     def rotate_tokens(self, pod: str, namespace: str = "default") -> list[str]:
         """Re-mint the pod's projected tokens and swap the files, as the kubelet does before expiry."""
         kubelets = [k for k in (self.controller, self.deployments) if k is not None]

@@ -68,6 +68,9 @@ class Kubelet:
         self.session: aiohttp.ClientSession | None = None
         self.pods_started = 0
         self.projected_tokens: dict[tuple[str, str], list[ProjectedToken]] = {}  # (ns, pod) -> its tokens
+        # URL prefix a pod would reach (a Service's https://NAME.NS.svc:PORT) -> where the test serves it;
+        # applied to env values and args, the way cluster DNS would route them.
+        self.url_aliases: dict[str, str] = {}
         emulator.hooks.append(self._on_change)
 
     def port_of(self, namespace: str, pod: str, port: int) -> int | None:
@@ -240,6 +243,12 @@ class Kubelet:
         """The tokens the kubelet last wrote into the pod's projected volumes."""
         return [t.token for t in self.projected_tokens.get((namespace, pod), [])]
 
+    def _alias(self, value: str) -> str:
+        for prefix in sorted(self.url_aliases, key=len, reverse=True):
+            if value.startswith(prefix):
+                return self.url_aliases[prefix] + value[len(prefix) :]
+        return value
+
     @staticmethod
     def _rewrite(value: str, mapping: dict[str, str]) -> str:
         for container_path in sorted(mapping, key=len, reverse=True):
@@ -253,11 +262,13 @@ class Kubelet:
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         for item in container.get("env", []):
             if "value" in item:
-                env[item["name"]] = self._rewrite(item["value"], mapping)
+                env[item["name"]] = self._rewrite(self._alias(item["value"]), mapping)
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
         ports = {p["containerPort"]: free_port() for p in container.get("ports", [])}
         self.host_ports[key] = ports
-        argv = [self._rewrite(a, mapping) for a in [*container.get("command", []), *container.get("args", [])]]
+        argv = [
+            self._rewrite(self._alias(a), mapping) for a in [*container.get("command", []), *container.get("args", [])]
+        ]
         argv = [str(ports[int(a)]) if a.isdigit() and int(a) in ports else a for a in argv]
         self.emulator.pod_logs[key] = ""
         proc = await asyncio.create_subprocess_exec(

@@ -369,7 +369,8 @@ def test_a_pod_pushes_progress_with_its_token_and_the_endpoint_reviews_it(cluste
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     mount = "/var/run/secrets/kerasoperator.dev/progress"
-    port = server.server_address[1]
+    service = "http://keras-operator-progress.keras-system.svc:8443"  # what the pod is told
+    cluster.alias_url(service, f"http://127.0.0.1:{server.server_address[1]}")  # where it is served
     try:
         job = {
             "apiVersion": "batch/v1",
@@ -387,7 +388,7 @@ def test_a_pod_pushes_progress_with_its_token_and_the_endpoint_reviews_it(cluste
                                 "env": [
                                     {
                                         "name": "KERAS_OPERATOR_PROGRESS_URL",
-                                        "value": f"http://127.0.0.1:{port}/v1/namespaces/ml/kerastrainingjobs/x/progress",
+                                        "value": f"{service}/v1/namespaces/ml/kerastrainingjobs/x/progress",
                                     },
                                     {"name": "KERAS_OPERATOR_PROGRESS_TOKEN_FILE", "value": f"{mount}/token"},
                                 ],
@@ -418,6 +419,7 @@ def test_a_pod_pushes_progress_with_its_token_and_the_endpoint_reviews_it(cluste
     pod = next(p for p in cluster.list(PODS, "ml") if p["metadata"]["name"].startswith("pusher-"))
     assert done[-1]["type"] == "Complete", emulator.pod_logs.get(("ml", pod["metadata"]["name"]))
     assert [body["type"] for body, _ in seen] == ["epoch", "result"]
+    assert seen[0][0]["epoch"] == 1
     for _, status in seen:
         assert status["authenticated"] is True
         assert status["user"]["username"] == "system:serviceaccount:ml:trainer"
