@@ -515,3 +515,15 @@ def test_a_missing_token_file_or_an_unexpected_error_is_retried(
     token.write_text("late-token")
     wait_until(lambda: endpoint.delivered())
     assert [auth for auth, _, _ in endpoint.requests] == ["Bearer late-token"]
+
+
+@pytest.mark.parametrize(
+    "ca", ["-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----", "/no/such/ca.pem"]
+)
+def test_a_ca_that_cannot_be_loaded_disables_pushing_without_failing_the_training(
+    endpoint: Endpoint, token: Path, ca: str
+) -> None:
+    env = {URL_ENV: endpoint.url, TOKEN_FILE_ENV: str(token), CA_ENV: ca}
+    with structlog.testing.capture_logs() as logs:
+        assert ProgressPusher.from_env(env) is None
+    assert [e["event"] for e in logs] == ["progress_push_disabled"]

@@ -118,12 +118,17 @@ class ProgressPusher:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> ProgressPusher | None:
-        """A pusher when the operator gave the pod an endpoint, else None (e.g. `kerasop run`)."""
+        """A pusher when the operator gave the pod an endpoint, else None (e.g. `kerasop run`); also None,
+        with a warning, when the CA cannot be loaded: training goes on, reported through the fallbacks."""
         env = os.environ if environ is None else environ
         url = env.get(URL_ENV, "").strip()
         if not url:
             return None
-        return cls(url, env.get(TOKEN_FILE_ENV) or None, env.get(CA_ENV) or None, **kwargs)
+        try:
+            return cls(url, env.get(TOKEN_FILE_ENV) or None, env.get(CA_ENV) or None, **kwargs)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            structlog.get_logger("keras_trainer").warning("progress_push_disabled", url=url, error=str(exc))
+            return None
 
     # --- the training side: never blocks ---
 
