@@ -7,6 +7,7 @@ build and run the images. `pytest -m "not images"` leaves them out on purpose.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import podrun
 import pytest
-from podrun import ROOT, podman_env, progress
+from podrun import ROOT, podman, podman_env, progress
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,6 +27,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 BUILD_TIMEOUT = 1200  # seconds: the trainer alone takes 4-5 minutes on 2 cores
+
+
+TEST_REPOSITORIES = (
+    "localhost/keras-operator-test",
+    "localhost/keras-trainer-test",
+    "localhost/keras-python-base-test",
+)
 
 
 @dataclass(frozen=True)
@@ -52,12 +60,13 @@ def images() -> Iterator[Images]:
         # Images built beforehand (hack/build-images.sh): used as they are, and kept.
         yield Images(os.environ["TEST_OPERATOR_IMAGE"], os.environ["TEST_TRAINER_IMAGE"], podman_env())
         return
+    _remove_stale_test_images()
     token = uuid.uuid4().hex[:8]
     env = podman_env()
     env.update(
-        OPERATOR_IMAGE=f"localhost/keras-operator-test:{token}",
-        TRAINER_IMAGE=f"localhost/keras-trainer-test:{token}",
-        LOCAL_BASE_IMAGE=f"localhost/keras-python-base-test:{token}",
+        OPERATOR_IMAGE=f"{TEST_REPOSITORIES[0]}:{token}",
+        TRAINER_IMAGE=f"{TEST_REPOSITORIES[1]}:{token}",
+        LOCAL_BASE_IMAGE=f"{TEST_REPOSITORIES[2]}:{token}",
         # No layer cache left behind: each session builds from scratch and removes what it built.
         BUILD_FLAGS="--layers=false",
     )
@@ -71,6 +80,21 @@ def images() -> Iterator[Images]:
     finally:
         progress("removing the test images")
         subprocess.run(["bash", script, "clean"], env=env, capture_output=True, timeout=300, check=False)
+
+
+STALE_AFTER = 3 * 3600  # seconds: no session lives this long; its images were left by a killed run
+
+
+def _remove_stale_test_images() -> None:
+    """Test images of sessions that were killed before their clean-up (never those of a running one)."""
+    listing = podman("images", "--format", "json", check=False)
+    if listing.returncode != 0:
+        return
+    for image in json.loads(listing.stdout or "[]"):
+        names = [n for n in image.get("Names") or [] if n.split(":")[0] in TEST_REPOSITORIES]
+        if names and time.time() - image.get("Created", time.time()) > STALE_AFTER:
+            progress(f"removing stale test images {names}")
+            podman("rmi", "--force", *names, check=False)
 
 
 def _run_build(script: str, env: dict[str, str]) -> None:
