@@ -26,7 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
     podrun.PYTEST_CONFIG = config
 
 
-BUILD_TIMEOUT = 1200  # seconds: the trainer alone takes 4-5 minutes on 2 cores
+BUILD_TIMEOUT = 1200  # seconds: the trainer alone takes 2-5 minutes on 2 cores
+# Every image test allows 1800 s (@pytest.mark.timeout): the first one to run also waits for the build.
 
 
 TEST_REPOSITORIES = (

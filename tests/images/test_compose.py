@@ -32,7 +32,7 @@ def compose(project: str, env: dict[str, str], *args: str, timeout: float = 300)
     )
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_compose_trains_then_serves_digits(images) -> None:
     if shutil.which("podman-compose") is None:
         message = "podman-compose not installed (scripts/setup.sh installs it where apt-get works)"

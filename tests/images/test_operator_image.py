@@ -36,7 +36,7 @@ def request(url: str, method: str = "GET", body: Any = None) -> tuple[int, dict[
         return exc.code, {}
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1800)
 def test_operator_image_runs_as_uid_1000_without_tensorflow(images) -> None:
     code = (
         "import importlib.util as u, os, sys; "
@@ -64,7 +64,7 @@ def chart_pod_spec(name: str) -> dict[str, Any]:
     return deployment["spec"]["template"]["spec"]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1800)
 def test_operator_image_runs_the_charts_deployment_and_creates_the_job(images) -> None:
     """The chart's pod (env, uid, read-only root, leader election on a Lease) against the emulated API."""
     api = subprocess.Popen(

@@ -132,7 +132,7 @@ def test_trainer_image_serves_the_trained_model_as_the_deployment_runs_it(images
     assert exit_code == "0", logs.stdout[-3000:] + logs.stderr[-3000:]  # SIGTERM drains, then exits cleanly
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1800)
 def test_trainer_image_holds_no_build_tools_and_the_storage_drivers(images) -> None:
     code = (
         "import importlib.util as u, sys; "
