@@ -156,6 +156,8 @@ def test_constraints_pin_every_dependency_the_images_install() -> None:
         *project["dependencies"],
         *project["optional-dependencies"]["operator"],
         *project["optional-dependencies"]["trainer"],
+        *project["optional-dependencies"]["s3"],
+        *project["optional-dependencies"]["gcs"],
     ]
     for text in wanted:
         req = Requirement(text)
