@@ -73,7 +73,7 @@ def images() -> Iterator[Images]:
     )
     script = str(ROOT / "hack" / "build-images.sh")
     started = time.monotonic()
-    progress("building the base, operator and trainer images (about 6 minutes; hack/build-images.sh)")
+    progress("building the base, operator and trainer images (2.5-4 minutes on 2 cores; hack/build-images.sh)")
     try:
         _run_build(script, env)
         progress(f"images built in {time.monotonic() - started:.0f} s")
