@@ -131,6 +131,8 @@ def training_job_crd() -> dict[str, Any]:
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Epoch", "type": "integer", "jsonPath": ".status.progress.epoch"},
             {"name": "Epochs", "type": "integer", "jsonPath": ".status.progress.epochs", "priority": 1},
+            {"name": "Percent", "type": "integer", "jsonPath": ".status.progress.percent"},
+            {"name": "Remaining", "type": "integer", "jsonPath": ".status.progress.secondsRemaining", "priority": 1},
             {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss"},
             {"name": "Accuracy", "type": "number", "jsonPath": ".status.metrics.accuracy"},
             {"name": "Model", "type": "string", "jsonPath": ".status.modelUri", "priority": 1},

@@ -10,7 +10,9 @@ quadratic, and no test here asserts on request history).
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import copy
 import datetime
 import itertools
@@ -101,6 +103,8 @@ class Emulator(kmock.KubernetesEmulator):
     tokens: TokenIssuer = attrs.field(factory=TokenIssuer)
     # A review fails when the token's pod is gone or is another pod of the same name, as the API server's does.
     check_token_pods: bool = True
+    log_reads: int = 0  # pods/log requests answered: what progress pushed by trainers saves
+    _watch_drop: asyncio.Event = attrs.field(factory=asyncio.Event)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000))
 
     def live(self, resource: kmock.resource) -> list[dict[str, Any]]:
@@ -308,11 +312,32 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _serve_watch(self, request: rendering.Request) -> Any:
         self.watch_starts[request.resource] += 1
-        async for item in super()._serve_watch(request):
-            yield item
+        dropped = self._watch_drop
+        upstream = super()._serve_watch(request).__aiter__()
+        while True:
+            item = asyncio.ensure_future(upstream.__anext__())
+            drop = asyncio.ensure_future(dropped.wait())
+            done, _ = await asyncio.wait({item, drop}, return_when=asyncio.FIRST_COMPLETED)
+            if drop in done:  # the stream ends, as when an API server restarts or a proxy times out
+                item.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await item  # the generator finishes its cancellation before it is closed
+                await upstream.aclose()
+                return
+            drop.cancel()
+            try:
+                yield item.result()
+            except StopAsyncIteration:
+                return
+
+    def drop_watches(self) -> None:
+        """End every open watch stream now; clients must notice and watch again."""
+        self._watch_drop.set()
+        self._watch_drop = asyncio.Event()
 
     def _pod_log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """GET pods/NAME/log: plain text, as the kubelet serves it, honouring tailLines."""
+        self.log_reads += 1
         if self.find(PODS, request.namespace or "", request.name or "") is None:
             raise kmock.KubernetesObjectNotFoundError()
         text = self.pod_logs.get((request.namespace or "", request.name or ""), "")

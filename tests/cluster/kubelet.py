@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -57,6 +58,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def field_value(pod: dict[str, Any], path: str) -> str:
+    """A downward API fieldRef of the pod: metadata.name / namespace / uid, metadata.annotations['k'] or
+    metadata.labels['k'] (a missing key is an empty file, as the kubelet writes it)."""
+    meta = pod["metadata"]
+    match = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
+    if match:
+        return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+    if path.startswith("metadata."):
+        return str(meta.get(path.split(".", 1)[1], ""))
+    raise RuntimeError(f"downward API field {path} is not emulated")
 
 
 class Kubelet:
@@ -129,6 +142,7 @@ class Kubelet:
                     "name": f"{meta['name']}-{secrets.token_hex(3)[:5]}",
                     "namespace": ns,
                     "labels": {**(template.get("metadata", {}).get("labels") or {}), **labels},
+                    "annotations": dict(template.get("metadata", {}).get("annotations") or {}),
                     "ownerReferences": [
                         {
                             "apiVersion": owner["apiVersion"],
@@ -189,6 +203,10 @@ class Kubelet:
                         (local / key).write_text(text)
                 elif "projected" in volume:
                     self._project(pod, volume["projected"], local)
+                elif "downwardAPI" in volume:
+                    local.mkdir(parents=True, exist_ok=True)
+                    for item in volume["downwardAPI"].get("items") or []:
+                        (local / item["path"]).write_text(field_value(pod, item["fieldRef"]["fieldPath"]))
             local.mkdir(parents=True, exist_ok=True)
             mapping[mount["mountPath"]] = str(local)
         mapping[container.get("terminationMessagePath", "/dev/termination-log")] = str(scratch / "termination-log")

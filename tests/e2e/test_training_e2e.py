@@ -64,9 +64,9 @@ def test_training_job_runs_to_success(cluster: Cluster) -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert job["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
-    config_map = cluster.get(CONFIGMAPS, "digits-train-config")
-    assert config_map is not None
-    validate_k8s(config_map)
+    # The trainer's config travels in the pod template (no ConfigMap): the one object created.
+    assert "digits" in job["spec"]["template"]["metadata"]["annotations"]["kerasoperator.dev/trainer-config"]
+    assert cluster.list(CONFIGMAPS) == []
 
     status = ktj["status"]
     assert status["phase"] == "Succeeded", status
@@ -197,7 +197,7 @@ def test_operator_restart_mid_run_keeps_one_job_and_the_status(cluster: Cluster)
     assert finished(after["progress"]) == {"epoch": 40, "epochs": 40, "percent": 100, "secondsRemaining": 0}
 
 
-def test_deleting_the_resource_removes_job_and_config(cluster: Cluster) -> None:
+def test_deleting_the_resource_removes_job_and_pods(cluster: Cluster) -> None:
     doc = long_job("gone", epochs=200)
     with operator(cluster):
         cluster.create(KTJ, doc)
@@ -349,26 +349,9 @@ def test_api_errors_are_retried_without_a_second_job(cluster: Cluster) -> None:
     cluster.emulator.faults.append(Fault(action.UPDATE, KTJ, 503, count=2))
     cluster.emulator.faults.append(Fault(action.UPDATE, KTJ, 429, count=1))
     doc = tiny_job("flaky", output={"uri": "pvc://models/flaky"})
-    # A ConfigMap left over from an earlier attempt (a crash between its create and the Job's): adopted, updated.
-    stale = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "flaky-train-config"},
-        "data": {"job.yaml": "stale"},
-    }
     with operator(cluster) as runner:
-        created = cluster.create(KTJ, doc)
-        stale["metadata"]["ownerReferences"] = [
-            {
-                "apiVersion": "kerasoperator.dev/v1alpha1",
-                "kind": "KerasTrainingJob",
-                "name": "flaky",
-                "uid": created["metadata"]["uid"],
-            }
-        ]
-        cluster.create(CONFIGMAPS, stale)
+        cluster.create(KTJ, doc)
         cluster.wait_for(lambda: phase(cluster, "flaky") == "Succeeded", 180, "Succeeded despite API errors")
-    assert "stale" not in cluster.get(CONFIGMAPS, "flaky-train-config")["data"]["job.yaml"]
     assert len(cluster.list(JOBS)) == 1
     assert cluster.controller is not None
     assert cluster.controller.pods_started == 1

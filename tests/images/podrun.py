@@ -10,8 +10,10 @@ that this translation would silently drop fails the image tests instead.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +113,8 @@ def podman_run_args(
     image: str,
     work: Path,
     config_maps: dict[str, dict[str, Any]] | None = None,
+    annotations: dict[str, str] | None = None,
+    secrets: dict[str, dict[str, Any]] | None = None,
     claims: dict[str, Path] | None = None,
     ports: dict[int, int] | None = None,
     fields: dict[str, str] | None = None,
@@ -119,8 +123,9 @@ def podman_run_args(
 ) -> tuple[list[str], Path | None]:
     """(`podman run` options, image and args; the host file that receives the termination message).
 
-    config_maps: ConfigMap objects by name; claims: PVC name -> host folder; ports: containerPort ->
-    host port on 127.0.0.1; fields: values of the downward API's fieldRefs (metadata.name...);
+    config_maps, secrets: those objects by name; annotations: the pod's, for downward API volumes;
+    claims: PVC name -> host folder; ports: containerPort -> host port on 127.0.0.1;
+    fields: values of the downward API's fieldRefs (metadata.name...);
     env: variables set on top of the container's; host_network: share the host's network (no ports
     published). `image` replaces the container's image (a locally built tag).
     """
@@ -181,6 +186,22 @@ def podman_run_args(
             for key, text in data.items():
                 (folder / key).write_text(text)
                 (folder / key).chmod(0o644)
+            opts += ["--volume", f"{folder}:{target}:ro"]
+        elif "secret" in volume:
+            data = (secrets or {})[volume["secret"]["secretName"]]["data"]
+            folder = host_dir(work / "secrets" / mount["name"], writable=False)
+            for key, encoded in data.items():
+                (folder / key).write_bytes(base64.b64decode(encoded))
+                (folder / key).chmod(0o644)
+            opts += ["--volume", f"{folder}:{target}:ro"]
+        elif "downwardAPI" in volume:
+            folder = host_dir(work / "downward" / mount["name"], writable=False)
+            for item in volume["downwardAPI"]["items"]:
+                path = item["fieldRef"]["fieldPath"]
+                match = re.fullmatch(r"metadata\.annotations\['([^']+)'\]", path)
+                assert match is not None, f"downward API field {path} is not translated"
+                (folder / item["path"]).write_text((annotations or {})[match.group(1)])
+                (folder / item["path"]).chmod(0o644)
             opts += ["--volume", f"{folder}:{target}:ro"]
         elif "persistentVolumeClaim" in volume:
             claim = volume["persistentVolumeClaim"]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from typing import Any
@@ -51,8 +53,8 @@ def test_operator_image_runs_as_uid_1000_without_tensorflow(images) -> None:
     assert result.stdout.split() == ["1000", "1000"]
 
 
-def chart_pod_spec(name: str) -> dict[str, Any]:
-    """The operator's pod, as the chart renders it with its default values."""
+def chart_pod_spec(name: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The operator's pod, as the chart renders it with its default values, and the Secrets it mounts."""
     helm = shutil.which("helm") or str(ROOT / ".cache" / "bin" / "helm")
     rendered = subprocess.run(
         [helm, "template", name, str(ROOT / "charts" / "keras-operator"), "--namespace", "default"],
@@ -60,8 +62,10 @@ def chart_pod_spec(name: str) -> dict[str, Any]:
         text=True,
         check=True,
     ).stdout
-    (deployment,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
-    return deployment["spec"]["template"]["spec"]
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    return deployment["spec"]["template"]["spec"], secrets
 
 
 @pytest.mark.timeout(1800)
@@ -77,19 +81,21 @@ def test_operator_image_runs_the_charts_deployment_and_creates_the_job(images) -
         assert line.startswith("url="), line
         url = line.strip().removeprefix("url=")
         progress(f"operator image, as the chart's Deployment, against the emulated API at {url}")
-        health, metrics = free_port(), free_port()
+        health, metrics, progress_port = free_port(), free_port(), free_port()
+        pod_spec, secrets = chart_pod_spec("ko")
         with workdir("keras-operator-image-") as work:
             args, _ = podman_run_args(
-                chart_pod_spec("ko"),
+                pod_spec,
                 image=images.operator,
                 work=work,
+                secrets=secrets,
                 fields={"metadata.namespace": "default", "metadata.name": name},
                 # The host's network, to reach the emulated API; free ports instead of 8080 and 9090 there.
                 env={
                     "KERAS_OPERATOR_API_SERVER": url,
                     "KERAS_OPERATOR_LIVENESS_PORT": str(health),
                     "KERAS_OPERATOR_METRICS_PORT": str(metrics),
-                    "KERAS_OPERATOR_PROGRESS_PORT": str(free_port()),
+                    "KERAS_OPERATOR_PROGRESS_PORT": str(progress_port),
                 },
                 host_network=True,
             )
@@ -112,6 +118,23 @@ def test_operator_image_runs_the_charts_deployment_and_creates_the_job(images) -
             assert container["image"] == "ghcr.io/keras-operator/keras-trainer:0.1.0"  # the chart's default
             assert container["args"] == ["train", "--config", "/etc/keras-operator/job.yaml"]
             assert job["metadata"]["ownerReferences"][0]["name"] == "digits"
+            # Trainers are told where to push (the chart's Service, over TLS) and which CA to trust; the
+            # endpoint serves that certificate and refuses a push without a token.
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["KERAS_OPERATOR_PROGRESS_URL"].startswith("https://ko-keras-operator-progress.default.svc:")
+            ca = env["KERAS_OPERATOR_PROGRESS_CA"]
+            assert ca.startswith("-----BEGIN CERTIFICATE-----")
+            tls = ssl.create_default_context(cadata=ca)
+            tls.check_hostname = False  # the certificate names the Service; the test reaches it on 127.0.0.1
+            push = urllib.request.Request(
+                f"https://127.0.0.1:{progress_port}/v1/namespaces/default/kerastrainingjobs/digits/progress",
+                data=b"{}",
+                method="POST",
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(push, timeout=10, context=tls)
+            assert refused.value.code == 401
+            assert "error" in json.loads(refused.value.read())
             code, lease = request(f"{url}/apis/coordination.k8s.io/v1/namespaces/default/leases/ko-keras-operator")
             assert code == 200
             assert lease["spec"]["holderIdentity"] == name

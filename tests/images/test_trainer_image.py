@@ -2,7 +2,7 @@
 
 The podman arguments come from keras_operator.builders (training.build_job for examples/digits.yaml,
 serving.build_deployment for examples/digits-service.yaml): uid 1000, read-only root, /tmp as tmpfs,
-the job file where the ConfigMap is mounted, a host folder as the "models" PVC, the termination log.
+the job file where the downward API mounts it, a host folder as the "models" PVC, the termination log.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from podrun import ROOT, free_port, host_dir, podman, podman_run_args, progress,
 from helpers.server import get_json, post_json
 from keras_operator.api.parse import parse
 from keras_operator.builders.serving import build_deployment
-from keras_operator.builders.training import build_config_map, build_job
+from keras_operator.builders.training import build_job
 
 pytestmark = [pytest.mark.images]
 
@@ -46,7 +46,6 @@ class Training:
 def trained(images) -> Iterator[Training]:
     doc = resource("examples/digits.yaml")
     spec = parse(doc).spec
-    config_map = build_config_map(doc, spec)
     job = build_job(doc, spec, images.trainer)
     with workdir("keras-trainer-image-") as work:
         pvc = host_dir(work / "pvc" / "models", writable=True)
@@ -54,7 +53,7 @@ def trained(images) -> Iterator[Training]:
             job["spec"]["template"]["spec"],
             image=images.trainer,
             work=work,
-            config_maps={config_map["metadata"]["name"]: config_map},
+            annotations=job["spec"]["template"]["metadata"]["annotations"],
             claims={"models": pvc},
         )
         assert termination_log is not None

@@ -91,8 +91,11 @@ def test_rbac_is_cluster_wide_by_default_and_per_namespace_when_asked() -> None:
     roles = {o["metadata"]["namespace"] for o in scoped if o["kind"] == "Role"}
     assert roles == {"ml", "team-b", "keras-system"}
     cluster_roles = [o for o in scoped if o["kind"] == "ClusterRole"]
-    # Only discovery stays cluster-wide.
-    assert [r["resources"] for o in cluster_roles for r in o["rules"]] == [["customresourcedefinitions"]]
+    # Only discovery and TokenReview (cluster-scoped by nature) stay cluster-wide.
+    assert [r["resources"] for o in cluster_roles for r in o["rules"]] == [
+        ["customresourcedefinitions"],
+        ["tokenreviews"],
+    ]
     deployment = next(o for o in scoped if o["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KERAS_OPERATOR_NAMESPACES"] == "ml,team-b"
@@ -115,13 +118,15 @@ def test_every_value_is_documented() -> None:
 
 def test_metrics_service_and_service_monitor() -> None:
     default = render()
-    service = next(o for o in default if o["kind"] == "Service")
+    service = next(o for o in default if o["kind"] == "Service" and o["metadata"]["name"].endswith("-metrics"))
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics"}]
     assert not any(o["kind"] == "ServiceMonitor" for o in default)  # off by default
     monitored = render("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom")
     monitor = next(o for o in monitored if o["kind"] == "ServiceMonitor")
-    labels = next(o for o in monitored if o["kind"] == "Service")["metadata"]["labels"]
+    labels = next(o for o in monitored if o["kind"] == "Service" and "metrics" in o["metadata"]["name"])["metadata"][
+        "labels"
+    ]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["metadata"]["labels"]["release"] == "prom"
-    assert not any(o["kind"] == "Service" for o in render("metrics.port=0"))
+    assert not any(o["kind"] == "Service" and "metrics" in o["metadata"]["name"] for o in render("metrics.port=0"))

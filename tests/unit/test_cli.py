@@ -71,7 +71,7 @@ def test_render_prints_valid_objects(tmp_path: Path, capsys: pytest.CaptureFixtu
     out, _ = capsys.readouterr()
     assert code == 0
     objects = list(yaml.safe_load_all(out))
-    assert [o["kind"] for o in objects] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in objects] == ["Job"]
     for obj in objects:
         assert obj["metadata"]["namespace"] == "ml"
         validate_k8s(obj)
@@ -107,8 +107,8 @@ def test_render_a_service_with_its_job(capsys: pytest.CaptureFixture[str]) -> No
     path.write_text(both)
     assert cli.main(["render", str(path)]) == 0
     objects = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert [o["kind"] for o in objects] == ["ConfigMap", "Job", "Service", "Deployment", "HorizontalPodAutoscaler"]
-    args = objects[3]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [o["kind"] for o in objects] == ["Job", "Service", "Deployment", "HorizontalPodAutoscaler"]
+    args = objects[2]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--model-uri") + 1] == "pvc://models/digits/model.keras"
     for obj in objects:
         validate_k8s(obj)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from test_cli import _local_pvc_root, write  # noqa: F401  (the fixture applies here too)
 
 from helpers.jobs import tiny_job
 from helpers.manifests import ROOT
@@ -20,18 +21,6 @@ from keras_operator.api.parse import InvalidResource, parse
 from keras_operator.api.serving import KerasModelService
 from keras_operator.builders.training import build_job, desired_suspend, job_spec_hash
 from keras_operator.status.training import tensorboard_uri
-
-
-def write(tmp_path: Path, doc: dict[str, Any]) -> str:
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
-
-
-@pytest.fixture(autouse=True)
-def _local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KERAS_OPERATOR_PVC_ROOT", str(tmp_path / "pvc"))
-    monkeypatch.chdir(tmp_path)
 
 
 def run(tmp_path: Path, doc: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]:

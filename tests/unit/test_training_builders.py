@@ -1,4 +1,4 @@
-"""The ConfigMap and Job built for a KerasTrainingJob: contents, security, and real Kubernetes schemas."""
+"""The Job built for a KerasTrainingJob: contents, security, and real Kubernetes schemas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import yaml
 
 from helpers.manifests import ROOT, validate_k8s
 from keras_operator.api.parse import parse
-from keras_operator.builders.training import build_config_map, build_job
+from keras_operator.builders.training import build_job
 
 IMAGE = "example.org/trainer:1"
 
@@ -134,7 +134,7 @@ def test_pod_template_is_merged() -> None:
     pod = tpl["spec"]
     assert tpl["metadata"]["labels"]["team"] == "vision"
     assert tpl["metadata"]["labels"]["kerasoperator.dev/training-job"] == "digits"  # ours win
-    assert tpl["metadata"]["annotations"] == {"a": "b"}
+    assert tpl["metadata"]["annotations"]["a"] == "b"  # beside the trainer config
     assert pod["nodeSelector"] == {"pool": "gpu"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
@@ -148,15 +148,20 @@ def test_pod_template_is_merged() -> None:
     assert {"name": "data", "emptyDir": {}} in pod["volumes"]
 
 
-def test_config_map_holds_the_normalised_spec() -> None:
-    doc, spec = owner()
-    cm = build_config_map(doc, spec)
-    config = yaml.safe_load(cm["data"]["job.yaml"])
+def test_the_pod_carries_the_normalised_spec_where_the_trainer_reads_it() -> None:
+    doc, spec = owner({"podTemplate": {"metadata": {"annotations": {"kerasoperator.dev/trainer-config": "x"}}}})
+    template = build_job(doc, spec, IMAGE)["spec"]["template"]
+    config = yaml.safe_load(template["metadata"]["annotations"]["kerasoperator.dev/trainer-config"])
     assert config["metadata"]["name"] == "digits"
     assert config["spec"]["training"]["epochs"] == 20
     assert config["spec"]["runPolicy"]["backoffLimit"] == 3  # defaults filled in
-    assert parse(config).spec == spec
-    assert cm["metadata"]["ownerReferences"][0]["uid"] == "1234-5678"
+    assert parse(config).spec == spec  # the user's annotation of the same name did not win
+    container = template["spec"]["containers"][0]
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == "config")
+    (item,) = volume["downwardAPI"]["items"]
+    assert item["fieldRef"]["fieldPath"] == "metadata.annotations['kerasoperator.dev/trainer-config']"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert container["args"][-1] == f"{mount['mountPath']}/{item['path']}"
 
 
 @pytest.mark.parametrize(
@@ -182,4 +187,3 @@ def test_config_map_holds_the_normalised_spec() -> None:
 def test_manifests_validate_against_kubernetes(overrides: dict[str, Any]) -> None:
     doc, spec = owner(overrides)
     validate_k8s(build_job(doc, spec, IMAGE))
-    validate_k8s(build_config_map(doc, spec))

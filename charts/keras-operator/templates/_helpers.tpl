@@ -44,7 +44,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [horizontalpodautoscalers]
   verbs: [get, create, patch, delete]
 - apiGroups: [""]
-  resources: [configmaps, services]
+  resources: [services]
   verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [pods]
@@ -56,3 +56,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [events]
   verbs: [create]
 {{- end -}}
+
+{{/* The progress endpoint as training pods reach it. */}}
+{{- define "keras-operator.progressURL" -}}
+{{ ternary "https" "http" .Values.progress.tls }}://{{ include "keras-operator.fullname" . }}-progress.{{ .Release.Namespace }}.svc:{{ .Values.progress.port }}
+{{- end }}

@@ -1,8 +1,13 @@
-"""KerasTrainingJob -> the ConfigMap with the trainer's config and the batch/v1 Job that runs it."""
+"""KerasTrainingJob -> the batch/v1 Job that runs the trainer.
+
+The trainer's configuration (the resource with every default filled in) travels in the pod template,
+as an annotation the downward API mounts as a file: one object to create, no ConfigMap to keep in step.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import yaml
 
@@ -17,6 +22,7 @@ CONFIG_DIR = "/etc/keras-operator"
 CONFIG_KEY = "job.yaml"
 CODE_DIR = "/opt/keras-operator/code"
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
+CONFIG_ANNOTATION = f"{GROUP}/trainer-config"  # on the pod template; the downward API makes it CONFIG_KEY
 # libyaml's emitter when PyYAML has it (about 5x faster on every create); same output either way.
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 GENERATION_ANNOTATION = f"{GROUP}/generation"
@@ -27,10 +33,6 @@ OWNER_LABEL = f"{GROUP}/{TRAINING_JOB_LABEL}"  # on the Job and its pods: the Ke
 
 def job_name(name: str) -> str:
     return f"{name}-train"
-
-
-def config_map_name(name: str) -> str:
-    return f"{name}-train-config"
 
 
 def training_labels(name: str) -> dict[str, str]:
@@ -61,17 +63,80 @@ def trainer_config(owner: dict[str, Any], spec: KerasTrainingJobSpec) -> dict[st
     }
 
 
-def build_config_map(owner: dict[str, Any], spec: KerasTrainingJobSpec) -> dict[str, Any]:
-    name = owner["metadata"]["name"]
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": object_meta(owner, config_map_name(name), training_labels(name)),
-        "data": {CONFIG_KEY: yaml.dump(trainer_config(owner, spec), Dumper=_DUMPER, sort_keys=False)},
+def trainer_config_text(owner: dict[str, Any], spec: KerasTrainingJobSpec) -> str:
+    return yaml.dump(trainer_config(owner, spec), Dumper=_DUMPER, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class ProgressEndpoint:
+    """Where trainers push their progress: the operator's endpoint, as pods reach it."""
+
+    base_url: str
+    ca_pem: str | None = None
+
+
+class ProgressSettings(Protocol):
+    progress_url: str | None
+    progress_port: int
+
+    def progress_ca(self) -> str | None: ...
+
+
+def progress_endpoint(settings: ProgressSettings) -> ProgressEndpoint | None:
+    """Where this operator's trainers push progress (from its settings); None when there is no endpoint
+    they can reach, and progress comes from their logs."""
+    if not (settings.progress_url and settings.progress_port):
+        return None
+    return ProgressEndpoint(settings.progress_url, settings.progress_ca())
+
+
+PROGRESS_AUDIENCE = f"{GROUP}/progress"  # tokens for this audience open nothing on the API server
+PROGRESS_TOKEN_DIR = "/var/run/secrets/kerasoperator.dev/progress"
+PROGRESS_TOKEN_SECONDS = 3600  # the kubelet renews the file before it expires
+
+
+def progress_path(namespace: str, name: str) -> str:
+    return f"/v1/namespaces/{namespace}/kerastrainingjobs/{name}/progress"
+
+
+def _progress_pod_parts(
+    owner: dict[str, Any], endpoint: ProgressEndpoint
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """(env, volume, mount) that let the trainer push: the URL, a token bound to this pod and to the
+    operator's audience only (a projected service-account token), and the CA to trust."""
+    meta = owner["metadata"]
+    env = [
+        {
+            "name": "KERAS_OPERATOR_PROGRESS_URL",
+            "value": endpoint.base_url.rstrip("/") + progress_path(meta.get("namespace") or "default", meta["name"]),
+        },
+        {"name": "KERAS_OPERATOR_PROGRESS_TOKEN_FILE", "value": f"{PROGRESS_TOKEN_DIR}/token"},
+    ]
+    if endpoint.ca_pem:
+        env.append({"name": "KERAS_OPERATOR_PROGRESS_CA", "value": endpoint.ca_pem})
+    volume = {
+        "name": "progress-token",
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": PROGRESS_AUDIENCE,
+                        "expirationSeconds": PROGRESS_TOKEN_SECONDS,
+                        "path": "token",
+                    }
+                }
+            ]
+        },
     }
+    return env, volume, {"name": "progress-token", "mountPath": PROGRESS_TOKEN_DIR, "readOnly": True}
 
 
-def build_job(owner: dict[str, Any], spec: KerasTrainingJobSpec, default_image: str) -> dict[str, Any]:
+def build_job(
+    owner: dict[str, Any],
+    spec: KerasTrainingJobSpec,
+    default_image: str,
+    progress: ProgressEndpoint | None = None,
+) -> dict[str, Any]:
     name = owner["metadata"]["name"]
     job_labels = training_labels(name)
     policy = spec.run_policy
@@ -88,7 +153,17 @@ def build_job(owner: dict[str, Any], spec: KerasTrainingJobSpec, default_image: 
         writable=[spec.output.uri],
     )
     volumes, mounts = pvc_volumes(claims)
-    volumes.insert(0, {"name": "config", "configMap": {"name": config_map_name(name)}})
+    volumes.insert(
+        0,
+        {
+            "name": "config",
+            "downwardAPI": {
+                "items": [
+                    {"path": CONFIG_KEY, "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}
+                ]
+            },
+        },
+    )
     mounts.insert(0, {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
     env = [
         {"name": "KERAS_BACKEND", "value": spec.backend},
@@ -97,6 +172,11 @@ def build_job(owner: dict[str, Any], spec: KerasTrainingJobSpec, default_image: 
         {"name": "KERAS_TRAINER_TERMINATION_LOG", "value": TERMINATION_MESSAGE_PATH},
         {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"},
     ]
+    if progress is not None:
+        progress_env, progress_volume, progress_mount = _progress_pod_parts(owner, progress)
+        env.extend(progress_env)
+        volumes.append(progress_volume)
+        mounts.append(progress_mount)
     if spec.model.code_config_map:
         volumes.append({"name": "code", "configMap": {"name": spec.model.code_config_map}})
         mounts.append({"name": "code", "mountPath": CODE_DIR, "readOnly": True})
@@ -127,6 +207,11 @@ def build_job(owner: dict[str, Any], spec: KerasTrainingJobSpec, default_image: 
         restart_policy="Never",
         extra=extra,
     )
+    # Ours after the user's: the trainer must read the config the operator validated.
+    template["metadata"]["annotations"] = {
+        **template["metadata"].get("annotations", {}),
+        CONFIG_ANNOTATION: trainer_config_text(owner, spec),
+    }
 
     meta = object_meta(owner, job_name(name), job_labels)
     meta["annotations"] = {SPEC_HASH_ANNOTATION: job_spec_hash(spec)}

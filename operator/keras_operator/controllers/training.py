@@ -14,14 +14,14 @@ from keras_operator.api.parse import InvalidResource, parse_training_spec
 from keras_operator.api.report import EpochReport
 from keras_operator.api.training import KerasTrainingJobSpec
 from keras_operator.builders.common import MANAGED_BY
+from keras_operator.builders.training import OWNER_LABEL as OWNER_LABEL  # what the handlers select on
 from keras_operator.builders.training import (
-    CONFIG_KEY,
     SPEC_HASH_ANNOTATION,
-    build_config_map,
     build_job,
     desired_suspend,
     job_name,
     job_spec_hash,
+    progress_endpoint,
 )
 from keras_operator.controllers.outcome import Event, Outcome, owned_by, transition_events
 from keras_operator.runtime import kube
@@ -176,12 +176,9 @@ async def _apply_suspend(
 async def _create(
     body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings
 ) -> tuple[dict[str, Any], list[Event]]:
-    desired_cm = build_config_map(body, spec)
-    config_map, cm_created = await kube.create_or_adopt(desired_cm)
-    if not cm_created and (config_map.get("data") or {}).get(CONFIG_KEY) != desired_cm["data"][CONFIG_KEY]:
-        meta = desired_cm["metadata"]
-        await kube.patch("ConfigMap", meta["namespace"], meta["name"], {"data": desired_cm["data"]})
-    job, created = await kube.create_or_adopt(build_job(body, spec, settings.trainer_image))
+    job, created = await kube.create_or_adopt(
+        build_job(body, spec, settings.trainer_image, progress_endpoint(settings))
+    )
     events: list[Event] = [("Normal", "Created", f"created Job {job['metadata']['name']}")] if created else []
     return job, events
 

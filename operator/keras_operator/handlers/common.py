@@ -11,6 +11,14 @@ from keras_operator.runtime import metrics
 from keras_operator.runtime.settings import Settings
 
 SETTINGS = Settings.from_env()
+
+
+class Current:
+    """The settings of the running operator, read again at each start (tests start several in one process)."""
+
+    settings = SETTINGS
+
+
 log = structlog.get_logger("keras_operator.handlers")
 
 

@@ -24,8 +24,9 @@ from keras_operator.api.report import EpochReport, last_epoch
 from keras_operator.api.training import KIND, PLURAL
 from keras_operator.controllers import training as training_controller
 from keras_operator.controllers.outcome import Outcome, merge_patch
-from keras_operator.handlers.common import SETTINGS
+from keras_operator.handlers.common import Current
 from keras_operator.runtime import kube, metrics
+from keras_operator.runtime.settings import Settings
 from keras_operator.runtime.workqueue import WorkQueue
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -158,7 +159,7 @@ async def _reconcile(key: Hashable) -> None:
     if view is None:  # deleted: its Job and pods go with it (owner references)
         STATE.forget(key)
         return
-    outcome, job = await training_controller.reconcile(view, SETTINGS)
+    outcome, job = await training_controller.reconcile(view, Current.settings)
     if job is not None and view.job is None:
         STATE.created[key] = job
     await _write(key, view.resource, outcome)
@@ -217,11 +218,12 @@ async def pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> Non
     )
 
 
-def report_pushed(key: Key, report: EpochReport) -> None:
-    """A trainer's push (already authenticated): keep the newest epoch, refresh the status."""
+def report_pushed(key: Key, report: EpochReport, newer_only: bool = False) -> None:
+    """A trainer's push (already authenticated): keep the newest epoch (a resent one replaces its twin,
+    `newer_only` does not), refresh the status."""
     STATE.pushed.add(key)
     old = STATE.reports.get(key)
-    if old is None or report.epoch >= old.epoch:
+    if old is None or report.epoch > old.epoch or (report.epoch == old.epoch and not newer_only):
         STATE.reports[key] = report
         QUEUE.enqueue(key)
 
@@ -234,10 +236,13 @@ async def read_logs_of_silent_trainings() -> None:
     old trainer image), its epochs still reach the status from its log: one log read every sync_interval
     for each training running for progress_fallback_after seconds without a push; none for the others."""
     while True:
-        await asyncio.sleep(SETTINGS.sync_interval)
+        await asyncio.sleep(Current.settings.sync_interval)
         now = time.monotonic()
         for key, pod in STATE.running():
-            if key in STATE.pushed or now - STATE.silent_since.setdefault(key, now) < SETTINGS.progress_fallback_after:
+            if (
+                key in STATE.pushed
+                or now - STATE.silent_since.setdefault(key, now) < Current.settings.progress_fallback_after
+            ):
                 continue
             report = last_epoch(await kube.pod_log_tail(key[0], pod) or "")
             old = STATE.reports.get(key)
@@ -248,6 +253,7 @@ async def read_logs_of_silent_trainings() -> None:
 
 @kopf.on.startup()
 async def start_log_fallback(**_: Any) -> None:
+    Current.settings = Settings.from_env()
     STATE.clear()
     asyncio.get_running_loop().create_task(read_logs_of_silent_trainings(), name="progress-log-fallback")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from keras_operator.handlers import serving, setup, training  # noqa: F401  (importing registers the handlers)
+from keras_operator.handlers import progress, serving, setup, training  # noqa: F401  (importing registers the handlers)
 from keras_operator.runtime.settings import Settings
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from keras_operator import __version__
 
@@ -53,6 +55,10 @@ class Settings:
     lease_seconds: float = 15.0
     """How long a Lease holds without renewal: the longest gap before another replica takes over."""
 
+    def progress_ca(self) -> str | None:
+        """The CA certificate trainers trust for the progress endpoint (PEM), when it serves HTTPS."""
+        return _read_text(self.progress_cert_dir, "ca.crt") if self.progress_cert_dir else None
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -76,3 +82,9 @@ class Settings:
             identity=env.get("KERAS_OPERATOR_POD_NAME") or socket.gethostname(),
             lease_seconds=float(env.get("KERAS_OPERATOR_LEASE_SECONDS", "15")),
         )
+
+
+@functools.lru_cache(maxsize=4)
+def _read_text(folder: str, name: str) -> str | None:
+    path = Path(folder) / name
+    return path.read_text() if path.exists() else None

@@ -1,0 +1,116 @@
+"""The endpoint trainers push their progress to: POST /v1/namespaces/NS/kerastrainingjobs/NAME/progress.
+
+HTTPS when the operator has a certificate (KERAS_OPERATOR_PROGRESS_CERT_DIR), plain HTTP otherwise.
+Every answer is JSON; every refusal says why: 401 without a valid token, 403 when the token's pod is
+not one of this resource's pods, 400 for a body that is not a report, 503 while the operator starts.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import kopf
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from keras_operator.api.report import EpochReport, TrainingResult
+from keras_operator.controllers.progress import Authenticator, may_report
+from keras_operator.handlers.training import STATE, report_pushed
+from keras_operator.runtime.settings import Settings
+
+MAX_BODY = 64 * 1024  # an epoch report is a few hundred bytes
+AUTHENTICATOR = Authenticator()
+log = structlog.get_logger("keras_operator.progress")
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+def _report(body: Any) -> tuple[EpochReport, bool]:
+    """An epoch report or a final result, as the trainer sends them (both end up as the latest epoch).
+    -> (report, whether it is only a result: its epoch adds nothing to the same epoch's own report)"""
+    if not isinstance(body, dict) or body.get("type") not in ("epoch", "result"):
+        raise ValueError('the body must be a JSON object with "type": "epoch" or "result"')
+    fields = {k: v for k, v in body.items() if k != "type"}
+    if body["type"] == "epoch":
+        return EpochReport.model_validate(fields), False
+    result = TrainingResult.model_validate(fields)
+    return EpochReport(epoch=result.epoch, epochs=result.epochs, metrics=result.metrics or {}), True
+
+
+async def receive(request: web.Request) -> web.Response:
+    namespace, name = request.match_info["namespace"], request.match_info["name"]
+    scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return _error(401, "a bearer token is required", **{"WWW-Authenticate": "Bearer"})
+    if STATE.indexes is None:
+        return _error(503, "the operator is starting", **{"Retry-After": "5"})
+    try:
+        identity = await AUTHENTICATOR.identify(token.strip())
+    except kopf.TemporaryError as exc:  # the API server cannot review tokens right now
+        return _error(503, f"cannot check the token now: {exc}", **{"Retry-After": "5"})
+    if identity is None:
+        return _error(401, "the token is not valid for this endpoint", **{"WWW-Authenticate": "Bearer"})
+    _, _, pods = STATE.indexes
+    if not may_report(identity, namespace, list(pods.get((namespace, name), []))):
+        log.warning(
+            "progress_refused", namespace=namespace, name=name, pod=identity.pod, pod_namespace=identity.namespace
+        )
+        return _error(
+            403, f"pod {identity.namespace}/{identity.pod} is not a pod of KerasTrainingJob {namespace}/{name}"
+        )
+    try:
+        report, final = _report(json.loads(await request.read()))
+    except (ValueError, ValidationError) as exc:
+        return _error(400, f"not a progress report: {str(exc).splitlines()[0]}")
+    report_pushed((namespace, name), report, newer_only=final)
+    return web.json_response({}, status=202)
+
+
+def _ssl_context(cert_dir: str | None) -> ssl.SSLContext | None:
+    if not cert_dir:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(Path(cert_dir) / "tls.crt", Path(cert_dir) / "tls.key")
+    return context
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Errors of the HTTP layer itself (unknown path, wrong method, body too large) in JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return _error(exc.status, exc.reason)
+
+
+RUNNER: web.AppRunner | None = None
+
+
+@kopf.on.startup()
+async def start_progress_endpoint(**_: Any) -> None:
+    global RUNNER
+    settings = Settings.from_env()
+    if not settings.progress_port:
+        return
+    AUTHENTICATOR.clear()
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_json_errors])
+    app.router.add_post("/v1/namespaces/{namespace}/kerastrainingjobs/{name}/progress", receive)
+    RUNNER = web.AppRunner(app, access_log=None)
+    await RUNNER.setup()
+    context = _ssl_context(settings.progress_cert_dir)
+    await web.TCPSite(RUNNER, "0.0.0.0", settings.progress_port, ssl_context=context).start()
+    log.info("progress_endpoint_started", port=settings.progress_port, tls=context is not None)
+
+
+@kopf.on.cleanup()
+async def stop_progress_endpoint(**_: Any) -> None:
+    global RUNNER
+    if RUNNER is not None:
+        await RUNNER.cleanup()
+        RUNNER = None

@@ -1,0 +1,130 @@
+"""Progress pushed by the trainers to the operator's endpoint, authenticated by pod-bound tokens."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from cluster.harness import KTJ, PODS, Cluster, operator
+from cluster.kubelet import free_port
+from helpers.jobs import tiny_job
+
+pytestmark = pytest.mark.e2e
+AUDIENCE = "kerasoperator.dev/progress"
+
+
+@pytest.fixture
+def endpoint(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> str:
+    port = free_port()
+    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_PORT", str(port))
+    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_FALLBACK_AFTER", "3600")  # the log is never the way here
+    return f"http://127.0.0.1:{port}"
+
+
+def slow_job(name: str, epochs: int = 6) -> dict:
+    return tiny_job(
+        name,
+        output={"uri": f"pvc://models/{name}"},
+        training__epochs=epochs,
+        training__batchSize=16,
+        data__train={"synthetic": {"samples": 12000, "inputShape": [8], "classes": 3}},
+    )
+
+
+def post(url: str, token: str | None, body: dict) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def status(cluster: Cluster, name: str) -> dict:
+    return cluster.ktj(name).get("status") or {}
+
+
+def pod_of(cluster: Cluster, name: str) -> dict:
+    pods = [p for p in cluster.list(PODS) if p["metadata"]["labels"].get("kerasoperator.dev/training-job") == name]
+    assert len(pods) == 1, pods
+    return pods[0]
+
+
+def test_progress_is_pushed_and_no_log_is_read(cluster: Cluster, endpoint: str) -> None:
+    assert cluster.emulator is not None
+    emulator = cluster.emulator
+    with operator(cluster):
+        cluster.create(KTJ, slow_job("pushed"))
+        cluster.wait_for(lambda: status(cluster, "pushed").get("phase") == "Succeeded", 180, "Succeeded")
+    final = status(cluster, "pushed")
+    seen = [
+        (v.get("status") or {}).get("progress")
+        for v in emulator.objects[KTJ, "default", "pushed"].history
+        if v is not None and (v.get("status") or {}).get("phase") == "Running"
+    ]
+    running = [p for p in seen if p]
+    assert len({p["epoch"] for p in running}) >= 3, f"too few epochs reached the status while it ran: {running}"
+    assert all(0 <= p["percent"] <= 100 and p["samplesPerSecond"] > 0 for p in running), running
+    assert any("secondsRemaining" in p for p in running)
+    assert final["progress"]["percent"] == 100
+    assert emulator.log_reads == 0, "progress came from pod logs, not from the trainer's pushes"
+    job = cluster.get(*_job("pushed"))
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KERAS_OPERATOR_PROGRESS_URL"] == f"{endpoint}/v1/namespaces/default/kerastrainingjobs/pushed/progress"
+    token_volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "progress-token")
+    assert token_volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == AUDIENCE
+
+
+def _job(name: str) -> tuple:
+    from cluster.harness import JOBS
+
+    return JOBS, f"{name}-train"
+
+
+def test_only_a_pod_of_the_resource_may_report(cluster: Cluster, endpoint: str) -> None:
+    """Forged, expired, wrong-audience and other-resource tokens change nothing; the real pod's works."""
+    assert cluster.emulator is not None
+    emulator = cluster.emulator
+    with operator(cluster):
+        cluster.create(KTJ, slow_job("mine", epochs=40))
+        cluster.create(KTJ, slow_job("other", epochs=40))
+        for name in ("mine", "other"):
+            cluster.wait_for(lambda n=name: status(cluster, n).get("progress"), 120, f"{name}'s first epoch")
+        mine, other = pod_of(cluster, "mine"), pod_of(cluster, "other")
+        url = f"{endpoint}/v1/namespaces/default/kerastrainingjobs/mine/progress"
+        fake = {"type": "epoch", "epoch": 39, "epochs": 40, "metrics": {"loss": 0.0}}
+        uid = mine["metadata"]["uid"]
+
+        expired = emulator.mint_token("default", mine["metadata"]["name"], uid, AUDIENCE)
+        emulator.expire_token(expired)
+        attempts = {
+            "no token": (None, 401),
+            "not a token": ("garbage", 401),
+            "forged": (emulator.forge_token("default", mine["metadata"]["name"], uid, AUDIENCE), 401),
+            "expired": (expired, 401),
+            "for the API server": (emulator.mint_token("default", mine["metadata"]["name"], uid), 401),
+            "another resource's pod": (cluster.pod_tokens(other["metadata"]["name"])[0], 403),
+            # bound to a pod that does not exist there: the API server itself refuses it
+            "a pod that does not exist": (emulator.mint_token("team-b", mine["metadata"]["name"], uid, AUDIENCE), 401),
+        }
+        for what, (token, code) in attempts.items():
+            got, body = post(url, token, fake)
+            assert got == code, (what, got, body)
+            assert body.get("error"), (what, body)
+        own = cluster.pod_tokens(mine["metadata"]["name"])[0]
+        assert post(url, own, {"type": "epoch", "epoch": "x"})[0] == 400
+        assert post(url, own, ["not", "a", "report"])[0] == 400
+        assert status(cluster, "mine")["progress"]["epoch"] < 39, "a refused report reached the status"
+        # The pod's own token is accepted (a report from the future shows, to prove the path).
+        code, _ = post(url, own, fake)
+        assert code == 202
+        cluster.wait_for(lambda: status(cluster, "mine")["progress"]["epoch"] >= 39, 30, "the accepted report")
+        assert status(cluster, "other")["progress"]["epoch"] < 39
