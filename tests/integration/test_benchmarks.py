@@ -27,15 +27,33 @@ def run_bench(script: str, name: str, out: Path, *args: str, timeout: float = 60
 
 
 def test_operator_benchmark_runs(tmp_path: Path) -> None:
-    data = run_bench("operator_load.py", "operator", tmp_path, "--counts", "3", "--repeats", "1")
+    data = run_bench(
+        "operator_load.py",
+        "operator",
+        tmp_path,
+        *("--counts", "3", "--repeats", "1"),
+        *("--running", "3", "--epochs", "3", "--quiet", "2"),
+    )
     for which in ("keras-operator", "baseline"):
         (run,) = data["runs"][which]["3"]
         assert run["count"] == 3
         assert run["p50_ms"] > 0
         assert run["peak_rss_mb"] > 10
         assert run["requests"]["method.POST jobs"] == 4  # the warm-up resource and three more
-    assert data["runs"]["keras-operator"]["3"][0]["requests"]["method.POST configmaps"] == 4
+        assert run["operator_requests"]["method.POST jobs"] == 4  # told apart from the benchmark's by User-Agent
     assert data["summary"]["3"]["throughput_ratio"] > 0
+
+    # Three trainings running at once, three epochs pushed each: the plumbing, not the timings.
+    running = json.loads((tmp_path / "results" / "fleet.json").read_text())["running"]
+    assert "<!-- results:fleet -->" in (tmp_path / "README.md").read_text()
+    assert running["pushes"] == 9
+    assert running["landed_pushes"] == 9  # every epoch reached the status
+    assert running["missing"] == 0
+    assert running["latency_p50_ms"] > 0
+    assert 1 <= running["token_reviews"] <= 3  # one per pod token, then the cache
+    assert running["token_reviews_after_first_round"] == 0
+    assert running["status_patches"] >= 3
+    assert running["quiet_seconds"] >= 2
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (scripts/setup.sh installs it)")
