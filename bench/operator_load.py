@@ -49,6 +49,7 @@ JOBS_WATCH = "/apis/batch/v1/jobs?watch=true"
 CREATE_CONCURRENCY = 8
 TOKEN_REVIEWS = "method.POST tokenreviews"
 STATUS_PATCHES = "method.PATCH kerastrainingjobs/status"
+WHAT_IF = "keras-operator, suggested fixes patched in"  # bench/what_if_operator.py
 
 
 def training_job(name: str, epochs: int | None = None) -> dict[str, Any]:
@@ -130,13 +131,12 @@ def cluster(
             "KERAS_OPERATOR_PROGRESS_PORT": str(progress_port),
             "KERAS_OPERATOR_PROGRESS_URL": progress_url,
         }
-        cmd = (
-            [str(BIN / "keras-operator")]
-            if which == "keras-operator"
-            else [str(BIN / "kopf"), "run", "--standalone", "--all-namespaces", str(HERE / "baseline_operator.py")]
-        )
-        if which == "keras-operator":  # e.g. a profiler: bench/profile_operator.py
-            cmd = [*os.environ.get("BENCH_OPERATOR_WRAPPER", "").split(), *cmd]
+        if which == "baseline":
+            cmd = [str(BIN / "kopf"), "run", "--standalone", "--all-namespaces", str(HERE / "baseline_operator.py")]
+        elif which == WHAT_IF:
+            cmd = [sys.executable, str(HERE / "what_if_operator.py")]
+        else:  # ours, possibly wrapped, e.g. in a profiler: bench/profile_operator.py
+            cmd = [*os.environ.get("BENCH_OPERATOR_WRAPPER", "").split(), str(BIN / "keras-operator")]
         # The operator does not exit after SIGINT at the moment (bench/README.md: "Operator issues found"):
         # its cleanup handlers have run within milliseconds; it is killed after a while.
         with process(cmd, env, log=logs / f"{tag}.log", stop_timeout=10) as op:
@@ -362,12 +362,15 @@ async def run_fleet(
     return {"trainings": trainings, "epochs": epochs, "sends": sends, "rejected": dict(rejected)}
 
 
-def run_running(trainings: int, epochs: int, interval: float, quiet: float, logs: Path) -> dict[str, Any]:
-    pods_file = logs / f"running-{trainings}-pods.jsonl"
+def run_running(
+    trainings: int, epochs: int, interval: float, quiet: float, logs: Path, which: str = "keras-operator"
+) -> dict[str, Any]:
+    tag = f"running-{trainings}" + ("-what-if" if which == WHAT_IF else "")
+    pods_file = logs / f"{tag}-pods.jsonl"
     marks: dict[str, float] = {}
     cpu: dict[str, float] = {}
     load: dict[str, float] = {}
-    with cluster("keras-operator", logs, f"running-{trainings}", kubelet=pods_file) as (
+    with cluster(which, logs, tag, kubelet=pods_file) as (
         url,
         api,
         op,
@@ -444,19 +447,25 @@ def run_running(trainings: int, epochs: int, interval: float, quiet: float, logs
 
 def create_markdown(
     runs: dict[str, dict[int, list[dict[str, Any]]]], counts: list[int], repeats: int
-) -> tuple[str, dict[int, dict[str, float]]]:
+) -> tuple[str, dict[int, dict[str, Any]]]:
+    operators = list(runs)  # the baseline first
+
     def med(which: str, count: int, key: str) -> float:
         return median([r[key] for r in runs[which][count]])
 
     rows, summary = [], {}
     for count in counts:
-        ratio = med("keras-operator", count, "per_second") / med("baseline", count, "per_second")
+        ratios = {w: med(w, count, "per_second") / med("baseline", count, "per_second") for w in operators}
         summary[count] = {
-            "throughput_ratio": ratio,
+            "throughput_ratio": ratios["keras-operator"],
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["keras-operator"][count]),
             "baseline_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["baseline"][count]),
+            "operators": {
+                w: {"throughput_ratio": ratios[w], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[w][count])}
+                for w in operators
+            },
         }
-        for which in ("baseline", "keras-operator"):
+        for which in operators:
             rows.append(
                 [
                     which,
@@ -469,7 +478,7 @@ def create_markdown(
                     med(which, count, "requests_per_resource"),
                     1000 * med(which, count, "operator_cpu_s") / count,
                     1000 * med(which, count, "api_cpu_s") / count,
-                    f"{ratio:.2f}" if which == "keras-operator" else "1.00",
+                    f"{ratios[which]:.2f}",
                 ]
             )
     main = table(
@@ -489,7 +498,7 @@ def create_markdown(
         rows,
     )
     # Requests per resource by verb and resource (median over runs; watches are long-lived, left out).
-    columns = [(which, count) for count in counts for which in ("baseline", "keras-operator")]
+    columns = [(which, count) for count in counts for which in operators]
     found = {k for which, count in columns for r in runs[which][count] for k in r["operator_requests"]}
     keys = sorted(k for k in found if " watch " not in k)
     verb_rows = []
@@ -517,41 +526,50 @@ def create_markdown(
     return text, summary
 
 
-def running_markdown(result: dict[str, Any]) -> str:
-    n = result["trainings"]
+def running_rows(result: dict[str, Any]) -> list[tuple[str, Any]]:
     stale = f"{result['stale_status_writes']} ({result['backwards_status_writes']})"
     load = result["load_average"]
-    rows = [
-        ["trainings running at once", n],
-        ["epochs pushed per training (one a second)", result["epochs"]],
-        ["pushes", result["pushes"]],
-        ["pushes refused and retried (by HTTP status)", json.dumps(result["rejected"]) if result["rejected"] else 0],
-        ["pushes whose epoch never showed in the status", result["missing"]],
-        ["push → status shows the epoch, p50 ms", result["latency_p50_ms"]],
-        ["push → status shows the epoch, p90 ms", result["latency_p90_ms"]],
-        ["push → status shows the epoch, p99 ms", result["latency_p99_ms"]],
-        ["push → status shows the epoch, max ms", result["latency_max_ms"]],
-        ["status PATCHes per epoch pushed", f"{result['status_patches_per_epoch']:.3f}"],
-        ["status PATCHes that showed no newer epoch (of which older)", stale],
-        ["TokenReviews (all pushes)", result["token_reviews"]],
-        ["TokenReviews after every trainer's first push", result["token_reviews_after_first_round"]],
-        ["API requests per epoch pushed (all kinds)", f"{result['requests_per_epoch']:.3f}"],
-        ["operator CPU ms per push (push, reconcile, PATCH, watch event)", result["operator_cpu_ms_per_push"]],
-        ["emulated API CPU ms per push", result["api_cpu_ms_per_push"]],
-        [f"quiet window: operator requests in {result['quiet_seconds']:.0f} s", sum(result["quiet_requests"].values())],
-        ["quiet window: of which watches (re)opened (not per training)", result["quiet_watch_requests"]],
-        [
+    rejected = json.dumps(result["rejected"]) if result["rejected"] else 0
+    return [
+        ("trainings running at once", result["trainings"]),
+        ("epochs pushed per training (one a second)", result["epochs"]),
+        ("pushes", result["pushes"]),
+        ("pushes refused and retried (by HTTP status)", rejected),
+        ("pushes whose epoch never showed in the status", result["missing"]),
+        ("push → status shows the epoch, p50 ms", result["latency_p50_ms"]),
+        ("push → status shows the epoch, p90 ms", result["latency_p90_ms"]),
+        ("push → status shows the epoch, p99 ms", result["latency_p99_ms"]),
+        ("push → status shows the epoch, max ms", result["latency_max_ms"]),
+        ("status PATCHes per epoch pushed", f"{result['status_patches_per_epoch']:.3f}"),
+        ("status PATCHes that showed no newer epoch (of which older)", stale),
+        ("TokenReviews (all pushes)", result["token_reviews"]),
+        ("TokenReviews after every trainer's first push", result["token_reviews_after_first_round"]),
+        ("API requests per epoch pushed (all kinds)", f"{result['requests_per_epoch']:.3f}"),
+        ("operator CPU ms per push (push, reconcile, PATCH, watch event)", result["operator_cpu_ms_per_push"]),
+        ("emulated API CPU ms per push", result["api_cpu_ms_per_push"]),
+        ("quiet window: seconds", result["quiet_seconds"]),
+        ("quiet window: operator requests", sum(result["quiet_requests"].values())),
+        ("quiet window: of which watches (re)opened (not per training)", result["quiet_watch_requests"]),
+        (
             "quiet window: other requests per running training per minute",
             f"{result['quiet_other_requests_per_training_minute']:.3f}",
-        ],
-        ["quiet window: operator CPU %", result["operator_cpu_quiet_percent"]],
-        ["operator peak RSS MB", result["peak_rss_mb"]],
-        [
+        ),
+        ("quiet window: operator CPU %", result["operator_cpu_quiet_percent"]),
+        ("operator peak RSS MB", result["peak_rss_mb"]),
+        (
             "machine load average (1 min) at push start / quiet start / end",
             f"{load['push_start']:.1f} / {load['quiet_start']:.1f} / {load['quiet_end']:.1f}",
-        ],
+        ),
     ]
-    return "\n".join([f"{n} trainings running at once, one run:", "", table(["measure", "value"], rows)])
+
+
+def running_markdown(results: dict[str, list[dict[str, Any]]]) -> str:
+    columns = [(which, i, r) for which, runs in results.items() for i, r in enumerate(runs)]
+    header = ["measure", *(f"{which} #{i + 1}" for which, i, _ in columns)]
+    per_run = [running_rows(r) for _, _, r in columns]
+    rows = [[label, *(rows[k][1] for rows in per_run)] for k, (label, _) in enumerate(per_run[0])]
+    n = columns[0][2]["trainings"]
+    return "\n".join([f"{n} trainings running at once, one column per run:", "", table(header, rows)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -564,6 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30, help="epochs each running training pushes")
     parser.add_argument("--epoch-seconds", type=float, default=1.0, help="seconds between a trainer's pushes")
     parser.add_argument("--quiet", type=float, default=60, help="seconds without pushes, requests counted")
+    parser.add_argument("--running-repeats", type=int, default=1, help="runs of the running part")
+    parser.add_argument(
+        "--what-if", action="store_true", help="also run bench/what_if_operator.py (the suggested fixes patched in)"
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="where results/ and README.md are written")
     args = parser.parse_args(argv)
     logs = args.out / "results" / "logs"
@@ -571,10 +593,11 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
 
     if "create" in args.parts:
-        runs: dict[str, dict[int, list[dict[str, Any]]]] = {"keras-operator": {}, "baseline": {}}
+        operators = ["baseline", "keras-operator", *([WHAT_IF] if args.what_if else [])]
+        runs: dict[str, dict[int, list[dict[str, Any]]]] = {which: {} for which in operators}
         for count in args.counts:
             for repeat in range(args.repeats):
-                for which in ("baseline", "keras-operator"):  # alternate, so drift hits both alike
+                for which in operators:  # alternate, so drift hits all alike
                     result = run_once(which, count, args.timeout, logs)
                     runs[which].setdefault(count, []).append(result)
                     brief = {k: v for k, v in result.items() if k not in ("requests", "operator_requests")}
@@ -588,13 +611,19 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     if "running" in args.parts:
-        result = run_running(args.running, args.epochs, args.epoch_seconds, args.quiet, logs)
-        brief = {k: v for k, v in result.items() if k not in ("push_requests", "setup")}
-        print(f"running n={args.running}: {brief}", flush=True)
+        results: dict[str, list[dict[str, Any]]] = {"keras-operator": []}
+        if args.what_if:
+            results[WHAT_IF] = []
+        for repeat in range(args.running_repeats):
+            for which in results:
+                result = run_running(args.running, args.epochs, args.epoch_seconds, args.quiet, logs, which)
+                results[which].append(result)
+                brief = {k: v for k, v in result.items() if k not in ("push_requests", "setup")}
+                print(f"{which} running n={args.running} #{repeat + 1}: {brief}", flush=True)
         publish(
             "fleet",
-            {"machine": info, "running": result},
-            f"{machine_line(info)}.\n\n{running_markdown(result)}",
+            {"machine": info, "running": results["keras-operator"][0], "runs": results},
+            f"{machine_line(info)}.\n\n{running_markdown(results)}",
             args.out,
         )
     return 0
