@@ -21,3 +21,16 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture
+def progress_endpoint(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The operator serves the progress endpoint on a free port and its trainers push there; the pod log is
+    never read instead (the fallback waits an hour)."""
+    from cluster.kubelet import free_port
+
+    port = free_port()
+    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_PORT", str(port))
+    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_FALLBACK_AFTER", "3600")
+    return f"http://127.0.0.1:{port}"

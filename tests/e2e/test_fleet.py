@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from test_training_e2e import phase
 
 from cluster.harness import JOBS, KTJ, Cluster, operator
-from cluster.kubelet import free_port
-from helpers.jobs import tiny_job
+from helpers.jobs import synthetic_job
 
 pytestmark = pytest.mark.e2e
 
 
-def small(name: str, epochs: int) -> dict:
-    return tiny_job(
-        name,
-        output={"uri": f"pvc://models/{name}"},
-        training__epochs=epochs,
-        training__batchSize=16,
-        data__train={"synthetic": {"samples": 1600, "inputShape": [8], "classes": 3}},
-    )
-
-
-def phase(cluster: Cluster, name: str) -> str | None:
-    return (cluster.ktj(name).get("status") or {}).get("phase")
-
-
-@pytest.fixture
-def pushing(monkeypatch: pytest.MonkeyPatch) -> None:
-    port = free_port()
-    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_PORT", str(port))
-    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_FALLBACK_AFTER", "3600")
-
-
 @pytest.mark.timeout(900)
-@pytest.mark.usefixtures("pushing")
+@pytest.mark.usefixtures("progress_endpoint")
 def test_operator_restart_while_20_trainings_push(cluster: Cluster) -> None:
     """Pushes sent while the operator is down are retried by the trainers; results still arrive through
     the termination message; nothing is created twice."""
@@ -42,7 +20,7 @@ def test_operator_restart_while_20_trainings_push(cluster: Cluster) -> None:
     assert cluster.controller is not None
     with operator(cluster):
         for name in names:
-            cluster.create(KTJ, small(name, epochs=8))
+            cluster.create(KTJ, synthetic_job(name, epochs=8, samples=1600, batch_size=16))
         cluster.wait_for(
             lambda: sum(bool((cluster.ktj(n).get("status") or {}).get("progress")) for n in names) >= 5,
             300,
@@ -65,7 +43,7 @@ def test_dropped_watches_are_resumed(cluster: Cluster) -> None:
     assert cluster.emulator is not None
     emulator = cluster.emulator
     with operator(cluster):
-        cluster.create(KTJ, small("dropped", epochs=30))
+        cluster.create(KTJ, synthetic_job("dropped", epochs=30, samples=1600, batch_size=16))
         cluster.wait_for(lambda: phase(cluster, "dropped") == "Running", 120, "Running")
         starts = sum(emulator.watch_starts.values())
 
@@ -74,7 +52,7 @@ def test_dropped_watches_are_resumed(cluster: Cluster) -> None:
 
         cluster.call(drop())
         cluster.wait_for(lambda: sum(emulator.watch_starts.values()) >= starts + 3, 60, "the watches to resume")
-        cluster.create(KTJ, small("after-drop", epochs=2))  # seen only through a resumed watch
+        cluster.create(KTJ, synthetic_job("after-drop", epochs=2))  # seen only through a resumed watch
         cluster.call(drop())
         cluster.wait_for(lambda: phase(cluster, "after-drop") == "Succeeded", 180, "the new resource to train")
         cluster.wait_for(lambda: phase(cluster, "dropped") == "Succeeded", 240, "the first to finish")

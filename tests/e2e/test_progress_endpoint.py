@@ -9,30 +9,14 @@ import urllib.request
 import pytest
 
 from cluster.harness import KTJ, PODS, Cluster, operator
-from cluster.kubelet import free_port
-from helpers.jobs import tiny_job
+from helpers.jobs import synthetic_job
 
 pytestmark = pytest.mark.e2e
 AUDIENCE = "kerasoperator.dev/progress"
 
 
-@pytest.fixture
-def endpoint(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> str:
-    port = free_port()
-    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_PORT", str(port))
-    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_FALLBACK_AFTER", "3600")  # the log is never the way here
-    return f"http://127.0.0.1:{port}"
-
-
 def slow_job(name: str, epochs: int = 6) -> dict:
-    return tiny_job(
-        name,
-        output={"uri": f"pvc://models/{name}"},
-        training__epochs=epochs,
-        training__batchSize=16,
-        data__train={"synthetic": {"samples": 12000, "inputShape": [8], "classes": 3}},
-    )
+    return synthetic_job(name, epochs, samples=12000, batch_size=16)
 
 
 def post(url: str, token: str | None, body: dict) -> tuple[int, dict]:
@@ -57,7 +41,7 @@ def pod_of(cluster: Cluster, name: str) -> dict:
     return pods[0]
 
 
-def test_progress_is_pushed_and_no_log_is_read(cluster: Cluster, endpoint: str) -> None:
+def test_progress_is_pushed_and_no_log_is_read(cluster: Cluster, progress_endpoint: str) -> None:
     assert cluster.emulator is not None
     emulator = cluster.emulator
     with operator(cluster):
@@ -78,7 +62,10 @@ def test_progress_is_pushed_and_no_log_is_read(cluster: Cluster, endpoint: str) 
     job = cluster.get(*_job("pushed"))
     container = job["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["KERAS_OPERATOR_PROGRESS_URL"] == f"{endpoint}/v1/namespaces/default/kerastrainingjobs/pushed/progress"
+    assert (
+        env["KERAS_OPERATOR_PROGRESS_URL"]
+        == f"{progress_endpoint}/v1/namespaces/default/kerastrainingjobs/pushed/progress"
+    )
     token_volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "progress-token")
     assert token_volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == AUDIENCE
 
@@ -89,7 +76,7 @@ def _job(name: str) -> tuple:
     return JOBS, f"{name}-train"
 
 
-def test_only_a_pod_of_the_resource_may_report(cluster: Cluster, endpoint: str) -> None:
+def test_only_a_pod_of_the_resource_may_report(cluster: Cluster, progress_endpoint: str) -> None:
     """Forged, expired, wrong-audience and other-resource tokens change nothing; the real pod's works."""
     assert cluster.emulator is not None
     emulator = cluster.emulator
@@ -99,7 +86,7 @@ def test_only_a_pod_of_the_resource_may_report(cluster: Cluster, endpoint: str) 
         for name in ("mine", "other"):
             cluster.wait_for(lambda n=name: status(cluster, n).get("progress"), 120, f"{name}'s first epoch")
         mine, other = pod_of(cluster, "mine"), pod_of(cluster, "other")
-        url = f"{endpoint}/v1/namespaces/default/kerastrainingjobs/mine/progress"
+        url = f"{progress_endpoint}/v1/namespaces/default/kerastrainingjobs/mine/progress"
         fake = {"type": "epoch", "epoch": 39, "epochs": 40, "metrics": {"loss": 0.0}}
         uid = mine["metadata"]["uid"]
 

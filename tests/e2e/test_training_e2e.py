@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cluster.harness import CONFIGMAPS, JOBS, KTJ, PODS, Cluster, operator
-from helpers.jobs import tiny_job
+from helpers.jobs import synthetic_job, tiny_job
 from helpers.manifests import validate_k8s
 
 pytestmark = pytest.mark.e2e
@@ -16,12 +16,7 @@ pytestmark = pytest.mark.e2e
 
 def long_job(name: str, epochs: int) -> dict:
     """A training long enough to be caught while it runs."""
-    return tiny_job(
-        name,
-        output={"uri": f"pvc://models/{name}"},
-        training__epochs=epochs,
-        data__train={"synthetic": {"samples": 3000, "inputShape": [8], "classes": 3}},
-    )
+    return synthetic_job(name, epochs)
 
 
 def finished(progress: dict) -> dict:

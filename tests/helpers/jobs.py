@@ -33,3 +33,15 @@ def tiny_job(name: str = "tiny", **spec: Any) -> dict[str, Any]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
     return doc
+
+
+def synthetic_job(name: str, epochs: int, samples: int = 3000, batch_size: int = 32) -> dict[str, Any]:
+    """A training of `epochs` over `samples` random examples, writing to pvc://models/NAME: the more
+    samples and the smaller the batch, the longer each epoch (to be caught while it runs)."""
+    return tiny_job(
+        name,
+        output={"uri": f"pvc://models/{name}"},
+        training__epochs=epochs,
+        training__batchSize=batch_size,
+        data__train={"synthetic": {"samples": samples, "inputShape": [8], "classes": 3}},
+    )

@@ -10,7 +10,15 @@ import pytest
 from helpers.manifests import ROOT
 from keras_operator import cli
 
-ORDER = ["digits.yaml", "fine-tune.yaml", "tabular-csv.yaml", "cnn-images.yaml", "gpu.yaml", "kueue.yaml"]
+ORDER = [
+    "digits.yaml",
+    "fine-tune.yaml",
+    "tabular-csv.yaml",
+    "cnn-images.yaml",
+    "gpu.yaml",
+    "multi-gpu.yaml",
+    "kueue.yaml",
+]
 # Examples that need more than this machine; each runs elsewhere, against a stand-in.
 ELSEWHERE = {"s3-training.yaml": "needs an S3 endpoint: test_object_storage.py runs it against moto's S3 server"}
 
@@ -34,6 +42,7 @@ def test_examples_train_locally(
         status = json.loads(out)["status"]
         assert status["phase"] == "Succeeded"
         accuracy[name] = status["metrics"]["accuracy"]
+        assert status["devices"] == 1  # no GPU here: the 4-GPU example trains on the one CPU
     assert (tmp_path / "pvc" / "models" / "digits-cnn" / "savedmodel" / "saved_model.pb").exists()
     assert accuracy["digits.yaml"] > 0.9  # 20 epochs on real digits, not random
     assert accuracy["fine-tune.yaml"] > 0.9  # starts from the trained weights

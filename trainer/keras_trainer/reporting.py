@@ -54,6 +54,7 @@ class PodReporter:
             metrics=report.metrics,
             seconds=report.seconds,
             samples_per_second=report.samples_per_second,
+            devices=report.devices,
         )
         if self.pusher is not None:
             self.pusher.epoch(report)

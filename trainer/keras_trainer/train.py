@@ -21,7 +21,7 @@ from keras_operator.api.training import (
     OutputSpec,
 )
 from keras_trainer import data as data_mod
-from keras_trainer import models, storage
+from keras_trainer import distribute, models, storage
 from keras_trainer.errors import SpecError, first_line
 from keras_trainer.reporting import Reporter
 
@@ -30,10 +30,17 @@ class _Progress(keras.callbacks.Callback):
     """Bridges Keras callbacks to a Reporter and remembers the latest epoch for the final result."""
 
     def __init__(
-        self, reporter: Reporter, epochs: int, steps: int | None, samples: int | None, on_epoch: Any = None
+        self,
+        reporter: Reporter,
+        epochs: int,
+        steps: int | None,
+        samples: int | None,
+        devices: int,
+        on_epoch: Any = None,
     ) -> None:
         super().__init__()
         self.reporter, self.epochs, self.steps, self.on_epoch = reporter, epochs, steps, on_epoch
+        self.devices = devices
         self.samples = samples  # training examples per epoch, when known (arrays; not a tf.data stream)
         self.last: EpochReport | None = None
         self._started = time.monotonic()
@@ -56,6 +63,7 @@ class _Progress(keras.callbacks.Callback):
             metrics=clean_metrics(logs or {}),
             seconds=round(seconds, 3),
             samples_per_second=round(self.samples / seconds, 1) if self.samples and seconds > 0 else None,
+            devices=self.devices,
         )
         if self.on_epoch is not None:
             self.on_epoch()
@@ -137,9 +145,13 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
             "works with npz, csv, synthetic and keras data; give spec.data.validation for tfrecord and images",
         )
 
-    model = models.build(spec.model, mixed_precision=training.mixed_precision)
-    _check_shapes(model, train)
-    model.compile(optimizer=models.optimizer(training), loss=models.loss(training), metrics=models.metrics(training))
+    placement = distribute.place(spec.backend)
+    with placement.scope():  # the model and its optimizer live on every device the pod was given
+        model = models.build(spec.model, mixed_precision=training.mixed_precision)
+        _check_shapes(model, train)
+        model.compile(
+            optimizer=models.optimizer(training), loss=models.loss(training), metrics=models.metrics(training)
+        )
 
     workspace = Workspace(output_uri)
     callbacks: list[keras.callbacks.Callback] = []
@@ -168,7 +180,12 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
     samples = _samples_per_epoch(train, spec.data.validation_split)
     steps = int(np.ceil(samples / training.batch_size)) if samples is not None else None
     progress = _Progress(
-        reporter, training.epochs, steps, samples, on_epoch=lambda: [workspace.push(p) for p in pushed]
+        reporter,
+        training.epochs,
+        steps,
+        samples,
+        devices=len(placement.devices),
+        on_epoch=lambda: [workspace.push(p) for p in pushed],
     )
     callbacks.append(progress)
 
@@ -203,6 +220,7 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
         epochs=training.epochs,
         metrics=metrics,
         model_uri=model_uri,
+        devices=len(placement.devices),
     )
 
 

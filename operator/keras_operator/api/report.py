@@ -45,6 +45,8 @@ class EpochReport(ApiModel):
     """Wall time of this epoch."""
     samples_per_second: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     """Training examples per second in this epoch."""
+    devices: Annotated[int, Field(ge=1)] | None = None
+    """Devices that trained (each batch is split between them)."""
 
     def progress(self) -> dict[str, Any]:
         """status.progress for this report: epochs, percent, throughput and time remaining."""
@@ -70,6 +72,7 @@ class TrainingResult(ApiModel):
     epochs: int = 0
     metrics: dict[str, float] | None = None
     model_uri: str | None = None
+    devices: int | None = None
 
     def to_termination_message(self) -> str:
         """Serialize within the kubelet's limit, giving up metrics and then message text if needed."""
@@ -88,6 +91,9 @@ class TrainingResult(ApiModel):
         return text
 
 
+LOGGED_FIELDS = ("epoch", "epochs", "metrics", "seconds", "samples_per_second", "devices")
+
+
 def parse_epoch_line(line: str) -> EpochReport | None:
     """An epoch report from one log line, or None for any other line."""
     line = line.strip()
@@ -98,7 +104,11 @@ def parse_epoch_line(line: str) -> EpochReport | None:
         if data.get("event") != EPOCH_EVENT:
             return None
         return EpochReport.model_validate(
-            {k: data[k] for k in ("epoch", "epochs", "metrics", "seconds", "samples_per_second") if k in data}
+            {
+                k: data[k]
+                for k in ("epoch", "epochs", "metrics", "seconds", "samples_per_second", "devices")
+                if k in data
+            }
         )
     except (ValueError, KeyError, TypeError):
         return None

@@ -236,6 +236,17 @@ class RunPolicy(ApiModel):
 class KerasTrainingJobSpec(ApiModel):
     """A Keras training run."""
 
+    rules: ClassVar[tuple[Rule, ...]] = (
+        # Several GPUs in one pod are all used (MirroredStrategy) on TensorFlow; never silently one.
+        Rule(
+            cel="!has(self.resources) || !has(self.resources.gpus) || self.resources.gpus <= 1 "
+            "|| !has(self.backend) || self.backend == 'tensorflow'",
+            message="resources.gpus above 1 needs backend tensorflow (each batch is split over the GPUs); "
+            "the jax and torch backends train on one device in this version",
+            holds=lambda spec: spec.resources.gpus <= 1 or spec.backend == "tensorflow",
+        ),
+    )
+
     backend: Backend = "tensorflow"
     """Keras 3 backend: tensorflow, jax or torch."""
     image: str | None = None
@@ -297,6 +308,8 @@ class KerasTrainingJobStatus(ApiModel):
     """Metrics of the latest finished epoch (loss, accuracy, val_loss, ...)."""
     model_uri: str | None = None
     """Where the trained model was saved."""
+    devices: int | None = None
+    """Devices the training ran on (GPUs of the pod; each batch is split between them)."""
     tensorboard_uri: str | None = None
     """Where the TensorBoard logs are (spec.output.tensorboard): point `tensorboard --logdir` at it."""
     message: str | None = None

@@ -46,6 +46,7 @@ def from_result(result: TrainingResult, previous: dict[str, Any], generation: in
         "progress": _final_progress(result, previous),
         "metrics": result.metrics if result.metrics is not None else previous.get("metrics"),
         "modelUri": result.model_uri,
+        "devices": result.devices or previous.get("devices"),
         "message": result.message,
     }
     if result.phase == "Succeeded":
@@ -168,6 +169,8 @@ def observe(
     )
     if progress:
         status["progress"], status["metrics"] = progress
+    if obs.report is not None and obs.report.devices:
+        status["devices"] = obs.report.devices
     return {**base, **status}
 
 
@@ -187,7 +190,7 @@ def _status(
             previous.get("conditions"), [conditions.condition("Valid", True, "SpecValid"), *updates], generation, now
         ),
     }
-    for kept in ("progress", "metrics"):  # a log that cannot be read right now must not erase them
+    for kept in ("progress", "metrics", "devices"):  # no report right now must not erase them
         if previous.get(kept):
             status[kept] = previous[kept]
     return status

@@ -1,0 +1,83 @@
+"""Every device of a pod trains: a batch is split over the devices, and the result is the one-device result.
+
+Two logical CPU devices stand in for two GPUs (the same MirroredStrategy path); each run is its own
+process, since TensorFlow's devices are fixed once per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from helpers.jobs import tiny_job
+from keras_operator.api.parse import InvalidResource, parse
+
+
+def train(tmp_path: Path, devices: int) -> tuple[dict, list[np.ndarray], str]:
+    doc = tiny_job(
+        "split",
+        training__epochs=3,
+        training__batchSize=32,
+        training__optimizer={"name": "sgd", "learningRate": 0.05},
+        data__shuffle=False,
+        data__train={"synthetic": {"samples": 512, "inputShape": [8], "classes": 3}},
+        output={"checkpoints": False},
+    )
+    run = tmp_path / f"devices-{devices}"
+    run.mkdir()
+    (run / "job.yaml").write_text(yaml.safe_dump(doc))
+    env = {
+        **os.environ,
+        "KERAS_TRAINER_CPU_DEVICES": str(devices),
+        "KERAS_TRAINER_TERMINATION_LOG": str(run / "term"),
+        "KERAS_OPERATOR_LOG_FORMAT": "json",
+    }
+    cmd = [sys.executable, "-m", "keras_trainer", "train", "--config", str(run / "job.yaml"), "--output", str(run)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((run / "term").read_text())
+    weights = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, numpy, keras; m = keras.models.load_model(sys.argv[1]); "
+            "numpy.savez(sys.argv[2], *m.get_weights())",
+            str(run / "model.keras"),
+            str(run / "w.npz"),
+        ],
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert weights.returncode == 0, weights.stderr[-2000:]
+    saved = np.load(run / "w.npz")
+    return result, [saved[k] for k in sorted(saved.files, key=lambda k: int(k.split("_")[1]))], done.stdout
+
+
+@pytest.mark.timeout(600)
+def test_two_devices_train_as_one_with_the_same_global_batch(tmp_path: Path) -> None:
+    one, weights_one, _ = train(tmp_path, 1)
+    two, weights_two, log = train(tmp_path, 2)
+    assert (one["devices"], two["devices"]) == (1, 2)
+    assert '"devices": 2' in log  # every epoch line says it too, and so does the pushed report
+    assert len(weights_one) == len(weights_two) == 4
+    # Each device computes half of each batch; the summed gradients equal the whole batch's.
+    for a, b in zip(weights_one, weights_two, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert one["metrics"]["loss"] == pytest.approx(two["metrics"]["loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_several_gpus_need_a_backend_that_uses_them(backend: str) -> None:
+    with pytest.raises(InvalidResource, match=r"resources\.gpus above 1 needs backend tensorflow"):
+        parse(tiny_job(backend=backend, resources={"gpus": 2}))
+    assert parse(tiny_job(backend=backend, resources={"gpus": 1})).spec.resources.gpus == 1
+    assert parse(tiny_job(resources={"gpus": 4})).spec.resources.gpus == 4
