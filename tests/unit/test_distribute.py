@@ -20,9 +20,10 @@ from helpers.jobs import tiny_job
 from keras_operator.api.parse import InvalidResource, parse
 
 
-def train(tmp_path: Path, devices: int) -> tuple[dict, list[np.ndarray], str]:
+def train(tmp_path: Path, devices: int, backend: str = "tensorflow") -> tuple[dict, list[np.ndarray], str]:
     doc = tiny_job(
         "split",
+        backend=backend,
         training__epochs=3,
         training__batchSize=32,
         training__optimizer={"name": "sgd", "learningRate": 0.05},
@@ -30,7 +31,7 @@ def train(tmp_path: Path, devices: int) -> tuple[dict, list[np.ndarray], str]:
         data__train={"synthetic": {"samples": 512, "inputShape": [8], "classes": 3}},
         output={"checkpoints": False},
     )
-    run = tmp_path / f"devices-{devices}"
+    run = tmp_path / f"{backend}-{devices}"
     run.mkdir()
     (run / "job.yaml").write_text(yaml.safe_dump(doc))
     env = {
@@ -63,9 +64,11 @@ def train(tmp_path: Path, devices: int) -> tuple[dict, list[np.ndarray], str]:
 
 
 @pytest.mark.timeout(600)
-def test_two_devices_train_as_one_with_the_same_global_batch(tmp_path: Path) -> None:
-    one, weights_one, _ = train(tmp_path, 1)
-    two, weights_two, log = train(tmp_path, 2)
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_devices_train_as_one_with_the_same_global_batch(tmp_path: Path, backend: str) -> None:
+    """TensorFlow: MirroredStrategy over two logical CPU devices; JAX: DataParallel over two host devices."""
+    one, weights_one, _ = train(tmp_path, 1, backend)
+    two, weights_two, log = train(tmp_path, 2, backend)
     assert (one["devices"], two["devices"]) == (1, 2)
     assert '"devices": 2' in log  # every epoch line says it too, and so does the pushed report
     assert len(weights_one) == len(weights_two) == 4
@@ -75,9 +78,30 @@ def test_two_devices_train_as_one_with_the_same_global_batch(tmp_path: Path) -> 
     assert one["metrics"]["loss"] == pytest.approx(two["metrics"]["loss"], abs=1e-4)
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_several_gpus_need_a_backend_that_uses_them(backend: str) -> None:
-    with pytest.raises(InvalidResource, match=r"resources\.gpus above 1 needs backend tensorflow"):
-        parse(tiny_job(backend=backend, resources={"gpus": 2}))
-    assert parse(tiny_job(backend=backend, resources={"gpus": 1})).spec.resources.gpus == 1
-    assert parse(tiny_job(resources={"gpus": 4})).spec.resources.gpus == 4
+def test_several_gpus_need_a_backend_that_uses_them() -> None:
+    with pytest.raises(InvalidResource, match=r"resources\.gpus above 1 needs backend tensorflow or jax"):
+        parse(tiny_job(backend="torch", resources={"gpus": 2}))
+    assert parse(tiny_job(backend="torch", resources={"gpus": 1})).spec.resources.gpus == 1
+    for backend in ("tensorflow", "jax"):
+        assert parse(tiny_job(backend=backend, resources={"gpus": 4})).spec.resources.gpus == 4
+
+
+@pytest.mark.timeout(600)
+def test_a_jax_training_exports_both_formats_and_the_server_serves_it(tmp_path: Path) -> None:
+    from helpers.server import model_server, post_json
+
+    doc = tiny_job("jaxed", backend="jax", output={"formats": ["keras", "savedmodel"]})
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "KERAS_TRAINER_TERMINATION_LOG": str(tmp_path / "term"), "KERAS_OPERATOR_LOG_FORMAT": "json"}
+    cmd = [sys.executable, "-m", "keras_trainer", "train", "--config", str(tmp_path / "job.yaml")]
+    done = subprocess.run([*cmd, "--output", str(tmp_path / "out")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads((tmp_path / "term").read_text())["phase"] == "Succeeded"
+    assert (tmp_path / "out" / "savedmodel" / "saved_model.pb").exists()
+    rows = np.random.default_rng(0).normal(size=(2, 8)).astype("float32").tolist()
+    for model in ("model.keras", "savedmodel"):  # the server (TensorFlow) serves what JAX trained
+        with model_server(tmp_path / "out" / model, "jaxed") as (url, _):
+            code, body = post_json(f"{url}/v1/models/jaxed:predict", {"instances": rows})
+            assert code == 200, body
+            assert np.asarray(body["predictions"]).shape == (2, 3)
+            np.testing.assert_allclose(np.asarray(body["predictions"]).sum(axis=1), 1.0, atol=1e-4)

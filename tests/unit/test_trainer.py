@@ -122,8 +122,10 @@ def test_remote_output_through_fsspec(tmp_path: Path, monkeypatch: pytest.Monkey
     assert keras.models.load_model(tmp_path / "m.keras").output_shape == (None, 3)
 
 
-def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path, backend: str) -> None:
     doc = tiny_job(
+        backend=backend,
         training__epochs=6,
         data__train={"synthetic": {"samples": 20000, "inputShape": [8], "classes": 3}},
         training__batchSize=16,

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+from keras_trainer import distribute
 from keras_trainer.errors import SpecError
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -35,6 +36,7 @@ def prepare(backend: str, field: str = "spec.backend") -> None:
         )
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    distribute.prepare(backend)
     if importlib.util.find_spec("tensorflow") is not None and os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0":
         # Keras imports TensorFlow on every backend (for tf.data), so load it quietly whichever is chosen.
         with _native_stderr_captured():

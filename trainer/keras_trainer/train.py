@@ -199,7 +199,8 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
     if validation is not None:
         fit_args["validation_data"] = (validation.x, validation.y) if validation.x is not None else validation.dataset
     try:
-        model.fit(**fit_args)
+        with placement.scope():
+            model.fit(**fit_args)
     except ValueError as exc:
         raise SpecError("spec.model", f"the model does not fit the data: {first_line(exc)}") from exc
 

@@ -237,13 +237,13 @@ class KerasTrainingJobSpec(ApiModel):
     """A Keras training run."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
-        # Several GPUs in one pod are all used (MirroredStrategy) on TensorFlow; never silently one.
+        # Several GPUs in one pod are all used (MirroredStrategy, DataParallel); never silently one.
         Rule(
             cel="!has(self.resources) || !has(self.resources.gpus) || self.resources.gpus <= 1 "
-            "|| !has(self.backend) || self.backend == 'tensorflow'",
-            message="resources.gpus above 1 needs backend tensorflow (each batch is split over the GPUs); "
-            "the jax and torch backends train on one device in this version",
-            holds=lambda spec: spec.resources.gpus <= 1 or spec.backend == "tensorflow",
+            "|| !has(self.backend) || self.backend != 'torch'",
+            message="resources.gpus above 1 needs backend tensorflow or jax (each batch is split over the "
+            "GPUs); the torch backend trains on one device in this version",
+            holds=lambda spec: spec.resources.gpus <= 1 or spec.backend != "torch",
         ),
     )
 
