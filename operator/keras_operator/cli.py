@@ -131,7 +131,7 @@ def render_objects(resource: Resource, resources: list[Resource], namespace: str
     if namespace:
         owner["metadata"]["namespace"] = namespace
     if isinstance(resource, KerasTrainingJob):
-        return [build_job(owner, resource.spec, settings.trainer_image, progress_endpoint(settings))]
+        return [build_job(owner, resource.spec, settings.image_for(resource.spec.backend), progress_endpoint(settings))]
     uri = trained_model_uri(resource, resources, local=False)
     if uri is None:
         ref = resource.spec.model.training_job_ref
@@ -139,7 +139,10 @@ def render_objects(resource: Resource, resources: list[Resource], namespace: str
         print(
             f"note: {resource.metadata.name}: the model URI is known only once the training succeeds", file=sys.stderr
         )
-    objects = [build_service(owner, resource.spec), build_deployment(owner, resource.spec, uri, settings.trainer_image)]
+    objects = [
+        build_service(owner, resource.spec),
+        build_deployment(owner, resource.spec, uri, settings.image_for(resource.spec.backend)),
+    ]
     hpa = build_hpa(owner, resource.spec)
     return objects + ([hpa] if hpa else [])
 

@@ -179,3 +179,25 @@ def test_suspend_is_not_a_spec_change_and_kueue_owns_queued_jobs() -> None:
     assert desired_suspend(queued) is None
     owner = {"apiVersion": "kerasoperator.dev/v1alpha1", "kind": "KerasTrainingJob", "metadata": {"name": "t"}}
     assert build_job(owner, queued, "img")["spec"]["suspend"] is True  # created suspended for Kueue to admit
+
+
+def test_the_image_follows_the_backend_and_spec_image_still_wins(tmp_path: Path) -> None:
+    from keras_operator.runtime.settings import Settings
+
+    settings = Settings.from_env(
+        {"KERAS_OPERATOR_TRAINER_IMAGE": "r/t:1", "KERAS_OPERATOR_TRAINER_IMAGE_JAX": "r/jax:2"}
+    )
+    owner = {"apiVersion": "kerasoperator.dev/v1alpha1", "kind": "KerasTrainingJob", "metadata": {"name": "t"}}
+    images = {}
+    for backend in ("tensorflow", "jax", "torch"):
+        spec = parse(tiny_job(backend=backend)).spec
+        images[backend] = build_job(owner, spec, settings.image_for(backend))["spec"]["template"]["spec"]["containers"][
+            0
+        ]["image"]
+    assert images == {"tensorflow": "r/t:1", "jax": "r/jax:2", "torch": "r/t:1"}
+    assert Settings.from_env({"KERAS_OPERATOR_TRAINER_IMAGE": "r/t:1"}).image_for("jax") == "r/t:1-jax"
+    own = parse(tiny_job(backend="jax", image="mine:2")).spec
+    assert (
+        build_job(owner, own, settings.image_for("jax"))["spec"]["template"]["spec"]["containers"][0]["image"]
+        == "mine:2"
+    )

@@ -93,7 +93,7 @@ async def _apply(
     body: dict[str, Any], spec: KerasModelServiceSpec, model_uri: str, settings: Settings
 ) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
     events: list[tuple[str, str, str]] = []
-    for obj in (build_service(body, spec), build_deployment(body, spec, model_uri, settings.trainer_image)):
+    for obj in (build_service(body, spec), build_deployment(body, spec, model_uri, settings.image_for(spec.backend))):
         current, change = await kube.apply(obj, HASH_ANNOTATION)
         if change:
             events.append(("Normal", change.capitalize(), f"{change} {obj['kind']} {obj['metadata']['name']}"))

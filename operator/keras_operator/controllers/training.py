@@ -177,7 +177,7 @@ async def _create(
     body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings
 ) -> tuple[dict[str, Any], list[Event]]:
     job, created = await kube.create_or_adopt(
-        build_job(body, spec, settings.trainer_image, progress_endpoint(settings))
+        build_job(body, spec, settings.image_for(spec.backend), progress_endpoint(settings))
     )
     events: list[Event] = [("Normal", "Created", f"created Job {job['metadata']['name']}")] if created else []
     return job, events

@@ -14,12 +14,21 @@ from keras_operator import __version__
 DEFAULT_IMAGE = f"ghcr.io/keras-operator/keras-trainer:{__version__}"
 
 
+def backend_images(trainer_image: str) -> dict[str, str]:
+    """One trainer image per Keras backend (Dockerfile.trainer --build-arg BACKEND=...), named after the
+    tensorflow one as the release workflow tags them; torch has none of its own yet, so a torch resource
+    gets the tensorflow image, whose trainer then says the backend is missing (InvalidSpec)."""
+    return {"tensorflow": trainer_image, "jax": f"{trainer_image}-jax", "torch": trainer_image}
+
+
 @dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     """Namespaces to watch; empty means the whole cluster."""
     trainer_image: str = DEFAULT_IMAGE
-    """Image for training pods when a resource does not name one."""
+    """Image for training and serving pods of the tensorflow backend when a resource names none."""
+    backend_images: Mapping[str, str] = field(default_factory=lambda: backend_images(DEFAULT_IMAGE))
+    """Image per Keras backend (tensorflow, jax, torch) when a resource names none."""
     log_format: str = "auto"
     """json, console, or auto (console on a terminal)."""
     log_level: str = "info"
@@ -55,6 +64,9 @@ class Settings:
     lease_seconds: float = 15.0
     """How long a Lease holds without renewal: the longest gap before another replica takes over."""
 
+    def image_for(self, backend: str) -> str:
+        return self.trainer_image if backend == "tensorflow" else self.backend_images.get(backend, self.trainer_image)
+
     def progress_ca(self) -> str | None:
         """The CA certificate trainers trust for the progress endpoint (PEM), when it serves HTTPS."""
         return _read_text(self.progress_cert_dir, "ca.crt") if self.progress_cert_dir else None
@@ -63,9 +75,14 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         namespaces = tuple(n.strip() for n in env.get("KERAS_OPERATOR_NAMESPACES", "").split(",") if n.strip())
+        trainer_image = env.get("KERAS_OPERATOR_TRAINER_IMAGE") or DEFAULT_IMAGE
         return cls(
             namespaces=namespaces,
-            trainer_image=env.get("KERAS_OPERATOR_TRAINER_IMAGE") or DEFAULT_IMAGE,
+            trainer_image=trainer_image,
+            backend_images={
+                backend: env.get(f"KERAS_OPERATOR_TRAINER_IMAGE_{backend.upper()}") or default
+                for backend, default in backend_images(trainer_image).items()
+            },
             log_format=env.get("KERAS_OPERATOR_LOG_FORMAT", "auto"),
             log_level=env.get("KERAS_OPERATOR_LOG_LEVEL", "info"),
             sync_interval=float(env.get("KERAS_OPERATOR_SYNC_INTERVAL", "5")),
