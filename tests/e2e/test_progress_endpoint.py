@@ -109,6 +109,10 @@ def test_only_a_pod_of_the_resource_may_report(cluster: Cluster, progress_endpoi
         own = cluster.pod_tokens(mine["metadata"]["name"])[0]
         assert post(url, own, {"type": "epoch", "epoch": "x"})[0] == 400
         assert post(url, own, ["not", "a", "report"])[0] == 400
+        too_big = post(url, own, {"type": "epoch", "epoch": 1, "epochs": 40, "metrics": {"x" * 100_000: 1.0}})
+        assert too_big[0] == 413, too_big
+        assert too_big[1].get("error"), too_big
+        assert post(f"{progress_endpoint}/v1/nothing/here", own, fake)[0] == 404
         assert status(cluster, "mine")["progress"]["epoch"] < 39, "a refused report reached the status"
         # The pod's own token is accepted (a report from the future shows, to prove the path).
         code, _ = post(url, own, fake)
