@@ -31,6 +31,7 @@ def progress_endpoint(monkeypatch: pytest.MonkeyPatch) -> str:
 
     port = free_port()
     monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_PORT", str(port))
+    monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_ADDRESS", "127.0.0.1")
     monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("KERAS_OPERATOR_PROGRESS_FALLBACK_AFTER", "3600")
     return f"http://127.0.0.1:{port}"

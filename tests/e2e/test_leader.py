@@ -113,6 +113,10 @@ def test_two_operator_processes_one_acts_and_the_other_takes_over(cluster: Clust
         cluster.wait_for(lambda: holder() == "operator-b", 30, "operator-b to take over")
         cluster.create(KTJ, tiny_job("two", training__epochs=0))
         cluster.wait_for(lambda: failed("two"), 60, "the new leader to handle a resource")
+        # SIGTERM ends the process in seconds (a stop flag nobody set once held it until SIGKILL).
+        assert second is not None
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=20) == 0
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from helpers.manifests import ROOT, validate_k8s
-from keras_operator.api.parse import parse
+from keras_operator.api.parse import parse, read_documents
 from keras_operator.builders.training import build_job
 
 IMAGE = "example.org/trainer:1"
@@ -148,10 +149,19 @@ def test_pod_template_is_merged() -> None:
     assert {"name": "data", "emptyDir": {}} in pod["volumes"]
 
 
-def test_the_pod_carries_the_normalised_spec_where_the_trainer_reads_it() -> None:
-    doc, spec = owner({"podTemplate": {"metadata": {"annotations": {"kerasoperator.dev/trainer-config": "x"}}}})
+def test_the_pod_carries_the_normalised_spec_where_the_trainer_reads_it(tmp_path: Path) -> None:
+    doc, spec = owner(
+        {
+            "podTemplate": {"metadata": {"annotations": {"kerasoperator.dev/trainer-config": "x"}}},
+            # numbers YAML 1.1 would read as strings: the trainer must get them as numbers
+            "training": {"epochs": 20, "optimizer": {"name": "adam", "learningRate": 1e-05, "epsilon": 1e-07}},
+        }
+    )
     template = build_job(doc, spec, IMAGE)["spec"]["template"]
-    config = yaml.safe_load(template["metadata"]["annotations"]["kerasoperator.dev/trainer-config"])
+    mounted = tmp_path / "job.yaml"  # as the downward API writes it
+    mounted.write_text(template["metadata"]["annotations"]["kerasoperator.dev/trainer-config"])
+    (config,) = read_documents(mounted)
+    assert config["spec"]["training"]["optimizer"] == {"name": "adam", "learningRate": 1e-05, "epsilon": 1e-07}
     assert config["metadata"]["name"] == "digits"
     assert config["spec"]["training"]["epochs"] == 20
     assert config["spec"]["runPolicy"]["backoffLimit"] == 3  # defaults filled in

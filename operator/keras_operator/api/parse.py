@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,23 @@ class InvalidResource(Exception):
 
 def read_documents(path: str | Path) -> list[dict[str, Any]]:
     try:
-        docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
+        text = Path(path).read_text()
+        # A JSON document (what the operator writes for the trainer) is read as JSON: PyYAML's YAML 1.1
+        # would take numbers like 1e-05 for strings.
+        if text.lstrip().startswith("{"):
+            try:
+                return _mappings(path, [json.loads(text)])
+            except ValueError:
+                pass  # a YAML flow mapping, not JSON
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except OSError as exc:
         raise InvalidResource(f"cannot read {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise InvalidResource(f"{path} is not valid YAML: {exc}") from exc
+    return _mappings(path, docs)
+
+
+def _mappings(path: str | Path, docs: list[Any]) -> list[dict[str, Any]]:
     for doc in docs:
         if not isinstance(doc, dict):
             raise InvalidResource(f"{path}: each document must be a mapping, got {type(doc).__name__}")

@@ -104,7 +104,7 @@ async def start_progress_endpoint(**_: Any) -> None:
     RUNNER = web.AppRunner(app, access_log=None)
     await RUNNER.setup()
     context = _ssl_context(settings.progress_cert_dir)
-    await web.TCPSite(RUNNER, "0.0.0.0", settings.progress_port, ssl_context=context).start()
+    await web.TCPSite(RUNNER, settings.progress_address, settings.progress_port, ssl_context=context).start()
     log.info("progress_endpoint_started", port=settings.progress_port, tls=context is not None)
 
 

@@ -9,7 +9,7 @@ import kopf
 import structlog
 
 from keras_operator.api.common import GROUP
-from keras_operator.runtime import logs, metrics
+from keras_operator.runtime import lifecycle, logs, metrics
 from keras_operator.runtime.settings import Settings
 
 
@@ -26,6 +26,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     ours = Settings.from_env()
     logs.configure(ours.log_format, ours.log_level, stdlib=True)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    # kopf logs a line per handler run (per watch event, per epoch of every training): debug only.
+    if ours.log_level != "debug":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # kopf's bookkeeping lives under our own prefix, never in the public status.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -44,3 +47,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.probe(id="ready")
 def ready(**_: Any) -> bool:
     return True
+
+
+@kopf.on.cleanup()
+def release_stop_flag(**_: Any) -> None:
+    lifecycle.STOP.set()  # see runtime/lifecycle.py: otherwise the process waits for SIGKILL

@@ -95,8 +95,12 @@ class State:
     silent_since: dict[Key, float] = field(default_factory=dict)  # first seen running without a push
     created: dict[Key, dict[str, Any]] = field(default_factory=dict)
     written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
-    """(the resourceVersion the status was computed from, the status written): until the watch shows the
-    resource past that version, a reconcile starts from what was written, not from the older status."""
+    """(the resourceVersion the operator's last status PATCH made, the status written). The operator is
+    the status's only writer: a status equal to the last written is not written again, and the watch
+    event of its own write brings nothing new."""
+    unseen: dict[Key, str] = field(default_factory=dict)
+    """The resourceVersion of a write the watch has not shown yet: until it does, the index holds an
+    older status, and a reconcile starts from the written one (watch events come in order)."""
 
     def bind(self, resources: kopf.Index, jobs: kopf.Index, pods: kopf.Index) -> None:
         self.indexes = (resources, jobs, pods)
@@ -107,9 +111,11 @@ class State:
         resource = next(iter(resources.get(key, [])), None)
         if resource is None:
             return None
-        written = self.written.get(key)
-        if written is not None and written[0] == resource["metadata"].get("resourceVersion"):
-            resource = {**resource, "status": written[1]}
+        if key in self.unseen:
+            if self.unseen[key] == resource["metadata"].get("resourceVersion"):
+                del self.unseen[key]  # the watch has caught up with our last write
+            else:
+                resource = {**resource, "status": self.written[key][1]}
         uid = resource["metadata"]["uid"]
         job = next((j for j in jobs.get(key, []) if _owned(j, uid)), None)
         if job is not None:
@@ -123,14 +129,24 @@ class State:
     def clear(self) -> None:
         """A new start (in tests, a new operator in the same process) knows nothing of the last one's cluster."""
         self.indexes = None
-        for store in (self.reports, self.silent_since, self.created, self.written):
+        for store in (self.reports, self.silent_since, self.created, self.written, self.unseen):
             store.clear()
         self.pushed.clear()
 
     def forget(self, key: Key) -> None:
-        for store in (self.reports, self.silent_since, self.created, self.written):
+        for store in (self.reports, self.silent_since, self.created, self.written, self.unseen):
             store.pop(key, None)
         self.pushed.discard(key)
+
+    def own_echo(self, key: Key, body: kopf.Body) -> bool:
+        """Whether this watch event is the operator's own last status write coming back."""
+        rv = body.get("metadata", {}).get("resourceVersion")
+        return rv is not None and self.written.get(key, (None, None))[0] == rv
+
+    def own_job(self, key: Key, body: kopf.Body) -> bool:
+        """Whether this is the Job this operator has just created (the reconcile that did knows it)."""
+        made = self.created.get(key)
+        return made is not None and made["metadata"].get("uid") == body.get("metadata", {}).get("uid")
 
     def running(self) -> list[tuple[Key, str]]:
         """(key, pod name) of every training whose newest pod runs now."""
@@ -169,14 +185,20 @@ async def _write(key: Key, resource: dict[str, Any], outcome: Outcome) -> None:
     """One status PATCH with what changed (none when nothing did), then the Events."""
     current = resource.get("status") or {}
     changed = merge_patch(current, outcome.status)
+    if changed and key in STATE.written and STATE.written[key][1] == outcome.status:
+        changed = {}  # what the last write said already: the watch has not shown it yet
     if changed:
         meta = resource["metadata"]
-        await kube.patch_status(RESOURCE, meta["namespace"], meta["name"], changed)
-        STATE.written[key] = (meta.get("resourceVersion"), outcome.status)
+        version = await kube.patch_status(RESOURCE, meta["namespace"], meta["name"], changed)
+        STATE.written[key] = (version, outcome.status)
+        if version is not None:
+            STATE.unseen[key] = version
         phase = outcome.status.get("phase")
-        if phase and phase != current.get("phase"):
+        moved = bool(phase) and phase != current.get("phase")
+        if moved:
             metrics.TRANSITIONS.labels(KIND, phase).inc()
-        log.info(
+        # A phase change at info; progress within a phase (every epoch of every training) at debug.
+        (log.info if moved else log.debug)(
             "status",
             namespace=meta["namespace"],
             name=meta["name"],
@@ -200,15 +222,18 @@ def _enqueue(key: Key, training_resources: kopf.Index, training_jobs: kopf.Index
 
 
 @kopf.on.event(*RESOURCE)
-async def resource_changed(namespace: str, name: str, **kwargs: Any) -> None:
+async def resource_changed(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+    if STATE.own_echo((namespace, name), body):
+        return  # our own status write coming back: the index has it, nothing to reconcile
     _enqueue((namespace, name), kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"])
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-async def job_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    _enqueue(
-        (namespace, labels[OWNER_LABEL]), kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"]
-    )
+async def job_changed(namespace: str, labels: kopf.Labels, body: kopf.Body, type: str, **kwargs: Any) -> None:
+    key = (namespace, labels[OWNER_LABEL])
+    if type == "ADDED" and STATE.own_job(key, body):
+        return  # the Job the last reconcile created: it knew the Job, and the index has it now
+    _enqueue(key, kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"])
 
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)

@@ -18,7 +18,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from keras_operator.runtime.settings import Settings
+from keras_operator.runtime.settings import api_server
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -43,7 +43,8 @@ def _api_client(api_server: str | None) -> kubernetes.client.ApiClient:
 
 
 def api_client() -> kubernetes.client.ApiClient:
-    return _api_client(Settings.from_env().api_server)
+    # Not Settings.from_env(): this runs on every API call, and the whole settings cost a hostname lookup.
+    return _api_client(api_server())
 
 
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -237,12 +238,13 @@ def _text(resp: Any) -> str:
     return bytes(resp.data).decode(errors="replace")
 
 
-async def patch_status(resource: tuple[str, str, str], namespace: str, name: str, status: dict[str, Any]) -> None:
-    """A merge patch of a custom resource's status subresource (lists, e.g. conditions, are replaced whole)."""
+async def patch_status(resource: tuple[str, str, str], namespace: str, name: str, status: dict[str, Any]) -> str | None:
+    """A merge patch of a custom resource's status subresource (lists, e.g. conditions, are replaced
+    whole). -> the resourceVersion it made, None when the resource is gone."""
     group, version, plural = resource
     api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
     try:
-        await _call(
+        resp = await _call(
             api.patch_namespaced_custom_object_status,
             group,
             version,
@@ -255,6 +257,9 @@ async def patch_status(resource: tuple[str, str, str], namespace: str, name: str
     except ApiException as exc:
         if exc.status != 404:  # deleted meanwhile: nothing to report on
             raise
+        return None
+    # Read to the end: an unread response keeps its connection out of the pool (a new one per write).
+    return str(json.loads(resp.data).get("metadata", {}).get("resourceVersion") or "") or None
 
 
 async def token_review(token: str, audience: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import sys
 import threading
 
 from keras_operator.handlers import progress, serving, setup, training  # noqa: F401  (importing registers the handlers)
+from keras_operator.runtime import lifecycle
 from keras_operator.runtime.settings import Settings
 
 
@@ -16,6 +17,7 @@ def main() -> None:
     settings = Settings.from_env()
     lost = threading.Event()
     stop = threading.Event()
+    lifecycle.STOP.clear()
     if settings.leader_election:
         from keras_operator.runtime import kube, logs
         from keras_operator.runtime.leader import Elector
@@ -25,14 +27,20 @@ def main() -> None:
             kube.api_client(), settings.lease_namespace, settings.lease_name, settings.identity, settings.lease_seconds
         )
         elector.acquire(stop)
-        threading.Thread(target=elector.keep, args=(stop, lost), daemon=True, name="lease").start()
+
+        def keep() -> None:
+            elector.keep(stop, lost)
+            if lost.is_set():
+                lifecycle.STOP.set()  # a replica that lost the Lease stops acting at once
+
+        threading.Thread(target=keep, daemon=True, name="lease").start()
     try:
         kopf.run(
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
             standalone=True,  # exclusivity comes from the Lease (or a single replica), not kopf peering
-            stop_flag=lost,  # a replica that lost the Lease stops acting at once
+            stop_flag=lifecycle.STOP,
         )
     finally:
         stop.set()

@@ -39,6 +39,8 @@ class Settings:
     progress_port: int = 8443
     """Port of the endpoint trainers push their progress to; 0 turns it off (progress then comes from pod
     logs, read every sync_interval)."""
+    progress_address: str = "0.0.0.0"
+    """Address the progress endpoint listens on (all of a pod's; 127.0.0.1 keeps a laptop's run local)."""
     progress_url: str | None = None
     """The endpoint's base URL as training pods reach it (the chart: https://SERVICE.NAMESPACE.svc:PORT);
     without it, trainers are not told to push and progress comes from pod logs."""
@@ -87,10 +89,11 @@ class Settings:
             log_level=env.get("KERAS_OPERATOR_LOG_LEVEL", "info"),
             sync_interval=float(env.get("KERAS_OPERATOR_SYNC_INTERVAL", "5")),
             progress_port=int(env.get("KERAS_OPERATOR_PROGRESS_PORT", "8443")),
+            progress_address=env.get("KERAS_OPERATOR_PROGRESS_ADDRESS") or "0.0.0.0",
             progress_url=env.get("KERAS_OPERATOR_PROGRESS_URL") or None,
             progress_cert_dir=env.get("KERAS_OPERATOR_PROGRESS_CERT_DIR") or None,
             progress_fallback_after=float(env.get("KERAS_OPERATOR_PROGRESS_FALLBACK_AFTER", "60")),
-            api_server=env.get("KERAS_OPERATOR_API_SERVER") or None,
+            api_server=api_server(env),
             liveness_port=int(env.get("KERAS_OPERATOR_LIVENESS_PORT", "8080")),
             metrics_port=int(env.get("KERAS_OPERATOR_METRICS_PORT", "9090")),
             leader_election=env.get("KERAS_OPERATOR_LEADER_ELECTION", "").lower() in ("1", "true", "yes"),
@@ -105,3 +108,8 @@ class Settings:
 def _read_text(folder: str, name: str) -> str | None:
     path = Path(folder) / name
     return path.read_text() if path.exists() else None
+
+
+def api_server(env: Mapping[str, str] | None = None) -> str | None:
+    """KERAS_OPERATOR_API_SERVER alone, for the API client that reads it on every call."""
+    return (os.environ if env is None else env).get("KERAS_OPERATOR_API_SERVER") or None
