@@ -130,6 +130,7 @@ def cluster(
             # As the chart deploys it: trainers are told where to push.
             "KERAS_OPERATOR_PROGRESS_PORT": str(progress_port),
             "KERAS_OPERATOR_PROGRESS_URL": progress_url,
+            "KERAS_OPERATOR_PROGRESS_ADDRESS": "127.0.0.1",  # the endpoint stays on this machine
         }
         if which == "baseline":
             cmd = [str(BIN / "kopf"), "run", "--standalone", "--all-namespaces", str(HERE / "baseline_operator.py")]
@@ -137,8 +138,8 @@ def cluster(
             cmd = [sys.executable, str(HERE / "what_if_operator.py")]
         else:  # ours, possibly wrapped, e.g. in a profiler: bench/profile_operator.py
             cmd = [*os.environ.get("BENCH_OPERATOR_WRAPPER", "").split(), str(BIN / "keras-operator")]
-        # The operator does not exit after SIGINT at the moment (bench/README.md: "Operator issues found"):
-        # its cleanup handlers have run within milliseconds; it is killed after a while.
+        # Before 5fe2b91 the operator did not exit after SIGINT (its cleanup handlers had run within
+        # milliseconds): it is killed if it lingers.
         with process(cmd, env, log=logs / f"{tag}.log", stop_timeout=10) as op:
             yield url, api, op, counts, timeline, progress_url
 

@@ -3,7 +3,9 @@
 Usage: BENCH_OPERATOR_WRAPPER="python bench/what_if_operator.py" python bench/operator_load.py ...
 
 An experiment, not a proposal of code: each patch below stands for a change described in
-bench/README.md ("Operator issues found"); the operator's own files are not touched. The patches:
+bench/README.md ("Operator issues found"); the operator's own files are not touched. It priced those
+changes on commit f1961c3; commit 5fe2b91 made them in the operator itself (on that code and later
+this wrapper only repeats what is already there). The patches:
 
 - logs: kopf's per-event INFO line (`Handler '…' succeeded.`) off, and the operator's per-change
   `status` line at debug;
