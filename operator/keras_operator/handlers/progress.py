@@ -104,7 +104,13 @@ async def start_progress_endpoint(**_: Any) -> None:
     RUNNER = web.AppRunner(app, access_log=None)
     await RUNNER.setup()
     context = _ssl_context(settings.progress_cert_dir)
-    await web.TCPSite(RUNNER, settings.progress_address, settings.progress_port, ssl_context=context).start()
+    try:
+        await web.TCPSite(RUNNER, settings.progress_address, settings.progress_port, ssl_context=context).start()
+    except OSError as exc:  # a port taken is a setting to fix: stop with why, not retry every minute
+        raise kopf.PermanentError(
+            f"the progress endpoint cannot listen on {settings.progress_address}:{settings.progress_port}: {exc} "
+            "(KERAS_OPERATOR_PROGRESS_PORT; 0 turns the endpoint off)"
+        ) from exc
     log.info("progress_endpoint_started", port=settings.progress_port, tls=context is not None)
 
 

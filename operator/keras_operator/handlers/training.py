@@ -232,7 +232,8 @@ async def resource_changed(namespace: str, name: str, body: kopf.Body, **kwargs:
 async def job_changed(namespace: str, labels: kopf.Labels, body: kopf.Body, type: str, **kwargs: Any) -> None:
     key = (namespace, labels[OWNER_LABEL])
     if type == "ADDED" and STATE.own_job(key, body):
-        return  # the Job the last reconcile created: it knew the Job, and the index has it now
+        STATE.created.pop(key, None)  # the index has it now (and no reconcile may come to drop it)
+        return  # the Job the last reconcile created: it knew the Job
     _enqueue(key, kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"])
 
 
