@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,8 @@ import yaml
 from helpers.jobs import tiny_job
 from helpers.manifests import ROOT
 from helpers.s3 import Bucket, forget_s3fs_state, moto_server, new_bucket
-from keras_operator.api.report import last_epoch, parse_termination_message
+from helpers.trainer_process import kill_after_epoch, run_again, train_command
+from keras_operator.api.report import parse_termination_message
 from keras_trainer import cli
 
 
@@ -125,33 +123,17 @@ def test_killed_training_resumes_from_s3_checkpoints(tmp_path: Path, bucket: Buc
         "KERAS_TRAINER_TERMINATION_LOG": str(tmp_path / "term"),
         "KERAS_OPERATOR_LOG_FORMAT": "json",
     }
-    output = bucket.url("runs/killed")
-    cmd = [sys.executable, "-m", "keras_trainer", "train", "--config", str(config), "--output", output]
+    cmd = train_command(config, bucket.url("runs/killed"))
 
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    seen = []
-    assert first.stdout is not None
-    for line in first.stdout:
-        report = last_epoch(line)
-        if report:
-            seen.append(report.epoch)
-            if report.epoch == 2:
-                first.send_signal(signal.SIGKILL)
-                break
-    first.wait(timeout=60)
-    assert seen == [1, 2]
-    assert first.returncode == -signal.SIGKILL
+    assert kill_after_epoch(cmd, env, 2) == [1, 2]
     assert "runs/killed/checkpoints/training_metadata.json" in bucket.keys("runs/killed/")
     assert "runs/killed/model.keras" not in bucket.keys("runs/killed/")
 
     # The rerun has a new local staging folder: all it knows comes from the bucket.
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    lines = second.stdout.splitlines()
-    epochs = [r.epoch for r in map(last_epoch, lines) if r]
+    epochs, resumed = run_again(cmd, env)
     assert epochs[0] >= 3, "the second run started over instead of resuming"
     assert epochs[-1] == 6
-    assert any(json.loads(line).get("event") == "resumed" for line in lines if line.startswith("{"))
+    assert resumed
     keys = bucket.keys("runs/killed/")
     assert "runs/killed/model.keras" in keys
     assert not [k for k in keys if k.startswith("runs/killed/checkpoints/")]

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +11,8 @@ import pytest
 import yaml
 
 from helpers.jobs import tiny_job
-from keras_operator.api.report import TrainingResult, last_epoch, parse_termination_message
+from helpers.trainer_process import kill_after_epoch, run_again, train_command
+from keras_operator.api.report import TrainingResult, parse_termination_message
 from keras_trainer import cli
 
 
@@ -133,39 +130,13 @@ def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path, backend
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(doc))
     env = {**os.environ, "KERAS_TRAINER_TERMINATION_LOG": str(tmp_path / "term"), "KERAS_OPERATOR_LOG_FORMAT": "json"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "keras_trainer",
-        "train",
-        "--config",
-        str(config),
-        "--output",
-        str(tmp_path / "out"),
-    ]
+    cmd = train_command(config, str(tmp_path / "out"))
 
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    seen = []
-    assert first.stdout is not None
-    for line in first.stdout:
-        report = last_epoch(line)
-        if report:
-            seen.append(report.epoch)
-            if report.epoch == 2:
-                first.send_signal(signal.SIGKILL)
-                break
-    first.wait(timeout=60)
-    assert seen == [1, 2]
-    assert first.returncode == -signal.SIGKILL
-
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stdout[-2000:]
-    epochs = [r.epoch for r in map(last_epoch, second.stdout.splitlines()) if r]
+    assert kill_after_epoch(cmd, env, 2) == [1, 2]
+    epochs, resumed = run_again(cmd, env)
     assert epochs[0] >= 3, "the second run started over instead of resuming"
     assert epochs[-1] == 6
-    assert any(
-        json.loads(line).get("event") == "resumed" for line in second.stdout.splitlines() if line.startswith("{")
-    )
+    assert resumed
 
 
 def test_data_from_a_remote_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
