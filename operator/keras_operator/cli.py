@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = train.run(job, output, ConsoleReporter())
     status = training_status.from_result(result, {}, job.metadata.generation, conditions.now_iso())
     status = {"phase": status.pop("phase"), "startTime": started, "completionTime": conditions.now_iso(), **status}
-    if tensorboard := training_status.tensorboard_uri(job.spec.dump(), output):
+    if tensorboard := training_status.tensorboard_uri(output, job.spec.output.tensorboard):
         status["tensorboardUri"] = tensorboard
     print(_dump({"status": status}, args.output_format))
     return EXIT_OK if result.phase == "Succeeded" else (EXIT_INVALID if result.reason == "InvalidSpec" else EXIT_FAILED)

@@ -53,7 +53,7 @@ def test_tensorboard_logs_are_written_uploaded_and_named_in_the_status(
     events = [p for p in fs.find("/tb/run/logs") if "events.out.tfevents" in p]
     assert any("/train/" in p for p in events)
     assert any("/validation/" in p for p in events)
-    assert tensorboard_uri(job.spec.dump(), "memory://tb/run") == "memory://tb/run/logs"
+    assert tensorboard_uri("memory://tb/run", job.spec.output.tensorboard) == "memory://tb/run/logs"
 
 
 def test_kerasop_run_with_tensorboard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,8 +64,9 @@ def test_kerasop_run_with_tensorboard(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_operator_status_names_the_tensorboard_logs() -> None:
-    assert tensorboard_uri({"output": {"uri": "s3://b/run/", "tensorboard": True}}) == "s3://b/run/logs"
-    assert tensorboard_uri({"output": {"uri": "s3://b/run"}}) is None
+    assert tensorboard_uri("s3://b/run/", True) == "s3://b/run/logs"
+    assert tensorboard_uri("s3://b/run", False) is None
+    assert tensorboard_uri(None, True) is None
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])

@@ -60,18 +60,21 @@ WATCHED_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 # only when it did (a level-triggered reconcile runs on every event and must not repeat them).
 ACTION_REASONS = frozenset({"Created", "Suspended", "Resumed"})
 
-_parsed: OrderedDict[tuple[str, int | None], KerasTrainingJobSpec | InvalidResource] = OrderedDict()
+# Per (uid, generation): the spec parsed, with the hash the Job must carry; or why it is invalid.
+_parsed: OrderedDict[tuple[str, int | None], tuple[KerasTrainingJobSpec, str] | InvalidResource] = OrderedDict()
 _PARSED_MAX = 20_000
 
 
-def _validated(body: dict[str, Any]) -> KerasTrainingJobSpec:
-    """The spec of this generation, parsed once: reconciles run on every watch event and push."""
+def _validated(body: dict[str, Any]) -> tuple[KerasTrainingJobSpec, str]:
+    """The spec of this generation and its Job hash, worked out once: reconciles run on every watch
+    event and every push, the spec changes only with the generation."""
     meta = body["metadata"]
     key = (str(meta.get("uid")), meta.get("generation"))
     found = _parsed.get(key)
     if found is None:
         try:
-            found = validate(body)
+            spec = validate(body)
+            found = (spec, job_spec_hash(spec))
         except InvalidResource as exc:
             found = exc
         _parsed[key] = found
@@ -91,7 +94,7 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
     generation = meta.get("generation")
     now = conditions.now_iso()
     try:
-        spec = _validated(body)
+        spec, spec_hash = _validated(body)
     except InvalidResource as exc:
         if previous.get("jobName"):  # a training already runs: an invalid edit must not touch it
             return _spec_not_applied(previous, generation, now, f"the new spec is invalid: {exc}"), view.job
@@ -130,10 +133,10 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
         now,
         spec.training.epochs,
     )
-    if tensorboard := training_status.tensorboard_uri(spec.dump()):
+    if tensorboard := training_status.tensorboard_uri(spec.output.uri, spec.output.tensorboard):
         status["tensorboardUri"] = tensorboard
     outcome = Outcome(status, [*events, *suspend_events, *transition_events(previous, status)])
-    if (job.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != job_spec_hash(spec):
+    if (job.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != spec_hash:
         changed = _spec_not_applied(
             outcome.status,
             generation,

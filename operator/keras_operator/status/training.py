@@ -65,11 +65,9 @@ def from_result(result: TrainingResult, previous: dict[str, Any], generation: in
     return {k: v for k, v in status.items() if v is not None}
 
 
-def tensorboard_uri(spec: dict[str, Any], output_uri: str | None = None) -> str | None:
-    """Where the TensorBoard logs go, when the spec asks for them (`output_uri`: a local run's own)."""
-    output = spec.get("output") or {}
-    base = output_uri or output.get("uri")
-    return f"{base.rstrip('/')}/{TENSORBOARD_DIR}" if output.get("tensorboard") and base else None
+def tensorboard_uri(output_uri: str | None, enabled: bool) -> str | None:
+    """Where the TensorBoard logs go (spec.output.tensorboard), under the output the training writes to."""
+    return f"{output_uri.rstrip('/')}/{TENSORBOARD_DIR}" if enabled and output_uri else None
 
 
 def observe(
