@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from keras_operator.api.report import EpochReport, last_epoch
+from keras_operator.api.report import EpochReport, TrainingResult, last_epoch
 from keras_operator.runtime.settings import Settings
-from keras_operator.status.training import Observation, observe
+from keras_operator.status import conditions
+from keras_operator.status.training import Observation, invalid, observe
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -109,6 +110,106 @@ def test_transition_time_only_changes_with_the_status() -> None:
     running = next(c for c in later["conditions"] if c["type"] == "Running")
     assert running["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert running["observedGeneration"] == 2
+
+
+def condition_status(status: dict[str, Any], type_: str) -> str | None:
+    found = conditions.get(status.get("conditions"), type_)
+    return found["status"] if found else None
+
+
+def running_at_epoch(epoch: int, generation: int = 1) -> dict[str, Any]:
+    report = EpochReport(epoch=epoch, epochs=5, metrics={"loss": 0.5})
+    return observe(Observation(job({"active": 1}), pod("Running"), report), {}, generation, NOW, 5)
+
+
+def test_a_failed_pod_the_job_retries_is_pending_and_not_running() -> None:
+    # Was: phase Pending with Running=True kept from before the failure.
+    crashed = pod("Failed", {"terminated": {"exitCode": 137, "message": "epoch 3\nKilled: out of memory\n"}})
+    status = observe(Observation(job({"active": 0, "failed": 1}), crashed), running_at_epoch(3), 1, NOW, 5)
+    assert status["phase"] == "Pending"
+    assert condition_status(status, "Running") == "False"
+    assert "Killed: out of memory" in status["message"]
+    assert status["progress"]["epoch"] == 3
+
+
+def test_a_succeeded_pod_before_the_job_completes_is_still_running() -> None:
+    # Was: phase Pending with Running=True, between the pod's end and the Job's Complete condition.
+    done = pod("Succeeded", {"terminated": {"exitCode": 0, "message": "{}"}})
+    report = EpochReport(epoch=5, epochs=5, metrics={"loss": 0.1})
+    status = observe(Observation(job({"active": 0}), done, report), running_at_epoch(4), 1, NOW, 5)
+    assert status["phase"] == "Running"
+    assert condition_status(status, "Running") == "True"
+    assert status["progress"]["epoch"] == 5
+
+
+def test_a_suspended_job_is_queued_and_not_running() -> None:
+    status = observe(Observation(job(suspend=True), None), running_at_epoch(2), 1, NOW, 5)
+    assert status["phase"] == "Queued"
+    assert condition_status(status, "Queued") == "True"
+    assert condition_status(status, "Running") == "False"
+
+
+def test_a_restart_claims_a_resume_only_when_checkpoints_are_on() -> None:
+    obs = Observation(job({"active": 1, "failed": 1}), pod("Running"), None)
+    assert "resumed from the last checkpoint" in observe(obs, {}, 1, NOW, 5)["message"]
+    off = observe(obs, {}, 1, NOW, 5, checkpoints=False)
+    assert "attempt 2" in off["message"]
+    assert all("resum" not in m.lower() for m in [off["message"], *(c["message"] for c in off["conditions"])])
+    crashed = pod("Failed", {"terminated": {"exitCode": 1, "message": "boom"}})
+    retrying = observe(Observation(job({"failed": 1}), crashed), off, 1, NOW, 5, checkpoints=False)
+    assert "resum" not in retrying["message"].lower()
+
+
+def sidecar_pod(phase: str, trainer_message: str, exit_code: int) -> dict[str, Any]:
+    sidecar = {"name": "istio-proxy", "state": {"terminated": {"exitCode": 0, "message": "envoy shutting down"}}}
+    trainer = {"name": "trainer", "state": {"terminated": {"exitCode": exit_code, "message": trainer_message}}}
+    return {"metadata": {"name": "j-abc"}, "status": {"phase": phase, "containerStatuses": [sidecar, trainer]}}
+
+
+def test_the_trainer_result_is_found_beside_a_sidecar() -> None:
+    result = TrainingResult(phase="Succeeded", message="done", epoch=5, epochs=5, model_uri="s3://b/model.keras")
+    complete = job({"conditions": [{"type": "Complete", "status": "True"}]})
+    status = observe(Observation(complete, sidecar_pod("Succeeded", result.to_termination_message(), 0)), {}, 1, NOW, 5)
+    assert status["modelUri"] == "s3://b/model.keras"
+    assert status["message"] == "done"
+    failed = job({"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+    status = observe(Observation(failed, sidecar_pod("Failed", "Killed: out of memory", 137)), {}, 1, NOW, 5)
+    assert status["message"] == "BackoffLimitExceeded: Killed: out of memory"
+
+
+def test_completion_without_a_result_keeps_the_progress_shown() -> None:
+    # The pod may be gone (or its message unreadable) by the time the Job completes.
+    complete = job({"conditions": [{"type": "Complete", "status": "True"}]})
+    status = observe(Observation(complete, None), running_at_epoch(4), 1, NOW, 5)
+    assert status["phase"] == "Succeeded"
+    assert status["progress"]["epoch"] == 4
+
+
+def test_every_condition_carries_the_generation_evaluated() -> None:
+    queued = observe(Observation(job(suspend=True), None), {}, 1, NOW, 5)
+    complete = job({"conditions": [{"type": "Complete", "status": "True"}]})
+    status = observe(Observation(complete, None), queued, 2, NOW, 5)
+    assert status["observedGeneration"] == 2
+    assert {c["type"]: c.get("observedGeneration") for c in status["conditions"]} == {
+        t: 2 for t in ("Valid", "Created", "Queued", "Running", "Succeeded")
+    }
+    assert condition_status(status, "Queued") == "False"
+
+
+def test_no_generation_writes_no_observed_generation() -> None:
+    for status in (
+        observe(Observation(None), {"observedGeneration": 3}, None, NOW, 5),
+        observe(Observation(job({"active": 1}), pod("Running")), {}, None, NOW, 5),
+        invalid("bad", {}, None, NOW),
+    ):
+        assert "observedGeneration" not in status
+        assert all("observedGeneration" not in c for c in status["conditions"])
+
+
+def test_an_invalid_spec_after_running_is_not_running() -> None:
+    status = invalid("spec.podTemplate: rejected", running_at_epoch(2), 1, NOW)
+    assert status["phase"] == "Failed"
+    assert condition_status(status, "Running") == "False"
 
 
 def test_settings_from_environment() -> None:

@@ -44,14 +44,10 @@ def invalid_status(
     message: str, previous: dict[str, Any], generation: int | None, now: str, consequence: dict[str, Any]
 ) -> dict[str, Any]:
     """Phase Failed with Valid=False (reason InvalidSpec); `consequence` is the kind's own condition for it."""
-    return {
-        "phase": "Failed",
-        "observedGeneration": generation,
-        "message": message,
-        "conditions": merge(
-            previous.get("conditions"),
-            [condition("Valid", False, "InvalidSpec", message), consequence],
-            generation,
-            now,
-        ),
-    }
+    status: dict[str, Any] = {"phase": "Failed", "message": message}
+    if generation is not None:  # null is no generation: the one observed before still stands
+        status["observedGeneration"] = generation
+    status["conditions"] = merge(
+        previous.get("conditions"), [condition("Valid", False, "InvalidSpec", message), consequence], generation, now
+    )
+    return status
