@@ -43,6 +43,18 @@ def test_deployment_runs_the_server_with_probes_and_settings() -> None:
     assert url(doc, spec) == "http://digits.ml.svc.cluster.local:9000"
 
 
+def test_probes_have_explicit_timeouts_and_liveness_is_the_more_patient() -> None:
+    doc, spec = owner()
+    c = build_deployment(doc, spec, "s3://b/m.keras", "img")["spec"]["template"]["spec"]["containers"][0]
+    ready, live = c["readinessProbe"], c["livenessProbe"]
+    assert (ready["periodSeconds"], ready["timeoutSeconds"], ready["failureThreshold"]) == (5, 3, 3)
+    assert (live["periodSeconds"], live["timeoutSeconds"], live["failureThreshold"]) == (10, 5, 6)
+    for probe in (ready, live):
+        assert probe["timeoutSeconds"] < probe["periodSeconds"]  # probes never pile up
+    # A slow pod is taken out of the Service long before it is restarted.
+    assert ready["periodSeconds"] * ready["failureThreshold"] < live["periodSeconds"] * live["failureThreshold"]
+
+
 def test_replicas_without_autoscaling_and_no_hpa() -> None:
     doc, spec = owner(autoscaling=None, replicas=3)
     assert build_deployment(doc, spec, "s3://b/m.keras", "img")["spec"]["replicas"] == 3

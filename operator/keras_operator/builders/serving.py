@@ -87,15 +87,22 @@ def build_deployment(
         ],
         "volumeMounts": mounts,
         # The server listens at once and is ready only after loading and warming up the model.
+        # Timeouts are explicit: Kubernetes' default of 1 s fails probes that queue behind a burst of
+        # large bodies on a busy pod. Readiness reacts within ~15 s (the Service stops sending to a pod
+        # that cannot keep up); liveness tolerates ~60 s, as restarting a pod that is only slow drops
+        # everything it holds and moves its load onto the others.
         "readinessProbe": {
             "httpGet": {"path": "/v2/health/ready", "port": probe_port},
             "periodSeconds": 5,
+            "timeoutSeconds": 3,
             "failureThreshold": 3,
+            "successThreshold": 1,
         },
         "livenessProbe": {
             "httpGet": {"path": "/v2/health/live", "port": probe_port},
             "periodSeconds": 10,
-            "failureThreshold": 3,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
         },
     }
     requirements = resource_requirements(spec.resources)

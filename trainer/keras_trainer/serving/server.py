@@ -17,12 +17,26 @@ log = structlog.get_logger("keras_server")
 SHUTDOWN_TIMEOUT = 25.0  # below Kubernetes' default 30 s grace period
 
 
+async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve `app` at host:port (port 0: any free port, then see `runner.addresses`)."""
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log=None,
+        # aiohttp lets a handler run on after its client disconnects unless told otherwise: a request
+        # whose client gave up would still wait in the queue and take a model call nobody reads.
+        handler_cancellation=True,
+    )
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
 async def serve(uri: str, name: str, host: str, port: int, config: ServerConfig) -> int:
     slot = Slot(name)
     app = create_app(slot, config)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    runner = await listen(app, host, port)
     log.info("listening", host=host, port=port, model=name, uri=uri)
 
     loop = asyncio.get_running_loop()
