@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from keras_operator.api import jobfile
 from keras_operator.api.parse import InvalidResource, Resource, parse, read_documents
 from keras_operator.api.serving import KerasModelService
 from keras_operator.api.training import MODEL_FILE, SAVEDMODEL_DIR, KerasTrainingJob
@@ -50,8 +51,12 @@ def local_output(job: KerasTrainingJob) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         job, _ = _load(args.file, KerasTrainingJob)
+        run_id = jobfile.check_run_id(args.run_id)
     except InvalidResource as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValueError as exc:
+        print(f"error: --run-id: {exc}", file=sys.stderr)
         return EXIT_INVALID
     os.environ.setdefault("KERAS_OPERATOR_PVC_ROOT", str(Path(args.pvc_root).resolve()))
     try:
@@ -72,12 +77,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     # stdout carries only the final status (so `-o json | jq` works); every log line goes to stderr.
     logs.configure(level="warning", stream="stderr", stdlib=True)
     output = args.output or local_output(job)
-    print(f"training {job.metadata.name}: {job.spec.training.epochs} epochs, output {output}", file=sys.stderr)
+    # The same job file the operator would give a pod, with a run id of our own (there is no uid here).
+    trainer_job = jobfile.from_resource(job, run_id=run_id, output_uri=output)
+    prefix = trainer_job.prefix()
+    print(f"training {job.metadata.name}: {job.spec.training.epochs} epochs, output {prefix}", file=sys.stderr)
     started = conditions.now_iso()
-    result = train.run(job, output, ConsoleReporter())
+    result = train.run(trainer_job, None, ConsoleReporter())
     status = training_status.from_result(result, {}, job.metadata.generation, conditions.now_iso())
     status = {"phase": status.pop("phase"), "startTime": started, "completionTime": conditions.now_iso(), **status}
-    if tensorboard := training_status.tensorboard_uri(output, job.spec.output.tensorboard):
+    if tensorboard := training_status.tensorboard_uri(prefix, job.spec.output.tensorboard):
         status["tensorboardUri"] = tensorboard
     print(_dump({"status": status}, args.output_format))
     return EXIT_OK if result.phase == "Succeeded" else (EXIT_INVALID if result.reason == "InvalidSpec" else EXIT_FAILED)
@@ -178,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         help="format of the final status (default yaml)",
     )
     run.add_argument("--output", help="override spec.output.uri (default: spec.output.uri, else ./runs/NAME)")
+    run.add_argument(
+        "--run-id",
+        default=jobfile.LOCAL_RUN_ID,
+        help="the run's id: it writes under OUTPUT/runs/RUN_ID, and running the same id again resumes an "
+        f"interrupted run; give a new one to start afresh (default {jobfile.LOCAL_RUN_ID})",
+    )
     run.add_argument(
         "--pvc-root",
         default=os.environ.get("KERAS_OPERATOR_PVC_ROOT", DEFAULT_PVC_ROOT),

@@ -62,8 +62,9 @@ def test_train_to_s3_then_serve_from_s3(
         )
         status = cluster.ktj("s3job")["status"]
         assert status["phase"] == "Succeeded", status
-        assert status["modelUri"] == bucket.url("runs/s3job/model.keras")
-        assert "runs/s3job/model.keras" in bucket.keys("runs/s3job/")
+        run = f"runs/s3job/runs/{cluster.ktj('s3job')['metadata']['uid']}"  # the run's own prefix: its uid
+        assert status["modelUri"] == bucket.url(f"{run}/model.keras")
+        assert {f"{run}/model.keras", f"{run}/_COMPLETE.json"} <= set(bucket.keys("runs/s3job/"))
 
         served = cluster.wait_for(
             lambda: (
@@ -74,14 +75,14 @@ def test_train_to_s3_then_serve_from_s3(
             "the model service",
         )
         assert served["phase"] == "Ready", served
-        assert served["modelUri"] == bucket.url("runs/s3job/model.keras")
+        assert served["modelUri"] == bucket.url(f"{run}/model.keras")
         x = rng.normal(size=(2, 8)).astype("float32")
         code, body = post_json(
             f"{cluster.service_url(served['url'])}/v1/models/s3job:predict", {"instances": x.tolist()}
         )
         assert code == 200, body
 
-    model = keras.models.load_model(bucket.download("runs/s3job/model.keras", tmp_path / "m.keras"))
+    model = keras.models.load_model(bucket.download(f"{run}/model.keras", tmp_path / "m.keras"))
     np.testing.assert_allclose(body["predictions"], model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     container = cluster.get(DEPLOYMENTS, "s3job")["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "AWS_ENDPOINT_URL", "value": s3_endpoint} in container["env"]

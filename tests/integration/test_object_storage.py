@@ -90,23 +90,29 @@ def test_model_savedmodel_and_checkpoints_written_to_s3(
 
     class Watching(PodReporter):
         def epoch(self, report: Any) -> None:  # the epoch's checkpoint is in the bucket before it is reported
-            checkpoints.append(bucket.keys("runs/tiny/checkpoints/"))
+            checkpoints.append(bucket.keys("runs/tiny/runs/local/checkpoints/"))
             super().epoch(report)
 
     result = training.run(job, bucket.url("runs/tiny"), Watching())
     assert result.phase == "Succeeded", result.message
-    assert result.model_uri == bucket.url("runs/tiny/model.keras")
+    run = "runs/tiny/runs/local"  # the run's own prefix (no uid here: the local run id)
+    assert result.model_uri == bucket.url(f"{run}/model.keras")
 
     assert len(checkpoints) == 3
     for keys in checkpoints:
-        assert {"runs/tiny/checkpoints/latest.weights.h5", "runs/tiny/checkpoints/training_metadata.json"} <= set(keys)
+        assert {
+            f"{run}/checkpoints/latest.weights.h5",
+            f"{run}/checkpoints/training_metadata.json",
+            f"{run}/checkpoints/run.json",
+        } <= set(keys)
     keys = bucket.keys("runs/tiny/")
-    assert "runs/tiny/model.keras" in keys
-    assert "runs/tiny/savedmodel/saved_model.pb" in keys
-    assert "runs/tiny/savedmodel/variables/variables.index" in keys
-    assert not [k for k in keys if k.startswith("runs/tiny/checkpoints/")], "checkpoints left after success"
+    assert f"{run}/model.keras" in keys
+    assert f"{run}/_COMPLETE.json" in keys
+    assert f"{run}/savedmodel/saved_model.pb" in keys
+    assert f"{run}/savedmodel/variables/variables.index" in keys
+    assert not [k for k in keys if k.startswith(f"{run}/checkpoints/")], "checkpoints left after success"
 
-    model = keras.models.load_model(bucket.download("runs/tiny/model.keras", tmp_path / "m.keras"))
+    model = keras.models.load_model(bucket.download(f"{run}/model.keras", tmp_path / "m.keras"))
     assert model.predict(np.zeros((2, 8), "float32"), verbose=0).shape == (2, 3)
 
 
@@ -125,9 +131,12 @@ def test_killed_training_resumes_from_s3_checkpoints(tmp_path: Path, bucket: Buc
     }
     cmd = train_command(config, bucket.url("runs/killed"))
 
+    run = "runs/killed/runs/pod-uid"
+    cmd = [*cmd, "--run-id", "pod-uid"]  # a retried pod: the same run
     assert kill_after_epoch(cmd, env, 2) == [1, 2]
-    assert "runs/killed/checkpoints/training_metadata.json" in bucket.keys("runs/killed/")
-    assert "runs/killed/model.keras" not in bucket.keys("runs/killed/")
+    assert f"{run}/checkpoints/training_metadata.json" in bucket.keys("runs/killed/")
+    assert f"{run}/model.keras" not in bucket.keys("runs/killed/")
+    assert f"{run}/_COMPLETE.json" not in bucket.keys("runs/killed/")
 
     # The rerun has a new local staging folder: all it knows comes from the bucket.
     epochs, resumed = run_again(cmd, env)
@@ -135,8 +144,14 @@ def test_killed_training_resumes_from_s3_checkpoints(tmp_path: Path, bucket: Buc
     assert epochs[-1] == 6
     assert resumed
     keys = bucket.keys("runs/killed/")
-    assert "runs/killed/model.keras" in keys
-    assert not [k for k in keys if k.startswith("runs/killed/checkpoints/")]
+    assert f"{run}/model.keras" in keys
+    assert f"{run}/_COMPLETE.json" in keys
+    assert not [k for k in keys if k.startswith(f"{run}/checkpoints/")]
+
+    # Deleted and re-applied (a new uid, the same output): a new run, from epoch 1.
+    epochs, resumed = run_again([*cmd[:-1], "new-uid"], env)
+    assert (epochs[0], resumed) == (1, False)
+    assert "runs/killed/runs/new-uid/model.keras" in bucket.keys("runs/killed/")
 
 
 @pytest.mark.parametrize("fmt", ["keras", "savedmodel"])
@@ -186,11 +201,17 @@ def test_a_folder_upload_cut_short_leaves_what_its_writer_wrote_first(
 
         return put_file
 
+    monkeypatch.setenv("KERAS_TRAINER_STORAGE_RETRIES", "1")  # the writer dies: nothing is retried
     for killed_after in range(len(written) + 1):
         monkeypatch.setattr(s3fs.S3FileSystem, "_put_file", dying_after(killed_after))
         forget_s3fs_state()  # an instance binds its sync methods when made: the next one sees the patch
         prefix = f"run{killed_after}/checkpoints"
-        with pytest.raises(ConnectionAbortedError) if killed_after < len(written) else contextlib.nullcontext():
+        dies = killed_after < len(written)
+        with (
+            pytest.raises(storage.TransientStorageError, match="ConnectionAbortedError")
+            if dies
+            else contextlib.nullcontext()
+        ):
             storage.publish(folder, bucket.url(prefix))
         assert bucket.keys(prefix + "/") == sorted(f"{prefix}/{n}" for n in written[:killed_after])
 
@@ -213,11 +234,12 @@ def test_the_s3_example_trains_against_an_s3_endpoint(
     assert code == 0, err[-2000:]
     status = json.loads(out)["status"]
     assert status["phase"] == "Succeeded"
-    assert status["modelUri"] == "s3://my-bucket/models/digits/model.keras"
+    run = "models/digits/runs/local"  # `kerasop run`'s run id
+    assert status["modelUri"] == f"s3://my-bucket/{run}/model.keras"
     assert status["metrics"]["val_accuracy"] > 0.9
     keys = example.keys("models/digits/")
-    assert {"models/digits/model.keras", "models/digits/savedmodel/saved_model.pb"} <= set(keys)
-    assert not [k for k in keys if k.startswith("models/digits/checkpoints/")]
+    assert {f"{run}/model.keras", f"{run}/savedmodel/saved_model.pb", f"{run}/_COMPLETE.json"} <= set(keys)
+    assert not [k for k in keys if k.startswith(f"{run}/checkpoints/")]
 
 
 def test_gcs_data_model_and_serving_through_an_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -253,18 +275,47 @@ def test_gcs_data_model_and_serving_through_an_emulator(tmp_path: Path, monkeypa
         )
         result = training.run(job, "gs://gcs-test/runs/tiny", PodReporter())
         assert result.phase == "Succeeded", result.message
-        assert result.model_uri == "gs://gcs-test/runs/tiny/model.keras"
+        run = "runs/tiny/runs/local"
+        assert result.model_uri == f"gs://gcs-test/{run}/model.keras"
 
         code, listing = get_json(f"{endpoint}/storage/v1/b/gcs-test/o?prefix=runs/tiny/")  # the emulator's own API
         assert code == 200
         names = {item["name"] for item in listing.get("items", [])}
-        assert {"runs/tiny/model.keras", "runs/tiny/savedmodel/saved_model.pb"} <= names
-        assert not [n for n in names if n.startswith("runs/tiny/checkpoints/")]
+        assert {f"{run}/model.keras", f"{run}/savedmodel/saved_model.pb", f"{run}/_COMPLETE.json"} <= names
+        assert not [n for n in names if n.startswith(f"{run}/checkpoints/")]
 
-        for uri in (result.model_uri, "gs://gcs-test/runs/tiny/savedmodel"):
+        for uri in (result.model_uri, f"gs://gcs-test/{run}/savedmodel"):
             served = ServedModel.load(uri, "m")
             out = served.predict({served.inputs[0].name: rng.normal(size=(2, 8)).astype("float32")})
             assert next(iter(out.values())).shape == (2, 3)
     finally:
         gcsfs.GCSFileSystem.clear_instance_cache()
         server.stop()
+
+
+@pytest.mark.parametrize("failure", ["503", "reset"])
+def test_an_s3_endpoint_that_fails_exits_1_after_retrying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """Transient: the Job retries the pod (exit 1), after the trainer itself tried a few times."""
+    from helpers.flaky import flaky_http, resetting_port
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_MAX_ATTEMPTS": "1",  # botocore's own retries would only make the test slow
+        "KERAS_TRAINER_STORAGE_RETRIES": "2",
+        "KERAS_TRAINER_STORAGE_BACKOFF": "0.01",
+    }.items():
+        monkeypatch.setenv(key, value)
+    with flaky_http() if failure == "503" else resetting_port() as endpoint:
+        url = endpoint.url if failure == "503" else endpoint[0]
+        monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+        forget_s3fs_state()
+        code, result = train(tmp_path, tiny_job(), "s3://some-bucket/runs/tiny", monkeypatch)
+    forget_s3fs_state()
+    assert code == 1, result.message
+    assert result.reason == "TrainingError"
+    assert "s3://some-bucket/runs/tiny/runs/local/checkpoints after 2 attempts" in result.message
+    assert "\n" not in result.message

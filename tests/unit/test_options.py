@@ -17,6 +17,7 @@ from test_cli import _local_pvc_root, write  # noqa: F401  (the fixture applies 
 from helpers.jobs import tiny_job
 from helpers.manifests import ROOT
 from keras_operator import cli
+from keras_operator.api import jobfile
 from keras_operator.api.parse import InvalidResource, parse
 from keras_operator.api.serving import KerasModelService
 from keras_operator.builders.training import build_job, desired_suspend, job_spec_hash
@@ -44,23 +45,24 @@ def test_tensorboard_logs_are_written_uploaded_and_named_in_the_status(
 
     class Watching(PodReporter):
         def epoch(self, report: Any) -> None:  # the logs reach a remote output every epoch, not only at the end
-            seen.append(len(fs.find("/tb/run/logs")))
+            seen.append(len(fs.find("/tb/run/runs/local/logs")))
             super().epoch(report)
 
     result = train.run(job, "memory://tb/run", Watching())
     assert result.phase == "Succeeded", result.message
     assert seen[0] > 0
-    events = [p for p in fs.find("/tb/run/logs") if "events.out.tfevents" in p]
+    events = [p for p in fs.find("/tb/run/runs/local/logs") if "events.out.tfevents" in p]
     assert any("/train/" in p for p in events)
     assert any("/validation/" in p for p in events)
-    assert tensorboard_uri("memory://tb/run", job.spec.output.tensorboard) == "memory://tb/run/logs"
+    prefix = jobfile.run_prefix("memory://tb/run", jobfile.LOCAL_RUN_ID)  # the run's own folder
+    assert tensorboard_uri(prefix, job.spec.output.tensorboard) == "memory://tb/run/runs/local/logs"
 
 
 def test_kerasop_run_with_tensorboard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, status, err = run(tmp_path, tiny_job("tb", output={"uri": "pvc://models/tb", "tensorboard": True}), capsys)
     assert code == 0, err
-    assert status["tensorboardUri"] == "pvc://models/tb/logs"
-    assert list((tmp_path / "pvc" / "models" / "tb" / "logs" / "train").glob("events.out.tfevents*"))
+    assert status["tensorboardUri"] == "pvc://models/tb/runs/local/logs"
+    assert list((tmp_path / "pvc" / "models" / "tb" / "runs" / "local" / "logs" / "train").glob("events.out.tfevents*"))
 
 
 def test_operator_status_names_the_tensorboard_logs() -> None:

@@ -34,11 +34,13 @@ def test_trains_saves_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert result.phase == "Succeeded"
     assert (result.epoch, result.epochs) == (3, 3)
     assert set(result.metrics) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
-    assert result.model_uri == str(tmp_path / "out" / "model.keras")
+    run = tmp_path / "out" / "runs" / "local"  # no uid in the file: the local run id
+    assert result.model_uri == str(run / "model.keras")
     model = keras.models.load_model(result.model_uri)
     assert model.predict(np.zeros((2, 8), "float32"), verbose=0).shape == (2, 3)
-    assert (tmp_path / "out" / "savedmodel" / "saved_model.pb").exists()
-    assert not (tmp_path / "out" / "checkpoints").exists()  # removed once training finished
+    assert (run / "savedmodel" / "saved_model.pb").exists()
+    assert (run / "_COMPLETE.json").exists()
+    assert not (run / "checkpoints").exists()  # removed once training finished
 
 
 @pytest.mark.parametrize(
@@ -102,20 +104,21 @@ def test_remote_output_through_fsspec(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setenv("KERAS_TRAINER_TERMINATION_LOG", str(tmp_path / "term"))
     job = parse(tiny_job())
+    fs = fsspec.filesystem("memory")
     seen = []
 
     class Watching(PodReporter):
         def epoch(self, report: Any) -> None:  # checkpoints reach the remote output every epoch
-            seen.append(fsspec.filesystem("memory").exists("/bucket/run1/checkpoints/training_metadata.json"))
+            seen.append(fs.exists("/bucket/run1/runs/local/checkpoints/training_metadata.json"))
             super().epoch(report)
 
     result = train.run(job, "memory://bucket/run1", Watching())
     assert seen == [True, True]
     assert result.phase == "Succeeded", result.message
-    assert result.model_uri == "memory://bucket/run1/model.keras"
-    fs = fsspec.filesystem("memory")
-    fs.get("/bucket/run1/model.keras", str(tmp_path / "m.keras"))
-    assert not fs.exists("/bucket/run1/checkpoints")  # uploaded every epoch, removed once finished
+    assert result.model_uri == "memory://bucket/run1/runs/local/model.keras"
+    fs.get("/bucket/run1/runs/local/model.keras", str(tmp_path / "m.keras"))
+    assert fs.exists("/bucket/run1/runs/local/_COMPLETE.json")
+    assert not fs.exists("/bucket/run1/runs/local/checkpoints")  # uploaded every epoch, removed once finished
     assert keras.models.load_model(tmp_path / "m.keras").output_shape == (None, 3)
 
 
@@ -173,3 +176,122 @@ def test_progress_bar_on_a_terminal() -> None:
     assert "epoch 2/2" in text
     assert "10/10" in text  # a bar over the epoch's steps
     assert "loss=0.25" in text
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERAS_TRAINER_STORAGE_RETRIES", "3")
+    monkeypatch.setenv("KERAS_TRAINER_STORAGE_BACKOFF", "0.01")
+
+
+def _npz(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.normal(size=(64, 8)).astype("float32"), y=np.arange(64) % 3)
+    return path
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_a_store_answering_503_is_retried_then_exits_1_not_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers.flaky import flaky_http
+
+    with flaky_http() as store:
+        uri = f"{store.url}/d.npz"
+        code, result = run_cli(tmp_path, tiny_job(data={"train": {"uri": uri}}), monkeypatch)
+        requests = store.requests
+    assert code == 1  # the Job retries the pod: the store may be back by then
+    assert result.reason == "TrainingError"
+    assert result.message.startswith(f"spec.data.train.uri: cannot read {uri} after 3 attempts (")
+    assert "503" in result.message
+    assert "\n" not in result.message
+    assert requests >= 3
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_a_store_that_fails_twice_is_retried_inside_the_trainer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers.flaky import flaky_http
+
+    with flaky_http({"/d.npz": _npz(tmp_path / "d.npz")}, failures=2) as store:
+        code, result = run_cli(tmp_path, tiny_job(data={"train": {"uri": f"{store.url}/d.npz"}}), monkeypatch)
+    assert code == 0, result.message
+    assert result.phase == "Succeeded"
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_connection_resets_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers.flaky import resetting_port
+
+    with resetting_port() as (url, connections):
+        code, result = run_cli(tmp_path, tiny_job(data={"train": {"uri": f"{url}/d.npz"}}), monkeypatch)
+    assert code == 1
+    assert result.message.startswith(f"spec.data.train.uri: cannot read {url}/d.npz after 3 attempts (")
+    assert connections[0] >= 3
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_a_failed_dataset_download_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+
+    calls = []
+
+    def offline() -> Any:
+        calls.append(1)
+        raise Exception("URL fetch failure on https://storage.googleapis.com/mnist.npz: None -- [Errno -3]")
+
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", offline)
+    doc = tiny_job(data={"train": {"keras": "mnist"}}, model__inputShape=[28, 28, 1])
+    code, result = run_cli(tmp_path, doc, monkeypatch)
+    assert code == 1
+    assert result.message.startswith("spec.data.train.keras: cannot download keras.datasets.mnist after 3 attempts")
+    assert len(calls) == 3
+
+
+def test_deterministic_data_errors_stay_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers.flaky import flaky_http
+
+    (tmp_path / "bad.npz").write_bytes(b"not an npz file")
+    code, result = run_cli(tmp_path, tiny_job(data={"train": {"uri": str(tmp_path / "bad.npz")}}), monkeypatch)
+    assert (code, result.reason) == (2, "InvalidSpec")
+    assert result.message.startswith(f"spec.data.train.uri: {tmp_path / 'bad.npz'} is not a readable .npz file")
+    with flaky_http({}, failures=0) as store:  # a store that answers, and has no such file
+        code, result = run_cli(tmp_path, tiny_job(data={"train": {"uri": f"{store.url}/none.npz"}}), monkeypatch)
+        requests = store.requests
+    assert (code, result.reason) == (2, "InvalidSpec")
+    assert result.message == f"spec.data.train.uri: not found: {store.url}/none.npz"
+    assert requests == 1  # not retried: it would answer the same
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (TimeoutError("timed out"), True),
+        (OSError(5, "Service Unavailable"), True),  # what s3fs makes of a 5xx
+        (FileNotFoundError("s3://b/k"), False),
+        (PermissionError("Access Denied"), False),
+        (OSError(22, "Invalid bucket name"), False),
+        (ValueError("bad"), False),
+    ],
+)
+def test_which_storage_errors_are_transient(error: BaseException, transient: bool) -> None:
+    from keras_trainer import storage
+
+    assert storage.is_transient(error) is transient
+
+
+def test_http_status_decides_for_client_library_errors() -> None:
+    from keras_trainer import storage
+
+    class ResponseError(Exception):  # aiohttp.ClientResponseError's shape
+        def __init__(self, status: int) -> None:
+            super().__init__(f"{status}")
+            self.status = status
+
+    class ClientError(Exception):  # botocore.exceptions.ClientError's shape
+        def __init__(self, status: int) -> None:
+            super().__init__(f"{status}")
+            self.response = {"ResponseMetadata": {"HTTPStatusCode": status}}
+
+    assert [storage.is_transient(ResponseError(s)) for s in (503, 500, 429, 403, 404)] == [True] * 3 + [False] * 2
+    assert [storage.is_transient(ClientError(s)) for s in (502, 400)] == [True, False]

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from helpers.manifests import ROOT, validate_k8s
+from keras_operator.api import jobfile
 from keras_operator.api.parse import parse, read_documents
 from keras_operator.builders.training import build_job
 
@@ -161,11 +162,15 @@ def test_the_pod_carries_the_normalised_spec_where_the_trainer_reads_it(tmp_path
     mounted = tmp_path / "job.yaml"  # as the downward API writes it
     mounted.write_text(template["metadata"]["annotations"]["kerasoperator.dev/trainer-config"])
     (config,) = read_documents(mounted)
-    assert config["spec"]["training"]["optimizer"] == {"name": "adam", "learningRate": 1e-05, "epsilon": 1e-07}
-    assert config["metadata"]["name"] == "digits"
-    assert config["spec"]["training"]["epochs"] == 20
-    assert config["spec"]["runPolicy"]["backoffLimit"] == 3  # defaults filled in
-    assert parse(config).spec == spec  # the user's annotation of the same name did not win
+    assert config["apiVersion"] == "kerasoperator.dev/trainer/v1"  # the trainer's own job file
+    assert config["training"]["optimizer"] == {"name": "adam", "learningRate": 1e-05, "epsilon": 1e-07}
+    assert config["run"] == {"id": "1234-5678", "name": "digits", "namespace": "ml", "generation": 3}
+    assert config["training"]["epochs"] == 20
+    assert config["training"]["batchSize"] == 32  # defaults filled in
+    job, ignored = jobfile.read(config)
+    assert ignored == []
+    # The user's annotation of the same name did not win.
+    assert (job.model, job.data, job.training, job.output) == (spec.model, spec.data, spec.training, spec.output)
     container = template["spec"]["containers"][0]
     volume = next(v for v in template["spec"]["volumes"] if v["name"] == "config")
     (item,) = volume["downwardAPI"]["items"]

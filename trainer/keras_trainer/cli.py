@@ -1,11 +1,18 @@
-"""The container entrypoint: `keras-trainer train --config job.yaml` (the file the operator mounts)."""
+"""The container entrypoint: `keras-trainer train --config job.yaml` (the job file the operator mounts).
+
+Exit codes: 0 trained; 2 the job file or the spec is wrong (the Job fails at once: retrying cannot help);
+1 anything else, including storage or network failures that may pass (the Job retries the pod).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from keras_operator.api.parse import InvalidResource, parse, read_documents
+import structlog
+
+from keras_operator.api import jobfile
+from keras_operator.api.parse import InvalidResource, read_documents
 from keras_operator.api.report import EXIT_INVALID_SPEC, TrainingResult
 from keras_operator.runtime import logs
 from keras_trainer import backend
@@ -24,9 +31,10 @@ def exit_code(result: TrainingResult) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keras-trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train the KerasTrainingJob in a config file")
-    train.add_argument("--config", default=CONFIG_PATH, help="the KerasTrainingJob (YAML or JSON)")
+    train = sub.add_parser("train", help="train the job file (or KerasTrainingJob) in a config file")
+    train.add_argument("--config", default=CONFIG_PATH, help="a TrainerJob job file or a KerasTrainingJob (YAML/JSON)")
     train.add_argument("--output", help="override spec.output.uri")
+    train.add_argument("--run-id", help="override the run id (default: the job file's, else the uid, else local)")
     serve = sub.add_parser("serve", help="serve a saved model over TF Serving REST and Open Inference v2")
     serve.add_argument("--model-uri", required=True, help="a .keras file or SavedModel folder (path or URI)")
     serve.add_argument("--model-name", required=True, help="the NAME in /v1/models/NAME and /v2/models/NAME")
@@ -46,27 +54,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         docs = read_documents(args.config)
         if len(docs) != 1:
-            raise InvalidResource(f"{args.config}: expected one KerasTrainingJob, found {len(docs)} documents")
-        job = parse(docs[0])
+            raise InvalidResource(f"{args.config}: expected one job file, found {len(docs)} documents")
+        job, ignored = jobfile.read(docs[0])
+        if args.run_id:
+            try:
+                run_id = jobfile.check_run_id(args.run_id)
+            except ValueError as exc:
+                raise InvalidResource(f"--run-id: {exc}") from exc
+            job = job.model_copy(update={"run": job.run.model_copy(update={"id": run_id})})
     except InvalidResource as exc:
         result = TrainingResult(phase="Failed", reason="InvalidSpec", message=str(exc))
         reporter.end(result)
         return exit_code(result)
-    output = args.output or job.spec.output.uri
-    if not output:
-        result = TrainingResult(phase="Failed", reason="InvalidSpec", message="spec.output.uri: required")
-        reporter.end(result)
-        return exit_code(result)
+    if ignored:
+        # Written by a newer operator: what this trainer does not know it cannot use, but it can train.
+        structlog.get_logger("keras_trainer").warning(
+            "job_file_fields_ignored", api_version=docs[0].get("apiVersion"), fields=ignored
+        )
 
     try:
-        backend.prepare(job.spec.backend)
+        backend.prepare(job.backend)
     except SpecError as exc:
-        result = TrainingResult(phase="Failed", reason="InvalidSpec", message=str(exc), epochs=job.spec.training.epochs)
+        result = TrainingResult(phase="Failed", reason="InvalidSpec", message=str(exc), epochs=job.training.epochs)
         reporter.end(result)
         return exit_code(result)
     from keras_trainer import train as training  # imports keras, after the backend is chosen
 
-    return exit_code(training.run(job, output, reporter))
+    return exit_code(training.run(job, args.output, reporter))
 
 
 def _serve(args: argparse.Namespace) -> int:

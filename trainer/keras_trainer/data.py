@@ -12,7 +12,7 @@ import numpy as np
 
 from keras_operator.api.training import DataSource
 from keras_trainer import storage
-from keras_trainer.errors import SpecError, suggestion
+from keras_trainer.errors import SpecError, TransientError, suggestion
 
 _SUFFIX_FORMATS = {".npz": "npz", ".csv": "csv", ".tfrecord": "tfrecord", ".tfrecords": "tfrecord"}
 
@@ -59,6 +59,9 @@ def load(source: DataSource, field: str, role: str, *, batch_size: int, seed: in
         return loader(source, path, batch_size=batch_size, seed=seed, shape_hint=shape_hint)
     except SpecError as exc:
         raise SpecError(f"{field}.{exc.field}", exc.message) from exc
+    except TransientError as exc:
+        where = "keras" if source.keras is not None else "uri"
+        raise TransientError(f"{field}.{where}: {exc}") from exc
 
 
 def _synthetic(source: DataSource, seed: int | None) -> Data:
@@ -77,10 +80,11 @@ def _synthetic(source: DataSource, seed: int | None) -> Data:
 def _keras_dataset(name: str, role: str) -> Data:
     import keras
 
-    try:
-        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
-    except Exception as exc:  # downloads at run time: any network or cache problem ends here
-        raise SpecError("keras", f"could not load keras.datasets.{name}: {exc}") from exc
+    # The name is one the API allows, so a failure here is the download's (network, cache): transient.
+    # Keras reports a failed download as a bare Exception, hence every exception counts.
+    (x_train, y_train), (x_test, y_test) = storage.retrying(
+        "download", f"keras.datasets.{name}", getattr(keras.datasets, name).load_data, transient=lambda _: True
+    )
     x, y = (x_train, y_train) if role == "train" else (x_test, y_test)
     x = x.astype("float32") / 255.0
     if x.ndim == 3:  # grey images: add the channel axis Conv2D expects

@@ -23,3 +23,8 @@ def suggestion(name: str, choices: Iterable[str]) -> str:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class TransientError(Exception):
+    """A failure that may pass on its own (network, object storage): the trainer exits with 1 and the Job
+    retries the pod. str() is the one line users see."""

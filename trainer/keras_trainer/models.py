@@ -11,7 +11,7 @@ import keras
 
 from keras_operator.api.training import ModelSpec, TrainingSpec
 from keras_trainer import storage
-from keras_trainer.errors import SpecError, first_line, suggestion
+from keras_trainer.errors import SpecError, TransientError, first_line, suggestion
 
 CODE_DIR_ENV = "KERAS_TRAINER_CODE_DIR"
 
@@ -42,6 +42,8 @@ def load(uri: str, field: str) -> keras.Model:
         return keras.models.load_model(path, compile=False)
     except storage.StorageError as exc:
         raise SpecError(field, str(exc)) from exc
+    except TransientError as exc:
+        raise TransientError(f"{field}: {exc}") from exc
     except (ValueError, OSError) as exc:
         raise SpecError(field, f"cannot load a Keras model from {uri}: {exc}") from exc
 

@@ -1,7 +1,10 @@
-"""Runs one KerasTrainingJob: data -> model -> fit (with checkpoints) -> evaluate -> save."""
+"""Runs one training (a TrainerJob): data -> model -> fit (with checkpoints) -> save -> evaluate."""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -10,7 +13,10 @@ from typing import Any
 
 import keras
 import numpy as np
+import structlog
 
+from keras_operator.api import jobfile
+from keras_operator.api.jobfile import TrainerJob
 from keras_operator.api.report import EpochReport, TrainingResult, clean_metrics
 from keras_operator.api.training import (
     CHECKPOINT_DIR,
@@ -22,8 +28,10 @@ from keras_operator.api.training import (
 )
 from keras_trainer import data as data_mod
 from keras_trainer import distribute, models, storage
-from keras_trainer.errors import SpecError, first_line
+from keras_trainer.errors import SpecError, TransientError, first_line
 from keras_trainer.reporting import Reporter
+
+log = structlog.get_logger("keras_trainer")
 
 
 class _Progress(keras.callbacks.Callback):
@@ -43,6 +51,7 @@ class _Progress(keras.callbacks.Callback):
         self.devices = devices
         self.samples = samples  # training examples per epoch, when known (arrays; not a tf.data stream)
         self.last: EpochReport | None = None
+        self.initial = 0
         self._started = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -50,6 +59,7 @@ class _Progress(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         initial = int(getattr(self.model, "_initial_epoch", 0) or 0)  # set by BackupAndRestore on resume
+        self.initial = initial
         self.reporter.begin(epochs=self.epochs, initial_epoch=initial, steps=self.steps)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -71,36 +81,117 @@ class _Progress(keras.callbacks.Callback):
 
 
 class Workspace:
-    """The output location as a local folder; remote outputs are staged and uploaded."""
+    """One run's own output folder (OUTPUT/runs/RUN_ID) as a local folder; remote outputs are staged
+    locally and uploaded.
 
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.remote = storage.is_remote(uri)
-        self.local = Path(tempfile.mkdtemp(prefix="keras-out-")) if self.remote else storage.local_path(uri)
+    What it holds is the run's alone: checkpoints are resumed only by the run that wrote them (their
+    RUN_RECORD says which), and a model counts as written only once COMPLETE_MARKER is there, written
+    after every file of the model is in place.
+    """
+
+    def __init__(self, prefix: str, run_id: str) -> None:
+        self.uri = prefix
+        self.run_id = run_id
+        self.remote = storage.is_remote(prefix)
+        self.local = Path(tempfile.mkdtemp(prefix="keras-out-")) if self.remote else storage.local_path(prefix)
         self.local.mkdir(parents=True, exist_ok=True)
+        for partial in self.local.glob(".*partial*"):  # a save cut short by a crash in an earlier attempt
+            shutil.rmtree(partial) if partial.is_dir() else partial.unlink(missing_ok=True)
 
-    def restore_checkpoints(self) -> None:
+    def restore_checkpoints(self) -> Path:
+        """The checkpoint folder for BackupAndRestore: this run's last checkpoint if there is one, else empty."""
+        folder = self.local / CHECKPOINT_DIR
         remote = storage.join(self.uri, CHECKPOINT_DIR)
         if self.remote and storage.exists(remote):
             storage.fetch(remote, self.local)
+        if folder.exists():
+            owner = _checkpoint_run(folder)
+            if owner != self.run_id:
+                # Copied from elsewhere, or written before runs had ids: resuming it would continue
+                # another training (and, past our epochs, "finish" without training at all).
+                log.warning("checkpoint_not_resumed", path=str(remote), checkpoint_run=owner, run=self.run_id)
+                shutil.rmtree(folder)
+                storage.remove(remote)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = folder / jobfile.RUN_RECORD
+        if not record.exists():  # written first, so it is also the first file uploaded
+            record.write_text(json.dumps({"runId": self.run_id}))
+        return folder
 
     def finish_checkpoints(self) -> None:
-        """A finished training must not be "resumed" by the next run with the same output (Keras already
-        removed the local copy)."""
+        """A finished training must not be "resumed" by a retry of the same run (Keras already removed
+        the local copy)."""
         storage.remove(storage.join(self.uri, CHECKPOINT_DIR))
 
     def push(self, name: str) -> None:
         if self.remote and (self.local / name).exists():
             storage.publish(self.local / name, storage.join(self.uri, name))
 
+    def commit(self, model: keras.Model, output: OutputSpec, result: dict[str, Any]) -> str:
+        """Save the model so that no reader ever sees a part of it. -> the model's URI.
 
-def run(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> TrainingResult:
-    """Train, report and return the result; user mistakes become a Failed result naming the field."""
-    epochs = job.spec.training.epochs
+        Locally each format is written under a temporary name in the same folder and renamed into place
+        (os.replace: atomic on one filesystem). On object storage, which has no rename, the files are
+        uploaded (each object appears only once complete) and the marker goes up after all of them.
+        In both, COMPLETE_MARKER is written last and removed first, so it never vouches for a model
+        that is being replaced (a retry of a run that already saved).
+        """
+        marker = storage.join(self.uri, jobfile.COMPLETE_MARKER)
+        (self.local / jobfile.COMPLETE_MARKER).unlink(missing_ok=True)
+        storage.remove(marker)
+        token = secrets.token_hex(4)
+        formats = output.formats
+        if "savedmodel" in formats:
+            partial = self.local / f".{SAVEDMODEL_DIR}.{token}.partial"
+            model.export(str(partial), verbose=False)
+            _replace_folder(partial, self.local / SAVEDMODEL_DIR)
+            self.push(SAVEDMODEL_DIR)
+        if "keras" in formats:
+            partial = self.local / f".{token}.partial.{MODEL_FILE}"  # Keras insists on the .keras suffix
+            model.save(partial)
+            os.replace(partial, self.local / MODEL_FILE)
+            self.push(MODEL_FILE)
+        model_uri = storage.join(self.uri, output.model_path())
+        record = {"runId": self.run_id, "modelUri": model_uri, "formats": list(formats), **result}
+        storage.write_text(marker, json.dumps(record, separators=(",", ":")))
+        return model_uri
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put folder `new` at `target`; a reader sees the old folder or the new one, or (for an instant,
+    when replacing) none, never a mix."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old)
+
+
+def _checkpoint_run(folder: Path) -> str | None:
     try:
-        result = _train(job, output_uri, reporter)
+        return str(json.loads((folder / jobfile.RUN_RECORD).read_text())["runId"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def run(job: TrainerJob | KerasTrainingJob, output_uri: str | None, reporter: Reporter) -> TrainingResult:
+    """Train, report and return the result; user mistakes become a Failed result naming the field.
+    `output_uri` replaces output.uri; a KerasTrainingJob is run as the job file made from it."""
+    if isinstance(job, KerasTrainingJob):
+        job = jobfile.from_resource(job, output_uri=output_uri)
+    elif output_uri:
+        job = job.model_copy(update={"output": job.output.model_copy(update={"uri": output_uri})})
+    epochs = job.training.epochs
+    try:
+        if not job.output.uri:
+            raise SpecError("spec.output.uri", "required")
+        result = _train(job, reporter)
     except SpecError as exc:
         result = TrainingResult(phase="Failed", reason="InvalidSpec", message=str(exc), epochs=epochs)
+    except TransientError as exc:  # the store or network may be back when the Job retries the pod
+        result = TrainingResult(phase="Failed", reason="TrainingError", message=str(exc), epochs=epochs)
     except Exception as exc:  # anything else still ends as one clear line, not a traceback in status
         result = TrainingResult(
             phase="Failed",
@@ -112,8 +203,8 @@ def run(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> TrainingR
     return result
 
 
-def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> TrainingResult:
-    spec = job.spec
+def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
+    spec = job  # the job file's sections are the spec's, under the same names
     training = spec.training
     if training.seed is not None:
         keras.utils.set_random_seed(training.seed)
@@ -153,13 +244,11 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
             optimizer=models.optimizer(training), loss=models.loss(training), metrics=models.metrics(training)
         )
 
-    workspace = Workspace(output_uri)
+    workspace = Workspace(job.prefix(), job.run.id)
     callbacks: list[keras.callbacks.Callback] = []
     if spec.output.checkpoints:
-        workspace.restore_checkpoints()
-        callbacks.append(
-            keras.callbacks.BackupAndRestore(str(workspace.local / CHECKPOINT_DIR), double_checkpoint=True)
-        )
+        checkpoints = workspace.restore_checkpoints()
+        callbacks.append(keras.callbacks.BackupAndRestore(str(checkpoints), double_checkpoint=True))
     if training.early_stopping is not None:
         es = training.early_stopping
         callbacks.append(
@@ -204,20 +293,22 @@ def _train(job: KerasTrainingJob, output_uri: str, reporter: Reporter) -> Traini
     except ValueError as exc:
         raise SpecError("spec.model", f"the model does not fit the data: {first_line(exc)}") from exc
 
-    model_uri = _save(model, spec.output, workspace)
+    last = progress.last
+    # No epoch ran when a retry resumed a run whose last epoch was done but not yet saved.
+    epoch = last.epoch if last else progress.initial
     if spec.output.tensorboard:
         workspace.push(TENSORBOARD_DIR)  # the last epoch's events, written after its callback ran
+    model_uri = workspace.commit(model, spec.output, {"epoch": epoch, "epochs": training.epochs})
     if spec.output.checkpoints:
         workspace.finish_checkpoints()
-    last = progress.last
     metrics = dict(last.metrics) if last else {}
     # The saved weights may be the best epoch's (early stopping), not the last one's: report theirs.
     metrics.update(_evaluate(model, train, validation, spec.data.validation_split, training.batch_size))
     return TrainingResult(
         phase="Succeeded",
         reason="Completed",
-        message=f"trained {last.epoch if last else 0}/{training.epochs} epochs",
-        epoch=last.epoch if last else 0,
+        message=f"trained {epoch}/{training.epochs} epochs",
+        epoch=epoch,
         epochs=training.epochs,
         metrics=metrics,
         model_uri=model_uri,
@@ -268,17 +359,3 @@ def _samples_per_epoch(train: data_mod.Data, validation_split: float | None) -> 
         return None
     n = len(train.x)
     return int(n * (1 - validation_split)) if validation_split else n
-
-
-def _save(model: keras.Model, output: OutputSpec, workspace: Workspace) -> str:
-    formats = output.formats
-    if "keras" in formats:
-        model.save(workspace.local / MODEL_FILE)
-        workspace.push(MODEL_FILE)
-    if "savedmodel" in formats:
-        target = workspace.local / SAVEDMODEL_DIR
-        if target.exists():
-            shutil.rmtree(target)
-        model.export(str(target), verbose=False)
-        workspace.push(SAVEDMODEL_DIR)
-    return storage.join(workspace.uri, output.model_path())

@@ -1,7 +1,8 @@
 """KerasTrainingJob -> the batch/v1 Job that runs the trainer.
 
-The trainer's configuration (the resource with every default filled in) travels in the pod template,
-as an annotation the downward API mounts as a file: one object to create, no ConfigMap to keep in step.
+The trainer's job file (api/jobfile.py: the run's identity and the spec sections it uses, every default
+filled in) travels in the pod template, as an annotation the downward API mounts as a file: one object
+to create, no ConfigMap to keep in step.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from keras_operator.api import jobfile
 from keras_operator.api.common import GROUP
+from keras_operator.api.parse import InvalidResource
 from keras_operator.api.report import EXIT_INVALID_SPEC, TERMINATION_MESSAGE_PATH
 from keras_operator.api.training import KerasTrainingJobSpec
 from keras_operator.builders.common import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
@@ -49,20 +52,57 @@ def desired_suspend(spec: KerasTrainingJobSpec) -> bool | None:
     return None if spec.run_policy.queue_name else spec.run_policy.suspend
 
 
+# Kubernetes refuses an object whose annotations, keys and values together, exceed 256 KiB. The job file
+# stays well under it (about 1 KiB for the examples); this leaves room for the user's own annotations.
+ANNOTATION_LIMIT = 256 * 1024
+JOB_FILE_LIMIT = 192 * 1024
+
+
 def trainer_config(owner: dict[str, Any], spec: KerasTrainingJobSpec) -> dict[str, Any]:
-    """What the trainer reads: the resource with every default filled in, so both sides agree."""
-    meta = owner["metadata"]
-    return {
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "generation") if meta.get(k) is not None},
-        "spec": spec.dump(),
-    }
+    """What the trainer reads: its job file, for the run identified by the owner's uid."""
+    return jobfile.from_spec(owner["metadata"], spec).dump()
 
 
 def trainer_config_text(owner: dict[str, Any], spec: KerasTrainingJobSpec) -> str:
     # JSON, which the trainer's YAML reader takes as it is: about 20x cheaper to write than YAML.
-    return json.dumps(trainer_config(owner, spec), separators=(",", ":"))
+    text = json.dumps(trainer_config(owner, spec), separators=(",", ":"))
+    check_job_file_size(text, spec)
+    return text
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")).encode()) if value is not None else 0
+
+
+def check_job_file_size(text: str, spec: KerasTrainingJobSpec) -> None:
+    """InvalidResource naming the field that makes the job file too big for the pod annotation."""
+    user = (spec.pod_template.metadata.annotations or {}) if spec.pod_template and spec.pod_template.metadata else {}
+    size = len(text.encode())
+    total = size + len(CONFIG_ANNOTATION) + sum(len(k.encode()) + len(v.encode()) for k, v in user.items())
+    if size <= JOB_FILE_LIMIT and total <= ANNOTATION_LIMIT:
+        return
+    model, data = spec.model, spec.data
+    candidates = {
+        "spec.model.config": _size(model.config),
+        "spec.model.layers": _size([layer.dump() for layer in model.layers or []]),
+        "spec.model.application": _size(model.application.dump() if model.application else None),
+        "spec.data": _size(data.dump()),
+        "spec.training": _size(spec.training.dump()),
+        "spec.podTemplate.metadata.annotations": _size(user) if size <= JOB_FILE_LIMIT else 0,
+    }
+    field = max(candidates, key=lambda name: candidates[name])
+    hint = {
+        "spec.model.config": "; save the model (model.save) and give spec.model.uri, or build it in "
+        "spec.model.callable",
+        "spec.model.layers": "; give the model as spec.model.uri or spec.model.callable",
+        "spec.podTemplate.metadata.annotations": "; move large values out of the pod annotations",
+    }.get(field, "")
+    raise InvalidResource(
+        f"{field}: too large for the trainer's job file ({candidates[field] // 1024} KiB of a "
+        f"{size // 1024} KiB file; the pod annotation that carries it holds at most "
+        f"{JOB_FILE_LIMIT // 1024} KiB, Kubernetes allows {ANNOTATION_LIMIT // 1024} KiB of annotations "
+        f"in all){hint}"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,248 @@
+"""The trainer's job file: what one training run needs, versioned on its own, apart from the CRD.
+
+The operator writes it (builders/training.py) into the pod template, the trainer reads it, and the two
+may be different releases: a pinned trainer image outlives operator upgrades. So the file has its own
+`apiVersion: kerasoperator.dev/trainer/vN`, `kind: TrainerJob`, and these rules:
+
+- Within a major version, changes only add fields. A reader ignores the fields it does not know (the
+  trainer logs them once) instead of failing: a newer operator, or a CRD that gained a defaulted field,
+  cannot break an older trainer.
+- A file of a newer major version is refused with a clear message (a trainer must not guess at a format
+  that changed incompatibly): the trainer exits with EXIT_INVALID_SPEC, as retrying cannot help.
+- A whole KerasTrainingJob (what operators before this format wrote, or a file written by hand) is
+  still read, strictly, and turned into a TrainerJob.
+
+Objects that pass their extra keys to Keras (a layer's arguments, an optimizer's) keep them: for those
+an unknown key is an argument, not a newer field.
+
+Nothing here imports TensorFlow or Keras: the operator imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, Field, ValidationError
+
+from keras_operator.api.base import ApiModel, field_path
+from keras_operator.api.common import API_VERSION, GROUP, Backend
+from keras_operator.api.parse import InvalidResource, parse
+from keras_operator.api.training import KIND as TRAINING_KIND
+from keras_operator.api.training import (
+    DataSpec,
+    KerasTrainingJob,
+    KerasTrainingJobSpec,
+    ModelSpec,
+    OutputSpec,
+    TrainingSpec,
+)
+
+JOBFILE_GROUP = f"{GROUP}/trainer"
+JOBFILE_MAJOR = 1
+JOBFILE_API_VERSION = f"{JOBFILE_GROUP}/v{JOBFILE_MAJOR}"
+JOBFILE_KIND = "TrainerJob"
+
+# A run's outputs, under spec.output.uri: RUNS_DIR/RUN_ID/{model.keras, savedmodel/, checkpoints/, logs/}.
+RUNS_DIR = "runs"
+RUN_RECORD = "run.json"
+"""In a run's checkpoint folder: the run id the checkpoint belongs to (never resumed by another run)."""
+COMPLETE_MARKER = "_COMPLETE.json"
+"""Written last, once every file of the model is in place: a run's model is complete when it exists."""
+LOCAL_RUN_ID = "local"
+"""The run id of a local run (`kerasop run`, or `keras-trainer train` on a resource without a uid)."""
+RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # one path segment; a Kubernetes uid fits
+
+SPEC_SECTIONS = ("backend", "model", "data", "training", "output")
+"""The TrainerJob fields that are KerasTrainingJob spec fields of the same name (errors name them spec.X)."""
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id`, or ValueError when it is not one safe path segment."""
+    if not re.match(RUN_ID_PATTERN, run_id) or run_id in (".", ".."):
+        raise ValueError(f"run id {run_id!r} is not one path segment of letters, digits, '.', '_' or '-'")
+    return run_id
+
+
+def run_prefix(output_uri: str, run_id: str) -> str:
+    """Where one run writes: OUTPUT/runs/RUN_ID. A new resource (a new uid) with the same output.uri
+    never reads or overwrites an older run's checkpoints or model; a retried pod (same uid) finds its own."""
+    return f"{output_uri.rstrip('/')}/{RUNS_DIR}/{check_run_id(run_id)}"
+
+
+class RunIdentity(ApiModel):
+    """Which run this is: the resource, and the id its outputs are kept under."""
+
+    id: Annotated[str, Field(pattern=RUN_ID_PATTERN)]
+    """The run id: the resource's uid in a cluster (a deleted and re-applied resource is a new run)."""
+    name: Annotated[str, Field(min_length=1)]
+    """The KerasTrainingJob's name."""
+    namespace: str | None = None
+    generation: int | None = None
+    """The .metadata.generation the Job was made from."""
+
+
+class Distribution(ApiModel):
+    """How many devices the pod was given (the trainer uses every device it finds)."""
+
+    gpus: Annotated[int, Field(ge=0)] = 0
+
+
+class TrainerJob(ApiModel):
+    """The trainer's job file, version 1."""
+
+    api_version: str = JOBFILE_API_VERSION
+    kind: Literal["TrainerJob"] = JOBFILE_KIND
+    run: RunIdentity
+    backend: Backend = "tensorflow"
+    model: ModelSpec
+    data: DataSpec
+    training: TrainingSpec
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    distribution: Distribution = Field(default_factory=Distribution)
+
+    def prefix(self) -> str:
+        """This run's own output folder (output.uri must be set)."""
+        assert self.output.uri is not None
+        return run_prefix(self.output.uri, self.run.id)
+
+    def text(self) -> str:
+        # JSON, which a YAML reader also takes, and which keeps 1e-05 a number (YAML 1.1 would not).
+        return json.dumps(self.dump(), separators=(",", ":"))
+
+
+def from_spec(metadata: dict[str, Any], spec: KerasTrainingJobSpec, run_id: str | None = None) -> TrainerJob:
+    """The job file for a resource: the spec with every default filled in (so operator and trainer agree
+    on them), the run identity from its metadata; the run id is the uid unless given."""
+    run_id = run_id or metadata.get("uid") or LOCAL_RUN_ID
+    return TrainerJob(
+        run=RunIdentity(
+            id=run_id,
+            name=metadata["name"],
+            namespace=metadata.get("namespace"),
+            generation=metadata.get("generation"),
+        ),
+        backend=spec.backend,
+        model=spec.model,
+        data=spec.data,
+        training=spec.training,
+        output=spec.output,
+        distribution=Distribution(gpus=spec.resources.gpus),
+    )
+
+
+def from_resource(job: KerasTrainingJob, run_id: str | None = None, output_uri: str | None = None) -> TrainerJob:
+    """The job file for a parsed KerasTrainingJob (`kerasop run`, a hand-written file); `output_uri`
+    replaces spec.output.uri."""
+    trainer_job = from_spec(job.metadata.model_dump(exclude_none=True), job.spec, run_id)
+    if output_uri:
+        trainer_job = trainer_job.model_copy(
+            update={"output": trainer_job.output.model_copy(update={"uri": output_uri})}
+        )
+    return trainer_job
+
+
+class UnsupportedVersion(InvalidResource):
+    """A job file of a major version this reader does not know."""
+
+
+def _major(version: str) -> int | None:
+    found = re.fullmatch(r"v(\d+)((alpha|beta)\d+)?", version)
+    return int(found.group(1)) if found else None
+
+
+def read(doc: dict[str, Any]) -> tuple[TrainerJob, list[str]]:
+    """A job file (or a whole KerasTrainingJob) -> (the TrainerJob, the fields it ignored as unknown).
+    Raises InvalidResource, whose str() names the field."""
+    api_version, kind = doc.get("apiVersion"), doc.get("kind")
+    if kind == TRAINING_KIND and api_version == API_VERSION:
+        resource = parse(doc)
+        assert isinstance(resource, KerasTrainingJob)
+        return from_resource(resource), []
+    group, _, version = str(api_version).rpartition("/")
+    if group != JOBFILE_GROUP or kind != JOBFILE_KIND:
+        raise InvalidResource(
+            f"apiVersion/kind: expected {JOBFILE_API_VERSION} {JOBFILE_KIND} (or {API_VERSION} {TRAINING_KIND}), "
+            f"got {api_version!r} {kind!r}"
+        )
+    major = _major(version)
+    if major != JOBFILE_MAJOR:
+        raise UnsupportedVersion(
+            f"apiVersion: {api_version} is a job file version this trainer does not read (it reads "
+            f"{JOBFILE_API_VERSION}); use a trainer image as recent as the operator that wrote it"
+        )
+    dropped: list[str] = []
+    known = _prune(TrainerJob, doc, "", dropped)
+    known["apiVersion"] = JOBFILE_API_VERSION  # a later minor revision, read as the version we know
+    try:
+        return TrainerJob.model_validate(known), dropped
+    except ValidationError as exc:
+        raise InvalidResource(_describe(exc)) from exc
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per problem, naming spec fields as the user wrote them (spec.training.epochs)."""
+    lines = []
+    for err in error.errors():
+        loc = err["loc"]
+        prefix = "spec" if loc and loc[0] in SPEC_SECTIONS else ""
+        lines.append(f"{field_path(prefix, loc)}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(dict.fromkeys(lines))
+
+
+def _unwrap(annotation: Any) -> Any:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _holds_model(annotation: Any) -> bool:
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_holds_model(arg) for arg in get_args(annotation))
+
+
+def _prune(cls: type[BaseModel], data: Any, path: str, dropped: list[str]) -> Any:
+    """`data` less the keys `cls` (and the models inside it) does not declare, each recorded in `dropped`."""
+    if not isinstance(data, dict):
+        return data
+    fields = {}
+    for name, info in cls.model_fields.items():
+        fields[name] = info
+        if info.alias:
+            fields[info.alias] = info
+    keeps_extra = cls.model_config.get("extra") == "allow"  # Keras arguments, passed through
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        info = fields.get(key)
+        if info is None:
+            if keeps_extra:
+                out[key] = value
+            else:
+                dropped.append(where)
+            continue
+        out[key] = _prune_value(info.annotation, value, where, dropped)
+    return out
+
+
+def _prune_value(annotation: Any, value: Any, path: str, dropped: list[str]) -> Any:
+    annotation = _unwrap(annotation)
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        for arm in get_args(annotation):
+            arm = _unwrap(arm)
+            if isinstance(value, dict) and _holds_model(arm) and get_origin(arm) is not list:
+                return _prune_value(arm, value, path, dropped)
+            if isinstance(value, list) and get_origin(arm) is list:
+                return _prune_value(arm, value, path, dropped)
+        return value
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _prune(annotation, value, path, dropped)
+    if origin is list and isinstance(value, list):
+        (item,) = get_args(annotation)
+        return [_prune_value(item, v, f"{path}[{i}]", dropped) for i, v in enumerate(value)]
+    return value
