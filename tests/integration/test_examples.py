@@ -43,6 +43,6 @@ def test_examples_train_locally(
         assert status["phase"] == "Succeeded"
         accuracy[name] = status["metrics"]["accuracy"]
         assert status["devices"] == 1  # no GPU here: the 4-GPU example trains on the one CPU
-    assert (tmp_path / "pvc" / "models" / "digits-cnn" / "savedmodel" / "saved_model.pb").exists()
+    assert (tmp_path / "pvc" / "models" / "digits-cnn" / "runs" / "local" / "savedmodel" / "saved_model.pb").exists()
     assert accuracy["digits.yaml"] > 0.9  # 20 epochs on real digits, not random
     assert accuracy["fine-tune.yaml"] > 0.9  # starts from the trained weights
