@@ -1,14 +1,41 @@
 """The operator process: `keras-operator` runs kopf with the handlers of every kind, and with leader
-election acts only while it holds the Lease (the other replicas wait to take over)."""
+election acts only while it holds the Lease (the other replicas wait to take over).
+
+A standby replica answers its liveness probe from `StandbyHealth` until it leads; that server is closed
+before kopf serves /healthz on the same port. On a clean exit the leader releases the Lease; a leader
+that lost it exits 1 without touching it."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from keras_operator.handlers import progress, serving, setup, training  # noqa: F401  (importing registers the handlers)
 from keras_operator.runtime import lifecycle
 from keras_operator.runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from keras_operator.runtime.leader import Elector
+
+
+@contextmanager
+def _signals_set(event: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT end a standby's wait cleanly (kopf installs its own handlers once it runs)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        event.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def main() -> None:
@@ -18,18 +45,31 @@ def main() -> None:
     lost = threading.Event()
     stop = threading.Event()
     lifecycle.STOP.clear()
+    elector: Elector | None = None
     if settings.leader_election:
         from keras_operator.runtime import kube, logs
-        from keras_operator.runtime.leader import Elector
+        from keras_operator.runtime.leader import Elector, StandbyHealth, lease_client
 
         logs.configure(settings.log_format, settings.log_level)
-        elector = Elector(
-            kube.api_client(), settings.lease_namespace, settings.lease_name, settings.identity, settings.lease_seconds
+        held = elector = Elector(
+            lease_client(kube.api_client()),
+            settings.lease_namespace,
+            settings.lease_name,
+            settings.identity,
+            settings.lease_seconds,
         )
-        elector.acquire(stop)
+        health = StandbyHealth(held, settings.liveness_port).start() if settings.liveness_port else None
+        try:
+            with _signals_set(stop):
+                leading = held.acquire(stop)
+        finally:
+            if health is not None:
+                health.close()  # kopf listens on this port from now on
+        if not leading:
+            return  # stopped while standing by
 
         def keep() -> None:
-            elector.keep(stop, lost)
+            held.keep(stop, lost)
             if lost.is_set():
                 lifecycle.STOP.set()  # a replica that lost the Lease stops acting at once
 
@@ -44,6 +84,9 @@ def main() -> None:
         )
     finally:
         stop.set()
+        # kopf has returned, so nothing acts any more: the next replica may take over at once.
+        if elector is not None and not lost.is_set():
+            elector.release()
     if lost.is_set():
         sys.exit(1)  # restarted by Kubernetes, it waits for the Lease again
 
