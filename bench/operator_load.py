@@ -49,7 +49,6 @@ JOBS_WATCH = "/apis/batch/v1/jobs?watch=true"
 CREATE_CONCURRENCY = 8
 TOKEN_REVIEWS = "method.POST tokenreviews"
 STATUS_PATCHES = "method.PATCH kerastrainingjobs/status"
-WHAT_IF = "keras-operator, suggested fixes patched in"  # bench/what_if_operator.py
 
 
 def training_job(name: str, epochs: int | None = None) -> dict[str, Any]:
@@ -134,8 +133,6 @@ def cluster(
         }
         if which == "baseline":
             cmd = [str(BIN / "kopf"), "run", "--standalone", "--all-namespaces", str(HERE / "baseline_operator.py")]
-        elif which == WHAT_IF:
-            cmd = [sys.executable, str(HERE / "what_if_operator.py")]
         else:  # ours, possibly wrapped, e.g. in a profiler: bench/profile_operator.py
             cmd = [*os.environ.get("BENCH_OPERATOR_WRAPPER", "").split(), str(BIN / "keras-operator")]
         # Before 5fe2b91 the operator did not exit after SIGINT (its cleanup handlers had run within
@@ -366,7 +363,7 @@ async def run_fleet(
 def run_running(
     trainings: int, epochs: int, interval: float, quiet: float, logs: Path, which: str = "keras-operator"
 ) -> dict[str, Any]:
-    tag = f"running-{trainings}" + ("-what-if" if which == WHAT_IF else "")
+    tag = f"running-{trainings}"
     pods_file = logs / f"{tag}-pods.jsonl"
     marks: dict[str, float] = {}
     cpu: dict[str, float] = {}
@@ -584,9 +581,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch-seconds", type=float, default=1.0, help="seconds between a trainer's pushes")
     parser.add_argument("--quiet", type=float, default=60, help="seconds without pushes, requests counted")
     parser.add_argument("--running-repeats", type=int, default=1, help="runs of the running part")
-    parser.add_argument(
-        "--what-if", action="store_true", help="also run bench/what_if_operator.py (the suggested fixes patched in)"
-    )
     parser.add_argument("--out", type=Path, default=HERE, help="where results/ and README.md are written")
     args = parser.parse_args(argv)
     logs = args.out / "results" / "logs"
@@ -594,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
 
     if "create" in args.parts:
-        operators = ["baseline", "keras-operator", *([WHAT_IF] if args.what_if else [])]
+        operators = ["baseline", "keras-operator"]
         runs: dict[str, dict[int, list[dict[str, Any]]]] = {which: {} for which in operators}
         for count in args.counts:
             for repeat in range(args.repeats):
@@ -613,8 +607,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if "running" in args.parts:
         results: dict[str, list[dict[str, Any]]] = {"keras-operator": []}
-        if args.what_if:
-            results[WHAT_IF] = []
         for repeat in range(args.running_repeats):
             for which in results:
                 result = run_running(args.running, args.epochs, args.epoch_seconds, args.quiet, logs, which)

@@ -98,12 +98,15 @@ def trained_model_uri(service: KerasModelService, resources: list[Resource], loc
     ref = service.spec.model.training_job_ref
     assert ref is not None
     job = next((r for r in resources if isinstance(r, KerasTrainingJob) and r.metadata.name == ref.name), None)
+    if not local:
+        return None  # in a cluster each run writes under its resource's uid, known only once applied
+    # Where `kerasop run` puts it (its default run id), in whichever format it was saved.
+    output = local_output(job) if job is not None else str(Path("runs") / ref.name)
     if job is not None:
-        output = local_output(job) if local else job.spec.output.uri
-        return f"{output}/{job.spec.output.model_path()}" if output else None
-    # Where `kerasop run` puts it by default, in whichever format it was saved.
-    for fallback in (Path("runs") / ref.name / MODEL_FILE, Path("runs") / ref.name / SAVEDMODEL_DIR):
-        if local and fallback.exists():
+        return f"{jobfile.run_prefix(output, jobfile.LOCAL_RUN_ID)}/{job.spec.output.model_path()}"
+    for name in (MODEL_FILE, SAVEDMODEL_DIR):
+        fallback = Path(jobfile.run_prefix(output, jobfile.LOCAL_RUN_ID)) / name
+        if fallback.exists():
             return str(fallback)
     return None
 

@@ -34,7 +34,8 @@ def test_operator_restart_while_20_trainings_push(cluster: Cluster) -> None:
         assert status["phase"] == "Succeeded", (name, status)
         assert status["progress"]["epoch"] == 8
         assert status["progress"]["percent"] == 100
-        assert status["modelUri"] == f"pvc://models/{name}/model.keras"
+        uid = cluster.ktj(name)["metadata"]["uid"]
+        assert status["modelUri"] == f"pvc://models/{name}/runs/{uid}/model.keras"
     assert sorted(j["metadata"]["name"] for j in cluster.list(JOBS)) == sorted(f"{n}-train" for n in names)
     assert cluster.controller.pods_started == 20
 

@@ -37,7 +37,8 @@ def test_train_then_serve_through_the_service_url(cluster: Cluster) -> None:
     import keras
 
     with operator(cluster):
-        cluster.create(KTJ, tiny_job("digits", output={"uri": "pvc://models/digits"}, training__epochs=2))
+        trained = cluster.create(KTJ, tiny_job("digits", output={"uri": "pvc://models/digits"}, training__epochs=2))
+        run = f"runs/{trained['metadata']['uid']}"  # each run writes under its resource's uid
         cluster.create(
             KMS,
             service(
@@ -59,7 +60,7 @@ def test_train_then_serve_through_the_service_url(cluster: Cluster) -> None:
         cluster.wait_for(lambda: kms_status(cluster, "digits").get("phase") == "Ready", 180, "Ready")
         status = kms_status(cluster, "digits")
         assert status["url"] == "http://digits.default.svc.cluster.local:8080"
-        assert status["modelUri"] == "pvc://models/digits/model.keras"
+        assert status["modelUri"] == f"pvc://models/digits/{run}/model.keras"
         assert status["readyReplicas"] == 1
         assert status["selector"] == "kerasoperator.dev/model-service=digits"
         assert conditions(status)["Ready"]["status"] == "True"
@@ -70,7 +71,7 @@ def test_train_then_serve_through_the_service_url(cluster: Cluster) -> None:
             f"{cluster.service_url(status['url'])}/v1/models/digits:predict", {"instances": x.tolist()}
         )
         assert code == 200, body
-        model = keras.models.load_model(cluster.pvc_root / "models" / "digits" / "model.keras")
+        model = keras.models.load_model(cluster.pvc_root / "models" / "digits" / run / "model.keras")
         np.testing.assert_allclose(body["predictions"], model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
         cluster.wait_for(
             lambda: kms_status(cluster, "digits").get("metrics", {}).get("requestsTotal", 0) >= 1,

@@ -67,7 +67,8 @@ def test_training_job_runs_to_success(cluster: Cluster) -> None:
     assert status["phase"] == "Succeeded", status
     assert finished(status["progress"]) == {"epoch": 3, "epochs": 3, "percent": 100, "secondsRemaining": 0}
     assert set(status["metrics"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
-    assert status["modelUri"] == "pvc://models/digits/model.keras"
+    run = f"runs/{created['metadata']['uid']}"  # each run writes under its resource's uid
+    assert status["modelUri"] == f"pvc://models/digits/{run}/model.keras"
     assert status["jobName"] == "digits-train"
     assert status["startTime"]
     assert status["completionTime"]
@@ -98,7 +99,7 @@ def test_training_job_runs_to_success(cluster: Cluster) -> None:
     assert "keras_operator_reconcile_duration_seconds_bucket" in text
 
     # The saved model loads and predicts, from where the PVC would be.
-    model = keras.models.load_model(cluster.pvc_root / "models" / "digits" / "model.keras")
+    model = keras.models.load_model(cluster.pvc_root / "models" / "digits" / run / "model.keras")
     assert model.predict(np.zeros((4, 8), "float32"), verbose=0).shape == (4, 3)
 
 

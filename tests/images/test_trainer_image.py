@@ -70,9 +70,10 @@ def test_trainer_image_trains_digits_as_the_job_runs_it(trained: Training) -> No
     assert trained.exit_code == 0, trained.logs[-3000:]
     result = json.loads(trained.termination_message)
     assert result["phase"] == "Succeeded", result
-    assert result["modelUri"] == "pvc://models/digits/model.keras"
+    run = f"runs/{trained.job['metadata']['ownerReferences'][0]['uid']}"  # the run's folder: its resource's uid
+    assert result["modelUri"] == f"pvc://models/digits/{run}/model.keras"
     assert result["metrics"]["val_accuracy"] > 0.8
-    assert (trained.pvc / "digits" / "model.keras").stat().st_size > 10_000
+    assert (trained.pvc / "digits" / run / "model.keras").stat().st_size > 10_000
     epochs = [json.loads(line) for line in trained.logs.splitlines() if '"epoch_end"' in line]
     assert epochs, trained.logs[-3000:]
     assert epochs[-1]["epoch"] == result["epoch"]
@@ -83,7 +84,8 @@ def test_trainer_image_serves_the_trained_model_as_the_deployment_runs_it(images
     assert trained.exit_code == 0, "the training failed (see the test above)"
     doc = resource("examples/digits-service.yaml")
     spec = parse(doc).spec
-    deployment = build_deployment(doc, spec, "pvc://models/digits/model.keras", images.trainer)
+    model_uri = json.loads(trained.termination_message)["modelUri"]  # the run's model, as the operator passes it
+    deployment = build_deployment(doc, spec, model_uri, images.trainer)
     pod_spec = deployment["spec"]["template"]["spec"]
     port = free_port()
     with workdir("keras-server-image-") as work:

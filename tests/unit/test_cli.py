@@ -33,8 +33,9 @@ def test_run_prints_the_final_status(tmp_path: Path, capsys: pytest.CaptureFixtu
     status = json.loads(out)["status"]
     assert status["phase"] == "Succeeded"
     assert status["progress"] == {"epoch": 2, "epochs": 2, "percent": 100, "secondsRemaining": 0}
-    assert status["modelUri"] == "runs/local/model.keras"  # no output.uri: ./runs/NAME
-    assert (tmp_path / "runs" / "local" / "model.keras").exists()
+    # No output.uri: ./runs/NAME, and in it the folder of run "local" (kerasop run's default run id).
+    assert status["modelUri"] == "runs/local/runs/local/model.keras"
+    assert (tmp_path / "runs" / "local" / "runs" / "local" / "model.keras").exists()
     assert "epoch 1/2 " in err  # one plain line per epoch when not on a terminal
     assert "epoch 2/2 " in err
 
@@ -43,8 +44,8 @@ def test_run_maps_pvc_uris_to_the_local_pvc_root(tmp_path: Path, capsys: pytest.
     code = cli.main(["run", write(tmp_path, tiny_job("p", output={"uri": "pvc://models/p"}))])
     out, _ = capsys.readouterr()
     assert code == 0
-    assert yaml.safe_load(out)["status"]["modelUri"] == "pvc://models/p/model.keras"
-    assert (tmp_path / "pvc" / "models" / "p" / "model.keras").exists()
+    assert yaml.safe_load(out)["status"]["modelUri"] == "pvc://models/p/runs/local/model.keras"
+    assert (tmp_path / "pvc" / "models" / "p" / "runs" / "local" / "model.keras").exists()
 
 
 def test_run_invalid_resource_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,7 +110,8 @@ def test_render_a_service_with_its_job(capsys: pytest.CaptureFixture[str]) -> No
     objects = list(yaml.safe_load_all(capsys.readouterr().out))
     assert [o["kind"] for o in objects] == ["Job", "Service", "Deployment", "HorizontalPodAutoscaler"]
     args = objects[2]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--model-uri") + 1] == "pvc://models/digits/model.keras"
+    # Each run writes under its resource's uid, unknown before it is applied: the operator fills it in.
+    assert args[args.index("--model-uri") + 1] == "<status.modelUri of KerasTrainingJob digits>"
     for obj in objects:
         validate_k8s(obj)
 

@@ -50,7 +50,7 @@ def train(tmp_path: Path, devices: int, backend: str = "tensorflow") -> tuple[di
             "-c",
             "import sys, numpy, keras; m = keras.models.load_model(sys.argv[1]); "
             "numpy.savez(sys.argv[2], *m.get_weights())",
-            str(run / "model.keras"),
+            str(run / "runs" / "local" / "model.keras"),  # `train` without a run id: the local run
             str(run / "w.npz"),
         ],
         env={**os.environ, "KERAS_BACKEND": "tensorflow"},
@@ -97,10 +97,11 @@ def test_a_jax_training_exports_both_formats_and_the_server_serves_it(tmp_path: 
     done = subprocess.run([*cmd, "--output", str(tmp_path / "out")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert json.loads((tmp_path / "term").read_text())["phase"] == "Succeeded"
-    assert (tmp_path / "out" / "savedmodel" / "saved_model.pb").exists()
+    out = tmp_path / "out" / "runs" / "local"  # no run id given: the local run's folder
+    assert (out / "savedmodel" / "saved_model.pb").exists()
     rows = np.random.default_rng(0).normal(size=(2, 8)).astype("float32").tolist()
     for model in ("model.keras", "savedmodel"):  # the server (TensorFlow) serves what JAX trained
-        with model_server(tmp_path / "out" / model, "jaxed") as (url, _):
+        with model_server(out / model, "jaxed") as (url, _):
             code, body = post_json(f"{url}/v1/models/jaxed:predict", {"instances": rows})
             assert code == 200, body
             assert np.asarray(body["predictions"]).shape == (2, 3)

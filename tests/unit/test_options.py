@@ -168,9 +168,9 @@ def test_serving_the_savedmodel_of_a_job_that_exported_only_that(tmp_path: Path)
         }
     )
     assert isinstance(service, KerasModelService)
-    assert cli.trained_model_uri(service, [job, service], local=True) == "pvc://models/sm/savedmodel"
+    assert cli.trained_model_uri(service, [job, service], local=True) == "pvc://models/sm/runs/local/savedmodel"
     both = parse(tiny_job("sm", output={"uri": "pvc://models/sm", "formats": ["keras", "savedmodel"]}))
-    assert cli.trained_model_uri(service, [both, service], local=True) == "pvc://models/sm/model.keras"
+    assert cli.trained_model_uri(service, [both, service], local=True) == "pvc://models/sm/runs/local/model.keras"
 
 
 def test_suspend_is_not_a_spec_change_and_kueue_owns_queued_jobs() -> None:

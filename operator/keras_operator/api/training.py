@@ -192,6 +192,8 @@ OutputFormat = Literal["keras", "savedmodel"]
 MODEL_FILE = "model.keras"
 SAVEDMODEL_DIR = "savedmodel"
 CHECKPOINT_DIR = "checkpoints"
+# The trainer container's name in the Job's pod: the status finds it by name among injected sidecars.
+TRAINER_CONTAINER = "trainer"
 TENSORBOARD_DIR = "logs"
 
 

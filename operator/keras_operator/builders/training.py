@@ -15,11 +15,11 @@ from keras_operator.api import jobfile
 from keras_operator.api.common import GROUP
 from keras_operator.api.parse import InvalidResource
 from keras_operator.api.report import EXIT_INVALID_SPEC, TERMINATION_MESSAGE_PATH
-from keras_operator.api.training import KerasTrainingJobSpec
+from keras_operator.api.training import TRAINER_CONTAINER, KerasTrainingJobSpec
 from keras_operator.builders.common import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
-CONTAINER = "trainer"
+CONTAINER = TRAINER_CONTAINER
 CONFIG_DIR = "/etc/keras-operator"
 CONFIG_KEY = "job.yaml"
 CODE_DIR = "/opt/keras-operator/code"

@@ -41,3 +41,11 @@ def merge_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, A
         elif have != want:
             patch[key] = want
     return patch
+
+
+def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that makes a status exactly `desired`: a key the new status no longer has (a
+    `jobName` of a Job that is gone, a `modelUri` that no longer applies) is removed, not left stale."""
+    patch = merge_patch(current, desired)
+    patch.update({key: None for key in current if key not in desired})
+    return patch

@@ -22,6 +22,7 @@ from keras_operator.builders.training import (
     job_name,
     job_spec_hash,
     progress_endpoint,
+    trainer_config_text,
 )
 from keras_operator.controllers.outcome import Event, Outcome, owned_by, transition_events
 from keras_operator.runtime import kube
@@ -39,6 +40,7 @@ def _cluster_checks(spec: KerasTrainingJobSpec) -> None:
 def validate(body: dict[str, Any]) -> KerasTrainingJobSpec:
     spec = parse_training_spec(body.get("spec"))
     _cluster_checks(spec)
+    trainer_config_text(body, spec)  # a job file too large for its pod annotation is a spec error
     return spec
 
 
@@ -132,8 +134,9 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
         generation,
         now,
         spec.training.epochs,
+        checkpoints=spec.output.checkpoints,
     )
-    if tensorboard := training_status.tensorboard_uri(spec.output.uri, spec.output.tensorboard):
+    if tensorboard := training_status.tensorboard_uri(spec.output.uri, spec.output.tensorboard, meta.get("uid")):
         status["tensorboardUri"] = tensorboard
     outcome = Outcome(status, [*events, *suspend_events, *transition_events(previous, status)])
     if (job.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != spec_hash:
@@ -173,7 +176,8 @@ async def _apply_suspend(
     patched = await kube.patch("Job", meta["namespace"], meta["name"], {"spec": {"suspend": want}})
     if want:
         return patched, [("Normal", "Suspended", "suspended the Job (spec.runPolicy.suspend); its pods stop")]
-    return patched, [("Normal", "Resumed", "resumed the Job; training continues from the last checkpoint")]
+    where = "from the last checkpoint" if spec.output.checkpoints else "from the start (spec.output.checkpoints is off)"
+    return patched, [("Normal", "Resumed", f"resumed the Job; training continues {where}")]
 
 
 async def _create(

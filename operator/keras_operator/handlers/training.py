@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-import structlog
 
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.report import EpochReport, last_epoch
 from keras_operator.api.training import KIND, PLURAL
 from keras_operator.controllers import training as training_controller
-from keras_operator.controllers.outcome import Outcome, merge_patch
 from keras_operator.handlers.common import Current
+from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import kube, metrics
 from keras_operator.runtime.settings import Settings
 from keras_operator.runtime.workqueue import WorkQueue
@@ -32,7 +31,6 @@ from keras_operator.runtime.workqueue import WorkQueue
 RESOURCE = (GROUP, VERSION, PLURAL)
 OWNER_LABEL = training_controller.OWNER_LABEL
 OWNED = {**training_controller.WATCHED_LABELS, OWNER_LABEL: kopf.PRESENT}
-log = structlog.get_logger("keras_operator.training")
 
 Key = tuple[str, str]  # (namespace, KerasTrainingJob name)
 
@@ -94,13 +92,9 @@ class State:
     pushed: set[Key] = field(default_factory=set)  # trainings whose trainer reaches the endpoint
     silent_since: dict[Key, float] = field(default_factory=dict)  # first seen running without a push
     created: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
-    """(the resourceVersion the operator's last status PATCH made, the status written). The operator is
-    the status's only writer: a status equal to the last written is not written again, and the watch
-    event of its own write brings nothing new."""
-    unseen: dict[Key, str] = field(default_factory=dict)
-    """The resourceVersion of a write the watch has not shown yet: until it does, the index holds an
-    older status, and a reconcile starts from the written one (watch events come in order)."""
+    status: StatusWriter = field(
+        default_factory=lambda: StatusWriter(RESOURCE, KIND, training_controller.ACTION_REASONS)
+    )
 
     def bind(self, resources: kopf.Index, jobs: kopf.Index, pods: kopf.Index) -> None:
         self.indexes = (resources, jobs, pods)
@@ -111,11 +105,7 @@ class State:
         resource = next(iter(resources.get(key, [])), None)
         if resource is None:
             return None
-        if key in self.unseen:
-            if self.unseen[key] == resource["metadata"].get("resourceVersion"):
-                del self.unseen[key]  # the watch has caught up with our last write
-            else:
-                resource = {**resource, "status": self.written[key][1]}
+        resource = self.status.current(key, resource)
         uid = resource["metadata"]["uid"]
         job = next((j for j in jobs.get(key, []) if _owned(j, uid)), None)
         if job is not None:
@@ -129,19 +119,16 @@ class State:
     def clear(self) -> None:
         """A new start (in tests, a new operator in the same process) knows nothing of the last one's cluster."""
         self.indexes = None
-        for store in (self.reports, self.silent_since, self.created, self.written, self.unseen):
+        for store in (self.reports, self.silent_since, self.created):
             store.clear()
         self.pushed.clear()
+        self.status.clear()
 
     def forget(self, key: Key) -> None:
-        for store in (self.reports, self.silent_since, self.created, self.written, self.unseen):
+        for store in (self.reports, self.silent_since, self.created):
             store.pop(key, None)
         self.pushed.discard(key)
-
-    def own_echo(self, key: Key, body: kopf.Body) -> bool:
-        """Whether this watch event is the operator's own last status write coming back."""
-        rv = body.get("metadata", {}).get("resourceVersion")
-        return rv is not None and self.written.get(key, (None, None))[0] == rv
+        self.status.forget(key)
 
     def own_job(self, key: Key, body: kopf.Body) -> bool:
         """Whether this is the Job this operator has just created (the reconcile that did knows it)."""
@@ -178,36 +165,7 @@ async def _reconcile(key: Hashable) -> None:
     outcome, job = await training_controller.reconcile(view, Current.settings)
     if job is not None and view.job is None:
         STATE.created[key] = job
-    await _write(key, view.resource, outcome)
-
-
-async def _write(key: Key, resource: dict[str, Any], outcome: Outcome) -> None:
-    """One status PATCH with what changed (none when nothing did), then the Events."""
-    current = resource.get("status") or {}
-    changed = merge_patch(current, outcome.status)
-    if changed and key in STATE.written and STATE.written[key][1] == outcome.status:
-        changed = {}  # what the last write said already: the watch has not shown it yet
-    if changed:
-        meta = resource["metadata"]
-        version = await kube.patch_status(RESOURCE, meta["namespace"], meta["name"], changed)
-        STATE.written[key] = (version, outcome.status)
-        if version is not None:
-            STATE.unseen[key] = version
-        phase = outcome.status.get("phase")
-        moved = bool(phase) and phase != current.get("phase")
-        if moved:
-            metrics.TRANSITIONS.labels(KIND, phase).inc()
-        # A phase change at info; progress within a phase (every epoch of every training) at debug.
-        (log.info if moved else log.debug)(
-            "status",
-            namespace=meta["namespace"],
-            name=meta["name"],
-            phase=phase,
-            message=outcome.status.get("message"),
-        )
-    for kind, reason, message in outcome.events:
-        if changed or reason in training_controller.ACTION_REASONS:
-            kopf.event(resource, type=kind, reason=reason, message=message)
+    await STATE.status.write(key, view.resource, outcome)
 
 
 QUEUE = WorkQueue(_reconcile)
@@ -223,7 +181,7 @@ def _enqueue(key: Key, training_resources: kopf.Index, training_jobs: kopf.Index
 
 @kopf.on.event(*RESOURCE)
 async def resource_changed(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
-    if STATE.own_echo((namespace, name), body):
+    if STATE.status.own_echo((namespace, name), body):
         return  # our own status write coming back: the index has it, nothing to reconcile
     _enqueue((namespace, name), kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"])
 

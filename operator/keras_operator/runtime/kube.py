@@ -29,6 +29,10 @@ class Rejected(Exception):
     """The API server refused an object we built (HTTP 422): a problem in the user's spec."""
 
 
+class Conflict(Exception):
+    """A write conditioned on a resourceVersion lost: the object changed since it was read (HTTP 409)."""
+
+
 @functools.lru_cache(maxsize=4)
 def _api_client(api_server: str | None) -> kubernetes.client.ApiClient:
     config = kubernetes.client.Configuration()
@@ -238,11 +242,21 @@ def _text(resp: Any) -> str:
     return bytes(resp.data).decode(errors="replace")
 
 
-async def patch_status(resource: tuple[str, str, str], namespace: str, name: str, status: dict[str, Any]) -> str | None:
+async def patch_status(
+    resource: tuple[str, str, str],
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    resource_version: str | None = None,
+) -> str | None:
     """A merge patch of a custom resource's status subresource (lists, e.g. conditions, are replaced
-    whole). -> the resourceVersion it made, None when the resource is gone."""
+    whole), refused with Conflict when `resource_version` is given and the object has moved on.
+    -> the resourceVersion it made, None when the resource is gone."""
     group, version, plural = resource
     api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
     try:
         resp = await _call(
             api.patch_namespaced_custom_object_status,
@@ -251,10 +265,12 @@ async def patch_status(resource: tuple[str, str, str], namespace: str, name: str
             namespace,
             plural,
             name,
-            {"status": status},
+            body,
             _preload_content=False,
         )
     except ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(_api_message(exc)) from exc
         if exc.status != 404:  # deleted meanwhile: nothing to report on
             raise
         return None

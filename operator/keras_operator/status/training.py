@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from keras_operator.api.jobfile import run_prefix
 from keras_operator.api.report import EpochReport, TrainingResult, parse_termination_message
 from keras_operator.api.training import TENSORBOARD_DIR
-from keras_operator.builders.training import CONTAINER
+from keras_operator.api.training import TRAINER_CONTAINER as CONTAINER
 from keras_operator.status import conditions
 
 TERMINAL = ("Succeeded", "Failed")
@@ -96,9 +97,13 @@ def from_result(result: TrainingResult, previous: dict[str, Any], generation: in
     return {k: v for k, v in status.items() if v is not None}
 
 
-def tensorboard_uri(output_uri: str | None, enabled: bool) -> str | None:
-    """Where the TensorBoard logs go (spec.output.tensorboard), under the output the training writes to."""
-    return f"{output_uri.rstrip('/')}/{TENSORBOARD_DIR}" if enabled and output_uri else None
+def tensorboard_uri(output_uri: str | None, enabled: bool, run_id: str | None = None) -> str | None:
+    """Where the TensorBoard logs go (spec.output.tensorboard): in the run's own folder of the output
+    when `run_id` is given, else directly under `output_uri` (already a run's folder)."""
+    if not enabled or not output_uri:
+        return None
+    base = run_prefix(output_uri, run_id) if run_id else output_uri.rstrip("/")
+    return f"{base}/{TENSORBOARD_DIR}"
 
 
 def observe(
