@@ -95,8 +95,24 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
+def check_transition_rules(schema: dict[str, Any], path: str = "", in_atomic_list: bool = False) -> None:
+    """Refuse a rule with oldSelf inside a list the API server cannot pair old and new items of (one
+    without x-kubernetes-list-type map or set): it would reject the CRD, so fail when generating it."""
+    for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"] and in_atomic_list:
+            raise ValueError(f"{path or '<root>'}: transition rule inside a list without a map or set list type")
+    for key, sub in (schema.get("properties") or {}).items():
+        check_transition_rules(sub, f"{path}.{key}", in_atomic_list)
+    if isinstance(schema.get("additionalProperties"), dict):
+        check_transition_rules(schema["additionalProperties"], f"{path}{{}}", in_atomic_list)
+    if "items" in schema:
+        atomic = schema.get("x-kubernetes-list-type") not in ("map", "set")
+        check_transition_rules(schema["items"], f"{path}[]", in_atomic_list or atomic)
+
+
 def object_schema(spec: type[BaseModel], status: type[BaseModel], description: str) -> dict[str, Any]:
     spec_schema = structural(spec.model_json_schema(by_alias=True, mode="validation"))
+    check_transition_rules(spec_schema, "spec")
     status_schema = structural(status.model_json_schema(by_alias=True, mode="serialization"))
     return {
         "type": "object",

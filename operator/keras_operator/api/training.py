@@ -6,7 +6,15 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from keras_operator.api.base import ApiModel, OpenModel, Rule, at_most_one_of, exactly_one_of, requires
+from keras_operator.api.base import (
+    ApiModel,
+    OpenModel,
+    Rule,
+    at_most_one_of,
+    exactly_one_of,
+    immutable_fields,
+    requires,
+)
 from keras_operator.api.common import API_VERSION, Backend, Condition, PodTemplate, Resources
 
 KIND = "KerasTrainingJob"
@@ -216,7 +224,8 @@ class OutputSpec(ApiModel):
 
 
 class RunPolicy(ApiModel):
-    """How the Job runs: retries, deadlines, clean-up, queueing."""
+    """How the Job runs: retries, deadlines, clean-up, queueing. Like the rest of the spec, fixed once
+    the resource exists, except suspend."""
 
     backoff_limit: Annotated[int, Field(ge=0)] = 3
     """Retries before the Job is marked failed."""
@@ -227,16 +236,19 @@ class RunPolicy(ApiModel):
     suspend: bool = False
     """Suspend the training: the Job is created (or set) suspended and its pods stop; setting it back to
     false resumes from the last checkpoint. Without queueName the operator flips the Job's own suspend;
-    with a queueName Kueue owns it."""
+    with a queueName Kueue owns it. The one field of the spec that may change after creation."""
     queue_name: str | None = None
     """A Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name label and Kueue
-    admits it."""
+    admits it. Fixed at creation (the operator does not relabel a Job): to queue elsewhere, delete and
+    re-apply."""
     priority_class_name: str | None = None
     """PriorityClass of the training pods."""
 
 
 class KerasTrainingJobSpec(ApiModel):
-    """A Keras training run."""
+    """A Keras training run. Immutable once created, like a Job's pod template, except
+    runPolicy.suspend: the API server refuses any other change; delete and re-apply the resource to
+    train with another spec."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
         # Several GPUs in one pod are all used (MirroredStrategy, DataParallel); never silently one.
@@ -267,6 +279,20 @@ class KerasTrainingJobSpec(ApiModel):
     """Retries, deadlines, clean-up, queueing."""
     pod_template: PodTemplate | None = None
     """Pod settings merged into the generated pod."""
+
+
+# What may change on a created training: only what the operator applies to a running Job in place
+# (controllers/training.py flips the Job's suspend; builders/training.py leaves suspend out of the spec
+# hash). Everything else is built into the Job and its pods once; changing it would only be reported
+# as SpecApplied=False, so the API server refuses it at apply time instead. queueName stays fixed:
+# Kueue would take a new queue label on a suspended Job, but the operator never relabels the Job.
+# The controller's SpecApplied=False stays the backstop for what CEL misses: Kubernetes compares
+# unknown fields (layer arguments, model.config) one way only, so renaming one can get through.
+MUTABLE_SPEC_FIELDS = ("runPolicy.suspend",)
+IMMUTABLE_HINT = "delete and re-apply the resource to train with another spec (only spec.runPolicy.suspend may change)"
+KerasTrainingJobSpec.transition_rules = immutable_fields(
+    KerasTrainingJobSpec, mutable=MUTABLE_SPEC_FIELDS, owner="spec", hint=IMMUTABLE_HINT
+)
 
 
 Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
