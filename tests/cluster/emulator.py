@@ -27,6 +27,7 @@ import attrs
 import kmock
 from kmock._internal import dicts, enums, rendering
 
+from cluster import apply as server_side_apply
 from cluster.tokens import API_AUDIENCE, TokenIssuer
 
 Hook = Callable[[str, kmock.resource, dict[str, Any]], Awaitable[None] | None]
@@ -104,6 +105,9 @@ class Emulator(kmock.KubernetesEmulator):
     # A review fails when the token's pod is gone or is another pod of the same name, as the API server's does.
     check_token_pods: bool = True
     log_reads: int = 0  # pods/log requests answered: what progress pushed by trainers saves
+    # (resource, namespace, name, field manager) -> that manager's last applied configuration.
+    applied: dict[tuple[kmock.resource, str, str, str], dict[str, Any]] = attrs.field(factory=dict)
+    applies: int = 0  # server-side apply requests that changed something
     _watch_drop: asyncio.Event = attrs.field(factory=asyncio.Event)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000))
 
@@ -201,6 +205,14 @@ class Emulator(kmock.KubernetesEmulator):
             return review
         if resource == PODS and (request.subresource or "").startswith("proxy"):
             return await self._pod_proxy(request)
+        if (
+            resource is not None
+            and action == enums.action.UPDATE
+            and (request.headers.get("Content-Type") or "").startswith("application/apply-patch")
+        ):
+            answered = await self._apply(request)
+            if answered is not None:
+                return answered
         if resource is not None and isinstance(request.data, dict):
             if action == enums.action.CREATE:
                 self._stamp_create(request)
@@ -225,6 +237,55 @@ class Emulator(kmock.KubernetesEmulator):
             if found is not None:
                 return [found]
         return list(super()._KubernetesEmulator__get_objs(request, strict))  # type: ignore[misc]
+
+    async def _apply(self, request: rendering.Request) -> Any:
+        """Server-side apply (cluster/apply.py): a create when the object is absent, no write at all when
+        the configuration changes nothing, else the merge patch that makes the object what apply says
+        (sent on through the ordinary update path). -> a response when answered here, else None."""
+        manager = request.params.get("fieldManager")
+        if not manager or not isinstance(request.data, dict):
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="apply needs a fieldManager")
+        config = copy.deepcopy(request.data)
+        config.pop("status", None)
+        namespace, name = request.namespace or "", request.name or ""
+        key = (request.resource, namespace, name, manager)
+        current = self.find(request.resource, namespace, name)
+        new = server_side_apply.apply(current, self.applied.get(key), config)
+        self.applied[key] = config
+        if current is None:
+            self._requests[:] = [r for r in self._requests if r is not request]
+            return await self._create_applied(request.resource, namespace, name, new)
+        patch = server_side_apply.merge_patch(current, new)
+        patch.pop("status", None)
+        if not patch:
+            self._requests[:] = [r for r in self._requests if r is not request]
+            return aiohttp.web.json_response(current)  # nothing changes: no new resourceVersion, no event
+        self.applies += 1
+        request.data.clear()
+        request.data.update(patch)
+        return None
+
+    async def _create_applied(self, resource: kmock.resource, namespace: str, name: str, new: dict[str, Any]) -> Any:
+        meta = new.setdefault("metadata", {})
+        meta.update(
+            name=name,
+            namespace=namespace,
+            uid=str(uuid.uuid4()),
+            resourceVersion=str(next(self._versions)),
+            generation=1,
+            creationTimestamp=_now(),
+        )
+        key = (resource, namespace, name)
+        async with self._lock:
+            if key not in self._objects:
+                self._objects[key] = new
+            else:
+                self._objects[key].create(new)
+            raw = self._objects[key].last.raw
+            await self._buses[resource].put({"type": "ADDED", "object": raw})
+        self.applies += 1
+        await self._notify("ADDED", resource, copy.deepcopy(raw))
+        return aiohttp.web.json_response(raw, status=201)
 
     def _stamp_create(self, request: rendering.Request) -> None:
         meta = request.data.setdefault("metadata", {})

@@ -124,7 +124,8 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
     if not owned_by(job, meta.get("uid")):
         message = f"a Job named {name} already exists and belongs to something else; rename this resource"
         return Outcome(
-            training_status.invalid(message, previous, generation, now), [("Warning", "NameConflict", message)]
+            training_status.invalid(message, previous, generation, now, reason="NameConflict"),
+            [("Warning", "NameConflict", message)],
         ), None
 
     job, suspend_events = await _apply_suspend(job, spec, previous.get("phase"))

@@ -1,39 +1,197 @@
-"""kopf handlers for KerasModelService: thin wrappers around serving_controller."""
+"""kopf wiring for KerasModelService, the same loop as training's: watches feed indexes, every event
+enqueues the resource's key, one worker per key reconciles and one writer writes the status.
+
+Triggers: the resource, the Deployment it made, the KerasTrainingJob it serves from, and a resync every
+sync_interval (readiness settles and serving figures move without any event the operator sees). No kopf
+annotation, finalizer or diff-base is written on the resource.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import time
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from keras_operator.api.common import GROUP, VERSION
-from keras_operator.api.serving import PLURAL
+from keras_operator.api.serving import KIND, PLURAL
+from keras_operator.api.training import PLURAL as TRAINING_PLURAL
 from keras_operator.controllers import serving as serving_controller
-from keras_operator.handlers.common import SETTINGS, apply_outcome
+from keras_operator.handlers.common import Current
+from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import metrics
-from keras_operator.runtime.settings import Settings
+from keras_operator.runtime.workqueue import WorkQueue
 
 RESOURCE = (GROUP, VERSION, PLURAL)
+TRAINING = (GROUP, VERSION, TRAINING_PLURAL)
+OWNER_LABEL = serving_controller.OWNER_LABEL
+OWNED = {**serving_controller.WATCHED_LABELS, OWNER_LABEL: kopf.PRESENT}
+
+Key = tuple[str, str]  # (namespace, KerasModelService name)
 
 
-@kopf.on.resume(*RESOURCE)
-@kopf.on.create(*RESOURCE)
-@kopf.on.update(*RESOURCE, field="spec")
-@metrics.instrumented("KerasModelService", "reconcile")
-async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    outcome = await serving_controller.reconcile(dict(body), Settings.from_env(), scrape=False)
-    apply_outcome(outcome, body, patch)
+def _plain(value: Any) -> Any:
+    return copy.deepcopy(dict(value)) if isinstance(value, Mapping) else copy.deepcopy(value)
 
 
-# Level-triggered: the referenced training finishing, pods becoming ready and serving figures
-# all show up here within one interval.
-@kopf.timer(*RESOURCE, interval=SETTINGS.sync_interval, initial_delay=SETTINGS.sync_interval)
-@metrics.instrumented("KerasModelService", "refresh")
-async def refresh(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    outcome = await serving_controller.reconcile(dict(body), Settings.from_env())
-    apply_outcome(outcome, body, patch)
+@kopf.index(*RESOURCE)
+def serving_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    meta = body["metadata"]
+    return {
+        (namespace, name): {
+            "apiVersion": body.get("apiVersion") or f"{GROUP}/{VERSION}",
+            "kind": body.get("kind") or KIND,
+            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion")},
+            "spec": _plain(body.get("spec")),  # whatever was written: the controller rejects garbage
+            "status": _plain(body.get("status")) if isinstance(body.get("status"), Mapping) else {},
+        }
+    }
 
 
-@kopf.on.delete(*RESOURCE, optional=True)
-def deleted(name: str, namespace: str, **_: Any) -> None:
-    pass  # the Deployment, Service and HPA carry owner references
+def _training_ref(spec: Any) -> str | None:
+    model = spec.get("model") if isinstance(spec, Mapping) else None
+    ref = model.get("trainingJobRef") if isinstance(model, Mapping) else None
+    name = ref.get("name") if isinstance(ref, Mapping) else None
+    return name if isinstance(name, str) else None
+
+
+@kopf.index(*RESOURCE)
+def serving_by_training(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, str] | None:
+    """Which services serve from which KerasTrainingJob: its events enqueue them."""
+    ref = _training_ref(body.get("spec"))
+    return {(namespace, ref): name} if ref else None
+
+
+@kopf.index(*TRAINING)
+def serving_trainings(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    status = body.get("status") if isinstance(body.get("status"), Mapping) else {}
+    return {(namespace, name): {"status": {k: status.get(k) for k in ("phase", "modelUri", "message")}}}
+
+
+@kopf.index("apps", "v1", "deployments", labels=OWNED)
+def serving_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {
+        (namespace, labels[OWNER_LABEL]): {
+            k: _plain(body.get(k)) for k in ("apiVersion", "kind", "metadata", "spec", "status")
+        }
+    }
+
+
+@dataclass
+class State:
+    indexes: tuple[kopf.Index, kopf.Index, kopf.Index, kopf.Index] | None = None
+    status: StatusWriter = field(
+        default_factory=lambda: StatusWriter(RESOURCE, KIND, serving_controller.ACTION_REASONS)
+    )
+    scraped: dict[Key, float] = field(default_factory=dict)  # when each service's pods were last scraped
+
+    def view(self, key: Key) -> serving_controller.View | None:
+        assert self.indexes is not None
+        resources, _, trainings, deployments = self.indexes
+        resource = next(iter(resources.get(key, [])), None)
+        if resource is None:
+            return None
+        resource = self.status.current(key, resource)
+        uid = resource["metadata"]["uid"]
+        deployment = next(
+            (
+                d
+                for d in deployments.get(key, [])
+                if any(r.get("uid") == uid for r in d["metadata"].get("ownerReferences") or [])
+            ),
+            None,
+        )
+        namespace = key[0]
+        return serving_controller.View(
+            resource=resource,
+            deployment=deployment,
+            training_job=lambda name: next(iter(trainings.get((namespace, name), [])), None),
+        )
+
+    def services(self) -> list[Key]:
+        if self.indexes is None:
+            return []
+        return list(self.indexes[0])
+
+    def forget(self, key: Key) -> None:
+        self.status.forget(key)
+        self.scraped.pop(key, None)
+
+    def clear(self) -> None:
+        self.indexes = None
+        self.status.clear()
+        self.scraped.clear()
+
+
+STATE = State()
+
+
+@metrics.instrumented(KIND, "reconcile")
+async def _reconcile(key: Hashable) -> None:
+    assert isinstance(key, tuple)
+    view = STATE.view(key)
+    if view is None:  # deleted: its Deployment, Service and HPA go with it (owner references)
+        STATE.forget(key)
+        return
+    now = time.monotonic()
+    scrape = now - STATE.scraped.get(key, 0.0) >= Current.settings.sync_interval
+    outcome = await serving_controller.reconcile(view, Current.settings, scrape=scrape)
+    if scrape:
+        STATE.scraped[key] = now
+    await STATE.status.write(key, view.resource, outcome)
+
+
+QUEUE = WorkQueue(_reconcile)
+
+
+def _bind(kwargs: dict[str, Any]) -> None:
+    STATE.indexes = (
+        kwargs["serving_resources"],
+        kwargs["serving_by_training"],
+        kwargs["serving_trainings"],
+        kwargs["serving_deployments"],
+    )
+
+
+@kopf.on.event(*RESOURCE)
+async def service_changed(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+    _bind(kwargs)
+    if STATE.status.own_echo((namespace, name), body):
+        return  # our own status write coming back: nothing to reconcile
+    QUEUE.enqueue((namespace, name))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
+async def deployment_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+    _bind(kwargs)
+    QUEUE.enqueue((namespace, labels[OWNER_LABEL]))
+
+
+@kopf.on.event(*TRAINING)
+async def training_changed(namespace: str, name: str, **kwargs: Any) -> None:
+    _bind(kwargs)
+    for service in kwargs["serving_by_training"].get((namespace, name), []):
+        QUEUE.enqueue((namespace, service))
+
+
+async def resync() -> None:
+    """Every sync_interval, every service once more: readiness and serving figures change without events."""
+    while True:
+        await asyncio.sleep(Current.settings.sync_interval)
+        for key in STATE.services():
+            QUEUE.enqueue(key)
+
+
+@kopf.on.startup()
+async def start_resync(**_: Any) -> None:
+    STATE.clear()
+    asyncio.get_running_loop().create_task(resync(), name="serving-resync")
+
+
+@kopf.on.cleanup()
+async def stop_queue(**_: Any) -> None:
+    await QUEUE.close()

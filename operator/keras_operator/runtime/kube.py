@@ -166,20 +166,66 @@ async def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     return await _get(_calls(kind)[1], namespace, name)
 
 
-async def apply(obj: dict[str, Any], hash_annotation: str) -> tuple[dict[str, Any], str | None]:
-    """Create `obj`, or patch the existing one when its hash annotation differs. -> (object, "created" |
-    "updated" | None)."""
-    meta = obj["metadata"]
-    current = await get(obj["kind"], meta["namespace"], meta["name"])  # read first: no 409 on every sync
+FIELD_MANAGER = "keras-operator"
+APPLY = "application/apply-patch+yaml"
+
+
+def _owned(obj: dict[str, Any], uid: str | None) -> bool:
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+def _covers(actual: Any, wanted: Any) -> bool:
+    """Whether `actual` holds every field `wanted` sets, with the same value (fields the API server
+    defaulted or other controllers added do not count)."""
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(k in actual and _covers(actual[k], v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(wanted)
+            and all(_covers(a, w) for a, w in zip(actual, wanted, strict=True))
+        )
+    return bool(actual == wanted)
+
+
+async def apply(
+    obj: dict[str, Any], hash_annotation: str, owner_uid: str | None, current: dict[str, Any] | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Server-side apply of `obj` under the operator's own field manager: fields removed from `obj` since
+    the last apply disappear, fields someone else changed are set back, fields only others set (an HPA's
+    replicas, a mutating webhook's sidecar) stay theirs. `current` is the object as a watch shows it (read
+    when not given). An object that exists without `owner_uid` among its owners is never touched.
+    -> (the object, "created" | "updated" | None), or (None, None) when it belongs to something else."""
+    kind, meta = obj["kind"], obj["metadata"]
     if current is None:
-        current, created = await create_or_adopt(obj)
-        if created:
-            return current, "created"
-    want = obj["metadata"]["annotations"][hash_annotation]
-    if (current["metadata"].get("annotations") or {}).get(hash_annotation) == want:
+        current = await get(kind, meta["namespace"], meta["name"])
+    if current is not None and not _owned(current, owner_uid):
+        return None, None
+    # Apply only when the spec changed (its hash), or the object drifted from it: not once per resync.
+    same_hash = (current or {}).get("metadata", {}).get("annotations", {}).get(hash_annotation) == (
+        meta.get("annotations") or {}
+    ).get(hash_annotation)
+    if current is not None and same_hash and _covers(current, {k: v for k, v in obj.items() if k != "status"}):
         return current, None
-    body = {"metadata": {"labels": meta.get("labels"), "annotations": meta.get("annotations")}, "spec": obj["spec"]}
-    return await patch(obj["kind"], meta["namespace"], meta["name"], body), "updated"
+    resp = await _call(
+        _calls(kind)[2],
+        meta["name"],
+        meta["namespace"],
+        obj,
+        field_manager=FIELD_MANAGER,
+        force=True,  # the operator's fields are the operator's: a hand edit of one is set back
+        _content_type=APPLY,
+        _preload_content=False,
+    )
+    return dict(json.loads(resp.data)), "created" if current is None else "updated"
+
+
+async def delete_owned(kind: str, namespace: str, name: str, owner_uid: str | None) -> bool:
+    """Delete the object if it exists and `owner_uid` owns it; True when something was deleted."""
+    current = await get(kind, namespace, name)
+    if current is None or not _owned(current, owner_uid):
+        return False
+    return await delete(kind, namespace, name)
 
 
 async def delete(kind: str, namespace: str, name: str) -> bool:

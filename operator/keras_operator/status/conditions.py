@@ -41,13 +41,19 @@ def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
 
 
 def invalid_status(
-    message: str, previous: dict[str, Any], generation: int | None, now: str, consequence: dict[str, Any]
+    message: str,
+    previous: dict[str, Any],
+    generation: int | None,
+    now: str,
+    consequence: dict[str, Any],
+    reason: str = "InvalidSpec",
 ) -> dict[str, Any]:
-    """Phase Failed with Valid=False (reason InvalidSpec); `consequence` is the kind's own condition for it."""
+    """Phase Failed with Valid=False (reason InvalidSpec, or e.g. NameConflict); `consequence` is the kind's
+    own condition for it."""
     status: dict[str, Any] = {"phase": "Failed", "message": message}
     if generation is not None:  # null is no generation: the one observed before still stands
         status["observedGeneration"] = generation
     status["conditions"] = merge(
-        previous.get("conditions"), [condition("Valid", False, "InvalidSpec", message), consequence], generation, now
+        previous.get("conditions"), [condition("Valid", False, reason, message), consequence], generation, now
     )
     return status

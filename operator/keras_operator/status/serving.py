@@ -18,9 +18,11 @@ class Resolution:
     failed: bool = False
 
 
-def invalid(message: str, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
+def invalid(
+    message: str, previous: dict[str, Any], generation: int | None, now: str, reason: str = "InvalidSpec"
+) -> dict[str, Any]:
     return conditions.invalid_status(
-        message, previous, generation, now, conditions.condition("Ready", False, "InvalidSpec", message)
+        message, previous, generation, now, conditions.condition("Ready", False, reason, message), reason
     )
 
 

@@ -48,13 +48,17 @@ def _phase_conditions(
     return updates
 
 
-def invalid(message: str, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
+def invalid(
+    message: str, previous: dict[str, Any], generation: int | None, now: str, reason: str = "InvalidSpec"
+) -> dict[str, Any]:
+    """Failed, with `reason` (InvalidSpec, NameConflict, or why the API server refused the Job) on Valid
+    and Failed."""
     status = conditions.invalid_status(
-        message, previous, generation, now, conditions.condition("Failed", True, "InvalidSpec", message)
+        message, previous, generation, now, conditions.condition("Failed", True, reason, message), reason
     )
     status["conditions"] = conditions.merge(
         status["conditions"],
-        _phase_conditions(previous.get("conditions"), "Failed", "InvalidSpec", message, stated=("Failed",)),
+        _phase_conditions(previous.get("conditions"), "Failed", reason, message, stated=("Failed",)),
         generation,
         now,
     )
