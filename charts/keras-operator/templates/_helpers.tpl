@@ -34,6 +34,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [kerasoperator.dev]
   resources: [kerastrainingjobs/status, kerasmodelservices/status]
   verbs: [patch]
+# Never called: the Jobs, Deployments, Services and HPAs the operator creates name their resource as owner
+# with blockOwnerDeletion: true, and where the OwnerReferencesPermissionEnforcement admission plugin is on
+# (OpenShift, many hardened clusters) setting that needs update on the owner's finalizers subresource.
+- apiGroups: [kerasoperator.dev]
+  resources: [kerastrainingjobs/finalizers, kerasmodelservices/finalizers]
+  verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch]
