@@ -25,27 +25,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* What the operator does in the namespaces it watches: exactly the calls in operator/kube.py and kopf's. */}}
 {{- define "keras-operator.namespacedRules" -}}
+# Both kinds are read from kopf's watches (no GET), and written to through /status only (kopf keeps no
+# annotation or finalizer on them: its handlers are events and indexes).
 - apiGroups: [kerasoperator.dev]
-  resources: [kerastrainingjobs]
-  verbs: [get, list, watch]
-- apiGroups: [kerasoperator.dev]
-  resources: [kerasmodelservices]
-  verbs: [list, watch, patch]
+  resources: [kerastrainingjobs, kerasmodelservices]
+  verbs: [list, watch]
 - apiGroups: [kerasoperator.dev]
   resources: [kerastrainingjobs/status, kerasmodelservices/status]
   verbs: [patch]
-# Never called: the Jobs, Deployments, Services and HPAs the operator creates name their resource as owner
-# with blockOwnerDeletion: true, and where the OwnerReferencesPermissionEnforcement admission plugin is on
-# (OpenShift, many hardened clusters) setting that needs update on the owner's finalizers subresource.
+# Not a request the operator makes but a check on its creates: the Jobs, Deployments, Services and HPAs
+# it creates name their resource as owner with blockOwnerDeletion: true, and where the
+# OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, many hardened clusters) setting
+# that needs update on the owner's finalizers subresource.
 - apiGroups: [kerasoperator.dev]
   resources: [kerastrainingjobs/finalizers, kerasmodelservices/finalizers]
   verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch]
+# list and watch: the model services' Deployments are indexed from a watch (their readiness drives status).
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, create, patch, delete]
