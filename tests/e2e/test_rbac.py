@@ -193,8 +193,12 @@ def train_serve_and_delete(cluster: Cluster) -> None:
     }
     cluster.create(JOBS, foreign_job)
     autoscaling = {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": 60}
+    # ttlSecondsAfterFinished: the operator deletes the finished Job itself.
     trained = tiny_job(
-        "trained", output={"uri": "pvc://models/trained"}, training__epochs=2, runPolicy={"suspend": True}
+        "trained",
+        output={"uri": "pvc://models/trained"},
+        training__epochs=2,
+        runPolicy={"suspend": True, "ttlSecondsAfterFinished": 0},
     )
     with operator(cluster):
         cluster.create(KTJ, trained)
@@ -218,6 +222,7 @@ def train_serve_and_delete(cluster: Cluster) -> None:
         cluster.wait_for(lambda: cluster.get(HPAS, "iris") is None, 30, "the HPA to go")
         cluster.wait_for(lambda: cluster.get(SERVICES, "iris")["spec"]["ports"][0]["port"] == 8081, 30, "the port")
         cluster.wait_for(lambda: status(cluster, KTJ, "trained").get("phase") == "Succeeded", 180, "Succeeded")
+        cluster.wait_for(lambda: cluster.get(JOBS, "trained-train") is None, 30, "the Job deleted after its TTL")
 
         owned = ((KMS, "iris"), (KMS, "orphan"), (KTJ, "trained"), (KTJ, "invalid"), (KTJ, "taken"))
         for resource, name in owned:

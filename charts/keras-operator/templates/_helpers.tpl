@@ -40,9 +40,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [kerasoperator.dev]
   resources: [kerastrainingjobs/finalizers, kerasmodelservices/finalizers]
   verbs: [update]
+# delete: spec.runPolicy.ttlSecondsAfterFinished is honoured by the operator, once the result is recorded.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 # list and watch: the model services' Deployments are indexed from a watch (their readiness drives status).
 - apiGroups: [apps]
   resources: [deployments]

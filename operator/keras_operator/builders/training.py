@@ -274,6 +274,6 @@ def build_job(
     }
     if policy.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    if policy.ttl_seconds_after_finished is not None:
-        job_spec["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    # No ttlSecondsAfterFinished on the Job: the TTL controller could delete a finished Job before the
+    # operator has read its result. The operator deletes it itself once the status holds the result.
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}

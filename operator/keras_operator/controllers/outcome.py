@@ -12,6 +12,8 @@ Event = tuple[str, str, str]  # (type, reason, message)
 class Outcome:
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    """Seconds until the resource needs another look that no watch event will bring (a TTL to honour)."""
 
 
 def transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[Event]:

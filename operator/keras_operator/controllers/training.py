@@ -6,6 +6,7 @@ builders and `training_status`. Each function returns the status to write and th
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +61,7 @@ WATCHED_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 # Events that say what the operator did; the others say how the status changed, and are posted
 # only when it did (a level-triggered reconcile runs on every event and must not repeat them).
-ACTION_REASONS = frozenset({"Created", "Suspended", "Resumed"})
+ACTION_REASONS = frozenset({"Created", "Suspended", "Resumed", "Deleted"})
 
 # Per (uid, generation): the spec parsed, with the hash the Job must carry; or why it is invalid.
 _parsed: OrderedDict[tuple[str, int | None], tuple[KerasTrainingJobSpec, str] | InvalidResource] = OrderedDict()
@@ -109,7 +110,16 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
     events: list[Event] = []
     if job is None:
         if previous.get("jobName") and previous.get("phase") in training_status.TERMINAL:
-            return Outcome(previous), None  # finished, and the Job was cleaned up (ttlSecondsAfterFinished): done
+            return Outcome(previous), None  # finished, and its Job removed after (the TTL, or by hand): done
+        if previous.get("jobName"):
+            # Its Job is gone before the training finished (deleted by hand, or while the operator was
+            # down): reported, never silently retrained over what the first run wrote.
+            message = (
+                f"the Job {previous['jobName']} was deleted before the training finished; "
+                "delete and re-apply the resource to train again"
+            )
+            status = training_status.ended("Failed", "JobDeleted", message, previous, generation, now)
+            return Outcome(status, transition_events(previous, status)), None
         if not previous.get("jobName"):
             # A spec that failed validation never ran: once fixed, its old failure no longer applies.
             previous["conditions"] = [c for c in previous.get("conditions") or [] if c.get("type") != "Failed"]
@@ -117,9 +127,10 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
         try:
             job, events = await _create(body, spec, settings)
         except kube.Rejected as exc:
-            message = f"spec.podTemplate: the API server rejected the generated object: {exc}"
+            message = _rejection(exc, name)
             return Outcome(
-                training_status.invalid(message, previous, generation, now), [("Warning", "InvalidSpec", message)]
+                training_status.invalid(message, previous, generation, now, reason=exc.reason),
+                [("Warning", exc.reason, message)],
             ), None
     if not owned_by(job, meta.get("uid")):
         message = f"a Job named {name} already exists and belongs to something else; rename this resource"
@@ -140,6 +151,9 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
     if tensorboard := training_status.tensorboard_uri(spec.output.uri, spec.output.tensorboard, meta.get("uid")):
         status["tensorboardUri"] = tensorboard
     outcome = Outcome(status, [*events, *suspend_events, *transition_events(previous, status)])
+    if status.get("phase") in training_status.TERMINAL and spec.run_policy.ttl_seconds_after_finished is not None:
+        outcome.requeue_after, ttl_events = await _expire(job, status, spec.run_policy.ttl_seconds_after_finished)
+        outcome.events += ttl_events
     if (job.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != spec_hash:
         changed = _spec_not_applied(
             outcome.status,
@@ -157,6 +171,29 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
             now,
         )
     return outcome, job
+
+
+def _rejection(exc: kube.Rejected, job: str) -> str:
+    if exc.code == 422:
+        return f"spec.podTemplate: the API server rejected the generated object: {exc}"
+    cause = "an admission webhook or policy" if exc.code == 400 else "RBAC or a ResourceQuota"
+    return (
+        f"the API server refused to create Job {job} ({exc.code}, {cause}): {exc}; "
+        "fix the cause, then delete and re-apply the resource"
+    )
+
+
+async def _expire(job: dict[str, Any], status: dict[str, Any], ttl: int) -> tuple[float | None, list[Event]]:
+    """spec.runPolicy.ttlSecondsAfterFinished, honoured by the operator (not the Job's TTL controller) so the
+    result is in the status before the Job goes. -> (seconds until the Job is due, the Events)."""
+    finished = conditions.parse_time(status.get("completionTime")) or time.time()
+    left = finished + ttl - time.time()
+    if left > 0:
+        return left, []
+    meta = job["metadata"]
+    if await kube.delete("Job", meta["namespace"], meta["name"]):
+        return None, [("Normal", "Deleted", f"deleted Job {meta['name']} ({ttl}s after the training finished)")]
+    return None, []
 
 
 def newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -166,6 +166,8 @@ async def _reconcile(key: Hashable) -> None:
     if job is not None and view.job is None:
         STATE.created[key] = job
     await STATE.status.write(key, view.resource, outcome)
+    if outcome.requeue_after is not None:
+        QUEUE.enqueue(key, outcome.requeue_after)
 
 
 QUEUE = WorkQueue(_reconcile)

@@ -1,8 +1,8 @@
 """The operator's own calls to the Kubernetes API (kopf does the watching and the status patches).
 
 Every call maps API errors the same way: 404 -> None, 409 on create -> adopt the existing
-object, 422 -> Rejected (the user's spec produced an object the API refuses), anything else
-(5xx, timeouts, connection errors) -> kopf.TemporaryError so kopf retries with a delay.
+object, 400/403/422 -> Rejected (refused for good: reported on the resource, not retried), anything
+else (5xx, timeouts, connection errors) -> kopf.TemporaryError, retried with a growing delay.
 """
 
 from __future__ import annotations
@@ -26,7 +26,18 @@ RETRY_DELAY = 5.0
 
 
 class Rejected(Exception):
-    """The API server refused an object we built (HTTP 422): a problem in the user's spec."""
+    """The API server refused a write for good: 422 (the object is invalid: the user's spec made it), 400
+    (e.g. an admission webhook's denial) or 403 (RBAC, or a ResourceQuota exceeded). Retrying the same
+    request cannot succeed, so it is reported, not retried."""
+
+    def __init__(self, message: str, code: int = 422) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def reason(self) -> str:
+        """The condition reason it becomes."""
+        return {422: "InvalidSpec", 403: "Forbidden"}.get(self.code, "Rejected")
 
 
 class Conflict(Exception):
@@ -55,8 +66,8 @@ async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
     except ApiException as exc:
-        if exc.status == 422:
-            raise Rejected(_api_message(exc)) from exc
+        if exc.status in (400, 403, 422):
+            raise Rejected(_api_message(exc), exc.status) from exc
         if exc.status in (404, 409):
             raise
         raise kopf.TemporaryError(f"Kubernetes API error {exc.status}: {_api_message(exc)}", delay=RETRY_DELAY) from exc
@@ -229,9 +240,10 @@ async def delete_owned(kind: str, namespace: str, name: str, owner_uid: str | No
 
 
 async def delete(kind: str, namespace: str, name: str) -> bool:
-    """Delete if present; True when something was deleted."""
+    """Delete if present, and what it owns in the background (a Job's default would orphan its pods);
+    True when something was deleted."""
     try:
-        await _call(_calls(kind)[3], name, namespace)
+        await _call(_calls(kind)[3], name, namespace, propagation_policy="Background")
     except ApiException as exc:
         if exc.status == 404:
             return False
@@ -266,7 +278,7 @@ async def pod_proxy_get(namespace: str, pod: str, port: int, path: str) -> str |
         resp = await _call(
             _core().connect_get_namespaced_pod_proxy_with_path, f"{pod}:{port}", namespace, path, _preload_content=False
         )
-    except (ApiException, kopf.TemporaryError):
+    except (ApiException, Rejected, kopf.TemporaryError):
         return None
     return _text(resp)
 
@@ -277,7 +289,7 @@ async def pod_log_tail(namespace: str, pod_name: str, lines: int = 200) -> str |
         resp = await _call(
             _core().read_namespaced_pod_log, pod_name, namespace, tail_lines=lines, _preload_content=False
         )
-    except (ApiException, kopf.TemporaryError):
+    except (ApiException, Rejected, kopf.TemporaryError):
         return None
     return _text(resp)
 

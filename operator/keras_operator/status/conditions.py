@@ -10,6 +10,16 @@ def now_iso() -> str:
     return datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def parse_time(text: Any) -> float | None:
+    """A status timestamp (RFC 3339) as seconds since the epoch; None when absent or unreadable."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def condition(type_: str, status: bool | str, reason: str, message: str = "") -> dict[str, Any]:
     value = status if isinstance(status, str) else ("True" if status else "False")
     return {"type": type_, "status": value, "reason": reason, "message": message}

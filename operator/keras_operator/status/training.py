@@ -233,6 +233,25 @@ def observe(
     return {**base, **status}
 
 
+def ended(
+    phase: str, reason: str, message: str, previous: dict[str, Any], generation: int | None, now: str
+) -> dict[str, Any]:
+    """A training that ended without a result of its own (its Job deleted before it finished): what was
+    shown (jobName, progress, metrics) stays, with the phase and its conditions."""
+    status = _status(previous, generation, now, (phase, reason, message), [])
+    status["conditions"] = conditions.merge(
+        status["conditions"],
+        [conditions.condition("Created", False, reason, message)],
+        generation,
+        now,
+    )
+    for kept in ("jobName", "startTime", "modelUri"):
+        if previous.get(kept):
+            status[kept] = previous[kept]
+    status["completionTime"] = now
+    return status
+
+
 def _next_attempt(checkpoints: bool) -> str:
     return "resuming from the last checkpoint" if checkpoints else "starting over: spec.output.checkpoints is off"
 
