@@ -76,7 +76,7 @@ class Fault:
 
 OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf itself, and the kubernetes client the operator uses
 # (group, resource[/subresource], verb) of every call the operator made, across all tests of the session:
-# the chart's RBAC must grant exactly these (tests/e2e/test_zz_rbac.py).
+# the chart's RBAC must cover these (tests/e2e/test_rbac.py records them for its own scenarios).
 OPERATOR_CALLS: set[tuple[str, str, str]] = set()
 
 

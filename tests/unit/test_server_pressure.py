@@ -285,3 +285,27 @@ async def test_more_rows_than_max_batch_size_run_in_warmed_chunks(
 
     assert [len(c) for c in recorder.calls] == [8, 8, 8, 8, 8, 5] * 2
     np.testing.assert_array_equal(np.concatenate(recorder.calls[:6]), rows)  # in order, each row once
+
+
+def test_the_budgets_are_flags_too_and_a_bad_environment_value_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from keras_trainer import cli as trainer_cli
+    from keras_trainer.serving import server
+
+    seen: list[ServerConfig] = []
+
+    async def fake_serve(uri: str, name: str, host: str, port: int, config: ServerConfig) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setattr(server, "serve", fake_serve)
+    base = ["serve", "--model-uri", "m.keras", "--model-name", "m"]
+    monkeypatch.setenv("KERAS_SERVER_MAX_QUEUED_ROWS", "77")
+    assert trainer_cli.main([*base, "--max-queued-bytes", "1024", "--offload-bytes", "0"]) == 0
+    assert (seen[0].max_queued_bytes, seen[0].max_queued_rows, seen[0].offload_bytes) == (1024, 77, 0)
+
+    monkeypatch.setenv("KERAS_SERVER_MAX_QUEUED_ROWS", "lots")
+    assert trainer_cli.main(base) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: KERAS_SERVER_MAX_QUEUED_ROWS must be a whole number, got 'lots'"

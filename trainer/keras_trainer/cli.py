@@ -28,6 +28,14 @@ def exit_code(result: TrainingResult) -> int:
     return EXIT_INVALID_SPEC if result.reason == "InvalidSpec" else 1
 
 
+def _count(text: str) -> int:
+    """A non-negative whole number, for argparse (its own error names the flag)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keras-trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +53,23 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-latency-ms", type=float, default=5.0, help="longest wait for a batch to fill")
     serve.add_argument("--max-request-bytes", type=int, default=10 * 1024 * 1024)
     serve.add_argument("--max-queue", type=int, default=1024, help="queued requests before answering 503")
+    serve.add_argument(
+        "--max-queued-bytes",
+        type=_count,
+        help="request bytes held at once before answering 503; 0: no limit (default: "
+        "$KERAS_SERVER_MAX_QUEUED_BYTES, else 256 MiB)",
+    )
+    serve.add_argument(
+        "--max-queued-rows",
+        type=_count,
+        help="rows waiting for the model before answering 503; 0: no limit (default: "
+        "$KERAS_SERVER_MAX_QUEUED_ROWS, else 0)",
+    )
+    serve.add_argument(
+        "--offload-bytes",
+        type=_count,
+        help="bodies from this size are coded in a thread (default: $KERAS_SERVER_OFFLOAD_BYTES, else 65536)",
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -95,12 +120,26 @@ def _serve(args: argparse.Namespace) -> int:
     from keras_trainer.serving.app import ServerConfig
     from keras_trainer.serving.server import serve
 
-    config = ServerConfig(
-        max_batch_size=args.max_batch_size,
-        max_latency_ms=args.max_latency_ms,
-        max_request_bytes=args.max_request_bytes,
-        max_queue=args.max_queue,
-    )
+    flags = {
+        k: v
+        for k, v in {
+            "max_queued_bytes": args.max_queued_bytes,
+            "max_queued_rows": args.max_queued_rows,
+            "offload_bytes": args.offload_bytes,
+        }.items()
+        if v is not None
+    }
+    try:  # what a flag does not set comes from the environment, which may hold a typo
+        config = ServerConfig(
+            max_batch_size=args.max_batch_size,
+            max_latency_ms=args.max_latency_ms,
+            max_request_bytes=args.max_request_bytes,
+            max_queue=args.max_queue,
+            **flags,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
     return asyncio.run(serve(args.model_uri, args.model_name, args.host, args.port, config))
 
 

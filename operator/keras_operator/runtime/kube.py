@@ -251,16 +251,6 @@ async def delete(kind: str, namespace: str, name: str) -> bool:
     return True
 
 
-async def get_custom(group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-    api = kubernetes.client.CustomObjectsApi(api_client())
-    try:
-        return dict(await _call(api.get_namespaced_custom_object, group, version, namespace, plural, name))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
 async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     resp = await _call(_core().list_namespaced_pod, namespace, label_selector=selector, _preload_content=False)
     wanted = dict(term.split("=", 1) for term in selector.split(","))
