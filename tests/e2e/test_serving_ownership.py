@@ -132,6 +132,10 @@ def test_removed_fields_disappear_and_hand_edits_are_set_back(cluster: Cluster) 
             lambda: cluster.get(DEPLOYMENTS, "m")["spec"]["progressDeadlineSeconds"] == 600, 30, "drift corrected"
         )
     assert cluster.get(DEPLOYMENTS, "m")["metadata"]["annotations"]["team"] == "ml"
+    # kopf keeps no state on the resource (no diff-base of the whole spec near the 256 KiB annotation limit).
+    resource = cluster.get(KMS, "m")
+    assert not [k for k in (resource["metadata"].get("annotations") or {}) if "kopf" in k]
+    assert not resource["metadata"].get("finalizers")
     assert cluster.emulator is not None
     managers = {key[3] for key in cluster.emulator.applied if key[2] == "m"}
     assert managers == {"keras-operator"}
@@ -160,3 +164,25 @@ def test_a_retrained_job_rolls_out_and_a_deleted_one_keeps_serving(cluster: Clus
         cluster.wait_for(lambda: status(cluster, "digits").get("phase") == "Ready", 120, "Ready again")
     assert status(cluster, "digits")["modelUri"] == model_arg(cluster, "digits")
     assert (cluster.pvc_root / first_model.removeprefix("pvc://")).exists()  # the first run's model is intact
+
+
+def test_the_replica_count_an_autoscaler_sets_is_left_to_it(cluster: Cluster) -> None:
+    """With spec.autoscaling the operator does not apply `replicas`: what the HPA sets (here by hand, as the
+    HPA would through /scale) survives the operator's resyncs."""
+    from helpers import models
+
+    (cluster.pvc_root / "models").mkdir(parents=True)
+    models.single(cluster.pvc_root / "models" / "auto.keras")
+    autoscaling = {"minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": 60}
+    with operator(cluster):
+        cluster.create(KMS, service("auto", {"uri": "pvc://models/auto.keras"}, autoscaling=autoscaling))
+        cluster.wait_for(lambda: status(cluster, "auto").get("phase") == "Ready", 120, "Ready")
+        cluster.patch(DEPLOYMENTS, "auto", {"spec": {"replicas": 2}})
+        generation = cluster.get(KMS, "auto")["metadata"]["generation"]
+        cluster.patch(KMS, "auto", {"spec": {"server": {"batching": {"maxBatchSize": 4}}}})  # a spec change: an apply
+        cluster.wait_for(
+            lambda: status(cluster, "auto").get("observedGeneration") == generation + 1, 30, "the edit reconciled"
+        )
+        args = container(cluster, "auto")["args"]
+        assert args[args.index("--max-batch-size") + 1] == "4"
+        assert cluster.get(DEPLOYMENTS, "auto")["spec"]["replicas"] == 2

@@ -66,6 +66,9 @@ def test_the_ttl_removes_the_job_only_after_its_result_is_in_the_status(cluster:
     assert final["modelUri"].endswith(f"runs/{created['metadata']['uid']}/model.keras")
     assert "Deleted" in [e["reason"] for e in cluster.events_for("brief")]
     assert status(cluster, "brief") == final  # and it stays so without its Job
+    meta = cluster.ktj("brief")["metadata"]
+    assert not [k for k in (meta.get("annotations") or {}) if "kopf" in k]  # no kopf state on the resource
+    assert not meta.get("finalizers")
 
 
 @pytest.mark.parametrize(

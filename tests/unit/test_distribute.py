@@ -106,3 +106,36 @@ def test_a_jax_training_exports_both_formats_and_the_server_serves_it(tmp_path: 
             assert code == 200, body
             assert np.asarray(body["predictions"]).shape == (2, 3)
             np.testing.assert_allclose(np.asarray(body["predictions"]).sum(axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.timeout(600)
+def test_a_torch_training_saves_keras_and_the_server_serves_it_on_both_backends(tmp_path: Path) -> None:
+    """torch trains with tf.data feeding fit (as every backend does), saves .keras, and the model server
+    serves that file with the tensorflow backend and with torch itself, with the same predictions."""
+    import keras
+
+    from helpers.server import model_server, post_json
+
+    doc = tiny_job("torched", backend="torch", data__validationSplit=0.25)
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "KERAS_TRAINER_TERMINATION_LOG": str(tmp_path / "term"), "KERAS_OPERATOR_LOG_FORMAT": "json"}
+    cmd = [sys.executable, "-m", "keras_trainer", "train", "--config", str(tmp_path / "job.yaml")]
+    done = subprocess.run([*cmd, "--output", str(tmp_path / "out")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "term").read_text())
+    assert result["phase"] == "Succeeded"
+    assert {"loss", "val_loss"} <= set(result["metrics"])
+    model_file = tmp_path / "out" / "runs" / "local" / "model.keras"
+    rows = np.random.default_rng(0).normal(size=(3, 8)).astype("float32")
+    expected = keras.models.load_model(model_file).predict(rows, verbose=0)
+    for backend in ("tensorflow", "torch"):
+        with model_server(model_file, "torched", "--backend", backend) as (url, _):
+            code, body = post_json(f"{url}/v1/models/torched:predict", {"instances": rows.tolist()})
+            assert code == 200, body
+            np.testing.assert_allclose(body["predictions"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_refuses_a_savedmodel_naming_the_field() -> None:
+    with pytest.raises(InvalidResource, match=r"output.formats: savedmodel needs backend tensorflow or jax"):
+        parse(tiny_job(backend="torch", output={"formats": ["keras", "savedmodel"]}))
+    assert parse(tiny_job(backend="torch", resources={"gpus": 1})).spec.backend == "torch"

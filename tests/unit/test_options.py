@@ -197,7 +197,7 @@ def test_the_image_follows_the_backend_and_spec_image_still_wins(tmp_path: Path)
         images[backend] = build_job(owner, spec, settings.image_for(backend))["spec"]["template"]["spec"]["containers"][
             0
         ]["image"]
-    assert images == {"tensorflow": "r/t:1", "jax": "r/jax:2", "torch": "r/t:1"}
+    assert images == {"tensorflow": "r/t:1", "jax": "r/jax:2", "torch": "r/t:1-torch"}
     assert Settings.from_env({"KERAS_OPERATOR_TRAINER_IMAGE": "r/t:1"}).image_for("jax") == "r/t:1-jax"
     own = parse(tiny_job(backend="jax", image="mine:2")).spec
     assert (

@@ -80,13 +80,14 @@ def test_release_workflow_pushes_where_the_chart_pulls_by_default() -> None:
     assert values["image"]["tag"] == ""  # the chart's templates default it to appVersion
     trainer_repo, trainer_tag = trainer_image.rsplit(":", 1)
     assert trainer_tag == chart["appVersion"]
-    assert pushed == {operator_repo: {""}, trainer_repo: {"", "-gpu", "-jax"}}
+    assert pushed == {operator_repo: {""}, trainer_repo: {"", "-gpu", "-jax", "-torch"}}
     from keras_operator.runtime.settings import Settings
 
     # Empty backendImages: the operator names them after trainerImage, as the workflow tags them.
     assert values["backendImages"] == {"jax": "", "torch": ""}
     defaults = Settings.from_env({"KERAS_OPERATOR_TRAINER_IMAGE": trainer_image})
     assert defaults.image_for("jax") == f"{trainer_repo}:{chart['appVersion']}-jax"
+    assert defaults.image_for("torch") == f"{trainer_repo}:{chart['appVersion']}-torch"
     assert trainer_image == DEFAULT_IMAGE == "ghcr.io/keras-operator/keras-trainer:" + chart["appVersion"]
     assert operator_repo == "ghcr.io/keras-operator/keras-operator"
     chart_job = "\n".join(s.get("run", "") for s in workflow["jobs"]["chart"]["steps"])

@@ -122,7 +122,7 @@ def test_remote_output_through_fsspec(tmp_path: Path, monkeypatch: pytest.Monkey
     assert keras.models.load_model(tmp_path / "m.keras").output_shape == (None, 3)
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path, backend: str) -> None:
     doc = tiny_job(
         backend=backend,

@@ -259,6 +259,14 @@ class KerasTrainingJobSpec(ApiModel):
             "GPUs); the torch backend trains on one device in this version",
             holds=lambda spec: spec.resources.gpus <= 1 or spec.backend != "torch",
         ),
+        # Keras exports a SavedModel from TensorFlow and JAX; from torch its export fails after training.
+        Rule(
+            cel="!has(self.backend) || self.backend != 'torch' || !has(self.output) || !has(self.output.formats) "
+            "|| !self.output.formats.exists(f, f == 'savedmodel')",
+            message="output.formats: savedmodel needs backend tensorflow or jax (Keras cannot export a "
+            "SavedModel from a torch model); keep keras, which the model server serves on every backend",
+            holds=lambda spec: spec.backend != "torch" or "savedmodel" not in spec.output.formats,
+        ),
     )
 
     backend: Backend = "tensorflow"

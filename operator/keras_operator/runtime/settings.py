@@ -16,9 +16,8 @@ DEFAULT_IMAGE = f"ghcr.io/keras-operator/keras-trainer:{__version__}"
 
 def backend_images(trainer_image: str) -> dict[str, str]:
     """One trainer image per Keras backend (Dockerfile.trainer --build-arg BACKEND=...), named after the
-    tensorflow one as the release workflow tags them; torch has none of its own yet, so a torch resource
-    gets the tensorflow image, whose trainer then says the backend is missing (InvalidSpec)."""
-    return {"tensorflow": trainer_image, "jax": f"{trainer_image}-jax", "torch": trainer_image}
+    tensorflow one as the release workflow tags them."""
+    return {"tensorflow": trainer_image, "jax": f"{trainer_image}-jax", "torch": f"{trainer_image}-torch"}
 
 
 @dataclass(frozen=True)
