@@ -155,6 +155,19 @@ class Cluster:
                 return f"http://127.0.0.1:{local}"
         raise AssertionError(f"no ready pod behind {url}")
 
+    def pod_env(self, pod: str, namespace: str = "default") -> dict[str, str] | None:
+        """The env a pod's container was started with (its declared variables, aliases and fieldRefs
+        resolved); None until it starts."""
+        kubelets = [k for k in (self.controller, self.deployments) if k is not None]
+
+        async def _env() -> dict[str, str] | None:
+            for kubelet in kubelets:
+                if (namespace, pod) in kubelet.container_env:
+                    return dict(kubelet.container_env[(namespace, pod)])
+            return None
+
+        return self.call(_env())
+
     # --- service-account tokens in pods (mint / forge / expire / review: on self.emulator) ---
 
     def pod_tokens(self, pod: str, namespace: str = "default") -> list[str]:

@@ -7,7 +7,8 @@ ConfigMap items and a service-account token minted by the emulator for each `ser
 source (bound to the pod; `rotate_tokens` re-mints them, as the kubelet does before they expire),
 and the termination message path is a temp file. Mount paths in the command's args and env values are rewritten
 to those folders; container ports are mapped to free local ports (args equal to the port number
-are rewritten), as if each pod had its own IP. stdout and stderr become the pod log.
+are rewritten), as if each pod had its own IP; env values from a fieldRef are the pod's own fields.
+stdout and stderr become the pod log.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class Kubelet:
         # URL prefix a pod would reach (a Service's https://NAME.NS.svc:PORT) -> where the test serves it;
         # applied to env values and args, the way cluster DNS would route them.
         self.url_aliases: dict[str, str] = {}
+        # (ns, pod) -> the container's declared env as its process got it (aliases and fieldRefs resolved).
+        self.container_env: dict[tuple[str, str], dict[str, str]] = {}
         emulator.hooks.append(self._on_change)
 
     def port_of(self, namespace: str, pod: str, port: int) -> int | None:
@@ -128,8 +131,16 @@ class Kubelet:
         await self._api("PATCH", f"{base}/namespaces/{ns}/{kind}/{name}/status", {"status": status})
 
     async def _create_pod(
-        self, owner: dict[str, Any], template: dict[str, Any], labels: dict[str, str]
+        self,
+        owner: dict[str, Any],
+        template: dict[str, Any],
+        labels: dict[str, str],
+        prefix: str | None = None,
+        annotations: dict[str, str] | None = None,
+        spec: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """The pod of `template`, named PREFIX-XXXXX (PREFIX: the owner's name unless given), with the
+        controller's own labels and annotations added and `spec` (when given) instead of the template's."""
         meta = owner["metadata"]
         ns = meta["namespace"]
         pod = await self._api(
@@ -139,10 +150,10 @@ class Kubelet:
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {
-                    "name": f"{meta['name']}-{secrets.token_hex(3)[:5]}",
+                    "name": f"{prefix or meta['name']}-{secrets.token_hex(3)[:5]}",
                     "namespace": ns,
                     "labels": {**(template.get("metadata", {}).get("labels") or {}), **labels},
-                    "annotations": dict(template.get("metadata", {}).get("annotations") or {}),
+                    "annotations": {**(template.get("metadata", {}).get("annotations") or {}), **(annotations or {})},
                     "ownerReferences": [
                         {
                             "apiVersion": owner["apiVersion"],
@@ -153,7 +164,7 @@ class Kubelet:
                         }
                     ],
                 },
-                "spec": template["spec"],
+                "spec": spec if spec is not None else template["spec"],
             },
         )
         self.pods_started += 1
@@ -274,15 +285,23 @@ class Kubelet:
                 return mapping[container_path] + value[len(container_path) :]
         return value
 
-    async def _run_container(self, pod: dict[str, Any], container: dict[str, Any], scratch: Path) -> tuple[int, str]:
+    async def _run_container(
+        self, pod: dict[str, Any], container: dict[str, Any], scratch: Path, ports: dict[int, int] | None = None
+    ) -> tuple[int, str]:
+        """Run the container; `ports` (containerPort -> local port) when the caller chose them already
+        (a port others must reach at a known address), free ports otherwise."""
         mapping = self._mounts(pod, container, scratch)
         env = dict(os.environ)
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         for item in container.get("env", []):
             if "value" in item:
                 env[item["name"]] = self._rewrite(self._alias(item["value"]), mapping)
+            elif "fieldRef" in (item.get("valueFrom") or {}):
+                env[item["name"]] = field_value(pod, item["valueFrom"]["fieldRef"]["fieldPath"])
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
-        ports = {p["containerPort"]: free_port() for p in container.get("ports", [])}
+        self.container_env[key] = {e["name"]: env[e["name"]] for e in container.get("env", []) if e["name"] in env}
+        if ports is None:
+            ports = {p["containerPort"]: free_port() for p in container.get("ports", [])}
         self.host_ports[key] = ports
         argv = [
             self._rewrite(self._alias(a), mapping) for a in [*container.get("command", []), *container.get("args", [])]

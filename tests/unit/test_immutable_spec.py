@@ -37,6 +37,7 @@ IMMUTABLE_PATHS = {
     ".data",
     ".training",
     ".resources",
+    ".distribution",
     ".output",
     ".podTemplate",
     ".runPolicy.backoffLimit",
@@ -131,6 +132,13 @@ def _in_kueue(spec: Spec) -> None:
     spec["runPolicy"] = {"queueName": "team-a", "suspend": True, "activeDeadlineSeconds": 3600}
 
 
+def _on_jax_workers(workers: int) -> Callable[[Spec], None]:
+    def mutate(spec: Spec) -> None:
+        spec.update(backend="jax", distribution={"workers": workers})
+
+    return mutate
+
+
 REFUSED: list[tuple[str, Callable[[Spec], None] | None, Callable[[Spec], None], str]] = [
     # (id, how the stored spec differs from digits.yaml, the edit, the field the answer must name)
     ("epochs", None, _set("training.epochs", 30), ".training"),
@@ -155,6 +163,8 @@ REFUSED: list[tuple[str, Callable[[Spec], None] | None, Callable[[Spec], None], 
     ("resources.gpus", None, _set("resources.gpus", 1), ".resources"),
     ("resources.memory", None, _set("resources.memory", "4Gi"), ".resources"),
     ("backend", None, _set("backend", "jax"), ".backend"),
+    ("workers", _on_jax_workers(2), _set("distribution.workers", 4), ".distribution"),
+    ("workers added", _set("backend", "jax"), _set("distribution", {"workers": 2}), ".distribution"),
     ("backend spelt out", _set("backend", "jax"), _pop("backend"), ".backend"),
     ("image set", None, _set("image", "registry.example/trainer:2"), ".image"),
     ("image changed", _set("image", "t:1"), _set("image", "t:2"), ".image"),

@@ -51,13 +51,20 @@ def test_the_operator_writes_a_versioned_job_file_with_what_the_trainer_needs() 
         "output",
         "distribution",
     }  # no runPolicy, podTemplate, resources: the pod already has them
-    assert config["distribution"] == {"gpus": 1}
+    assert config["distribution"] == {"gpus": 1, "workers": 1}
     assert config["training"]["batchSize"] == 32  # defaults filled in: operator and trainer agree on them
     job, ignored = jobfile.read(config)
     assert ignored == []
     assert job.prefix() == f"pvc://models/tiny/runs/{UID}"
     spec = parse(doc).spec
     assert (job.model, job.data, job.training, job.output) == (spec.model, spec.data, spec.training, spec.output)
+
+
+def test_the_job_file_says_how_many_workers_train_together() -> None:
+    config = written(resource(backend="jax", distribution={"workers": 3}, resources={"gpus": 2}))
+    assert config["distribution"] == {"gpus": 2, "workers": 3}
+    job, ignored = jobfile.read(config)
+    assert (job.distribution.workers, ignored) == (3, [])
 
 
 def test_the_job_file_of_an_example_is_small(tmp_path: Path) -> None:

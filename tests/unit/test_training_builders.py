@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from helpers.manifests import ROOT, validate_k8s
+from helpers.manifests import ROOT, cel_errors, crd_schema, validate_k8s
 from keras_operator.api import jobfile
-from keras_operator.api.parse import parse, read_documents
-from keras_operator.builders.training import build_job
+from keras_operator.api.parse import InvalidResource, parse, read_documents
+from keras_operator.api.training import COORDINATOR_PORT
+from keras_operator.builders.common import spec_hash
+from keras_operator.builders.training import SPEC_HASH_ANNOTATION, build_job, build_worker_service
 
 IMAGE = "example.org/trainer:1"
 
@@ -203,3 +207,132 @@ def test_the_pod_carries_the_normalised_spec_where_the_trainer_reads_it(tmp_path
 def test_manifests_validate_against_kubernetes(overrides: dict[str, Any]) -> None:
     doc, spec = owner(overrides)
     validate_k8s(build_job(doc, spec, IMAGE))
+
+
+# --- several workers (spec.distribution.workers): one Indexed Job, a headless Service ---
+
+
+def workers_spec(workers: int, **more: Any) -> dict[str, Any]:
+    return {"backend": "jax", "distribution": {"workers": workers}, **more}
+
+
+def env_of(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container(job)["env"]}
+
+
+def test_one_worker_builds_the_one_pod_job_as_before() -> None:
+    doc, spec = owner()
+    job = build_job(doc, spec, IMAGE)
+    doc1, spec1 = owner({"distribution": {"workers": 1}})
+    assert build_job(doc1, spec1, IMAGE) == job
+    for absent in ("completionMode", "completions", "parallelism", "successPolicy"):
+        assert absent not in job["spec"]
+    assert "subdomain" not in job["spec"]["template"]["spec"]
+    assert "ports" not in container(job)
+    assert not [name for name in env_of(job) if name.startswith("KERAS_DISTRIBUTION_")]
+    assert build_worker_service(doc, spec) is None
+    # The hash a Job made before spec.distribution existed carries: such Jobs still match their spec.
+    before = spec.dump()
+    before["runPolicy"].pop("suspend", None)
+    before.pop("distribution")
+    assert job["metadata"]["annotations"][SPEC_HASH_ANNOTATION] == spec_hash(before)
+
+
+def test_workers_form_one_indexed_job_that_succeeds_with_worker_0() -> None:
+    doc, spec = owner(workers_spec(3, runPolicy={"backoffLimit": 2}))
+    job = build_job(doc, spec, IMAGE)["spec"]
+    assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", 3, 3)
+    assert job["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
+    # One group restart costs a pod failure per worker: backoffLimit counts group restarts.
+    assert job["backoffLimit"] == 6
+    rules = job["podFailurePolicy"]["rules"]
+    assert [r["action"] for r in rules] == ["FailJob", "Ignore"]
+    assert rules[0]["onExitCodes"]["values"] == [2]
+    assert job["template"]["spec"]["subdomain"] == "digits-workers"
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_each_worker_finds_worker_0_and_its_own_index() -> None:
+    doc, spec = owner(workers_spec(2))
+    job = build_job(doc, spec, IMAGE)
+    env = env_of(job)
+    # An Indexed Job's pod is named JOB-INDEX; the subdomain's Service makes it JOB-INDEX.SERVICE.NS.svc.
+    assert (
+        env["KERAS_DISTRIBUTION_JOB_ADDRESSES"]["value"] == f"digits-train-0.digits-workers.ml.svc:{COORDINATOR_PORT}"
+    )
+    assert env["KERAS_DISTRIBUTION_NUM_PROCESSES"]["value"] == "2"
+    assert env["KERAS_DISTRIBUTION_PROCESS_ID"] == {
+        "name": "KERAS_DISTRIBUTION_PROCESS_ID",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}},
+    }
+    assert env["KERAS_BACKEND"]["value"] == "jax"
+    assert container(job)["ports"] == [{"name": "coordinator", "containerPort": 8476, "protocol": "TCP"}]
+    config = json.loads(job["spec"]["template"]["metadata"]["annotations"]["kerasoperator.dev/trainer-config"])
+    assert config["distribution"] == {"gpus": 0, "workers": 2}
+
+
+def test_the_worker_service_names_the_job_pods() -> None:
+    doc, spec = owner(workers_spec(2))
+    job = build_job(doc, spec, IMAGE)
+    service = build_worker_service(doc, spec)
+    assert service is not None
+    assert service["metadata"]["name"] == job["spec"]["template"]["spec"]["subdomain"]
+    assert service["metadata"]["namespace"] == "ml"
+    assert service["metadata"]["ownerReferences"] == job["metadata"]["ownerReferences"]
+    assert service["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+    svc = service["spec"]
+    assert svc["clusterIP"] == "None"  # headless: DNS names the pods themselves
+    assert svc["publishNotReadyAddresses"] is True  # workers look each other up before they are ready
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert svc["selector"]
+    assert all(pod_labels.get(k) == v for k, v in svc["selector"].items())
+    (port,) = svc["ports"]
+    assert (port["port"], port["targetPort"]) == (COORDINATOR_PORT, "coordinator")
+    assert port["targetPort"] in {p["name"] for p in container(job)["ports"]}
+    # Another resource's Service differs: two trainings in a namespace never share their names.
+    other, other_spec = owner(workers_spec(2))
+    other["metadata"]["name"] = "other"
+    assert build_worker_service(other, other_spec)["spec"]["selector"] != svc["selector"]
+
+
+def test_multi_worker_manifests_validate_against_kubernetes() -> None:
+    doc, spec = owner(
+        workers_spec(4, resources={"gpus": 2}, runPolicy={"queueName": "q"}, podTemplate={"spec": {"env": []}})
+    )
+    service = build_worker_service(doc, spec)
+    assert service is not None
+    validate_k8s(build_job(doc, spec, IMAGE))
+    validate_k8s(service)
+
+
+@pytest.mark.parametrize(
+    ("spec", "refused"),
+    [
+        ({"distribution": {"workers": 2}}, True),  # tensorflow, the default backend
+        ({"backend": "tensorflow", "distribution": {"workers": 2}}, True),
+        ({"backend": "torch", "distribution": {"workers": 3}}, True),
+        ({"backend": "jax", "distribution": {"workers": 2}}, False),
+        ({"backend": "tensorflow", "distribution": {"workers": 1}}, False),
+        ({"backend": "torch", "distribution": {}}, False),
+    ],
+)
+def test_several_workers_need_jax_in_cel_and_python(spec: dict[str, Any], refused: bool) -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+    doc["spec"].update(spec)
+    cel = cel_errors(doc["spec"], crd_schema("kerastrainingjobs")["properties"]["spec"])
+    assert bool(cel) == refused, cel
+    assert all("distribution.workers above 1 needs backend jax" in e for e in cel)
+    if refused:
+        with pytest.raises(InvalidResource, match=re.escape("distribution.workers above 1 needs backend jax")):
+            parse(doc)
+    else:
+        parse(doc)
+
+
+def test_zero_workers_is_refused() -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+    doc["spec"].update(workers_spec(0))
+    with pytest.raises(InvalidResource, match=re.escape("spec.distribution.workers")):
+        parse(doc)
+    schema = crd_schema("kerastrainingjobs")["properties"]["spec"]["properties"]["distribution"]
+    assert schema["properties"]["workers"]["minimum"] == 1

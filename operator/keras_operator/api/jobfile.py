@@ -85,9 +85,13 @@ class RunIdentity(ApiModel):
 
 
 class Distribution(ApiModel):
-    """How many devices the pod was given (the trainer uses every device it finds)."""
+    """How many devices each pod was given (the trainer uses every device it finds), and how many pods
+    train together."""
 
     gpus: Annotated[int, Field(ge=0)] = 0
+    workers: Annotated[int, Field(ge=1)] = 1
+    """Pods of one training (spec.distribution.workers); each finds its own index and worker 0's address
+    in KERAS_DISTRIBUTION_* variables, which keras.distribution.initialize() reads."""
 
 
 class TrainerJob(ApiModel):
@@ -129,7 +133,7 @@ def from_spec(metadata: dict[str, Any], spec: KerasTrainingJobSpec, run_id: str 
         data=spec.data,
         training=spec.training,
         output=spec.output,
-        distribution=Distribution(gpus=spec.resources.gpus),
+        distribution=Distribution(gpus=spec.resources.gpus, workers=spec.distribution.workers),
     )
 
 

@@ -245,6 +245,21 @@ class RunPolicy(ApiModel):
     """PriorityClass of the training pods."""
 
 
+# The port JAX's coordination service listens on in worker 0 (the Job's pods name it "coordinator").
+COORDINATOR_PORT = 8476
+
+
+class DistributionSpec(ApiModel):
+    """How many pods train together: one model, each batch split over every device of every pod."""
+
+    workers: Annotated[int, Field(ge=1)] = 1
+    """Number of pods, each with spec.resources; above 1 needs backend jax (Keras 3 trains across pods
+    only with JAX's keras.distribution). The pods form one Indexed Job: the training succeeds when
+    worker 0 does, and fails together: when one worker fails, JAX ends the others, and the whole group
+    restarts from worker 0's last checkpoint. runPolicy.backoffLimit counts such group restarts (the Job
+    allows backoffLimit x workers pod failures)."""
+
+
 class KerasTrainingJobSpec(ApiModel):
     """A Keras training run. Immutable once created, like a Job's pod template, except
     runPolicy.suspend: the API server refuses any other change; delete and re-apply the resource to
@@ -267,6 +282,15 @@ class KerasTrainingJobSpec(ApiModel):
             "SavedModel from a torch model); keep keras, which the model server serves on every backend",
             holds=lambda spec: spec.backend != "torch" or "savedmodel" not in spec.output.formats,
         ),
+        # Keras 3 cannot train across pods with TensorFlow (keras-team/keras#20585) nor torch: never N
+        # copies each training alone.
+        Rule(
+            cel="!has(self.distribution) || !has(self.distribution.workers) || self.distribution.workers <= 1 "
+            "|| (has(self.backend) && self.backend == 'jax')",
+            message="distribution.workers above 1 needs backend jax (Keras 3 trains across pods only with "
+            "JAX's keras.distribution); with tensorflow or torch, use one worker and give it several GPUs",
+            holds=lambda spec: spec.distribution.workers <= 1 or spec.backend == "jax",
+        ),
     )
 
     backend: Backend = "tensorflow"
@@ -281,6 +305,8 @@ class KerasTrainingJobSpec(ApiModel):
     """How to fit the model."""
     resources: Resources = Field(default_factory=Resources)
     """CPU, memory and GPUs per pod."""
+    distribution: DistributionSpec = Field(default_factory=DistributionSpec)
+    """How many pods train together (backend jax); one by default."""
     output: OutputSpec = Field(default_factory=OutputSpec)
     """Where the model and checkpoints go."""
     run_policy: RunPolicy = Field(default_factory=RunPolicy)

@@ -15,7 +15,7 @@ from keras_operator.api import jobfile
 from keras_operator.api.common import GROUP
 from keras_operator.api.parse import InvalidResource
 from keras_operator.api.report import EXIT_INVALID_SPEC, TERMINATION_MESSAGE_PATH
-from keras_operator.api.training import TRAINER_CONTAINER, KerasTrainingJobSpec
+from keras_operator.api.training import COORDINATOR_PORT, TRAINER_CONTAINER, KerasTrainingJobSpec
 from keras_operator.builders.common import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
@@ -29,10 +29,16 @@ GENERATION_ANNOTATION = f"{GROUP}/generation"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 TRAINING_JOB_LABEL = "training-job"
 OWNER_LABEL = f"{GROUP}/{TRAINING_JOB_LABEL}"  # on the Job and its pods: the KerasTrainingJob's name
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"  # set by the Job controller
+COORDINATOR_PORT_NAME = "coordinator"
 
 
 def job_name(name: str) -> str:
     return f"{name}-train"
+
+
+def worker_service_name(name: str) -> str:
+    return f"{name}-workers"
 
 
 def training_labels(name: str) -> dict[str, str]:
@@ -43,6 +49,9 @@ def job_spec_hash(spec: KerasTrainingJobSpec) -> str:
     """What the Job was made from, less what may change while it runs (suspend flips the Job in place)."""
     dumped = spec.dump()
     dumped.get("runPolicy", {}).pop("suspend", None)
+    if spec.distribution.workers == 1:
+        # A one-pod training hashes as before the field existed: Jobs made by an older operator still match.
+        dumped.pop("distribution", None)
     return spec_hash(dumped)
 
 
@@ -274,6 +283,78 @@ def build_job(
     }
     if policy.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    if spec.distribution.workers > 1:
+        _distribute(job_spec, name, owner["metadata"].get("namespace") or "default", spec.distribution.workers)
     # No ttlSecondsAfterFinished on the Job: the TTL controller could delete a finished Job before the
     # operator has read its result. The operator deletes it itself once the status holds the result.
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def _distribute(job_spec: dict[str, Any], name: str, namespace: str, workers: int) -> None:
+    """Make the Job one group of `workers` pods training together (JAX's multi-process runtime).
+
+    An Indexed Job gives each pod a stable index and hostname (JOB-INDEX); the headless Service
+    (build_worker_service) named in the template's subdomain makes JOB-0.SERVICE.NAMESPACE.svc resolve
+    to worker 0, where JAX's coordination service listens. keras.distribution.initialize() reads the
+    three KERAS_DISTRIBUTION_* variables.
+
+    Success: worker 0's (successPolicy; the others are stopped then). Servers before 1.31 drop the
+    field (it is beta from 1.31, GA in 1.33), and the Job then waits for every worker, which all end
+    together anyway. Failure: JAX ends every worker when one fails, so the group restarts together and
+    resumes from worker 0's checkpoint; each restart costs `workers` pod failures, hence a backoff
+    limit of runPolicy.backoffLimit group restarts. The podFailurePolicy stays: a spec error (exit 2)
+    fails the Job, a disruption is not counted.
+    """
+    job_spec["backoffLimit"] = job_spec["backoffLimit"] * workers
+    job_spec["completionMode"] = "Indexed"
+    job_spec["completions"] = workers
+    job_spec["parallelism"] = workers
+    job_spec["successPolicy"] = {"rules": [{"succeededIndexes": "0"}]}
+    pod = job_spec["template"]["spec"]
+    service = worker_service_name(name)
+    pod["subdomain"] = service
+    container = next(c for c in pod["containers"] if c["name"] == CONTAINER)
+    coordinator = f"{job_name(name)}-0.{service}.{namespace}.svc:{COORDINATOR_PORT}"
+    container["env"] = [
+        *container["env"],
+        {"name": "KERAS_DISTRIBUTION_JOB_ADDRESSES", "value": coordinator},
+        {"name": "KERAS_DISTRIBUTION_NUM_PROCESSES", "value": str(workers)},
+        {
+            "name": "KERAS_DISTRIBUTION_PROCESS_ID",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+        },
+    ]
+    container["ports"] = [
+        *container.get("ports", []),
+        {"name": COORDINATOR_PORT_NAME, "containerPort": COORDINATOR_PORT, "protocol": "TCP"},
+    ]
+
+
+def build_worker_service(owner: dict[str, Any], spec: KerasTrainingJobSpec) -> dict[str, Any] | None:
+    """The headless Service that names a multi-worker training's pods (JOB-INDEX.NAME-workers); None for
+    one worker. Not-ready pods are published too: workers look each other up while they start."""
+    if spec.distribution.workers <= 1:
+        return None
+    name = owner["metadata"]["name"]
+    pod_labels = training_labels(name)
+    service: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(owner, worker_service_name(name), pod_labels),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": pod_labels,
+            "ports": [
+                {
+                    "name": COORDINATOR_PORT_NAME,
+                    "port": COORDINATOR_PORT,
+                    "targetPort": COORDINATOR_PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+    # What kube.apply compares to decide whether the Service must be applied again.
+    service["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(service)}
+    return service

@@ -19,6 +19,7 @@ from keras_operator.builders.training import OWNER_LABEL as OWNER_LABEL  # what 
 from keras_operator.builders.training import (
     SPEC_HASH_ANNOTATION,
     build_job,
+    build_worker_service,
     desired_suspend,
     job_name,
     job_spec_hash,
@@ -132,12 +133,11 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
                 training_status.invalid(message, previous, generation, now, reason=exc.reason),
                 [("Warning", exc.reason, message)],
             ), None
+        except NameTaken as exc:
+            return _name_conflict(str(exc), previous, generation, now), None
     if not owned_by(job, meta.get("uid")):
         message = f"a Job named {name} already exists and belongs to something else; rename this resource"
-        return Outcome(
-            training_status.invalid(message, previous, generation, now, reason="NameConflict"),
-            [("Warning", "NameConflict", message)],
-        ), None
+        return _name_conflict(message, previous, generation, now), None
 
     job, suspend_events = await _apply_suspend(job, spec, previous.get("phase"))
     status = training_status.observe(
@@ -218,13 +218,37 @@ async def _apply_suspend(
     return patched, [("Normal", "Resumed", f"resumed the Job; training continues {where}")]
 
 
+class NameTaken(Exception):
+    """An object the training needs exists under its name and belongs to something else."""
+
+
+def _name_conflict(message: str, previous: dict[str, Any], generation: int | None, now: str) -> Outcome:
+    return Outcome(
+        training_status.invalid(message, previous, generation, now, reason="NameConflict"),
+        [("Warning", "NameConflict", message)],
+    )
+
+
 async def _create(
     body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings
 ) -> tuple[dict[str, Any], list[Event]]:
+    events: list[Event] = []
+    # Before the Job: its workers find worker 0 through this Service's DNS names as they start.
+    service = build_worker_service(body, spec)
+    if service is not None:
+        applied, change = await kube.apply(service, SPEC_HASH_ANNOTATION, body["metadata"].get("uid"))
+        service_name = service["metadata"]["name"]
+        if applied is None:
+            raise NameTaken(
+                f"a Service named {service_name} already exists and belongs to something else; rename this resource"
+            )
+        if change == "created":
+            events.append(("Normal", "Created", f"created Service {service_name}"))
     job, created = await kube.create_or_adopt(
         build_job(body, spec, settings.image_for(spec.backend), progress_endpoint(settings))
     )
-    events: list[Event] = [("Normal", "Created", f"created Job {job['metadata']['name']}")] if created else []
+    if created:
+        events.append(("Normal", "Created", f"created Job {job['metadata']['name']}"))
     return job, events
 
 
