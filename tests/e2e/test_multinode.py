@@ -112,7 +112,8 @@ def test_two_jax_workers_train_one_model(cluster: Cluster) -> None:
     }
     assert status["phase"] == "Succeeded", (status, logs)
     uid = created["metadata"]["uid"]
-    assert status["modelUri"] == f"pvc://models/duo/runs/{uid}/model.keras"
+    ended = {p["metadata"]["name"]: p["status"].get("containerStatuses") for p in pods_of(cluster, "duo-train")}
+    assert status.get("modelUri") == f"pvc://models/duo/runs/{uid}/model.keras", (status, ended)
     assert (cluster.pvc_root / "models" / "duo" / "runs" / uid / "model.keras").is_file()
 
 
