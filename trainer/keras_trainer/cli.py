@@ -7,7 +7,9 @@ Exit codes: 0 trained; 2 the job file or the spec is wrong (the Job fails at onc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import NoReturn
 
 import structlog
 
@@ -15,7 +17,7 @@ from keras_operator.api import jobfile
 from keras_operator.api.parse import InvalidResource, read_documents
 from keras_operator.api.report import EXIT_INVALID_SPEC, TrainingResult
 from keras_operator.runtime import logs
-from keras_trainer import backend
+from keras_trainer import backend, distribute
 from keras_trainer.errors import SpecError
 from keras_trainer.reporting import PodReporter
 
@@ -99,13 +101,32 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         backend.prepare(job.backend)
+        # The job file's field came with the multi-worker operator: an older job file has none.
+        if distribute.check_cluster(job.backend, getattr(job.distribution, "workers", 1)) > 1:
+            reporter.join(*distribute.initialize_cluster())  # before anything computes with JAX
     except SpecError as exc:
         result = TrainingResult(phase="Failed", reason="InvalidSpec", message=str(exc), epochs=job.training.epochs)
         reporter.end(result)
         return exit_code(result)
+    except distribute.ClusterError as exc:
+        result = TrainingResult(phase="Failed", reason="TrainingError", message=str(exc), epochs=job.training.epochs)
+        reporter.end(result)
+        return _exit_now(exit_code(result))
     from keras_trainer import train as training  # imports keras, after the backend is chosen
 
-    return exit_code(training.run(job, args.output, reporter))
+    code = exit_code(training.run(job, args.output, reporter))
+    if distribute.process()[1] > 1:  # still in the group: training failed before the workers parted
+        return _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Leave without jax's exit handler: it waits at a shutdown barrier for every worker, and a lost
+    one never comes (SHUTDOWN_TIMEOUT_S, then an abort). The result is already written; leaving at once
+    also tells the other workers (their collectives fail), so the group ends together."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _serve(args: argparse.Namespace) -> int:

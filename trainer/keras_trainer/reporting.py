@@ -29,7 +29,12 @@ def format_metrics(metrics: dict[str, float]) -> str:
 class PodReporter:
     """One JSON log line per epoch on stdout, and the result in the termination message file; both are
     also pushed to the operator's progress endpoint when the pod was given one (KERAS_OPERATOR_PROGRESS_URL),
-    the log line and the message staying the fallback."""
+    the log line and the message staying the fallback.
+
+    Of several workers, worker 0 reports the training (the operator reads its pod); the others log their
+    epoch lines but push nothing, and their termination message only says how this worker ended
+    ("worker K of N ..."), with no model and no metrics.
+    """
 
     def __init__(self, termination_path: str | None = None, pusher: ProgressPusher | None = None) -> None:
         self.log = structlog.get_logger("keras_trainer")
@@ -37,6 +42,24 @@ class PodReporter:
             termination_path or os.environ.get(TERMINATION_PATH_ENV) or TERMINATION_MESSAGE_PATH
         )
         self.pusher = pusher if pusher is not None else ProgressPusher.from_env()
+        self.worker: tuple[int, int] | None = None  # (K, N) once this pod is worker K of N
+
+    def join(self, worker: int, workers: int) -> None:
+        """This pod is worker `worker` of `workers`. The termination message is written now, saying that
+        the worker stopped without a result: the JAX coordination service ends a worker whose peer is
+        lost by aborting the process, and then no Python code runs to write one."""
+        self.worker = (worker, workers)
+        if worker != 0 and self.pusher is not None:
+            self.pusher.close(timeout=0)  # nothing was sent yet: only worker 0 speaks for the training
+            self.pusher = None
+        self._write(
+            TrainingResult(
+                phase="Failed",
+                reason="TrainingError",
+                message=f"worker {worker} of {workers} stopped without a result: a peer worker was lost "
+                "(the JAX coordination service then ends every worker) or this worker was killed",
+            )
+        )
 
     def begin(self, *, epochs: int, initial_epoch: int, steps: int | None) -> None:
         if initial_epoch:
@@ -60,17 +83,36 @@ class PodReporter:
             self.pusher.epoch(report)
 
     def end(self, result: TrainingResult) -> None:
+        if self.worker is not None and self.worker[0] != 0:
+            result = self._as_worker(result, *self.worker)
         if result.phase == "Succeeded":
             self.log.info("training_succeeded", model_uri=result.model_uri, metrics=result.metrics)
         else:
             self.log.error("training_failed", message=result.message)
+        self._write(result)
+        if self.pusher is not None:  # after the termination message: that one must exist whatever happens here
+            self.pusher.result(result)
+            self.pusher.close()
+
+    def _write(self, result: TrainingResult) -> None:
         try:
             self.termination_path.write_text(result.to_termination_message())
         except OSError as exc:  # outside a pod the file may not be writable; the log line still says it all
             self.log.warning("termination_message_not_written", path=str(self.termination_path), error=str(exc))
-        if self.pusher is not None:  # after the termination message: that one must exist whatever happens here
-            self.pusher.result(result)
-            self.pusher.close()
+
+    @staticmethod
+    def _as_worker(result: TrainingResult, worker: int, workers: int) -> TrainingResult:
+        """What worker K (not 0) says of itself: never a model or metrics a reader could take for the
+        training's result."""
+        if result.phase == "Succeeded":
+            message = f"worker {worker} of {workers} finished; worker 0 reports the training's result"
+        else:
+            message = (
+                result.message
+                if result.message.startswith("worker ")
+                else f"worker {worker} of {workers}: {result.message}"
+            )
+        return result.model_copy(update={"message": message, "metrics": None, "model_uri": None})
 
 
 class ConsoleReporter:

@@ -87,13 +87,18 @@ class Workspace:
     What it holds is the run's alone: checkpoints are resumed only by the run that wrote them (their
     RUN_RECORD says which), and a model counts as written only once COMPLETE_MARKER is there, written
     after every file of the model is in place.
+
+    A reader (a worker other than worker 0 of several) never writes to the output: its local folder is
+    a private scratch folder, into which it copies worker 0's last checkpoint to resume from.
     """
 
-    def __init__(self, prefix: str, run_id: str) -> None:
+    def __init__(self, prefix: str, run_id: str, writer: bool = True) -> None:
         self.uri = prefix
         self.run_id = run_id
+        self.writer = writer
         self.remote = storage.is_remote(prefix)
-        self.local = Path(tempfile.mkdtemp(prefix="keras-out-")) if self.remote else storage.local_path(prefix)
+        private = self.remote or not writer
+        self.local = Path(tempfile.mkdtemp(prefix="keras-out-")) if private else storage.local_path(prefix)
         self.local.mkdir(parents=True, exist_ok=True)
         for partial in self.local.glob(".*partial*"):  # a save cut short by a crash in an earlier attempt
             shutil.rmtree(partial) if partial.is_dir() else partial.unlink(missing_ok=True)
@@ -102,6 +107,8 @@ class Workspace:
         """The checkpoint folder for BackupAndRestore: this run's last checkpoint if there is one, else empty."""
         folder = self.local / CHECKPOINT_DIR
         remote = storage.join(self.uri, CHECKPOINT_DIR)
+        if not self.writer:
+            return self._copy_checkpoints(remote, folder)
         if self.remote and storage.exists(remote):
             storage.fetch(remote, self.local)
         if folder.exists():
@@ -118,13 +125,33 @@ class Workspace:
             record.write_text(json.dumps({"runId": self.run_id}))
         return folder
 
+    def _copy_checkpoints(self, source: str, folder: Path) -> Path:
+        """A reader's copy of worker 0's checkpoint. Worker 0 decides the same way from the same files
+        (it alone removes another run's), and writes none before every worker is past this point: its
+        first checkpoint needs every worker's first epoch."""
+        if storage.exists(source):
+            if self.remote:
+                storage.fetch(source, self.local)
+            else:
+                shutil.copytree(storage.local_path(source), folder, dirs_exist_ok=True)
+        if folder.exists() and _checkpoint_run(folder) != self.run_id:
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def finish_checkpoints(self) -> None:
         """A finished training must not be "resumed" by a retry of the same run (Keras already removed
         the local copy)."""
-        storage.remove(storage.join(self.uri, CHECKPOINT_DIR))
+        if self.writer:
+            storage.remove(storage.join(self.uri, CHECKPOINT_DIR))
+
+    def discard(self) -> None:
+        """A reader's scratch folder goes when its training ends."""
+        if not self.writer:
+            shutil.rmtree(self.local, ignore_errors=True)
 
     def push(self, name: str) -> None:
-        if self.remote and (self.local / name).exists():
+        if self.writer and self.remote and (self.local / name).exists():
             storage.publish(self.local / name, storage.join(self.uri, name))
 
     def commit(self, model: keras.Model, output: OutputSpec, result: dict[str, Any]) -> str:
@@ -169,6 +196,22 @@ def _replace_folder(new: Path, target: Path) -> None:
     shutil.rmtree(old)
 
 
+class _RestoreOnly(keras.callbacks.BackupAndRestore):
+    """A reader's BackupAndRestore: resumes from the copied checkpoint, saves none (worker 0 does)."""
+
+    def _save_model(self) -> None:
+        pass
+
+
+class _SaveAlone(keras.callbacks.BackupAndRestore):
+    """Worker 0's BackupAndRestore, when other workers train too: it saves alone, out of the
+    distribution's reach (distribute.undistributed)."""
+
+    def _save_model(self) -> None:
+        with distribute.undistributed():
+            super()._save_model()
+
+
 def _checkpoint_run(folder: Path) -> str | None:
     try:
         return str(json.loads((folder / jobfile.RUN_RECORD).read_text())["runId"])
@@ -193,10 +236,11 @@ def run(job: TrainerJob | KerasTrainingJob, output_uri: str | None, reporter: Re
     except TransientError as exc:  # the store or network may be back when the Job retries the pod
         result = TrainingResult(phase="Failed", reason="TrainingError", message=str(exc), epochs=epochs)
     except Exception as exc:  # anything else still ends as one clear line, not a traceback in status
+        lost = distribute.lost_peer_message(exc)
         result = TrainingResult(
             phase="Failed",
             reason="TrainingError",
-            message=f"training failed: {type(exc).__name__}: {first_line(exc)}",
+            message=lost or f"training failed: {type(exc).__name__}: {first_line(exc)}",
             epochs=epochs,
         )
     reporter.end(result)
@@ -212,12 +256,17 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
     keras.mixed_precision.set_global_policy("mixed_float16" if training.mixed_precision else "float32")
 
     model_input = spec.model.input_shape
+    seed = training.seed
+    if seed is None and distribute.process()[1] > 1:
+        # Each worker takes its part of the same data: synthetic data and shuffled image folders must
+        # come out the same on every worker.
+        seed = 0
     train = data_mod.load(
         spec.data.train,
         "spec.data.train",
         "train",
         batch_size=training.batch_size,
-        seed=training.seed,
+        seed=seed,
         shape_hint=model_input,
     )
     validation = None
@@ -227,7 +276,7 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
             "spec.data.validation",
             "validation",
             batch_size=training.batch_size,
-            seed=training.seed,
+            seed=seed,
             shape_hint=model_input,
         )
     if spec.data.validation_split is not None and train.x is None:
@@ -237,6 +286,12 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
         )
 
     placement = distribute.place(spec.backend)
+    worker, workers = distribute.process()
+    batch_size = training.batch_size
+    validation_split = spec.data.validation_split
+    if workers > 1:
+        train, validation, validation_split = _shard(train, validation, validation_split, batch_size, placement)
+        batch_size //= workers  # what each worker feeds per step: its part of the global batch
     with placement.scope():  # the model and its optimizer live on every device the pod was given
         model = models.build(spec.model, mixed_precision=training.mixed_precision)
         _check_shapes(model, train)
@@ -244,11 +299,33 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
             optimizer=models.optimizer(training), loss=models.loss(training), metrics=models.metrics(training)
         )
 
-    workspace = Workspace(job.prefix(), job.run.id)
+    workspace = Workspace(job.prefix(), job.run.id, writer=worker == 0)
+    try:
+        return _fit(spec, model, train, validation, validation_split, batch_size, placement, workspace, reporter)
+    finally:
+        workspace.discard()
+
+
+def _fit(
+    spec: TrainerJob,
+    model: keras.Model,
+    train: data_mod.Data,
+    validation: data_mod.Data | None,
+    validation_split: float | None,
+    batch_size: int,
+    placement: distribute.Placement,
+    workspace: Workspace,
+    reporter: Reporter,
+) -> TrainingResult:
+    training = spec.training
+    workers = distribute.process()[1]
     callbacks: list[keras.callbacks.Callback] = []
     if spec.output.checkpoints:
         checkpoints = workspace.restore_checkpoints()
-        callbacks.append(keras.callbacks.BackupAndRestore(str(checkpoints), double_checkpoint=True))
+        backup = keras.callbacks.BackupAndRestore
+        if workers > 1:
+            backup = _SaveAlone if workspace.writer else _RestoreOnly
+        callbacks.append(backup(str(checkpoints), double_checkpoint=True))
     if training.early_stopping is not None:
         es = training.early_stopping
         callbacks.append(
@@ -262,17 +339,17 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
         )
     # What reaches a remote output every epoch, so a preempted run loses at most one epoch of either.
     pushed = [CHECKPOINT_DIR]
-    if spec.output.tensorboard:
+    if spec.output.tensorboard and workspace.writer:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(workspace.local / TENSORBOARD_DIR)))
         pushed.append(TENSORBOARD_DIR)
 
-    samples = _samples_per_epoch(train, spec.data.validation_split)
-    steps = int(np.ceil(samples / training.batch_size)) if samples is not None else None
+    samples = _samples_per_epoch(train, validation_split)
+    steps = int(np.ceil(samples / batch_size)) if samples is not None else None
     progress = _Progress(
         reporter,
         training.epochs,
         steps,
-        samples,
+        samples * workers if samples is not None else None,  # the group's: each worker counts its part
         devices=len(placement.devices),
         on_epoch=lambda: [workspace.push(p) for p in pushed],
     )
@@ -280,9 +357,9 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
 
     fit_args: dict[str, Any] = {"epochs": training.epochs, "callbacks": callbacks, "verbose": 0}
     if train.x is not None:
-        fit_args.update(x=train.x, y=train.y, batch_size=training.batch_size, shuffle=spec.data.shuffle)
-        if spec.data.validation_split is not None:
-            fit_args["validation_split"] = spec.data.validation_split
+        fit_args.update(x=train.x, y=train.y, batch_size=batch_size, shuffle=spec.data.shuffle)
+        if validation_split is not None:
+            fit_args["validation_split"] = validation_split
     else:
         fit_args["x"] = train.dataset
     if validation is not None:
@@ -291,19 +368,30 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
         with placement.scope():
             model.fit(**fit_args)
     except ValueError as exc:
+        if distribute.lost_peer_message(exc):  # jax raises a failed collective as a ValueError too
+            raise
         raise SpecError("spec.model", f"the model does not fit the data: {first_line(exc)}") from exc
 
     last = progress.last
     # No epoch ran when a retry resumed a run whose last epoch was done but not yet saved.
     epoch = last.epoch if last else progress.initial
+    metrics = dict(last.metrics) if last else {}
+    if workers > 1:
+        # Evaluation is the last step every worker must take part in; then the group disbands, so that
+        # worker 0's save (however long an upload takes) keeps no peer waiting on a barrier.
+        with placement.scope():
+            metrics.update(_evaluate(model, train, validation, validation_split, batch_size))
+        distribute.leave_cluster()
     if spec.output.tensorboard:
         workspace.push(TENSORBOARD_DIR)  # the last epoch's events, written after its callback ran
-    model_uri = workspace.commit(model, spec.output, {"epoch": epoch, "epochs": training.epochs})
+    model_uri = None
+    if workspace.writer:
+        model_uri = workspace.commit(model, spec.output, {"epoch": epoch, "epochs": training.epochs})
     if spec.output.checkpoints:
         workspace.finish_checkpoints()
-    metrics = dict(last.metrics) if last else {}
-    # The saved weights may be the best epoch's (early stopping), not the last one's: report theirs.
-    metrics.update(_evaluate(model, train, validation, spec.data.validation_split, training.batch_size))
+    if workers == 1:
+        # The saved weights may be the best epoch's (early stopping), not the last one's: report theirs.
+        metrics.update(_evaluate(model, train, validation, validation_split, batch_size))
     return TrainingResult(
         phase="Succeeded",
         reason="Completed",
@@ -336,6 +424,38 @@ def _evaluate(
         return {}
     results = model.evaluate(x, y, batch_size=batch_size if y is not None else None, verbose=0, return_dict=True)
     return clean_metrics({f"val_{k}": v for k, v in results.items()})
+
+
+def _shard(
+    train: data_mod.Data,
+    validation: data_mod.Data | None,
+    split: float | None,
+    batch_size: int,
+    placement: distribute.Placement,
+) -> tuple[data_mod.Data, data_mod.Data | None, None]:
+    """This worker's part of the training and validation data. A validationSplit is taken here, from
+    all the data as Keras would take it, before sharding (Keras would split each worker's part)."""
+    worker, workers = distribute.process()
+    devices = len(placement.devices)
+    if batch_size % devices:
+        raise SpecError(
+            "spec.training.batchSize",
+            f"{batch_size} does not split over the {devices} devices of {workers} workers; use a multiple of {devices}",
+        )
+    granule = devices // workers  # a worker's part of a batch is split again over its own devices
+    if validation is None and split and train.x is not None:
+        cut = int(np.floor(len(train.x) * (1.0 - split)))
+        held_x, held_y = train.x[cut:], train.y[cut:] if train.y is not None else None
+        validation = data_mod.Data(x=held_x, y=held_y, size=len(held_x))
+        train = data_mod.Data(x=train.x[:cut], y=train.y[:cut] if train.y is not None else None, size=cut)
+
+    def part(data: data_mod.Data) -> data_mod.Data:
+        if data.x is None:
+            return data_mod.Data(dataset=distribute.shard_dataset(data.dataset, batch_size, worker, workers))
+        x, y = distribute.shard_arrays(data.x, data.y, batch_size, worker, workers, granule)
+        return data_mod.Data(x=x, y=y, size=len(x))
+
+    return part(train), part(validation) if validation is not None else None, None
 
 
 def _check_shapes(model: keras.Model, train: data_mod.Data) -> None:
