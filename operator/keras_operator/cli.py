@@ -19,7 +19,7 @@ from keras_operator.api.parse import InvalidResource, Resource, parse, read_docu
 from keras_operator.api.serving import KerasModelService
 from keras_operator.api.training import MODEL_FILE, SAVEDMODEL_DIR, KerasTrainingJob
 from keras_operator.builders.serving import build_deployment, build_hpa, build_service, model_name, server_args
-from keras_operator.builders.training import build_job, progress_endpoint
+from keras_operator.builders.training import build_job, build_worker_service, progress_endpoint
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import conditions
 from keras_operator.status import training as training_status
@@ -142,7 +142,9 @@ def render_objects(resource: Resource, resources: list[Resource], namespace: str
     if namespace:
         owner["metadata"]["namespace"] = namespace
     if isinstance(resource, KerasTrainingJob):
-        return [build_job(owner, resource.spec, settings.image_for(resource.spec.backend), progress_endpoint(settings))]
+        service = build_worker_service(owner, resource.spec)  # several workers: how they find worker 0
+        job = build_job(owner, resource.spec, settings.image_for(resource.spec.backend), progress_endpoint(settings))
+        return [*([service] if service else []), job]
     uri = trained_model_uri(resource, resources, local=False)
     if uri is None:
         ref = resource.spec.model.training_job_ref

@@ -20,7 +20,10 @@ ORDER = [
     "kueue.yaml",
 ]
 # Examples that need more than this machine; each runs elsewhere, against a stand-in.
-ELSEWHERE = {"s3-training.yaml": "needs an S3 endpoint: test_object_storage.py runs it against moto's S3 server"}
+ELSEWHERE = {
+    "s3-training.yaml": "needs an S3 endpoint: test_object_storage.py runs it against moto's S3 server",
+    "multi-node-jax.yaml": "needs several pods: tests/e2e/test_multinode.py trains two JAX workers",
+}
 
 
 def test_the_list_covers_every_training_example() -> None:

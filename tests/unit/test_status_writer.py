@@ -44,7 +44,7 @@ class FakeApi:
         self.rv = str(self.next)
         return self.rv
 
-    def event(self, body: Any, *, type: str, reason: str, message: str) -> None:
+    async def post_event(self, body: Any, type_: str, reason: str, message: str) -> None:
         self.events.append(reason)
 
 
@@ -52,7 +52,7 @@ class FakeApi:
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     fake = FakeApi("7")
     monkeypatch.setattr(status_writer.kube, "patch_status", fake.patch_status)
-    monkeypatch.setattr(status_writer.kopf, "event", fake.event)
+    monkeypatch.setattr(status_writer.kube, "post_event", fake.post_event)
     return fake
 
 

@@ -196,11 +196,20 @@ async def _expire(job: dict[str, Any], status: dict[str, Any], ttl: int) -> tupl
     return None, []
 
 
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
 def newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The Job's newest pod: after a retry, the one whose state matters."""
+    """The pod whose state is the training's: worker 0's (the one that reports; every pod is worker 0 of a
+    one-pod Job), its newest after a retry."""
     if not pods:
         return None
-    return max(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))
+
+    def key(pod: dict[str, Any]) -> tuple[bool, str, str]:
+        index = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX)
+        return index in (None, "0"), pod["metadata"].get("creationTimestamp") or "", pod["metadata"]["name"]
+
+    return max(pods, key=key)
 
 
 async def _apply_suspend(

@@ -72,7 +72,7 @@ class StatusWriter:
         meta = resource["metadata"]
         for kind, reason, message in outcome.events:
             if reason in self.action_reasons:  # done already, whatever becomes of the status write
-                kopf.event(resource, type=kind, reason=reason, message=message)
+                await kube.post_event(resource, kind, reason, message)
         if changed:
             try:
                 version = await kube.patch_status(
@@ -102,5 +102,5 @@ class StatusWriter:
             )
         for kind, reason, message in outcome.events:
             if changed and reason not in self.action_reasons:
-                kopf.event(resource, type=kind, reason=reason, message=message)
+                await kube.post_event(resource, kind, reason, message)
         return bool(changed)

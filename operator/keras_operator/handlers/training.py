@@ -30,6 +30,7 @@ from keras_operator.runtime.workqueue import WorkQueue
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 OWNER_LABEL = training_controller.OWNER_LABEL
+COMPLETION_INDEX = training_controller.COMPLETION_INDEX
 OWNED = {**training_controller.WATCHED_LABELS, OWNER_LABEL: kopf.PRESENT}
 
 Key = tuple[str, str]  # (namespace, KerasTrainingJob name)
@@ -75,7 +76,8 @@ def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
     meta, status = body["metadata"], body.get("status") or {}
     return {
         (namespace, labels[OWNER_LABEL]): {
-            "metadata": {k: meta.get(k) for k in ("name", "uid", "creationTimestamp")},
+            "metadata": {k: meta.get(k) for k in ("name", "uid", "creationTimestamp")}
+            | {"annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k == COMPLETION_INDEX}},
             "status": {k: status.get(k) for k in ("phase", "conditions", "containerStatuses") if status.get(k)},
         }
     }

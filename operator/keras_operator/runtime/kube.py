@@ -8,6 +8,7 @@ else (5xx, timeouts, connection errors) -> kopf.TemporaryError, retried with a g
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import json
 from collections.abc import Callable
@@ -15,11 +16,13 @@ from typing import Any, TypeVar
 
 import kopf
 import kubernetes
+import structlog
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from keras_operator.runtime.settings import api_server
 
+log = structlog.get_logger("keras_operator.kube")
 T = TypeVar("T")
 A = TypeVar("A")
 RETRY_DELAY = 5.0
@@ -324,6 +327,46 @@ async def patch_status(
         return None
     # Read to the end: an unread response keeps its connection out of the pool (a new one per write).
     return str(json.loads(resp.data).get("metadata", {}).get("resourceVersion") or "") or None
+
+
+EVENT_MESSAGE_MAX = 1024  # the API server refuses longer Event messages
+REPORTER = "keras-operator"
+
+
+async def post_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """A core/v1 Event about `obj`, as `kubectl describe` shows them. Best effort: an Event that cannot be
+    posted is logged, never fails the reconcile. Posted here rather than through kopf.event, which works
+    only inside kopf's own per-object tasks (a reconcile started by a resync or a push is not one)."""
+    meta = obj["metadata"]
+    if len(message) > EVENT_MESSAGE_MAX:
+        message = message[: EVENT_MESSAGE_MAX - 3] + "..."
+    now = datetime.datetime.now(tz=datetime.UTC).isoformat()
+    body = {
+        "metadata": {"namespace": meta["namespace"], "generateName": f"{meta['name']}."},
+        "type": type_,
+        "reason": reason,
+        "message": message,
+        "action": reason,
+        "reportingComponent": REPORTER,
+        "reportingInstance": REPORTER,
+        "source": {"component": REPORTER},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj.get("kind"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "eventTime": now,
+        "count": 1,
+    }
+    try:
+        resp = await _call(_core().create_namespaced_event, meta["namespace"], body, _preload_content=False)
+        resp.data  # noqa: B018  (read to the end: the connection goes back to the pool)
+    except (ApiException, Rejected, kopf.TemporaryError) as exc:
+        log.warning("event_not_posted", reason=reason, name=meta["name"], error=str(exc))
 
 
 async def token_review(token: str, audience: str) -> dict[str, Any]:
