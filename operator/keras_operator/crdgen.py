@@ -149,6 +149,9 @@ def training_job_crd() -> dict[str, Any]:
             {"name": "Epochs", "type": "integer", "jsonPath": ".status.progress.epochs", "priority": 1},
             {"name": "Percent", "type": "integer", "jsonPath": ".status.progress.percent"},
             {"name": "Remaining", "type": "integer", "jsonPath": ".status.progress.secondsRemaining", "priority": 1},
+            # A training on several workers: how many run now, of how many (empty for one pod).
+            {"name": "Workers", "type": "integer", "jsonPath": ".status.workers.total", "priority": 1},
+            {"name": "Ready Workers", "type": "integer", "jsonPath": ".status.workers.ready", "priority": 1},
             {"name": "Loss", "type": "number", "jsonPath": ".status.metrics.loss"},
             {"name": "Accuracy", "type": "number", "jsonPath": ".status.metrics.accuracy"},
             {"name": "Model", "type": "string", "jsonPath": ".status.modelUri", "priority": 1},

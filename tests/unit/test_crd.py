@@ -173,3 +173,12 @@ def test_scale_subresource() -> None:
 def test_printer_columns_are_distinct(plural: str) -> None:
     names = [c["name"] for c in crd(plural)["spec"]["versions"][0]["additionalPrinterColumns"]]
     assert len(names) == len(set(names)), names
+
+
+def test_workers_columns_show_a_multi_worker_training() -> None:
+    columns = {c["name"]: c for c in crd("kerastrainingjobs")["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Workers"]["jsonPath"] == ".status.workers.total"
+    assert columns["Ready Workers"]["jsonPath"] == ".status.workers.ready"
+    status = crd_schema("kerastrainingjobs")["properties"]["status"]["properties"]["workers"]
+    assert set(status["properties"]) == {"ready", "total", "lastFailure"}
+    assert set(status["properties"]["lastFailure"]["properties"]) == {"index", "pod", "reason", "message"}

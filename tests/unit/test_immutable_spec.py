@@ -45,6 +45,7 @@ IMMUTABLE_PATHS = {
     ".runPolicy.ttlSecondsAfterFinished",
     ".runPolicy.queueName",
     ".runPolicy.priorityClassName",
+    ".runPolicy.workloadPriorityClass",
 }
 
 
@@ -205,6 +206,12 @@ REFUSED: list[tuple[str, Callable[[Spec], None] | None, Callable[[Spec], None], 
     ),
     ("ttl", None, _set("runPolicy.ttlSecondsAfterFinished", 60), ".runPolicy.ttlSecondsAfterFinished"),
     ("priorityClassName", None, _set("runPolicy.priorityClassName", "high"), ".runPolicy.priorityClassName"),
+    (
+        "workloadPriorityClass",
+        _in_kueue,
+        _set("runPolicy.workloadPriorityClass", "urgent"),
+        ".runPolicy.workloadPriorityClass",
+    ),
 ]
 
 

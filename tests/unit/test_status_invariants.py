@@ -21,6 +21,10 @@ Invariants checked after every step:
    status shows that result's modelUri, whichever position the trainer has among the containers; once
    shown, the modelUri stays (the pod may be gone when the operator looks again).
 9. No field of the status is null (a null would be written to the API server as such).
+10. A suspended Job is Queued, its pods stopping or not; a Kueue-queued one that was Running before
+    (its Running condition exists) is Queued with reason Preempted, one that never ran is not.
+11. With several workers, status.workers counts them: total is spec.distribution.workers, ready within
+    0..total; once a worker failure is shown, one stays shown.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ CAMEL_CASE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 JOB_NAME = "digits-train"
 MODEL_URI = "s3://bucket/digits/model.keras"
 
-JOB_STATES = ("absent", "new", "active", "suspended", "queued", "retrying", "complete", "failed")
+# evicted: Kueue suspended the Job again (its pods possibly still stopping).
+JOB_STATES = ("absent", "new", "active", "suspended", "queued", "evicted", "retrying", "complete", "failed")
 FAILURE_REASONS = ("BackoffLimitExceeded", "PodFailurePolicy", "DeadlineExceeded")
 POD_PHASES = (None, "Pending", "Running", "Succeeded", "Failed")
 MESSAGES = ("none", "result", "garbage", "too_long")
@@ -64,6 +69,7 @@ class Step:
     report: str
     epoch_jump: int
     generation_bump: bool
+    peer: str | None  # worker 1's new pod, with two workers (None: no new pod this step)
 
 
 steps = st.builds(
@@ -79,6 +85,7 @@ steps = st.builds(
     report=st.sampled_from(REPORTS),
     epoch_jump=st.integers(1, 3),
     generation_bump=st.booleans(),
+    peer=st.sampled_from((None, "Pending", "Running", "Failed", "Evicted")),
 )
 
 
@@ -97,10 +104,13 @@ def make_job(step: Step, terminal: tuple[str, str] | None, i: int) -> dict[str, 
         status["startTime"] = timestamp(0)
     if kind == "active":
         status["active"] = 1
-    elif kind in ("suspended", "queued"):
+    elif kind in ("suspended", "queued", "evicted"):
         spec["suspend"] = True
-        if kind == "queued":
+        if kind in ("queued", "evicted"):
             meta["labels"]["kueue.x-k8s.io/queue-name"] = "team-a"
+        if kind == "evicted":
+            status["active"] = step.failed_pods % 2
+            status.pop("startTime")  # Kueue clears it
         status["conditions"] = [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]
     elif kind == "retrying":
         status.update(failed=step.failed_pods + 1, active=step.failed_pods % 2)
@@ -160,8 +170,34 @@ def make_pod(step: Step, i: int, epoch: int, epochs: int) -> dict[str, Any] | No
         sidecar = {"name": "istio-proxy", "state": state}
         statuses = [sidecar, *statuses] if step.sidecar == "before" else [*statuses, sidecar]
     return {
-        "metadata": {"name": f"{JOB_NAME}-{i}", "creationTimestamp": timestamp(i)},
+        "metadata": {
+            "name": f"{JOB_NAME}-0-{i}",
+            "creationTimestamp": timestamp(i),
+            "annotations": {"batch.kubernetes.io/job-completion-index": "0"},
+        },
         "status": {"phase": step.pod, "containerStatuses": statuses, "conditions": []},
+    }
+
+
+def make_peer(step: Step, i: int) -> dict[str, Any] | None:
+    """Worker 1's new pod: running, or failed by itself (OOM) or as a whole (evicted, no container state)."""
+    if step.peer is None:
+        return None
+    status: dict[str, Any] = {"phase": "Failed" if step.peer == "Evicted" else step.peer, "conditions": []}
+    if step.peer == "Running":
+        status["containerStatuses"] = [{"name": CONTAINER, "state": {"running": {}}}]
+    elif step.peer == "Failed":
+        ended = {"exitCode": 137, "reason": "OOMKilled", "message": "Killed", "finishedAt": timestamp(i)}
+        status["containerStatuses"] = [{"name": CONTAINER, "state": {"terminated": ended}}]
+    elif step.peer == "Evicted":
+        status.update(reason="Evicted", message="The node was low on resource: memory.")
+    return {
+        "metadata": {
+            "name": f"{JOB_NAME}-1-{i}",
+            "creationTimestamp": timestamp(i - 1),
+            "annotations": {"batch.kubernetes.io/job-completion-index": "1"},
+        },
+        "status": status,
     }
 
 
@@ -194,6 +230,7 @@ def check(
     checkpoints: bool,
     job: dict[str, Any] | None,
     pod: dict[str, Any] | None,
+    workers: int,
 ) -> None:
     phase = status["phase"]
     assert phase in PHASES
@@ -239,15 +276,34 @@ def check(
 
     no_nulls(status)
 
+    if job is not None and job["spec"]["suspend"] and previous.get("phase") not in ("Succeeded", "Failed"):
+        assert phase == "Queued", f"a suspended Job shown {phase}"
+        ran = any(c["type"] == "Running" for c in previous.get("conditions") or [])
+        preempted = ran and "kueue.x-k8s.io/queue-name" in job["metadata"]["labels"]
+        assert (by_type["Queued"]["reason"] == "Preempted") == preempted, by_type["Queued"]
+
+    if workers > 1 and job is not None:
+        shown = status["workers"]
+        assert shown["total"] == workers
+        assert 0 <= shown["ready"] <= workers
+        if (previous.get("workers") or {}).get("lastFailure"):
+            assert shown.get("lastFailure"), "the worker failure shown was lost"
+    else:
+        assert "workers" not in status
+
 
 @settings(max_examples=1000, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sequence=st.lists(steps, min_size=1, max_size=12),
     epochs=st.integers(1, 20),
     checkpoints=st.booleans(),
+    workers=st.sampled_from((1, 2)),
 )
-def test_the_status_never_contradicts_itself(sequence: list[Step], epochs: int, checkpoints: bool) -> None:
+def test_the_status_never_contradicts_itself(
+    sequence: list[Step], epochs: int, checkpoints: bool, workers: int
+) -> None:
     previous: dict[str, Any] = {}
+    peers: list[dict[str, Any]] = []  # worker 1's pods so far: failed ones stay beside their replacement
     generation, epoch = 1, 0
     report: EpochReport | None = None
     terminal: tuple[str, str] | None = None
@@ -265,8 +321,13 @@ def test_the_status_never_contradicts_itself(sequence: list[Step], epochs: int, 
             report = report.model_copy()
         job = make_job(step, terminal, i)
         pod = make_pod(step, i, epoch, epochs)
-        status = observe(Observation(job, pod, report), previous, generation, now, epochs, checkpoints=checkpoints)
-        check(status, previous, generation, now, checkpoints, job, pod)
+        peer = make_peer(step, i) if workers > 1 else None
+        peers += [peer] if peer is not None else []
+        pods = tuple(p for p in (pod, *peers) if p is not None)
+        status = observe(
+            Observation(job, pod, report, pods), previous, generation, now, epochs, checkpoints, workers=workers
+        )
+        check(status, previous, generation, now, checkpoints, job, pod, workers)
         if terminal is None and step.job in ("complete", "failed"):
             terminal = (step.job, step.failure_reason)
         previous = status

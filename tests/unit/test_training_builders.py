@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -103,6 +104,36 @@ def test_run_policy_and_queue() -> None:
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob"
     assert rules[0]["onExitCodes"]["values"] == [2]
+
+
+def test_workload_priority_class_labels_the_job_for_kueue() -> None:
+    policy = {"queueName": "team-a", "workloadPriorityClass": "urgent", "priorityClassName": "high"}
+    doc, spec = owner({"runPolicy": policy})
+    job = build_job(doc, spec, IMAGE)
+    validate_k8s(job)
+    # Kueue gives the Workload the priority of the WorkloadPriorityClass named by this Job label.
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "urgent"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert "kueue.x-k8s.io/priority-class" not in job["spec"]["template"]["metadata"]["labels"]
+    assert job["spec"]["template"]["spec"]["priorityClassName"] == "high"  # the pods' own, unchanged
+    doc, spec = owner({"runPolicy": {"queueName": "team-a"}})
+    assert "kueue.x-k8s.io/priority-class" not in build_job(doc, spec, IMAGE)["metadata"]["labels"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ({"workloadPriorityClass": "urgent"}, "queueName is required when workloadPriorityClass is set"),
+        ({"queueName": "q", "workloadPriorityClass": "Not A Label"}, "spec.runPolicy.workloadPriorityClass"),
+    ],
+)
+def test_workload_priority_class_needs_a_queue_and_a_label_value(policy: dict[str, Any], expected: str) -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
+    doc["spec"]["runPolicy"] = policy
+    schema = crd_schema("kerastrainingjobs")
+    assert cel_errors(doc, schema) or list(jsonschema.Draft4Validator(schema).iter_errors(doc)), "the CRD took it"
+    with pytest.raises(InvalidResource, match=re.escape(expected)):
+        parse(doc)
 
 
 def test_pvc_uris_are_mounted_where_the_trainer_looks() -> None:

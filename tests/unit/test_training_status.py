@@ -224,3 +224,163 @@ def test_settings_from_environment() -> None:
     assert s.trainer_image == "r/t:1"
     assert s.sync_interval == 2.5
     assert Settings.from_env({}).namespaces == ()
+
+
+# --- Kueue: queued, admitted, evicted, admitted again ---
+
+QUEUE = {"kueue.x-k8s.io/queue-name": "team-a"}
+SUSPENDED = {"conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]}
+
+
+def test_a_kueue_eviction_after_running_is_preempted_and_not_failed() -> None:
+    queued = observe(Observation(job(suspend=True, labels=QUEUE)), {}, 1, NOW, 5)
+    assert (queued["phase"], conditions.get(queued["conditions"], "Queued")["reason"]) == ("Queued", "Suspended")
+    assert "waiting for Kueue to admit the Job (queue team-a)" in queued["message"]
+    report = EpochReport(epoch=3, epochs=5, metrics={"loss": 0.4})
+    running = observe(
+        Observation(job({"active": 1, "startTime": "t0"}, labels=QUEUE), pod("Running"), report), queued, 1, NOW, 5
+    )
+    assert running["phase"] == "Running"
+    # Kueue suspends the admitted Job again; its pod is killed on the way (no failure of the training).
+    killed = pod("Failed", {"terminated": {"exitCode": 143, "message": "Terminated"}})
+    for active in (1, 0):
+        evicted = observe(Observation(job({"active": active, **SUSPENDED}, True, QUEUE), killed), running, 1, NOW, 5)
+        assert evicted["phase"] == "Queued"
+        assert condition_status(evicted, "Queued") == "True"
+        assert condition_status(evicted, "Running") == "False"
+        assert conditions.get(evicted["conditions"], "Queued")["reason"] == "Preempted"
+        assert "evicted by Kueue" in evicted["message"]
+        assert "resumes from its last checkpoint (epoch 3/5 done)" in evicted["message"]
+        assert evicted["progress"]["epoch"] == 3
+        assert evicted["startTime"] == "t0"  # Kueue clears the Job's startTime on eviction
+    # It stays Preempted while it waits, and runs again once admitted.
+    still = observe(Observation(job(SUSPENDED, True, QUEUE)), evicted, 1, NOW, 5)
+    assert conditions.get(still["conditions"], "Queued")["reason"] == "Preempted"
+    again = observe(Observation(job({"active": 1, "startTime": "t9"}, labels=QUEUE), pod("Running")), still, 1, NOW, 5)
+    assert again["phase"] == "Running"
+    assert condition_status(again, "Queued") == "False"
+    assert again["startTime"] == "t0"
+
+
+def test_a_preempted_training_without_checkpoints_starts_over() -> None:
+    running = observe(Observation(job({"active": 1}, labels=QUEUE), pod("Running")), {}, 1, NOW, 5, checkpoints=False)
+    evicted = observe(Observation(job(SUSPENDED, True, QUEUE)), running, 1, NOW, 5, checkpoints=False)
+    assert conditions.get(evicted["conditions"], "Queued")["reason"] == "Preempted"
+    assert "starts over: spec.output.checkpoints is off" in evicted["message"]
+    assert "resum" not in evicted["message"]
+
+
+def test_a_queued_job_that_never_ran_is_not_preempted() -> None:
+    pending = observe(Observation(job({"active": 1}, labels=QUEUE), pod("Pending")), {}, 1, NOW, 5)
+    requeued = observe(Observation(job(SUSPENDED, True, QUEUE)), pending, 1, NOW, 5)
+    assert conditions.get(requeued["conditions"], "Queued")["reason"] == "Suspended"
+    assert "waiting for Kueue" in requeued["message"]
+
+
+def test_a_job_suspended_by_its_own_spec_is_not_preempted() -> None:
+    status = observe(Observation(job(SUSPENDED, True)), running_at_epoch(2), 1, NOW, 5)
+    assert conditions.get(status["conditions"], "Queued")["reason"] == "Suspended"
+    assert "spec.runPolicy.suspend" in status["message"]
+
+
+# --- several workers ---
+
+
+def worker(
+    index: int,
+    phase: str,
+    created: str = "2026-01-01T00:00:00Z",
+    state: dict[str, Any] | None = None,
+    suffix: str = "a",
+) -> dict[str, Any]:
+    if state is None:
+        state = {"running": {}} if phase == "Running" else {"waiting": {"reason": "ContainerCreating"}}
+    return {
+        "metadata": {
+            "name": f"j-{index}-{suffix}",
+            "creationTimestamp": created,
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+        },
+        "status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}]},
+    }
+
+
+def ended(code: int, message: str, at: str, reason: str = "Error") -> dict[str, Any]:
+    return {"terminated": {"exitCode": code, "reason": reason, "message": message, "finishedAt": at}}
+
+
+def observe_workers(
+    pods: list[dict[str, Any]], job_status: dict[str, Any], previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """observe() for a two-worker training, as the controller calls it: worker 0's newest pod, and all."""
+    zero = max((p for p in pods if p["metadata"]["name"].startswith("j-0-")), key=lambda p: p["metadata"]["name"])
+    return observe(Observation(job(job_status), zero, None, pods), previous or {}, 1, NOW, 5, workers=2)
+
+
+def test_workers_ready_out_of_total() -> None:
+    pods = [worker(0, "Running"), worker(1, "Pending")]
+    status = observe_workers(pods, {"active": 2})
+    assert status["workers"] == {"ready": 1, "total": 2}
+    status = observe_workers([worker(0, "Running"), worker(1, "Running")], {"active": 2}, status)
+    assert status["workers"] == {"ready": 2, "total": 2}
+    # One worker: nothing to count, as before.
+    assert "workers" not in observe(Observation(job({"active": 1}), pod("Running")), {}, 1, NOW, 5)
+
+
+def test_the_worker_that_failed_first_is_named_not_its_peers() -> None:
+    t0, t1, t2, t3 = (f"2026-01-01T00:0{m}:00Z" for m in range(4))
+    oom = ended(137, "epoch 3\nKilled: out of memory", t1, "OOMKilled")
+    # Worker 1 is killed; worker 0 still runs (JAX notices a lost peer after its heartbeat).
+    pods = [worker(0, "Running", t0), worker(1, "Failed", t0, oom)]
+    status = observe_workers(pods, {"active": 1, "failed": 1})
+    assert status["phase"] == "Running"
+    assert status["workers"]["ready"] == 1
+    failure = {"index": 1, "pod": "j-1-a", "reason": "OOMKilled, exit code 137", "message": "Killed: out of memory"}
+    assert status["workers"]["lastFailure"] == failure
+    assert "worker 1 (pod j-1-a) failed (OOMKilled, exit code 137): Killed: out of memory" in status["message"]
+    # Then worker 0 ends too, for want of its peer; worker 1's replacement is already there.
+    lost = ended(1, "worker 0 of 2: lost contact with worker 1", t2)
+    pods = [worker(0, "Failed", t0, lost), worker(1, "Failed", t0, oom), worker(1, "Pending", t1, suffix="b")]
+    status = observe_workers(pods, {"active": 1, "failed": 2}, status)
+    assert status["phase"] == "Pending"
+    assert status["workers"]["lastFailure"] == failure
+    assert status["message"].startswith("worker 1 (pod j-1-a) failed (OOMKilled, exit code 137)")
+    assert "resuming from the last checkpoint" in status["message"]
+    # The group restarts; a later failure of a new pod is a new cause.
+    crash = ended(1, "RuntimeError: NaN", t3)
+    pods = [*pods, worker(0, "Failed", t2, crash, suffix="b"), worker(1, "Running", t1, suffix="b")]
+    status = observe_workers(pods, {"active": 1, "failed": 3}, status)
+    assert status["workers"]["lastFailure"]["pod"] == "j-0-b"
+    assert status["workers"]["lastFailure"]["message"] == "RuntimeError: NaN"
+
+
+def test_a_failed_multi_worker_training_names_the_first_worker_to_fail() -> None:
+    t0, t1, t2 = (f"2026-01-01T00:0{m}:00Z" for m in range(3))
+    evicted = worker(1, "Failed", t0, {})
+    evicted["status"].update(
+        reason="Evicted",
+        message="The node was low on resource: memory.",
+        conditions=[{"type": "Ready", "status": "False", "lastTransitionTime": t1}],
+    )
+    pods = [worker(0, "Failed", t0, ended(1, "worker 0 of 2: lost contact with worker 1", t2)), evicted]
+    failed = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    status = observe_workers(pods, failed)
+    assert status["phase"] == "Failed"
+    assert status["message"] == (
+        "BackoffLimitExceeded: worker 0 of 2: lost contact with worker 1; first to fail: "
+        "worker 1 (pod j-1-a) failed (Evicted): The node was low on resource: memory."
+    )
+    assert status["workers"] == {
+        "ready": 0,
+        "total": 2,
+        "lastFailure": {
+            "index": 1,
+            "pod": "j-1-a",
+            "reason": "Evicted",
+            "message": "The node was low on resource: memory.",
+        },
+    }
+    # Once the pods are gone, the failure shown stays.
+    again = observe(Observation(job(failed)), status, 1, NOW, 5, workers=2)
+    assert again["workers"]["lastFailure"] == status["workers"]["lastFailure"]
+    assert again["message"] == status["message"]

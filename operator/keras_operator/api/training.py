@@ -227,6 +227,9 @@ class RunPolicy(ApiModel):
     """How the Job runs: retries, deadlines, clean-up, queueing. Like the rest of the spec, fixed once
     the resource exists, except suspend."""
 
+    # Kueue reads its priority label only on the Jobs it manages: those with a queue.
+    rules: ClassVar[tuple[Rule, ...]] = (requires("workloadPriorityClass", "queueName"),)
+
     backoff_limit: Annotated[int, Field(ge=0)] = 3
     """Retries before the Job is marked failed."""
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
@@ -243,6 +246,12 @@ class RunPolicy(ApiModel):
     re-apply."""
     priority_class_name: str | None = None
     """PriorityClass of the training pods."""
+    workload_priority_class: (
+        Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")] | None
+    ) = None
+    """A Kueue WorkloadPriorityClass (with queueName): the Job gets the kueue.x-k8s.io/priority-class label,
+    which orders it in its queue and decides which admitted workloads Kueue may preempt for it (and which
+    may preempt it). Independent of priorityClassName, the pods' scheduling priority."""
 
 
 # The port JAX's coordination service listens on in worker 0 (the Job's pods name it "coordinator").
@@ -347,6 +356,30 @@ class Progress(ApiModel):
     """Estimated time to the last epoch, from the last epoch's duration."""
 
 
+class WorkerFailure(ApiModel):
+    """A worker whose pod failed: the first of its group to fail (JAX then ends the others)."""
+
+    index: int
+    """The worker's number (its pod's completion index); worker 0 coordinates and writes the results."""
+    pod: str
+    """The failed pod."""
+    reason: str
+    """Why the container ended (Error, OOMKilled, with the exit code) or the pod's reason (Evicted)."""
+    message: str
+    """The trainer's termination message (its last line), or the pod's message."""
+
+
+class WorkersStatus(ApiModel):
+    """The pods of a training on several workers (spec.distribution.workers above 1)."""
+
+    ready: Annotated[int, Field(ge=0)]
+    """Workers whose trainer is running now."""
+    total: Annotated[int, Field(ge=1)]
+    """Workers of the training (spec.distribution.workers)."""
+    last_failure: WorkerFailure | None = None
+    """The last worker failure: the Job then restarts the group, from worker 0's last checkpoint."""
+
+
 class KerasTrainingJobStatus(ApiModel):
     """The observed state of the training run."""
 
@@ -372,6 +405,8 @@ class KerasTrainingJobStatus(ApiModel):
     """Where the trained model was saved."""
     devices: int | None = None
     """Devices the training ran on (GPUs of the pod; each batch is split between them)."""
+    workers: WorkersStatus | None = None
+    """Above one worker: workers running now out of all, and the last one that failed."""
     tensorboard_uri: str | None = None
     """Where the TensorBoard logs are (spec.output.tensorboard): point `tensorboard --logdir` at it."""
     message: str | None = None

@@ -27,6 +27,7 @@ SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
 CONFIG_ANNOTATION = f"{GROUP}/trainer-config"  # on the pod template; the downward API makes it CONFIG_KEY
 GENERATION_ANNOTATION = f"{GROUP}/generation"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"  # Kueue's WorkloadPriorityClass, read from the Job
 TRAINING_JOB_LABEL = "training-job"
 OWNER_LABEL = f"{GROUP}/{TRAINING_JOB_LABEL}"  # on the Job and its pods: the KerasTrainingJob's name
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"  # set by the Job controller
@@ -261,6 +262,9 @@ def build_job(
     }
 
     meta = object_meta(owner, job_name(name), job_labels)
+    if policy.workload_priority_class:
+        # On the Job only: Kueue takes the Workload's priority from its Job; the pods need none of it.
+        meta["labels"] = {**meta["labels"], PRIORITY_CLASS_LABEL: policy.workload_priority_class}
     meta["annotations"] = {SPEC_HASH_ANNOTATION: job_spec_hash(spec)}
     if owner["metadata"].get("generation") is not None:
         meta["annotations"][GENERATION_ANNOTATION] = str(owner["metadata"]["generation"])

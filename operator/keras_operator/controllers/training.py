@@ -141,12 +141,13 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
 
     job, suspend_events = await _apply_suspend(job, spec, previous.get("phase"))
     status = training_status.observe(
-        training_status.Observation(job=job, pod=newest(view.pods), report=view.report),
+        training_status.Observation(job=job, pod=newest(view.pods), report=view.report, pods=tuple(view.pods)),
         previous,
         generation,
         now,
         spec.training.epochs,
         checkpoints=spec.output.checkpoints,
+        workers=spec.distribution.workers,
     )
     if tensorboard := training_status.tensorboard_uri(spec.output.uri, spec.output.tensorboard, meta.get("uid")):
         status["tensorboardUri"] = tensorboard
@@ -196,7 +197,7 @@ async def _expire(job: dict[str, Any], status: dict[str, Any], ttl: int) -> tupl
     return None, []
 
 
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+COMPLETION_INDEX = training_status.COMPLETION_INDEX
 
 
 def newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:

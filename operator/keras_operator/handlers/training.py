@@ -78,7 +78,12 @@ def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
         (namespace, labels[OWNER_LABEL]): {
             "metadata": {k: meta.get(k) for k in ("name", "uid", "creationTimestamp")}
             | {"annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k == COMPLETION_INDEX}},
-            "status": {k: status.get(k) for k in ("phase", "conditions", "containerStatuses") if status.get(k)},
+            # reason and message: why a pod failed with no container to tell (Evicted, ...), for status.workers.
+            "status": {
+                k: status.get(k)
+                for k in ("phase", "reason", "message", "conditions", "containerStatuses")
+                if status.get(k)
+            },
         }
     }
 

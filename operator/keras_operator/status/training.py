@@ -1,4 +1,4 @@
-"""KerasTrainingJob status from what can be observed: the Job, its newest pod, the trainer's last report.
+"""KerasTrainingJob status from what can be observed: the Job, its pods, the trainer's last report.
 
 Pure functions: the handlers gather the objects, these decide phase, conditions and message.
 The same `from_result` gives `kerasop run` the status a cluster would show.
@@ -6,6 +6,7 @@ The same `from_result` gives `kerasop run` the status a cluster would show.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,14 +20,20 @@ TERMINAL = ("Succeeded", "Failed")
 # Each phase but Pending has a condition of its own name, True exactly while the status is in that phase:
 # a reader may trust either the phase or the conditions and never see them disagree.
 PHASE_CONDITIONS = ("Queued", "Running", *TERMINAL)
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # each pod's worker number, in an Indexed Job
 
 
 @dataclass(frozen=True)
 class Observation:
     job: dict[str, Any] | None
     pod: dict[str, Any] | None = None
+    """Worker 0's newest pod: the one whose state is the training's (it reports and writes the result)."""
     report: EpochReport | None = None
     """The trainer's latest epoch: pushed to the operator, or read from the pod's log as a fallback."""
+    pods: Sequence[dict[str, Any]] = ()
+    """Every pod of the Job still in the cluster, earlier attempts included: the workers' counts and
+    failures come from these. Empty when only `pod` is known (then it stands for all of them)."""
 
 
 def _phase_conditions(
@@ -117,11 +124,28 @@ def observe(
     now: str,
     epochs: int,
     checkpoints: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """The full status for the current state of the Job.
 
     `checkpoints` is spec.output.checkpoints: whether a retried pod resumes the training or starts it over.
+    `workers` is spec.distribution.workers: above 1, the status counts the workers and names a failed one.
     """
+    status = _observe(obs, previous, generation, now, epochs, checkpoints, workers)
+    if workers > 1 and obs.job is not None:
+        status["workers"] = _workers(obs, previous, workers)
+    return status
+
+
+def _observe(
+    obs: Observation,
+    previous: dict[str, Any],
+    generation: int | None,
+    now: str,
+    epochs: int,
+    checkpoints: bool,
+    workers: int,
+) -> dict[str, Any]:
     job = obs.job
     if job is None:
         message = "creating the training Job"
@@ -138,8 +162,13 @@ def observe(
     name = job["metadata"]["name"]
     created = conditions.condition("Created", True, "JobCreated", f"Job {name} created")
     base: dict[str, Any] = {"jobName": name}
-    if job_status.get("startTime"):
+    # The first start stays: resuming a suspended Job resets its startTime (and Kueue clears it on eviction).
+    if start := previous.get("startTime") if previous.get("jobName") == name else None:
+        base["startTime"] = start
+    elif job_status.get("startTime"):
         base["startTime"] = job_status["startTime"]
+    # Above one worker, the first of them to fail in the latest group failure (the others end because of it).
+    first_failure = _first_failure(obs.pods) if workers > 1 else None
 
     trainer = _trainer(obs.pod)
     result = parse_termination_message((trainer.get("terminated") or {}).get("message"))
@@ -178,18 +207,27 @@ def observe(
                     message=f"{failed.get('reason', 'Failed')}: {detail}".strip(),
                     epochs=epochs,
                 )
+        if first_failure is not None and first_failure["index"] != 0 and first_failure["pod"] not in result.message:
+            # Worker 0's word is the result, but the cause may be another worker's (JAX ends the rest).
+            result = result.model_copy(update={"message": f"{result.message}; first to fail: {_told(first_failure)}"})
         status = from_result(result, shown, generation, now)
         status["conditions"] = conditions.merge(status["conditions"], [created], generation, now)
         return {**base, **status, "completionTime": failed.get("lastTransitionTime") or now}
 
-    if job.get("spec", {}).get("suspend") and not job_status.get("active"):
-        queue = (job["metadata"].get("labels") or {}).get("kueue.x-k8s.io/queue-name")
-        message = (
-            f"waiting for Kueue to admit the Job (queue {queue})"
-            if queue
-            else "the Job is suspended (spec.runPolicy.suspend)"
-        )
-        return {**base, **_status(previous, generation, now, ("Queued", "Suspended", message), [created])}
+    if job.get("spec", {}).get("suspend"):
+        # Queued as soon as the Job is suspended, its pods still stopping or not: a pod killed by the suspension
+        # is no failure to retry, and nothing trains until the Job is resumed.
+        queue = (job["metadata"].get("labels") or {}).get(QUEUE_LABEL)
+        reason, message = "Suspended", "the Job is suspended (spec.runPolicy.suspend)"
+        if queue and conditions.get(previous.get("conditions"), "Running") is not None:
+            # It ran (Running is stated once it was True) and Kueue suspended it again: an eviction
+            # (preemption by a higher priority workload, reclaimed quota, a stopped queue), not a failure.
+            reason, message = "Preempted", _preempted_message(queue, progress, checkpoints)
+        elif queue:
+            message = f"waiting for Kueue to admit the Job (queue {queue})"
+        if job_status.get("active"):
+            message += "; its pods are stopping"
+        return {**base, **_status(previous, generation, now, ("Queued", reason, message), [created])}
 
     queued_done = (
         [conditions.condition("Queued", False, "Admitted")]
@@ -201,10 +239,13 @@ def observe(
     failures = job_status.get("failed") or 0
     if pod_phase == "Failed":
         # The Job has not failed: it retries, and until the next pod runs nothing trains.
-        detail = _raw_termination_message(trainer) or "no message"
-        message = (
-            f"pod {obs.pod['metadata']['name']} failed ({detail}); the Job retries it, {_next_attempt(checkpoints)}"
-        )
+        if first_failure is not None:
+            message = f"{_told(first_failure)}; the Job restarts the workers, {_next_attempt(checkpoints)}"
+        else:
+            detail = _raw_termination_message(trainer) or "no message"
+            message = (
+                f"pod {obs.pod['metadata']['name']} failed ({detail}); the Job retries it, {_next_attempt(checkpoints)}"
+            )
         return {**base, **_status(previous, generation, now, ("Pending", "Retrying", message), updates)}
     if pod_phase not in ("Running", "Succeeded"):
         message = _pending_message(obs.pod, trainer)
@@ -225,6 +266,9 @@ def observe(
         resumed = "resumed from the last checkpoint" if checkpoints else "started over: spec.output.checkpoints is off"
         message += f" (attempt {failures + 1}, {resumed})"
         reason = "Restarted"
+    if first_failure is not None and _is_current(first_failure, obs.pods) and reason != "Finishing":
+        # Worker 0 still runs, but a peer has failed: the group is about to restart (JAX ends the others).
+        message += f"; {_told(first_failure)}"
     status = _status(previous, generation, now, ("Running", reason, message), updates)
     if progress:
         status["progress"], status["metrics"] = progress
@@ -250,6 +294,112 @@ def ended(
             status[kept] = previous[kept]
     status["completionTime"] = now
     return status
+
+
+def _preempted_message(queue: str, progress: tuple[dict[str, Any], Any] | None, checkpoints: bool) -> str:
+    done = f" (epoch {progress[0]['epoch']}/{progress[0]['epochs']} done)" if progress else ""
+    then = (
+        f"resumes from its last checkpoint{done}"
+        if checkpoints
+        else f"starts over{done}: spec.output.checkpoints is off"
+    )
+    return (
+        f"evicted by Kueue (preempted, or its quota reclaimed): waiting in queue {queue} to be admitted "
+        f"again, then the training {then}"
+    )
+
+
+def _index(pod: dict[str, Any]) -> int:
+    """The pod's worker number (the Indexed Job's completion index); a one-pod Job's pod is worker 0."""
+    text = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX)
+    try:
+        return int(text) if text is not None else 0
+    except ValueError:
+        return 0
+
+
+def _newest_per_worker(pods: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Each worker's current pod: a failed pod stays in the cluster beside the one that replaced it."""
+    newest: dict[int, dict[str, Any]] = {}
+    for pod in pods:
+        index, old = _index(pod), newest.get(_index(pod))
+        if old is None or _created(pod) > _created(old):
+            newest[index] = pod
+    return newest
+
+
+def _created(pod: dict[str, Any]) -> tuple[str, str]:
+    return pod["metadata"].get("creationTimestamp") or "", pod["metadata"].get("name") or ""
+
+
+def _finished_at(pod: dict[str, Any]) -> str:
+    """When the pod's trainer ended; for a pod failed as a whole (evicted), when its conditions last changed."""
+    if finished := (_trainer(pod).get("terminated") or {}).get("finishedAt"):
+        return str(finished)
+    changed = [c.get("lastTransitionTime") or "" for c in (pod.get("status") or {}).get("conditions") or []]
+    return max([*changed, _created(pod)[0]])
+
+
+def _worker_failure(pod: dict[str, Any]) -> dict[str, Any]:
+    """What a failed worker's pod says of its end: the trainer's result or last line, else the pod's own
+    reason (Evicted, ...)."""
+    terminated = _trainer(pod).get("terminated") or {}
+    status = pod.get("status") or {}
+    result = parse_termination_message(terminated.get("message"))
+    message = (result.message if result is not None else None) or _raw_termination_message(_trainer(pod))
+    reason = terminated.get("reason") or status.get("reason") or "Failed"
+    if terminated.get("exitCode") is not None:
+        reason = f"{reason}, exit code {terminated['exitCode']}"
+    return {
+        "index": _index(pod),
+        "pod": pod["metadata"]["name"],
+        "reason": reason,
+        "message": message or status.get("message") or "no message",
+    }
+
+
+def _first_failure(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The worker whose failure began the latest group failure, or None when no pod has failed.
+
+    When one worker fails, JAX ends its peers within a heartbeat and the Job replaces each: the peers'
+    failures are consequences, their messages say a peer was lost. A failure belongs to the group failure
+    that a cause began when its pod was already created when the cause ended; a pod created after that
+    belongs to a later group, whose first failure is the next cause."""
+    failed = sorted(
+        (p for p in pods if (p.get("status") or {}).get("phase") == "Failed"),
+        key=lambda p: (_finished_at(p), _created(p)),
+    )
+    cause: dict[str, Any] | None = None
+    for pod in failed:
+        if cause is None or _created(pod)[0] >= _finished_at(cause):
+            cause = pod
+    return _worker_failure(cause) if cause is not None else None
+
+
+def _is_current(failure: dict[str, Any], pods: Sequence[dict[str, Any]]) -> bool:
+    """Whether the failed pod is still its worker's newest (not yet replaced by the Job)."""
+    pod = _newest_per_worker(pods).get(failure["index"])
+    return pod is not None and pod["metadata"]["name"] == failure["pod"]
+
+
+def _told(failure: dict[str, Any]) -> str:
+    return f"worker {failure['index']} (pod {failure['pod']}) failed ({failure['reason']}): {failure['message']}"
+
+
+def _workers(obs: Observation, previous: dict[str, Any], total: int) -> dict[str, Any]:
+    """status.workers: how many of the `total` workers run their trainer now, and the last failure of one
+    (kept once its pods are gone, like the progress)."""
+    pods = obs.pods or ([obs.pod] if obs.pod is not None else [])
+    ready = sum(
+        1
+        for pod in _newest_per_worker(pods).values()
+        if (pod.get("status") or {}).get("phase") == "Running" and "running" in _trainer(pod)
+    )
+    workers: dict[str, Any] = {"ready": min(ready, total), "total": total}
+    failure = _first_failure(pods) or (previous.get("workers") or {}).get("lastFailure")
+    if failure:
+        workers["lastFailure"] = failure
+    return workers
 
 
 def _next_attempt(checkpoints: bool) -> str:
