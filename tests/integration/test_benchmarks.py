@@ -89,3 +89,33 @@ def test_trainer_benchmark_runs(tmp_path: Path) -> None:
     (run,) = data["runs"]["digits-mlp"]["generic trainer, checkpoints off"]
     assert run["steps"] == 48  # 1527 digits in batches of 32
     assert len(run["epoch_s"]) == 2
+
+
+def test_trainer_devices_benchmark_runs(tmp_path: Path) -> None:
+    """The devices dimension: 1 and 2 logical CPU devices, the trainer and the script with the same
+    strategy (MirroredStrategy here); that each really trained on the devices asked for, not how fast."""
+    data = run_bench(
+        "trainer.py",
+        "trainer-devices",
+        tmp_path,
+        *("--devices", "1,2", "--backends", "tensorflow", "--workloads", "digits-mlp", "--repeats", "1"),
+        *("--epochs", "2"),
+    )
+    assert data["devices"] == [1, 2]
+    assert data["gpu"] is False
+    assert data["samples"] == {"digits-mlp": 1504}  # 1,527 digits cut to whole batches of 32
+    assert data["load_average_1min"]["max"] >= 0
+    by_count = data["summary"]["digits-mlp"]["tensorflow"]
+    assert set(by_count) == {"1", "2"}
+    for count, results in by_count.items():
+        assert set(results) == {"hand-written script, same strategy", "generic trainer, checkpoints off"}
+        assert results["hand-written script, same strategy"]["ratio"] == 1.0
+        for entry in results.values():
+            assert entry["steps_per_s"] > 0
+            assert entry["samples_per_s"] > 0
+            assert entry["first_step_s"] > 0
+        for label, (run,) in data["runs"]["digits-mlp"]["tensorflow"][count].items():
+            assert run["devices"] == int(count), label  # the parent refuses a run that fell back to one device
+            assert run["steps"] == 47
+            assert len(run["epoch_s"]) == 2
+    assert "| digits-mlp | tensorflow | 2 | generic trainer, checkpoints off |" in (tmp_path / "README.md").read_text()
