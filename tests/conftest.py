@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,3 +24,32 @@ K8S_VERSIONS = ("1.30", "1.33", "1.37")
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A test that configures logging (`kerasop run` sets warning level on stderr) leaves it as it found
+    it: the next test's log assertions must not depend on which tests ran before."""
+    import logging
+
+    import structlog
+
+    saved = structlog.get_config()
+    root_logger = logging.getLogger()
+    handlers, level = list(root_logger.handlers), root_logger.level
+    yield
+    structlog.configure(**saved)
+    root_logger.handlers[:] = handlers
+    root_logger.setLevel(level)
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Any]:
+    """An API server behind a half-open link: it accepts connections and never answers."""
+    from helpers.blackhole import Blackhole
+
+    hole = Blackhole()
+    try:
+        yield hole
+    finally:
+        hole.close()

@@ -7,15 +7,14 @@ from __future__ import annotations
 import datetime
 import itertools
 import math
-import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import kubernetes
 import pytest
 
 from cluster.harness import LEASES, Cluster
+from helpers.blackhole import Blackhole
 from keras_operator.runtime import kube
 from keras_operator.runtime.leader import Elector, lease_client
 
@@ -38,42 +37,11 @@ def micro(t: datetime.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class Blackhole:
-    """A TCP server that accepts connections and never answers: an API server behind a half-open link."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True, name="blackhole").start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return  # closed
-            self.held.append(conn)
-
-    def client(self) -> kubernetes.client.ApiClient:
-        config = kubernetes.client.Configuration()
-        config.host = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        return lease_client(kubernetes.client.ApiClient(config))
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
-
-
-@pytest.fixture
-def blackhole() -> Iterator[Blackhole]:
-    hole = Blackhole()
-    try:
-        yield hole
-    finally:
-        hole.close()
+def hung_client(hole: Blackhole) -> kubernetes.client.ApiClient:
+    """An API client whose every call meets a server that never answers."""
+    config = kubernetes.client.Configuration()
+    config.host = hole.url
+    return lease_client(kubernetes.client.ApiClient(config))
 
 
 def returns_within(seconds: float, fn: object) -> tuple[bool, object]:
@@ -163,7 +131,7 @@ def test_a_leader_that_sees_another_holder_stops_at_once(cluster: Cluster) -> No
 def test_every_lease_call_times_out_on_a_hung_api(cluster: Cluster, blackhole: Blackhole) -> None:
     a = elector(cluster, "pod-a", 2.0)
     assert a.try_acquire()
-    a.api = blackhole.client()
+    a.api = hung_client(blackhole)
     bound = 1.5  # the renew deadline of a 2 s lease (1.33 s) plus a margin: no Lease call may hang longer
     for name in ("renew", "try_acquire", "release"):
         started = time.monotonic()
@@ -184,7 +152,7 @@ def test_a_hung_leader_steps_down_before_another_replica_takes_over(cluster: Clu
     standby.start()
     try:
         time.sleep(1.0)
-        a.api = blackhole.client()  # the leader's link to the API goes half-open
+        a.api = hung_client(blackhole)  # the leader's link to the API goes half-open
         hung = time.monotonic()
         assert lost.wait(5), "the hung leader never stepped down"
         stepped_down = time.monotonic()
@@ -325,7 +293,7 @@ def test_three_replicas_one_leads_and_one_of_the_others_takes_over(cluster: Clus
         # A replacement replica stands by; then the leader's API link hangs.
         replicas.append(Replica(cluster, "pod-d", duration))
         time.sleep(0.5)
-        second.elector.api = blackhole.client()
+        second.elector.api = hung_client(blackhole)
         assert second.lost.wait(duration), "the hung leader never stepped down"
         third = wait_leader(replicas, 3 * duration)
         assert third not in (first, second)

@@ -9,49 +9,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 
 import kubernetes
 import pytest
 from urllib3.exceptions import HTTPError
 
+from helpers.blackhole import Blackhole
 from keras_operator.runtime.leader import Elector, StandbyHealth, lease_client
-
-
-class Blackhole:
-    """Accepts TCP connections and never answers them."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                self.held.append(self.sock.accept()[0])
-            except OSError:
-                return
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
-
-
-@pytest.fixture
-def blackhole() -> Iterator[Blackhole]:
-    hole = Blackhole()
-    try:
-        yield hole
-    finally:
-        hole.close()
 
 
 def shared_client(url: str) -> kubernetes.client.ApiClient:

@@ -202,7 +202,8 @@ def test_5xx_answers_are_retried_with_backoff(make: Any, endpoint: Endpoint) -> 
     pusher = make()
     started = time.monotonic()
     pusher.epoch(epoch(1))
-    wait_until(lambda: endpoint.delivered())
+    # The sender thread counts an answer after the endpoint has sent it: wait for both.
+    wait_until(lambda: endpoint.delivered() and pusher.stats.statuses[-1:] == [200])
     assert [answer for _, _, answer in endpoint.requests] == [503, 500, 502, 200]
     assert pusher.stats.statuses == [503, 500, 502, 200]
     # 0.02 + 0.04 + 0.08 at most, each shortened by up to half by the jitter

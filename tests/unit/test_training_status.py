@@ -384,3 +384,19 @@ def test_a_failed_multi_worker_training_names_the_first_worker_to_fail() -> None
     again = observe(Observation(job(failed)), status, 1, NOW, 5, workers=2)
     assert again["workers"]["lastFailure"] == status["workers"]["lastFailure"]
     assert again["message"] == status["message"]
+
+
+def test_a_group_restart_is_counted_in_failed_worker_pods_not_attempts() -> None:
+    """One group restart of two workers fails two pods: "attempt 3" would be wrong."""
+    from keras_operator.status.training import Observation, observe
+
+    job = {"metadata": {"name": "t-train"}, "spec": {}, "status": {"active": 2, "failed": 2}}
+    pod = {
+        "metadata": {"name": "t-train-0-b", "creationTimestamp": "2026-01-01T00:01:00Z"},
+        "status": {"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]},
+    }
+    status = observe(Observation(job=job, pod=pod, pods=[pod]), {}, 1, "2026-01-01T00:02:00Z", 8, workers=2)
+    assert "restarted after 2 failed worker pods" in status["message"]
+    assert "attempt" not in status["message"]
+    single = observe(Observation(job=job, pod=pod, pods=[pod]), {}, 1, "2026-01-01T00:02:00Z", 8)
+    assert "attempt 3" in single["message"]

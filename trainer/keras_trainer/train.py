@@ -289,7 +289,10 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
     worker, workers = distribute.process()
     batch_size = training.batch_size
     validation_split = spec.data.validation_split
-    if workers > 1:
+    # keras.distribution splits every batch evenly over the devices and fails on a last batch that does not
+    # split (MirroredStrategy copes): on JAX with several devices, even in one process, the data is cut so
+    # that every batch splits.
+    if workers > 1 or (spec.backend == "jax" and len(placement.devices) > 1):
         train, validation, validation_split = _shard(train, validation, validation_split, batch_size, placement)
         batch_size //= workers  # what each worker feeds per step: its part of the global batch
     with placement.scope():  # the model and its optimizer live on every device the pod was given
@@ -440,7 +443,9 @@ def _shard(
     if batch_size % devices:
         raise SpecError(
             "spec.training.batchSize",
-            f"{batch_size} does not split over the {devices} devices of {workers} workers; use a multiple of {devices}",
+            f"{batch_size} does not split over the {devices} devices"
+            + (f" of {workers} workers" if workers > 1 else "")
+            + f"; use a multiple of {devices}",
         )
     granule = devices // workers  # a worker's part of a batch is split again over its own devices
     if validation is None and split and train.x is not None:

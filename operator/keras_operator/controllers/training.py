@@ -152,9 +152,13 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
     if tensorboard := training_status.tensorboard_uri(spec.output.uri, spec.output.tensorboard, meta.get("uid")):
         status["tensorboardUri"] = tensorboard
     outcome = Outcome(status, [*events, *suspend_events, *transition_events(previous, status)])
-    if status.get("phase") in training_status.TERMINAL and spec.run_policy.ttl_seconds_after_finished is not None:
-        outcome.requeue_after, ttl_events = await _expire(job, status, spec.run_policy.ttl_seconds_after_finished)
-        outcome.events += ttl_events
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    if ttl is not None and status.get("phase") in training_status.TERMINAL:
+        if previous.get("phase") in training_status.TERMINAL:  # the result is in the stored status
+            outcome.requeue_after, ttl_events = await _expire(job, status, ttl)
+            outcome.events += ttl_events
+        else:  # written by this reconcile; the Job goes at a later one, never before the result is stored
+            outcome.requeue_after = 0.1
     if (job.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != spec_hash:
         changed = _spec_not_applied(
             outcome.status,

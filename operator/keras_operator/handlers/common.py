@@ -1,7 +1,15 @@
-"""What the handlers of every kind share: the settings of the running operator."""
+"""What the handlers of every kind share: the settings of the running operator, and the trimmed copy of
+a watched resource that their indexes keep."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from keras_operator.api.common import GROUP, VERSION
 from keras_operator.runtime.settings import Settings
 
 
@@ -9,3 +17,22 @@ class Current:
     """The settings of the running operator, read again at each start (tests start several in one process)."""
 
     settings = Settings.from_env()
+
+
+def plain(value: Any) -> Any:
+    """A deep copy as plain dicts: kopf's bodies are views of the event it may reuse."""
+    return copy.deepcopy(dict(value)) if isinstance(value, Mapping) else copy.deepcopy(value)
+
+
+def watched_resource(body: kopf.Body, kind: str) -> dict[str, Any]:
+    """What a controller reads of one of our resources, trimmed (memory at thousands of resources). The spec
+    is copied whatever was written: a garbage spec is the controller's to reject (Valid=False)."""
+    meta = body["metadata"]
+    status = body.get("status")
+    return {
+        "apiVersion": body.get("apiVersion") or f"{GROUP}/{VERSION}",
+        "kind": body.get("kind") or kind,
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion")},
+        "spec": plain(body.get("spec")),
+        "status": plain(status) if isinstance(status, Mapping) else {},
+    }

@@ -9,7 +9,6 @@ annotation, finalizer or diff-base is written on the resource.
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.serving import KIND, PLURAL
 from keras_operator.api.training import PLURAL as TRAINING_PLURAL
 from keras_operator.controllers import serving as serving_controller
-from keras_operator.handlers.common import Current
+from keras_operator.handlers.common import Current, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import metrics
 from keras_operator.runtime.workqueue import WorkQueue
@@ -34,22 +33,9 @@ OWNED = {**serving_controller.WATCHED_LABELS, OWNER_LABEL: kopf.PRESENT}
 Key = tuple[str, str]  # (namespace, KerasModelService name)
 
 
-def _plain(value: Any) -> Any:
-    return copy.deepcopy(dict(value)) if isinstance(value, Mapping) else copy.deepcopy(value)
-
-
 @kopf.index(*RESOURCE)
 def serving_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    meta = body["metadata"]
-    return {
-        (namespace, name): {
-            "apiVersion": body.get("apiVersion") or f"{GROUP}/{VERSION}",
-            "kind": body.get("kind") or KIND,
-            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion")},
-            "spec": _plain(body.get("spec")),  # whatever was written: the controller rejects garbage
-            "status": _plain(body.get("status")) if isinstance(body.get("status"), Mapping) else {},
-        }
-    }
+    return {(namespace, name): watched_resource(body, KIND)}
 
 
 def _training_ref(spec: Any) -> str | None:
@@ -76,7 +62,7 @@ def serving_trainings(namespace: str, name: str, body: kopf.Body, **_: Any) -> d
 def serving_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {
         (namespace, labels[OWNER_LABEL]): {
-            k: _plain(body.get(k)) for k in ("apiVersion", "kind", "metadata", "spec", "status")
+            k: plain(body.get(k)) for k in ("apiVersion", "kind", "metadata", "spec", "status")
         }
     }
 

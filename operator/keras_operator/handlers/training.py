@@ -10,9 +10,8 @@ No per-resource timer, no GET, no kopf annotation or finalizer on the resource.
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +21,7 @@ from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.report import EpochReport, last_epoch
 from keras_operator.api.training import KIND, PLURAL
 from keras_operator.controllers import training as training_controller
-from keras_operator.handlers.common import Current
+from keras_operator.handlers.common import Current, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import kube, metrics
 from keras_operator.runtime.settings import Settings
@@ -41,21 +40,7 @@ Key = tuple[str, str]  # (namespace, KerasTrainingJob name)
 
 @kopf.index(*RESOURCE)
 def training_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    meta = body["metadata"]
-    return {
-        (namespace, name): {
-            "apiVersion": body.get("apiVersion") or f"{GROUP}/{VERSION}",
-            "kind": body.get("kind") or KIND,
-            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "resourceVersion")},
-            # Copies, of whatever was written: a garbage spec is the controller's to reject (Valid=False).
-            "spec": _plain(body.get("spec")),
-            "status": _plain(body.get("status")) if isinstance(body.get("status"), Mapping) else {},
-        }
-    }
-
-
-def _plain(value: Any) -> Any:
-    return copy.deepcopy(dict(value)) if isinstance(value, Mapping) else copy.deepcopy(value)
+    return {(namespace, name): watched_resource(body, KIND)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
@@ -66,7 +51,7 @@ def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
             "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "labels", "annotations")}
             | {"ownerReferences": meta.get("ownerReferences") or []},
             "spec": {"suspend": bool((body.get("spec") or {}).get("suspend"))},
-            "status": _plain(body.get("status") or {}),
+            "status": plain(body.get("status") or {}),
         }
     }
 

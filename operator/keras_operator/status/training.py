@@ -250,7 +250,7 @@ def _observe(
     if pod_phase not in ("Running", "Succeeded"):
         message = _pending_message(obs.pod, trainer)
         if failures:
-            message += f" (attempt {failures + 1}, {_next_attempt(checkpoints)})"
+            message += f" ({_attempt(failures, workers)}, {_next_attempt(checkpoints)})"
         return {**base, **_status(previous, generation, now, ("Pending", "PodPending", message), updates)}
 
     message = f"epoch {progress[0]['epoch']}/{progress[0]['epochs']}" if progress else "training started"
@@ -264,7 +264,7 @@ def _observe(
         reason = "Finishing"
     elif failures:
         resumed = "resumed from the last checkpoint" if checkpoints else "started over: spec.output.checkpoints is off"
-        message += f" (attempt {failures + 1}, {resumed})"
+        message += f" ({_attempt(failures, workers)}, {resumed})"
         reason = "Restarted"
     if first_failure is not None and _is_current(first_failure, obs.pods) and reason != "Finishing":
         # Worker 0 still runs, but a peer has failed: the group is about to restart (JAX ends the others).
@@ -400,6 +400,14 @@ def _workers(obs: Observation, previous: dict[str, Any], total: int) -> dict[str
     if failure:
         workers["lastFailure"] = failure
     return workers
+
+
+def _attempt(failures: int, workers: int) -> str:
+    """Which try this is. With several workers a group restart fails every worker's pod (JAX ends the
+    peers of a lost one), so the Job's failed count says pods, not attempts."""
+    if workers <= 1:
+        return f"attempt {failures + 1}"
+    return f"restarted after {failures} failed worker pod{'s' if failures != 1 else ''}"
 
 
 def _next_attempt(checkpoints: bool) -> str:
