@@ -9,7 +9,6 @@ PVC or bucket, where a second writer would race worker 0).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 from helpers.jobs import tiny_job
+from helpers.weights import epoch_lines, log_lines
 from keras_operator.api.training import TENSORBOARD_DIR
 
 pytestmark = pytest.mark.timeout(300)
@@ -79,19 +79,6 @@ def start_group(
         )
         for k, output in enumerate(outputs)
     ]
-
-
-def lines(text: str) -> list[dict[str, Any]]:
-    found = []
-    for line in text.splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                found.append(json.loads(line))
-    return found
-
-
-def epochs(log: str) -> list[dict[str, Any]]:
-    return [e for e in lines(log) if "epoch" in e and "metrics" in e]
 
 
 def weights_of(model_file: Path, out: Path) -> list[np.ndarray]:
@@ -158,7 +145,7 @@ def test_two_workers_train_as_one_process_with_the_same_global_batch(tmp_path: P
     # Validation (the held-out quarter, split before sharding) and the final evaluation are the group's.
     for key in ("loss", "val_loss", "val_accuracy"):
         assert result["metrics"][key] == pytest.approx(single["metrics"][key], abs=1e-4), key
-    per_worker = [[e["metrics"] for e in epochs(log)] for log in logs]
+    per_worker = [[e["metrics"] for e in epoch_lines(log)] for log in logs]
     assert len(per_worker[0]) == 3
     assert per_worker[0] == per_worker[1]  # every worker logs the same epoch metrics
 
@@ -231,9 +218,9 @@ def test_a_restarted_group_resumes_from_worker_0s_checkpoint(tmp_path: Path) -> 
     logs = [w.communicate(timeout=240)[0] for w in again]
     assert [w.returncode for w in again] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     for log in logs:  # every worker resumed from the same epoch, worker 0's last checkpoint
-        resumed = [e for e in lines(log) if e.get("event") == "resumed"]
+        resumed = [e for e in log_lines(log) if e.get("event") == "resumed"]
         assert resumed, log[-2000:]
         assert resumed[0]["from_epoch"] == saved_epoch
-        assert [e["epoch"] for e in epochs(log)] == list(range(saved_epoch + 1, 7))
+        assert [e["epoch"] for e in epoch_lines(log)] == list(range(saved_epoch + 1, 7))
     result = json.loads((tmp_path / "again-term-0").read_text())
     assert (result["phase"], result["epoch"]) == ("Succeeded", 6)
