@@ -90,6 +90,7 @@ async def test_a_status_computed_from_an_older_object_is_refused_and_evaluated_a
     )
     with pytest.raises(kopf.TemporaryError):
         await w.write(KEY, resource("7"), outcome)
+    await w.flush()
     assert api.patches == []
     assert api.events == ["Created"]  # what was done is said; the status change it did not make is not
 

@@ -25,10 +25,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* What the operator does in the namespaces it watches: exactly the calls in operator/kube.py and kopf's. */}}
 {{- define "keras-operator.namespacedRules" -}}
-# Both kinds are read from kopf's watches (no GET), and written to through /status only (kopf keeps no
-# annotation or finalizer on them: its handlers are events and indexes).
+# Both kinds are read from kopf's watches, and written to through /status only (kopf keeps no
+# annotation or finalizer on them: its handlers are events and indexes). get: a KerasModelService reads
+# the KerasTrainingJob it serves from at each resync instead of handling every training's every event.
 - apiGroups: [kerasoperator.dev]
-  resources: [kerastrainingjobs, kerasmodelservices]
+  resources: [kerastrainingjobs]
+  verbs: [get, list, watch]
+- apiGroups: [kerasoperator.dev]
+  resources: [kerasmodelservices]
   verbs: [list, watch]
 - apiGroups: [kerasoperator.dev]
   resources: [kerastrainingjobs/status, kerasmodelservices/status]

@@ -3,7 +3,6 @@ as the spec says, and report readiness and serving figures."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,12 +33,12 @@ OWNER_LABEL = SELECTOR_LABEL
 
 @dataclass
 class View:
-    """What the operator knows of one KerasModelService from its watches: the resource, the Deployment it
-    made, and how to find a KerasTrainingJob of the namespace (its watched status, None when there is none)."""
+    """What the operator knows of one KerasModelService: the resource and the Deployment it made (from their
+    watches), and the KerasTrainingJob its spec.model.trainingJobRef names (None when there is none)."""
 
     resource: dict[str, Any]
     deployment: dict[str, Any] | None = None
-    training_job: Callable[[str], dict[str, Any] | None] = lambda _name: None
+    training_job: dict[str, Any] | None = None
 
 
 class NameConflict(Exception):
@@ -52,7 +51,7 @@ def resolve(view: View, spec: KerasModelServiceSpec) -> serving_status.Resolutio
         return serving_status.Resolution(spec.model.uri, "ModelURI", f"serving {spec.model.uri}")
     ref = spec.model.training_job_ref
     assert ref is not None  # the API rule: exactly one of uri, trainingJobRef
-    job = view.training_job(ref.name)
+    job = view.training_job
     status = (job or {}).get("status") or {}
     phase = status.get("phase") or "Pending"
     if job is not None and phase == "Succeeded" and status.get("modelUri"):

@@ -1,8 +1,8 @@
 """kopf wiring for KerasModelService, the same loop as training's: watches feed indexes, every event
 enqueues the resource's key, one worker per key reconciles and one writer writes the status.
 
-Triggers: the resource, the Deployment it made, the KerasTrainingJob it serves from, and a resync every
-sync_interval (readiness settles and serving figures move without any event the operator sees). No kopf
+Triggers: the resource, the Deployment it made, and a resync every sync_interval (readiness settles,
+serving figures move and the KerasTrainingJob it serves from finishes without any event of these). No kopf
 annotation, finalizer or diff-base is written on the resource.
 """
 
@@ -22,7 +22,7 @@ from keras_operator.api.training import PLURAL as TRAINING_PLURAL
 from keras_operator.controllers import serving as serving_controller
 from keras_operator.handlers.common import Current, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
-from keras_operator.runtime import metrics
+from keras_operator.runtime import kube, metrics
 from keras_operator.runtime.workqueue import WorkQueue
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -45,19 +45,6 @@ def _training_ref(spec: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-@kopf.index(*RESOURCE)
-def serving_by_training(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, str] | None:
-    """Which services serve from which KerasTrainingJob: its events enqueue them."""
-    ref = _training_ref(body.get("spec"))
-    return {(namespace, ref): name} if ref else None
-
-
-@kopf.index(*TRAINING)
-def serving_trainings(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    status = body.get("status") if isinstance(body.get("status"), Mapping) else {}
-    return {(namespace, name): {"status": {k: status.get(k) for k in ("phase", "modelUri", "message")}}}
-
-
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
 def serving_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {
@@ -69,15 +56,15 @@ def serving_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **
 
 @dataclass
 class State:
-    indexes: tuple[kopf.Index, kopf.Index, kopf.Index, kopf.Index] | None = None
+    indexes: tuple[kopf.Index, kopf.Index] | None = None
     status: StatusWriter = field(
         default_factory=lambda: StatusWriter(RESOURCE, KIND, serving_controller.ACTION_REASONS)
     )
     scraped: dict[Key, float] = field(default_factory=dict)  # when each service's pods were last scraped
 
-    def view(self, key: Key) -> serving_controller.View | None:
+    async def view(self, key: Key) -> serving_controller.View | None:
         assert self.indexes is not None
-        resources, _, trainings, deployments = self.indexes
+        resources, deployments = self.indexes
         resource = next(iter(resources.get(key, [])), None)
         if resource is None:
             return None
@@ -91,12 +78,11 @@ class State:
             ),
             None,
         )
-        namespace = key[0]
-        return serving_controller.View(
-            resource=resource,
-            deployment=deployment,
-            training_job=lambda name: next(iter(trainings.get((namespace, name), [])), None),
-        )
+        # The KerasTrainingJob it serves is read, not watched: a second handler on every training's every
+        # event (each epoch of thousands of trainings) would cost more than one GET per service per resync.
+        ref = _training_ref(resource.get("spec"))
+        training = await kube.get_custom(TRAINING, key[0], ref) if ref else None
+        return serving_controller.View(resource=resource, deployment=deployment, training_job=training)
 
     def services(self) -> list[Key]:
         if self.indexes is None:
@@ -119,7 +105,7 @@ STATE = State()
 @metrics.instrumented(KIND, "reconcile")
 async def _reconcile(key: Hashable) -> None:
     assert isinstance(key, tuple)
-    view = STATE.view(key)
+    view = await STATE.view(key)
     if view is None:  # deleted: its Deployment, Service and HPA go with it (owner references)
         STATE.forget(key)
         return
@@ -135,12 +121,7 @@ QUEUE = WorkQueue(_reconcile)
 
 
 def _bind(kwargs: dict[str, Any]) -> None:
-    STATE.indexes = (
-        kwargs["serving_resources"],
-        kwargs["serving_by_training"],
-        kwargs["serving_trainings"],
-        kwargs["serving_deployments"],
-    )
+    STATE.indexes = (kwargs["serving_resources"], kwargs["serving_deployments"])
 
 
 @kopf.on.event(*RESOURCE)
@@ -155,13 +136,6 @@ async def service_changed(namespace: str, name: str, body: kopf.Body, **kwargs: 
 async def deployment_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
     _bind(kwargs)
     QUEUE.enqueue((namespace, labels[OWNER_LABEL]))
-
-
-@kopf.on.event(*TRAINING)
-async def training_changed(namespace: str, name: str, **kwargs: Any) -> None:
-    _bind(kwargs)
-    for service in kwargs["serving_by_training"].get((namespace, name), []):
-        QUEUE.enqueue((namespace, service))
 
 
 async def resync() -> None:

@@ -8,6 +8,7 @@ object as it is now.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ class StatusWriter:
     written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     """(the resourceVersion the last status write made, the status written): a status equal to the last
     written is not written again, and the watch event of the write brings nothing new."""
+    _posting: set[asyncio.Task[None]] = field(default_factory=set)
     unseen: dict[Key, tuple[str, int | None]] = field(default_factory=dict)
     """(resourceVersion, generation) of a write the watch has not shown yet: until it does, the watched copy
     holds an older status, and a reconcile starts from the written one (watch events come in order)."""
@@ -72,7 +74,7 @@ class StatusWriter:
         meta = resource["metadata"]
         for kind, reason, message in outcome.events:
             if reason in self.action_reasons:  # done already, whatever becomes of the status write
-                await kube.post_event(resource, kind, reason, message)
+                self._post(resource, kind, reason, message)
         if changed:
             try:
                 version = await kube.patch_status(
@@ -102,5 +104,17 @@ class StatusWriter:
             )
         for kind, reason, message in outcome.events:
             if changed and reason not in self.action_reasons:
-                await kube.post_event(resource, kind, reason, message)
+                self._post(resource, kind, reason, message)
         return bool(changed)
+
+    def _post(self, resource: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        """Post an Event beside the reconcile, not in its way: the next resource's work does not wait on
+        it (at fleet scale, one more API round trip per transition)."""
+        task = asyncio.get_running_loop().create_task(kube.post_event(resource, kind, reason, message))
+        self._posting.add(task)  # a reference, until it is done
+        task.add_done_callback(self._posting.discard)
+
+    async def flush(self) -> None:
+        """Wait for the Events posted so far (tests; a clean shutdown)."""
+        while self._posting:
+            await asyncio.gather(*self._posting, return_exceptions=True)

@@ -8,6 +8,7 @@ else (5xx, timeouts, connection errors) -> kopf.TemporaryError, retried with a g
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import functools
 import json
@@ -26,6 +27,10 @@ log = structlog.get_logger("keras_operator.kube")
 T = TypeVar("T")
 A = TypeVar("A")
 RETRY_DELAY = 5.0
+# The kubernetes client blocks, so each call takes a thread. asyncio's default pool (cores + 4 threads:
+# 6 on 2 cores) queued Job creates, status writes and Events behind each other at fleet scale; the
+# client's connection pool is sized to match, or the extra threads would open a connection per call.
+API_THREADS = 16
 
 
 class Rejected(Exception):
@@ -57,7 +62,18 @@ def _api_client(api_server: str | None) -> kubernetes.client.ApiClient:
             kubernetes.config.load_incluster_config(client_configuration=config)
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(client_configuration=config)
+    config.connection_pool_maxsize = API_THREADS
     return kubernetes.client.ApiClient(config)
+
+
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _threads() -> concurrent.futures.ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = concurrent.futures.ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube")
+    return _executor
 
 
 def api_client() -> kubernetes.client.ApiClient:
@@ -67,7 +83,8 @@ def api_client() -> kubernetes.client.ApiClient:
 
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(_threads(), call)
     except ApiException as exc:
         if exc.status in (400, 403, 422):
             raise Rejected(_api_message(exc), exc.status) from exc
@@ -252,6 +269,21 @@ async def delete(kind: str, namespace: str, name: str) -> bool:
             return False
         raise
     return True
+
+
+async def get_custom(resource: tuple[str, str, str], namespace: str, name: str) -> dict[str, Any] | None:
+    """One of our custom resources ((group, version, plural)); None when there is none."""
+    group, version, plural = resource
+    api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
+    try:
+        resp = await _call(
+            api.get_namespaced_custom_object, group, version, namespace, plural, name, _preload_content=False
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(json.loads(resp.data))
 
 
 async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
