@@ -8,8 +8,12 @@
 #
 # Environment:
 #   OPERATOR_IMAGE  default ghcr.io/keras-operator/keras-operator:VERSION (the chart's default names)
-#   TRAINER_IMAGE   default ghcr.io/keras-operator/keras-trainer:VERSION
-#   VARIANT         cpu (default) or gpu (the trainer with tensorflow[and-cuda])
+#   TRAINER_IMAGE   default ghcr.io/keras-operator/keras-trainer:VERSION, :VERSION-jax or :VERSION-torch
+#                   (the operator's default image per spec.backend)
+#   BACKEND         tensorflow (default), jax or torch: the trainer's Keras backend (Dockerfile.trainer's
+#                   BACKEND). With the layer cache (the default) the jax and torch images build on the
+#                   cached TensorFlow layers and add only their backend: BACKEND=jax hack/build-images.sh trainer
+#   VARIANT         cpu (default) or gpu (the trainer with tensorflow[and-cuda], and jax[cuda12] for jax)
 #   PYTHON_IMAGE    the base of both images; default python:3.11-slim-bookworm. When that cannot be
 #                   pulled (no registry access) and debootstrap is at hand (as root), a stand-in is
 #                   made: Debian bookworm's Python 3.11 with this machine's CA bundle and pip settings,
@@ -24,7 +28,12 @@ export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/hack/containers.conf}
 
 VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/keras-operator/Chart.yaml)
 OPERATOR_IMAGE=${OPERATOR_IMAGE:-ghcr.io/keras-operator/keras-operator:$VERSION}
-TRAINER_IMAGE=${TRAINER_IMAGE:-ghcr.io/keras-operator/keras-trainer:$VERSION}
+BACKEND=${BACKEND:-tensorflow}
+case $BACKEND in
+  tensorflow) TRAINER_IMAGE=${TRAINER_IMAGE:-ghcr.io/keras-operator/keras-trainer:$VERSION} ;;
+  jax | torch) TRAINER_IMAGE=${TRAINER_IMAGE:-ghcr.io/keras-operator/keras-trainer:$VERSION-$BACKEND} ;;
+  *) echo "unknown BACKEND: $BACKEND (tensorflow | jax | torch)" >&2; exit 2 ;;
+esac
 VARIANT=${VARIANT:-cpu}
 # Fully qualified: podman resolves no short names without unqualified-search registries.
 DEFAULT_PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
@@ -124,7 +133,13 @@ for step in "${steps[@]}"; do
   case $step in
     base) base ;;
     operator) base; build Dockerfile.operator "$OPERATOR_IMAGE" ;;
-    trainer) base; build Dockerfile.trainer "$TRAINER_IMAGE" --build-arg "VARIANT=$VARIANT" ;;
+    trainer)
+      base
+      # The default build passes no BACKEND: its arguments stay as they were.
+      backend_arg=()
+      [ "$BACKEND" = tensorflow ] || backend_arg=(--build-arg "BACKEND=$BACKEND")
+      build Dockerfile.trainer "$TRAINER_IMAGE" --build-arg "VARIANT=$VARIANT" "${backend_arg[@]}"
+      ;;
     clean)
       for image in "$OPERATOR_IMAGE" "$TRAINER_IMAGE" "$LOCAL_BASE_IMAGE"; do
         podman rmi --force "$image" >/dev/null 2>&1 || true

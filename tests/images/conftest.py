@@ -1,6 +1,8 @@
 """The images, built once per session by hack/build-images.sh and removed at its end (disk is shared).
 
-TEST_OPERATOR_IMAGE and TEST_TRAINER_IMAGE name images built beforehand, to use instead (kept).
+TEST_OPERATOR_IMAGE and TEST_TRAINER_IMAGE name images built beforehand, to use instead (kept);
+TEST_TRAINER_JAX_IMAGE the same for the jax trainer (BACKEND=jax), which is otherwise built only when a
+test asks for it, on the layers the default trainer's build left in the cache.
 Without podman the image tests skip, except under CI (the CI variable set), where they fail: CI must
 build and run the images. `pytest -m "not images"` leaves them out on purpose.
 """
@@ -26,7 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
     podrun.PYTEST_CONFIG = config
 
 
-BUILD_TIMEOUT = 1200  # seconds: the trainer alone takes 2-5 minutes on 2 cores
+BUILD_TIMEOUT = 1200  # seconds: the trainer alone takes 2-5 minutes on 2 cores (each build's limit)
 # Every image test allows 1800 s (@pytest.mark.timeout): the first one to run also waits for the build.
 
 
@@ -68,8 +70,9 @@ def images() -> Iterator[Images]:
         OPERATOR_IMAGE=f"{TEST_REPOSITORIES[0]}:{token}",
         TRAINER_IMAGE=f"{TEST_REPOSITORIES[1]}:{token}",
         LOCAL_BASE_IMAGE=f"{TEST_REPOSITORIES[2]}:{token}",
-        # No layer cache left behind: each session builds from scratch and removes what it built.
-        BUILD_FLAGS="--layers=false",
+        # Layers cached (the jax trainer builds on the trainer's), and no cache left behind: the clean-up
+        # removes the images, then every layer nothing else uses (podman image prune).
+        BUILD_FLAGS="--layers=true",
     )
     script = str(ROOT / "hack" / "build-images.sh")
     started = time.monotonic()
@@ -81,6 +84,27 @@ def images() -> Iterator[Images]:
     finally:
         progress("removing the test images")
         subprocess.run(["bash", script, "clean"], env=env, capture_output=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="session")
+def jax_trainer_image(images: Images) -> Iterator[str]:
+    """The trainer built with BACKEND=jax by the same script, on the session's base and cached layers."""
+    if os.environ.get("TEST_TRAINER_JAX_IMAGE"):
+        yield os.environ["TEST_TRAINER_JAX_IMAGE"]
+        return
+    image = f"{TEST_REPOSITORIES[1]}:{uuid.uuid4().hex[:8]}-jax"
+    env = {**images.env, "BACKEND": "jax", "TRAINER_IMAGE": image}
+    started = time.monotonic()
+    progress(
+        "building the jax trainer image on the trainer's cached layers (about 1.5 minutes on 2 cores; "
+        "BACKEND=jax hack/build-images.sh trainer)"
+    )
+    try:
+        _run_build(str(ROOT / "hack" / "build-images.sh"), env, "trainer")
+        progress(f"jax trainer image built in {time.monotonic() - started:.0f} s")
+        yield image
+    finally:
+        podman("rmi", "--force", image, check=False)  # its layers go with the session's clean-up (prune)
 
 
 STALE_AFTER = 3 * 3600  # seconds: no session lives this long; its images were left by a killed run
@@ -98,11 +122,11 @@ def _remove_stale_test_images() -> None:
             podman("rmi", "--force", *names, check=False)
 
 
-def _run_build(script: str, env: dict[str, str]) -> None:
+def _run_build(script: str, env: dict[str, str], *steps: str) -> None:
     """Runs the build, echoing its own progress lines (not podman's) to the terminal."""
     log: list[str] = []
     with subprocess.Popen(
-        ["bash", script], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ["bash", script, *steps], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as proc:
         assert proc.stdout is not None
         deadline = time.monotonic() + BUILD_TIMEOUT

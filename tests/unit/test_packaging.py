@@ -147,8 +147,10 @@ def test_json_logs_for_libraries_too(capfd: pytest.CaptureFixture[str]) -> None:
 
 
 def test_constraints_pin_every_dependency_the_images_install() -> None:
-    """Both Dockerfiles install with -c constraints.txt: every requirement of the extras they use must be
-    pinned there, to a version its specifier accepts (CI installs with the same file)."""
+    """Both Dockerfiles install with -c constraints.txt: every requirement of the extras they use (every
+    variant and backend) must be pinned there, to a version its specifier accepts (CI installs with the
+    same file)."""
+    import importlib.metadata
     import tomllib
 
     from packaging.requirements import Requirement
@@ -159,13 +161,19 @@ def test_constraints_pin_every_dependency_the_images_install() -> None:
         if "==" in line and not line.startswith("#"):
             name, version = line.split("==")
             pins[name.strip().lower().replace("_", "-")] = version.strip()
-    wanted = [
-        *project["dependencies"],
-        *project["optional-dependencies"]["operator"],
-        *project["optional-dependencies"]["trainer"],
-        *project["optional-dependencies"]["s3"],
-        *project["optional-dependencies"]["gcs"],
-    ]
+    extras = project["optional-dependencies"]
+    image_extras = ("operator", "trainer", "s3", "gcs", "gpu", "jax", "jax-cuda", "torch")
+    wanted = [*project["dependencies"], *(text for extra in image_extras for text in extras[extra])]
+    # The gpu images' CUDA packages come from the extras of those requirements (tensorflow[and-cuda],
+    # jax[cuda12]): the dev environment holds tensorflow and jax, whose metadata names them.
+    for text in [*extras["gpu"], *extras["jax-cuda"]]:
+        req = Requirement(text)
+        for dep in map(Requirement, importlib.metadata.requires(req.name) or []):
+            marker = dep.marker
+            if marker and any(marker.evaluate({"extra": e}) for e in req.extras) and not marker.evaluate({"extra": ""}):
+                wanted.append(f"{dep.name}{dep.specifier}")
+    assert any(text.startswith("jax-cuda12-plugin") for text in wanted), wanted
+    assert any(text.startswith("nvidia-cudnn-cu12") for text in wanted), wanted
     for text in wanted:
         req = Requirement(text)
         name = req.name.lower().replace("_", "-")
