@@ -41,7 +41,8 @@ def test_a_job_deleted_by_hand_fails_the_training_and_is_never_recreated(cluster
     if restart:
         cluster.delete(JOBS, "gone-train")
         with operator(cluster):
-            cluster.wait_for(lambda: status(cluster, "gone").get("phase") == "Failed", 30, "Failed")
+            # A fresh operator lists everything first; under a full suite on 2 cores that once took over 30 s.
+            cluster.wait_for(lambda: status(cluster, "gone").get("phase") == "Failed", 120, "Failed")
     failed = condition(cluster, "gone", "Failed")
     assert failed["status"] == "True"
     assert failed["reason"] == "JobDeleted"
