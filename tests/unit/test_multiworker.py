@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from helpers.jobs import tiny_job
-from helpers.weights import epoch_lines, log_lines
+from helpers.weights import epoch_lines, log_lines, weights_of
 from keras_operator.api.training import TENSORBOARD_DIR
 
 pytestmark = pytest.mark.timeout(300)
@@ -79,26 +79,6 @@ def start_group(
         )
         for k, output in enumerate(outputs)
     ]
-
-
-def weights_of(model_file: Path, out: Path) -> list[np.ndarray]:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, numpy, keras; m = keras.models.load_model(sys.argv[1]); "
-            "numpy.savez(sys.argv[2], *m.get_weights())",
-            str(model_file),
-            str(out),
-        ],
-        env={**os.environ, "KERAS_BACKEND": "jax"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    saved = np.load(out)
-    return [saved[k] for k in sorted(saved.files, key=lambda k: int(k.split("_")[1]))]
 
 
 def files(folder: Path) -> set[str]:
