@@ -14,27 +14,20 @@ Without these a chart lacking those grants would pass here and be refused there.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import kmock
 import pytest
-import yaml
 
 from cluster.emulator import OPERATOR_CALLS
 from cluster.harness import DEPLOYMENTS, HPAS, JOBS, KMS, KTJ, LEASES, SERVICES, Cluster, operator
 from helpers.jobs import tiny_job
-from helpers.manifests import ROOT
+from helpers.rbac import RELEASE_NAMESPACE, Call, crd_plurals, granted, render_chart
 
 pytestmark = pytest.mark.e2e
 
-Call = tuple[str, str, str]  # (API group, resource[/subresource], verb), as RBAC rules name them
-
-CHART = ROOT / "charts" / "keras-operator"
-HELM = ROOT / ".cache" / "bin" / "helm"  # scripts/setup.sh fetches it
-RELEASE_NAMESPACE = "keras-system"  # the operator's own namespace: its ServiceAccount and its Lease
 WORK_NAMESPACE = "default"  # where the harness creates the test's resources
 MODES: dict[str, tuple[str, ...]] = {
     "cluster-wide": (),
@@ -50,50 +43,7 @@ UNUSED_ALLOWED: set[Call] = set()
 # --- what the chart grants ---
 
 
-def render(*sets: str) -> list[dict[str, Any]]:
-    assert HELM.exists(), "run scripts/setup.sh (it fetches helm into .cache/bin)"
-    args = [str(HELM), "template", "ko", str(CHART), "--namespace", RELEASE_NAMESPACE]
-    for s in sets:
-        args += ["--set", s]
-    result = subprocess.run(args, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
-
-
-def granted(objects: list[dict[str, Any]], namespaces: set[str]) -> set[Call]:
-    """What the operator's ServiceAccount may do in `namespaces`: the rules of the roles bound to it. A Role
-    counts only in its own namespace, and only a binding that names the operator's account counts."""
-    account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
-    roles = {(o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")): o for o in objects}
-    out: set[Call] = set()
-    for binding in objects:
-        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
-            continue
-        scope = binding["metadata"].get("namespace")
-        if scope is not None and scope not in namespaces:
-            continue
-        subjects = {(s["kind"], s["name"], s.get("namespace")) for s in binding["subjects"]}
-        if ("ServiceAccount", account, RELEASE_NAMESPACE) not in subjects:
-            continue
-        ref = binding["roleRef"]
-        role = roles[(ref["kind"], ref["name"], scope if ref["kind"] == "Role" else None)]
-        for rule in role["rules"]:
-            # Least privilege: a wildcard would cover any call and make this whole test vacuous.
-            assert "*" not in [*rule["apiGroups"], *rule["resources"], *rule["verbs"]], f"wildcard in {rule}"
-            out |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    return out
-
-
 # --- what the operator calls ---
-
-
-def crd_plurals() -> dict[tuple[str, str], str]:
-    """(group, kind) -> plural of the operator's own kinds, from the CRDs the chart installs."""
-    out: dict[tuple[str, str], str] = {}
-    for path in (ROOT / "crds").glob("*.yaml"):
-        spec = yaml.safe_load(path.read_text())["spec"]
-        out[(spec["group"], spec["names"]["kind"])] = spec["names"]["plural"]
-    return out
 
 
 def _group(ref: dict[str, Any]) -> str:
@@ -278,7 +228,7 @@ def test_chart_rbac_covers_every_call_and_grants_nothing_unexplained(
     }, recorder.implied
 
     for mode, sets in MODES.items():
-        grants = granted(render(*sets), {RELEASE_NAMESPACE, WORK_NAMESPACE})
+        grants = granted(render_chart(*sets), {RELEASE_NAMESPACE, WORK_NAMESPACE})
         missing = used - grants
         assert not missing, (
             f"{mode}: the operator made these calls and the chart does not grant them: {sorted(missing)}"
