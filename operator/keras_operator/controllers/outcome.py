@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_operator.runtime.kube import Rejected
+
 Event = tuple[str, str, str]  # (type, reason, message)
 
 
@@ -51,3 +53,14 @@ def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, 
     patch = merge_patch(current, desired)
     patch.update({key: None for key in current if key not in desired})
     return patch
+
+
+def rejection(exc: Rejected, what: str) -> str:
+    """Why the API server refused to create `what` (e.g. "Job NAME-train"), for the resource's status."""
+    if exc.code == 422:
+        return f"spec.podTemplate: the API server rejected the generated object: {exc}"
+    cause = "an admission webhook or policy" if exc.code == 400 else "RBAC or a ResourceQuota"
+    return (
+        f"the API server refused to create {what} ({exc.code}, {cause}): {exc}; "
+        "fix the cause, then delete and re-apply the resource"
+    )

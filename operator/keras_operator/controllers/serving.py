@@ -18,7 +18,7 @@ from keras_operator.builders.serving import (
     selector_text,
     url,
 )
-from keras_operator.controllers.outcome import Event, Outcome, transition_events
+from keras_operator.controllers.outcome import Event, Outcome, rejection, transition_events
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import conditions, serving_metrics
@@ -118,9 +118,9 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
         try:
             deployment, events = await _apply(body, spec, resolution.model_uri, settings, view.deployment)
         except kube.Rejected as exc:
-            message = f"spec.podTemplate: the API server rejected the generated object: {exc}"
-            status = serving_status.invalid(message, previous, generation, now)
-            return Outcome(status, [("Warning", "InvalidSpec", message)])
+            message = rejection(exc, f"the Service, Deployment or HPA {name}")
+            status = serving_status.invalid(message, previous, generation, now, reason=exc.reason)
+            return Outcome(status, [("Warning", exc.reason, message)])
         except NameConflict as exc:
             status = serving_status.invalid(str(exc), previous, generation, now, reason="NameConflict")
             return Outcome(status, [("Warning", "NameConflict", str(exc))])

@@ -26,7 +26,7 @@ from keras_operator.builders.training import (
     progress_endpoint,
     trainer_config_text,
 )
-from keras_operator.controllers.outcome import Event, Outcome, owned_by, transition_events
+from keras_operator.controllers.outcome import Event, Outcome, owned_by, rejection, transition_events
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import conditions
@@ -128,7 +128,7 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
         try:
             job, events = await _create(body, spec, settings)
         except kube.Rejected as exc:
-            message = _rejection(exc, name)
+            message = rejection(exc, f"Job {name}")
             return Outcome(
                 training_status.invalid(message, previous, generation, now, reason=exc.reason),
                 [("Warning", exc.reason, message)],
@@ -176,16 +176,6 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
             now,
         )
     return outcome, job
-
-
-def _rejection(exc: kube.Rejected, job: str) -> str:
-    if exc.code == 422:
-        return f"spec.podTemplate: the API server rejected the generated object: {exc}"
-    cause = "an admission webhook or policy" if exc.code == 400 else "RBAC or a ResourceQuota"
-    return (
-        f"the API server refused to create Job {job} ({exc.code}, {cause}): {exc}; "
-        "fix the cause, then delete and re-apply the resource"
-    )
 
 
 async def _expire(job: dict[str, Any], status: dict[str, Any], ttl: int) -> tuple[float | None, list[Event]]:
