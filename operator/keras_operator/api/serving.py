@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from keras_operator.api.base import ApiModel, Rule, exactly_one_of
+from keras_operator.api.base import ApiModel, Rule, at_most_one_of, exactly_one_of
 from keras_operator.api.common import API_VERSION, Backend, Condition, PodTemplate, Resources
 from keras_operator.api.training import ObjectMeta
 
@@ -21,25 +22,109 @@ class TrainingJobRef(ApiModel):
     """Its metadata.name."""
 
 
+VERSION_LABEL = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+class VersionPolicy(ApiModel):
+    """Which numbered versions of a base folder to serve, as TF Serving's model_version_policy: at most one of
+    latest, all, specific; none set means latest 1."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (at_most_one_of("latest", "all", "specific"),)
+
+    latest: Annotated[int, Field(ge=1, le=100)] | None = None
+    """Serve the N highest versions."""
+    all: bool | None = None
+    """Serve every version (true)."""
+    specific: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=100)] | None = None
+    """Serve exactly these versions."""
+
+    def mode(self) -> str:
+        """The server's --model-versions argument: latest:N, all or specific:A,B."""
+        if self.specific is not None:
+            return "specific:" + ",".join(str(v) for v in sorted(set(self.specific)))
+        if self.all:
+            return "all"
+        return f"latest:{self.latest or 1}"
+
+
+def _labels_in_policy(source: ModelSource) -> bool:
+    policy = source.version_policy
+    if not source.version_labels or policy is None or policy.specific is None:
+        return True
+    return set(source.version_labels.values()) <= set(policy.specific)
+
+
 class ModelSource(ApiModel):
     """The model to serve: exactly one of uri, trainingJobRef."""
 
-    rules: ClassVar[tuple[Rule, ...]] = (exactly_one_of("uri", "trainingJobRef"),)
+    rules: ClassVar[tuple[Rule, ...]] = (
+        exactly_one_of("uri", "trainingJobRef"),
+        Rule(
+            cel="!has(self.versionPolicy) || has(self.uri)",
+            message="versionPolicy needs a uri: a base folder of numbered versions",
+            holds=lambda m: m.version_policy is None or m.uri is not None,
+        ),
+        Rule(
+            cel="!has(self.versionLabels) || has(self.uri)",
+            message="versionLabels needs a uri: a base folder of numbered versions",
+            holds=lambda m: m.version_labels is None or m.uri is not None,
+        ),
+        Rule(
+            cel="!has(self.versionLabels) || !has(self.versionPolicy) || !has(self.versionPolicy.specific) || "
+            "self.versionLabels.all(k, self.versionLabels[k] in self.versionPolicy.specific)",
+            message="every version in versionLabels must be one of versionPolicy.specific",
+            holds=_labels_in_policy,
+        ),
+        Rule(
+            cel=f"!has(self.versionLabels) || self.versionLabels.all(k, k.matches('{VERSION_LABEL}'))",
+            message="versionLabels names are lowercase letters, digits, '-' and '_', starting with a letter",
+            holds=lambda m: all(re.fullmatch(VERSION_LABEL, k) for k in m.version_labels or {}),
+        ),
+    )
 
     uri: Annotated[str, Field(min_length=1)] | None = None
-    """A .keras file or an exported SavedModel folder: pvc://CLAIM/PATH, s3://, gs://, https://, file:// or a
-    path in the image."""
+    """A .keras file, an exported SavedModel folder, or a base folder of numbered versions (BASE/1/, BASE/2/,
+    each holding a .keras file or a SavedModel): pvc://CLAIM/PATH, s3://, gs://, https://, file:// or a path
+    in the image."""
     training_job_ref: TrainingJobRef | None = None
     """Serve what this KerasTrainingJob produced (its status.modelUri), once it has succeeded."""
+    version_policy: VersionPolicy | None = None
+    """Which versions of a base folder to serve (default: the latest one). The server watches the folder:
+    new versions are loaded and warmed up before they take requests."""
+    version_labels: Annotated[dict[str, Annotated[int, Field(ge=0)]], Field(max_length=32)] | None = None
+    """Names for versions (stable: 1, canary: 2), reachable at /v1/models/NAME/labels/LABEL."""
+
+
+def _sizes_fit(b: Batching) -> bool:
+    sizes = b.allowed_batch_sizes
+    return sizes is None or (len(set(sizes)) == len(sizes) and max(sizes) == b.max_batch_size)
 
 
 class Batching(ApiModel):
     """Dynamic server-side batching of concurrent requests."""
 
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!has(self.allowedBatchSizes) || ("
+            "self.allowedBatchSizes.all(s, s <= (has(self.maxBatchSize) ? self.maxBatchSize : 32)) && "
+            "(has(self.maxBatchSize) ? self.maxBatchSize : 32) in self.allowedBatchSizes && "
+            "self.allowedBatchSizes.all(s, self.allowedBatchSizes.filter(t, t == s).size() == 1))",
+            message="allowedBatchSizes must not repeat a size, and its largest must be maxBatchSize",
+            holds=_sizes_fit,
+        ),
+    )
+
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
     """Most rows in one model call; 1 turns batching off."""
     max_latency_ms: Annotated[float, Field(ge=0, le=10000)] = 5.0
     """Longest time a request waits for its batch to fill."""
+    allowed_batch_sizes: (
+        Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=1, max_length=32)] | None
+    ) = None
+    """Batch sizes the model is called with, the largest equal to maxBatchSize (TF Serving's
+    allowed_batch_sizes): a batch is padded up to the next one. Default: powers of two up to maxBatchSize."""
+    max_rows_per_request: Annotated[int, Field(ge=1)] | None = None
+    """Requests of more rows are refused with 400 (default: no cap; larger requests run in chunks)."""
 
 
 class ServerSpec(ApiModel):
@@ -74,8 +159,63 @@ class Autoscaling(ApiModel):
     """Average CPU use, in percent of the request, the autoscaler aims for."""
 
 
+class CanaryModel(ApiModel):
+    """The canary's model: exactly one of uri, trainingJobRef, version."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (exactly_one_of("uri", "trainingJobRef", "version"),)
+
+    uri: Annotated[str, Field(min_length=1)] | None = None
+    """A .keras file or SavedModel folder (the same URI forms as spec.model.uri)."""
+    training_job_ref: TrainingJobRef | None = None
+    """What this KerasTrainingJob produced, once it has succeeded."""
+    version: Annotated[int, Field(ge=0)] | None = None
+    """A numbered version of spec.model.uri's base folder."""
+
+
+class CanaryAnalysis(ApiModel):
+    """How the operator judges the canary against the stable side, one window at a time."""
+
+    interval_seconds: Annotated[int, Field(ge=5, le=3600)] = 60
+    """Length of a window."""
+    min_requests: Annotated[int, Field(ge=1)] = 20
+    """Fewest canary requests in a window for it to be judged; a quieter window counts neither way."""
+    max_error_rate_increase: Annotated[float, Field(ge=0, le=1)] = 0.01
+    """Rolled back when the canary's error rate exceeds the stable side's by more than this (0.01: one point)."""
+    max_p99_ratio: Annotated[float, Field(ge=1, le=1000)] = 1.5
+    """Rolled back when the canary's p99 latency exceeds the stable side's times this."""
+    auto_promote: bool = False
+    """Make the canary's model the stable one after successfulIntervals healthy windows in a row."""
+    successful_intervals: Annotated[int, Field(ge=1, le=1000)] = 5
+    """Healthy windows in a row before an automatic promotion."""
+
+
+class Canary(ApiModel):
+    """A second model in its own Deployment, taking a share of the traffic, judged by the operator."""
+
+    model: CanaryModel
+    """The canary's model."""
+    traffic_percent: Annotated[int, Field(ge=0, le=100)] = 10
+    """Share of requests sent to the canary. Exact per request with Gateway API (an HTTPRoute's weights);
+    otherwise the canary gets this share of the pods behind the one Service, rounded to whole pods."""
+    replicas: Annotated[int, Field(ge=1)] = 1
+    """Canary pods when traffic is split by an HTTPRoute (with a split by pods, the operator sizes the
+    canary to trafficPercent)."""
+    resources: Resources | None = None
+    """CPU, memory and GPUs per canary pod; default spec.resources."""
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+    """Automatic rollback (and promotion) thresholds."""
+
+
 class KerasModelServiceSpec(ApiModel):
     """A served Keras model."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!has(self.canary) || !has(self.canary.model.version) || has(self.model.uri)",
+            message="canary.model.version needs model.uri: a base folder of numbered versions",
+            holds=lambda s: s.canary is None or s.canary.model.version is None or s.model.uri is not None,
+        ),
+    )
 
     model: ModelSource
     """The model to serve."""
@@ -95,6 +235,9 @@ class KerasModelServiceSpec(ApiModel):
     """Port, batching and limits of the server."""
     pod_template: PodTemplate | None = None
     """Pod settings merged into the generated pods."""
+    canary: Canary | None = None
+    """A canary model taking a share of the traffic; remove it (or set trafficPercent 0) to roll back by hand,
+    move its model to spec.model to promote it."""
 
 
 ServicePhase = Literal["Pending", "Loading", "Ready", "Failed"]
@@ -113,6 +256,48 @@ class ServingMetrics(ApiModel):
     """99th percentile inference latency (ms)."""
 
 
+CanaryState = Literal["Starting", "Progressing", "Promoting", "Promoted", "RolledBack"]
+
+
+class SideStatus(ApiModel):
+    """One side of a canary rollout, over the last analysis window."""
+
+    model_uri: str | None = None
+    """The model this side serves."""
+    replicas: int | None = None
+    """Its pods."""
+    ready_replicas: int | None = None
+    """Its pods ready to serve."""
+    traffic_percent: int | None = None
+    """Its share of the requests (with a split by pods: its share of the ready pods)."""
+    requests: int | None = None
+    """Inference requests it answered in the last window."""
+    error_rate: float | None = None
+    """Share of those answered with a 4xx or 5xx status."""
+    latency_p99_ms: float | None = None
+    """Their 99th percentile latency (ms)."""
+
+
+class CanaryStatus(ApiModel):
+    """Where the canary rollout stands, both sides side by side."""
+
+    state: CanaryState | None = None
+    """Starting, Progressing, Promoting, Promoted or RolledBack."""
+    split: Literal["HTTPRoute", "Pods"] | None = None
+    """How traffic is split: by an HTTPRoute's weights, or by pods behind the one Service."""
+    stable: SideStatus | None = None
+    """The stable side."""
+    canary: SideStatus | None = None
+    """The canary side."""
+    healthy_intervals: int | None = None
+    """Healthy windows in a row."""
+    decision: str | None = None
+    """The canary and stable models the last decision (promotion or rollback) was about; a new canary model
+    starts over."""
+    message: str | None = None
+    """Why the canary is where it is."""
+
+
 class KerasModelServiceStatus(ApiModel):
     """The observed state of the service."""
 
@@ -123,7 +308,7 @@ class KerasModelServiceStatus(ApiModel):
     observed_generation: int | None = None
     """The .metadata.generation this status was computed for."""
     conditions: list[Condition] | None = None
-    """Valid, ModelResolved, Available, Ready."""
+    """Valid, ModelResolved, Available, Ready, and CanaryReady and CanaryHealthy with a canary."""
     url: str | None = None
     """In-cluster URL of the model server."""
     model_uri: str | None = None
@@ -136,6 +321,8 @@ class KerasModelServiceStatus(ApiModel):
     """Label selector of the pods (for the /scale subresource and HPAs)."""
     metrics: ServingMetrics | None = None
     """Serving figures, refreshed periodically."""
+    canary: CanaryStatus | None = None
+    """The canary rollout, when spec.canary is set (or was, until its decision)."""
     message: str | None = None
     """A human-readable summary of the current state."""
 
