@@ -37,6 +37,8 @@ PODS = kmock.resource("", "v1", "pods")
 CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 EVENTS = kmock.resource("", "v1", "events")
 TOKENREVIEWS = kmock.resource("authentication.k8s.io", "v1", "tokenreviews")
+SERVICES = kmock.resource("", "v1", "services")
+HTTPROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "httproutes")
 
 
 def _now() -> str:
@@ -439,6 +441,13 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
             "verbs": {"create"},
         },
         "autoscaling/v2/horizontalpodautoscalers": {"namespaced": True, "subresources": {"status"}},
+        # Gateway API routes: what the traffic router (cluster/traffic.py) splits requests by.
+        "gateway.networking.k8s.io/v1/httproutes": {
+            "kind": "HTTPRoute",
+            "singular": "httproute",
+            "namespaced": True,
+            "subresources": {"status"},
+        },
         "kerasoperator.dev/v1alpha1/kerasmodelservices": {
             "kind": "KerasModelService",
             "singular": "kerasmodelservice",

@@ -16,13 +16,23 @@ import kmock
 from kopf.testing import KopfRunner
 
 from cluster.deploymentcontroller import DeploymentController
-from cluster.emulator import CONFIGMAPS, EVENTS, JOBS, PODS, TOKENREVIEWS, Emulator, declare_resources
+from cluster.emulator import (
+    CONFIGMAPS,
+    EVENTS,
+    HTTPROUTES,
+    JOBS,
+    PODS,
+    SERVICES,
+    TOKENREVIEWS,
+    Emulator,
+    declare_resources,
+)
 from cluster.jobcontroller import JobController
+from cluster.traffic import Router, parse
 
 KTJ = kmock.resource("kerasoperator.dev", "v1alpha1", "kerastrainingjobs")
 KMS = kmock.resource("kerasoperator.dev", "v1alpha1", "kerasmodelservices")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
-SERVICES = kmock.resource("", "v1", "services")
 HPAS = kmock.resource("autoscaling", "v2", "horizontalpodautoscalers")
 LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
 T = TypeVar("T")
@@ -36,6 +46,7 @@ class Cluster:
         self.emulator: Emulator | None = None
         self.controller: JobController | None = None
         self.deployments: DeploymentController | None = None
+        self._router: Router | None = None
         self._stack = contextlib.AsyncExitStack()
 
     # --- lifecycle ---
@@ -133,27 +144,29 @@ class Cluster:
         raise AssertionError(f"timed out after {timeout}s waiting for {message or check}; last: {last!r}")
 
     def service_url(self, url: str) -> str:
-        """The local address behind a Service URL (http://NAME.NS.svc.cluster.local:PORT): a ready pod's port."""
-        host, _, port = url.removeprefix("http://").partition(":")
-        name, namespace = host.split(".")[:2]
-        service = self.get(SERVICES, name, namespace)
-        assert service is not None, f"no Service {name}"
-        selector = service["spec"]["selector"]
-        assert self.deployments is not None
-        for pod in self.list(PODS, namespace):
-            labels = pod["metadata"].get("labels") or {}
-            if all(labels.get(k) == v for k, v in selector.items()) and self.deployments.ready.get(
-                (namespace, pod["metadata"]["name"])
-            ):
-                container = pod["spec"]["containers"][0]
-                target = next(
-                    p["containerPort"]
-                    for p in container["ports"]
-                    if str(p["containerPort"]) == port or p.get("name") == service["spec"]["ports"][0]["targetPort"]
-                )
-                local = self.deployments.port_of(namespace, pod["metadata"]["name"], target)
-                return f"http://127.0.0.1:{local}"
-        raise AssertionError(f"no ready pod behind {url}")
+        """The local address behind a Service URL (http://NAME.NS.svc.cluster.local:PORT): the first ready
+        endpoint's (cluster/traffic.py: pods the Service selects, Ready, not deleted)."""
+        target = parse(url)
+        assert self.get(SERVICES, target.name, target.namespace) is not None, f"no Service {target.name}"
+        endpoints = self.traffic.endpoints(target.name, target.namespace, target.port)
+        assert endpoints, f"no ready pod behind {url}"
+        return endpoints[0].address
+
+    @property
+    def traffic(self) -> Router:
+        """Requests routed as the cluster would (Services, HTTPRoutes), recorded: see cluster/traffic.py."""
+        if self._router is None:
+            self._router = Router(self)
+        return self._router
+
+    def pod_signals(self, pod_uid: str) -> dict[str, float]:
+        """When the kubelet sent SIGTERM / SIGKILL to a deleted pod's process (time.monotonic() seconds)."""
+        kubelets = [k for k in (self.controller, self.deployments) if k is not None]
+
+        async def _signals() -> dict[str, float]:
+            return next((dict(k.signalled[pod_uid]) for k in kubelets if pod_uid in k.signalled), {})
+
+        return dict(self.call(_signals()))
 
     def pod_env(self, pod: str, namespace: str = "default") -> dict[str, str] | None:
         """The env a pod's container was started with (its declared variables, aliases and fieldRefs
@@ -225,6 +238,7 @@ __all__ = [
     "CONFIGMAPS",
     "DEPLOYMENTS",
     "HPAS",
+    "HTTPROUTES",
     "JOBS",
     "KMS",
     "KTJ",

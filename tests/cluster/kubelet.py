@@ -9,6 +9,11 @@ and the termination message path is a temp file. Mount paths in the command's ar
 to those folders; container ports are mapped to free local ports (args equal to the port number
 are rewritten), as if each pod had its own IP; env values from a fieldRef are the pod's own fields.
 stdout and stderr become the pod log.
+
+A deleted pod stops as the kubelet stops it: its container's `lifecycle.preStop` hook runs first
+(`sleep: {seconds}`, `exec: {command}` run locally with the container's env and paths, or `httpGet`),
+then SIGTERM goes to the process group, and SIGKILL once `terminationGracePeriodSeconds` (default 30)
+have passed since the deletion (2 s more when the hook used them all up, as the kubelet allows).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from cluster.emulator import CONFIGMAPS, PODS, Emulator, _now
 from cluster.tokens import API_AUDIENCE
 
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # what the kubelet keeps of the log for FallbackToLogsOnError
+DEFAULT_GRACE = 30.0  # terminationGracePeriodSeconds when the pod does not say
+HOOK_EXTENSION = 2.0  # what the kubelet adds once when a preStop hook outlasts the grace period
 
 
 @dataclass
@@ -87,6 +94,12 @@ class Kubelet:
         self.url_aliases: dict[str, str] = {}
         # (ns, pod) -> the container's declared env as its process got it (aliases and fieldRefs resolved).
         self.container_env: dict[tuple[str, str], dict[str, str]] = {}
+        # pod uid -> (env, path mapping, ports) its container started with: what a preStop exec runs with.
+        self.launches: dict[str, tuple[dict[str, str], dict[str, str], dict[int, int]]] = {}
+        self.deleted: set[str] = set()  # uids of pods deleted from the API (their processes may still stop)
+        # pod uid -> when SIGTERM and SIGKILL went to its process (loop time): what tests check grace by.
+        self.signalled: dict[str, dict[str, float]] = {}
+        self.terminations: set[asyncio.Task[None]] = set()
         emulator.hooks.append(self._on_change)
 
     def port_of(self, namespace: str, pod: str, port: int) -> int | None:
@@ -94,9 +107,10 @@ class Kubelet:
 
     async def _on_change(self, event: str, resource: Any, raw: dict[str, Any]) -> None:
         if resource == PODS and event == "DELETED":  # the kubelet stops a deleted pod's container
-            proc = self.processes.get(raw["metadata"]["uid"])
-            if proc is not None and proc.returncode is None:
-                proc.kill()
+            uid = raw["metadata"]["uid"]
+            self.deleted.add(uid)
+            if uid in self.processes:
+                self._terminate_soon(raw)
         elif resource.plural == self.owner_plural:
             await self._on_owner_change(event, raw)
 
@@ -105,7 +119,80 @@ class Kubelet:
     async def _on_owner_change(self, event: str, raw: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def _terminate_soon(self, pod: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._terminate(pod))
+        self.terminations.add(task)
+        task.add_done_callback(self.terminations.discard)
+
+    async def _terminate(self, pod: dict[str, Any]) -> None:
+        """Stop a deleted pod's container: preStop, SIGTERM, SIGKILL at the end of the grace period."""
+        uid = pod["metadata"]["uid"]
+        proc = self.processes.get(uid)
+        if proc is None or proc.returncode is not None:
+            return
+        loop = asyncio.get_running_loop()
+        grace = float(pod["spec"].get("terminationGracePeriodSeconds", DEFAULT_GRACE))
+        deadline = loop.time() + grace
+        container = pod["spec"]["containers"][0]
+        hook = (container.get("lifecycle") or {}).get("preStop")
+        signalled = self.signalled.setdefault(uid, {})
+        if hook:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._pre_stop(pod, container, hook)
+            except TimeoutError:
+                deadline = loop.time() + HOOK_EXTENSION
+            except Exception as exc:  # a failing hook does not stop the termination
+                key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+                self.emulator.pod_logs[key] = self.emulator.pod_logs.get(key, "") + f"preStop hook failed: {exc}\n"
+        if proc.returncode is not None:
+            return
+        signalled["SIGTERM"] = loop.time()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await proc.wait()
+        except TimeoutError:
+            signalled["SIGKILL"] = loop.time()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    async def _pre_stop(self, pod: dict[str, Any], container: dict[str, Any], hook: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        env, mapping, ports = self.launches.get(uid, (dict(os.environ), {}, {}))
+        if "sleep" in hook:
+            await asyncio.sleep(float(hook["sleep"]["seconds"]))
+        elif "exec" in hook:
+            argv = [self._rewrite(self._alias(a), mapping) for a in hook["exec"]["command"]]
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=self.workdir,
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            try:
+                await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+        elif "httpGet" in hook:
+            get = hook["httpGet"]
+            port = get["port"]
+            if isinstance(port, str):
+                port = next(p["containerPort"] for p in container.get("ports", []) if p.get("name") == port)
+            url = f"http://127.0.0.1:{ports[int(port)]}{get.get('path', '/')}"
+            async with aiohttp.ClientSession() as session, session.get(url) as resp:
+                await resp.read()
+
     async def close(self) -> None:
+        for task in list(self.terminations):
+            task.cancel()
+        await asyncio.gather(*self.terminations, return_exceptions=True)
         processes = list(self.processes.values())
         for proc in processes:
             with contextlib.suppress(ProcessLookupError):
@@ -316,7 +403,11 @@ class Kubelet:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
         )
-        self.processes[pod["metadata"]["uid"]] = proc
+        uid = pod["metadata"]["uid"]
+        self.processes[uid] = proc
+        self.launches[uid] = (env, mapping, ports)
+        if uid in self.deleted:  # deleted while it was starting: stop it now
+            self._terminate_soon(pod)
         try:
             assert proc.stdout is not None
             async for line in proc.stdout:
@@ -327,7 +418,8 @@ class Kubelet:
                 os.killpg(proc.pid, signal.SIGKILL)
             raise
         finally:
-            self.processes.pop(pod["metadata"]["uid"], None)
+            self.processes.pop(uid, None)
+            self.launches.pop(uid, None)
         if exit_code < 0:
             exit_code = 128 - exit_code  # how a container runtime reports death by signal
         term = scratch / "termination-log"
