@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
@@ -267,3 +268,48 @@ def remove(uri: str) -> None:
             fs.rm(path, recursive=True)
 
     retrying("delete", uri, delete)
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # relative to the listed folder, "/"-separated
+    folder: bool
+    size: int  # bytes; 0 for folders
+
+
+def listing(uri: str, recursive: bool = False) -> list[Entry]:
+    """What a folder holds (its files and folders; with `recursive`, its files at every depth), sorted by
+    name. StorageError when there is no such folder."""
+    if not is_remote(uri):
+        root = local_path(uri)
+        if not root.is_dir():
+            what = "not a folder" if root.exists() else "not found"
+            raise StorageError(f"{what}: {root}" + (f" (from {uri})" if str(root) != uri else ""))
+        paths = (p for p in root.rglob("*") if p.is_file()) if recursive else root.iterdir()
+        # stat() of a file removed between the listing and now: a folder being rewritten, skip it
+        entries = []
+        for p in paths:
+            try:
+                entries.append(Entry(p.relative_to(root).as_posix(), p.is_dir(), 0 if p.is_dir() else p.stat().st_size))
+            except FileNotFoundError:
+                continue
+        return sorted(entries, key=lambda e: e.name)
+    fs, path = _filesystem(uri)
+    base = path.rstrip("/")
+
+    def read() -> list[Entry]:
+        # s3fs keeps listings for the life of the process: a folder watched for new versions would never
+        # show them.
+        fs.invalidate_cache(base)
+        if not fs.isdir(base):
+            raise StorageError(f"{'not a folder' if _exists(fs, base) else 'not found'}: {uri}")
+        infos = fs.find(base, detail=True) if recursive else {i["name"]: i for i in fs.ls(base, detail=True)}
+        entries = []
+        for name, info in infos.items():
+            relative = name.rstrip("/")[len(base) :].lstrip("/")
+            if relative:  # some stores list the folder itself
+                folder = info.get("type") == "directory"
+                entries.append(Entry(relative, folder, 0 if folder else int(info.get("size") or 0)))
+        return sorted(entries, key=lambda e: e.name)
+
+    return retrying("list", uri, _deterministic(uri, read))
