@@ -45,3 +45,30 @@ def strings(path: Path) -> Path:
     ids = keras.layers.StringLookup(vocabulary=["cat", "dog", "bird"])(word)
     keras.Model(word, keras.layers.Identity(name="index")(keras.ops.cast(ids, "float32"))).save(path)
     return path
+
+
+def constant(path: Path, value: float) -> Path:
+    """Answers `value` for every example of 4 features (output [batch, 1]): which version answered is
+    in the answer."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(
+                1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(value), name="value"
+            ),
+        ]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
+def echo(path: Path) -> Path:
+    """One string input, the same string out: an output that cannot be read as classes or values."""
+    import keras
+
+    word = keras.Input(shape=(1,), dtype="string", name="word")
+    keras.Model(word, keras.layers.Identity(name="same")(word)).save(path)
+    return path

@@ -44,7 +44,11 @@ def post_json(url: str, body: object, timeout: float = 30) -> tuple[int, dict]:
 
 
 @contextlib.contextmanager
-def model_server(model: Path, name: str, *extra: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def model_server(
+    model: Path, name: str, *extra: str, log_file: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`log_file`: where the server's output goes instead of a pipe, for tests that send more requests
+    than a pipe nobody reads can hold lines for (a full pipe blocks the server's event loop)."""
     port = free_port()
     cmd = [
         str(Path(sys.executable).parent / "keras-trainer"),
@@ -60,12 +64,13 @@ def model_server(model: Path, name: str, *extra: str) -> Iterator[tuple[str, sub
         *extra,
     ]
     env = {**os.environ, "KERAS_OPERATOR_LOG_FORMAT": "json"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = open(log_file, "w") if log_file is not None else subprocess.PIPE  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert proc.poll() is None, log_file.read_text() if log_file else proc.stdout.read() if proc.stdout else ""
             with contextlib.suppress(OSError):
                 if get_json(f"{url}/v2/health/ready")[0] == 200:
                     break
@@ -77,3 +82,5 @@ def model_server(model: Path, name: str, *extra: str) -> Iterator[tuple[str, sub
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)
+        if log_file is not None:
+            output.close()  # type: ignore[union-attr]

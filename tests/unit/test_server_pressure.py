@@ -212,7 +212,7 @@ async def test_a_request_whose_client_left_never_reaches_the_model(model_path: P
     assert len(recorder.calls) == 2
     assert not any((call == 7.0).any() for call in recorder.calls)
     assert "keras_server_dropped_requests_total 1.0" in metrics
-    assert 'keras_server_requests_total{code="499",endpoint="/v1/models/{name}:predict"} 1.0' in metrics
+    assert 'keras_server_requests_total{code="499",endpoint="/v1/models/{name}:predict",version="1"} 1.0' in metrics
 
 
 # --- 3. large bodies off the event loop ---

@@ -287,8 +287,8 @@ async def test_metrics(single: tuple[TestClient, Any]) -> None:
     await post(client, "/v1/models/nope:predict", {"instances": X.tolist()})
     async with client.get("/metrics") as resp:
         text = await resp.text()
-    assert 'keras_server_requests_total{code="200",endpoint="/v1/models/{name}:predict"} 1.0' in text
-    assert 'keras_server_requests_total{code="404",endpoint="/v1/models/{name}:predict"} 1.0' in text
+    assert 'keras_server_requests_total{code="200",endpoint="/v1/models/{name}:predict",version="1"} 1.0' in text
+    assert 'keras_server_requests_total{code="404",endpoint="/v1/models/{name}:predict",version=""} 1.0' in text
     assert "keras_server_request_duration_seconds_bucket" in text
     assert "keras_server_batch_size_count 1.0" in text
     assert "keras_server_queue_depth 0.0" in text

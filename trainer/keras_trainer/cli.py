@@ -38,6 +38,21 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """A comma list of batch sizes, for argparse."""
+    try:
+        return tuple(_positive(part.strip()) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="keras-trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--output", help="override spec.output.uri")
     train.add_argument("--run-id", help="override the run id (default: the job file's, else the uid, else local)")
     serve = sub.add_parser("serve", help="serve a saved model over TF Serving REST and Open Inference v2")
-    serve.add_argument("--model-uri", required=True, help="a .keras file or SavedModel folder (path or URI)")
+    serve.add_argument(
+        "--model-uri",
+        required=True,
+        help="a .keras file or SavedModel folder, or a base folder of numbered versions (BASE/1/, BASE/2/, ...) "
+        "each holding one (path or URI)",
+    )
     serve.add_argument("--model-name", required=True, help="the NAME in /v1/models/NAME and /v2/models/NAME")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8080)
@@ -71,6 +91,33 @@ def main(argv: list[str] | None = None) -> int:
         "--offload-bytes",
         type=_count,
         help="bodies from this size are coded in a thread (default: $KERAS_SERVER_OFFLOAD_BYTES, else 65536)",
+    )
+    serve.add_argument(
+        "--allowed-batch-sizes",
+        type=_sizes,
+        help="batch sizes of model calls, e.g. 4,16,32 (a batch is padded up to the next; the largest must equal "
+        "--max-batch-size; default: powers of two up to it)",
+    )
+    serve.add_argument(
+        "--max-rows-per-request", type=_positive, help="a request with more rows gets a 400 (default: no limit)"
+    )
+    serve.add_argument(
+        "--model-versions",
+        default="latest:1",
+        help="which versions of a base folder to serve: latest:N, all or specific:A,B (default: latest:1)",
+    )
+    serve.add_argument(
+        "--version-label",
+        action="append",
+        default=[],
+        metavar="NAME=VERSION",
+        help="a name for a version, served at /v1/models/NAME/labels/LABEL (repeatable)",
+    )
+    serve.add_argument(
+        "--version-poll-seconds",
+        type=float,
+        default=10.0,
+        help="how often to look for new versions in a base folder; 0: only at start (default: 10)",
     )
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -138,6 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID_SPEC
+    from keras_trainer.serving import versions
     from keras_trainer.serving.app import ServerConfig
     from keras_trainer.serving.server import serve
 
@@ -156,6 +204,11 @@ def _serve(args: argparse.Namespace) -> int:
             max_latency_ms=args.max_latency_ms,
             max_request_bytes=args.max_request_bytes,
             max_queue=args.max_queue,
+            allowed_batch_sizes=args.allowed_batch_sizes,
+            max_rows_per_request=args.max_rows_per_request,
+            model_versions=versions.parse_policy(args.model_versions),
+            version_labels=versions.parse_labels(args.version_label),
+            version_poll_seconds=args.version_poll_seconds,
             **flags,
         )
     except ValueError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -19,12 +19,18 @@ import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from keras_operator import __version__
-from keras_trainer.serving import codec
+from keras_trainer.serving import codec, examples
 from keras_trainer.serving.batching import Arrival, Batcher, Overloaded
-from keras_trainer.serving.model import ServedModel, TensorSpec
+from keras_trainer.serving.model import TensorSpec, default_batch_sizes
+from keras_trainer.serving.repository import Repository, Slot, Version
+from keras_trainer.serving.versions import VersionPolicy
+
+__all__ = ["BATCHER", "METRICS", "REPOSITORY", "ServerConfig", "Slot", "create_app"]
 
 log = structlog.get_logger("keras_server")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -64,21 +70,49 @@ class ServerConfig:
     # the event loop 50+ ms, stalling probes and the batcher's deadlines. Below it, the thread hop costs
     # more than it saves.
     offload_bytes: int = field(default_factory=lambda: env_int("KERAS_SERVER_OFFLOAD_BYTES", 64 * 1024))
+    # The batch shapes of model calls (TF Serving's allowed_batch_sizes), ascending, the largest
+    # max_batch_size. None: powers of two up to max_batch_size.
+    allowed_batch_sizes: tuple[int, ...] | None = None
+    max_rows_per_request: int | None = None  # None: no limit beyond the body size
+    model_versions: VersionPolicy = field(default_factory=VersionPolicy)  # for a base folder of versions
+    version_labels: Mapping[str, int] = field(default_factory=dict)
+    version_poll_seconds: float = 10.0  # 0: the base folder is read once, at start
+
+    def __post_init__(self) -> None:
+        sizes = self.allowed_batch_sizes
+        if sizes is not None:
+            if not sizes or any(n < 1 for n in sizes) or list(sizes) != sorted(set(sizes)):
+                raise ValueError(f"--allowed-batch-sizes must be ascending whole numbers >= 1, got {list(sizes)}")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError(
+                    f"--allowed-batch-sizes: the largest size ({sizes[-1]}) must equal --max-batch-size "
+                    f"({self.max_batch_size})"
+                )
+        if self.max_rows_per_request is not None and self.max_rows_per_request < 1:
+            raise ValueError(f"--max-rows-per-request must be at least 1, got {self.max_rows_per_request}")
+        if self.version_poll_seconds < 0:
+            raise ValueError(f"--version-poll-seconds must not be negative, got {self.version_poll_seconds}")
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        return self.allowed_batch_sizes or default_batch_sizes(self.max_batch_size)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, repository: Repository) -> None:
         self.registry = CollectorRegistry()
+        # `version`: the version that answered ("" when none did, e.g. an unknown model). Consumers that
+        # read by endpoint and code sum over it.
         self.requests = Counter(
             "keras_server_requests",
-            "Requests by endpoint and HTTP status code.",
-            ["endpoint", "code"],
+            "Requests by endpoint, HTTP status code and model version.",
+            ["endpoint", "code", "version"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "keras_server_request_duration_seconds",
-            "Request latency by endpoint.",
-            ["endpoint"],
+            "Request latency by endpoint and model version.",
+            ["endpoint", "version"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -92,7 +126,9 @@ class Metrics:
             "keras_server_queue_depth", "Requests waiting for a model call.", registry=self.registry
         )
         self.load_seconds = Gauge(
-            "keras_server_model_load_seconds", "Time to load and warm up the model.", registry=self.registry
+            "keras_server_model_load_seconds",
+            "Time to load and warm up the model (its latest version loaded).",
+            registry=self.registry,
         )
         self.held_bytes = Gauge(
             "keras_server_held_request_bytes",
@@ -105,6 +141,27 @@ class Metrics:
             "Requests whose client went away before the model ran them: their work was skipped.",
             registry=self.registry,
         )
+        self.queue_depth.set_function(lambda: sum(b.depth for b in repository.batchers))
+        self.held_bytes.set_function(lambda: sum(b.held_bytes for b in repository.batchers))
+        self.queued_rows.set_function(lambda: sum(b.queued_rows for b in repository.batchers))
+        self.registry.register(VersionStates(repository))
+
+
+class VersionStates(Collector):
+    """keras_server_model_version_state{version,state} 1 for each version the server knows, read at scrape."""
+
+    def __init__(self, repository: Repository) -> None:
+        self.repository = repository
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "keras_server_model_version_state",
+            "1 for the state each model version is in (START, LOADING, AVAILABLE, UNLOADING, END).",
+            labels=["version", "state"],
+        )
+        for number, version in sorted(self.repository.versions.items()):
+            family.add_metric([str(number), version.state], 1.0)
+        yield family
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -123,49 +180,42 @@ def _endpoint(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
-class Slot:
-    """The served model's name from the start; the model itself once it has loaded and warmed up."""
-
-    def __init__(self, name: str, version: str = "1") -> None:
-        self.name, self.version = name, version
-        self.model: ServedModel | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.model is not None and self.model.ready
-
-    def loaded(self) -> ServedModel:
-        if self.model is None or not self.model.ready:
-            raise codec.RequestError(503, "the model is still loading")
-        return self.model
-
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # Not loaded(): requests admitted before a shutdown began are still answered.
-        if self.model is None:
-            raise codec.RequestError(503, "the model is still loading")
-        return self.model.predict(inputs)
+def tfs_version_status(version: Version) -> dict[str, Any]:
+    failed = version.state == "END" and bool(version.error)
+    return {
+        "version": version.name,
+        "state": version.state,
+        "status": {"error_code": "UNKNOWN" if failed else "OK", "error_message": version.error if failed else ""},
+    }
 
 
-BATCHER = web.AppKey("batcher", Batcher)
+BATCHER = web.AppKey("batcher", Batcher)  # the latest version's when the app was made (tests read it)
 METRICS = web.AppKey("metrics", Metrics)
+REPOSITORY = web.AppKey("repository", Repository)
+ROUTED = web.RequestKey("routed", str)  # the version a request went to, for the metrics
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection before the answer
+# TF Serving's model paths: the model (latest version), a version by number, a version by label. A name
+# never holds ':' (what follows it is the method) nor '/'.
+V1_MODEL = "/v1/models/{name:[^/:]+}"
+V1_PATHS = (V1_MODEL, V1_MODEL + "/versions/{version:[^/:]+}", V1_MODEL + "/labels/{label:[^/:]+}")
 
 
-def create_app(slot: Slot, config: ServerConfig) -> web.Application:
-    metrics = Metrics()
-    batcher = Batcher(
-        slot.predict,
-        max_batch_size=config.max_batch_size,
-        max_latency=config.max_latency_ms / 1000,
-        max_queue=config.max_queue,
-        max_bytes=config.max_queued_bytes,
-        max_rows=config.max_queued_rows,
-        on_batch=metrics.batch_size.observe,
-        on_drop=metrics.dropped.inc,
-    )
-    metrics.queue_depth.set_function(lambda: batcher.depth)
-    metrics.held_bytes.set_function(lambda: batcher.held_bytes)
-    metrics.queued_rows.set_function(lambda: batcher.queued_rows)
+def create_app(repository: Repository, config: ServerConfig) -> web.Application:
+    metrics = Metrics(repository)
+
+    def make_batcher(version: Version) -> Batcher:
+        return Batcher(
+            version.predict,
+            max_batch_size=config.max_batch_size,
+            max_latency=config.max_latency_ms / 1000,
+            max_queue=config.max_queue,
+            max_bytes=config.max_queued_bytes,
+            max_rows=config.max_queued_rows,
+            on_batch=metrics.batch_size.observe,
+            on_drop=metrics.dropped.inc,
+        )
+
+    repository.bind(make_batcher)
     # Not the loop's default executor: model loading uses that, and two threads are enough to keep
     # large bodies off the loop (the bytes budget bounds how many wait for them).
     codec_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
@@ -173,8 +223,9 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
     def observed(request: web.Request, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
         endpoint = _endpoint(request)
-        metrics.requests.labels(endpoint, str(status)).inc()
-        metrics.latency.labels(endpoint).observe(elapsed)
+        version = request.get(ROUTED, "")
+        metrics.requests.labels(endpoint, str(status), version).inc()
+        metrics.latency.labels(endpoint, version).observe(elapsed)
         log.info("request", method=request.method, path=request.path, status=status, ms=round(elapsed * 1000, 2))
 
     @web.middleware
@@ -229,16 +280,35 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
         except (ValueError, UnicodeDecodeError) as exc:
             raise codec.RequestError(400, f"the body is not valid JSON: {exc}") from exc
 
-    def check_model(request: web.Request) -> None:
+    def check_name(request: web.Request) -> None:
         name = request.match_info["name"]
-        if name != slot.name:
-            raise codec.RequestError(404, f"model {name!r} not found; this server serves {slot.name!r}")
-        version = request.match_info.get("version")
-        if version is not None and version != slot.version:
-            raise codec.RequestError(404, f"model {name!r} has no version {version!r}; it has {slot.version!r}")
+        if name != repository.name:
+            raise codec.RequestError(404, f"model {name!r} not found; this server serves {repository.name!r}")
 
-    async def run(arrival: Arrival, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        slot.loaded()
+    def check_model(request: web.Request) -> Version:
+        """The available version the request goes to. The caller announces the request to its batcher
+        before any await: from then on the version stays loaded until the request is answered."""
+        check_name(request)
+        info = request.match_info
+        version = repository.route(info.get("version"), info.get("label"))
+        request[ROUTED] = version.name
+        return version
+
+    def named(request: web.Request) -> Version | None:
+        """The version a status or metadata request names, in any state; None: the model as a whole."""
+        check_name(request)
+        info = request.match_info
+        version, label = info.get("version"), info.get("label")
+        return None if version is None and label is None else repository.find(version, label)
+
+    async def run(version: Version, arrival: Arrival, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        version.loaded()
+        if config.max_rows_per_request is not None:
+            rows = next(iter(inputs.values())).shape[0]
+            if rows > config.max_rows_per_request:
+                raise codec.RequestError(
+                    400, f"the request has {rows} rows; this server takes {config.max_rows_per_request} rows at most"
+                )
         return await arrival.submit(inputs)
 
     def output_bytes(outputs: dict[str, np.ndarray]) -> int:
@@ -247,19 +317,15 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
     # --- TensorFlow Serving REST ---
 
     async def tfs_status(request: web.Request) -> web.Response:
-        check_model(request)
-        state = "AVAILABLE" if slot.ready else "LOADING"
-        return json_response(
-            {
-                "model_version_status": [
-                    {"version": slot.version, "state": state, "status": {"error_code": "OK", "error_message": ""}}
-                ]
-            }
-        )
+        one = named(request)
+        listed = [one] if one is not None else [v for _, v in sorted(repository.versions.items(), reverse=True)]
+        return json_response({"model_version_status": [tfs_version_status(v) for v in listed]})
 
     async def tfs_metadata(request: web.Request) -> web.Response:
-        check_model(request)
-        model = slot.loaded()
+        one = named(request)
+        if one is None:
+            one = repository.route(None, None)
+        model = one.loaded()
         signature = {
             "inputs": {s.name: codec.tfs_tensor_metadata(s) for s in model.inputs},
             "outputs": {s.name: codec.tfs_tensor_metadata(s) for s in model.outputs},
@@ -267,7 +333,7 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
         }
         return json_response(
             {
-                "model_spec": {"name": model.name, "signature_name": "", "version": model.version},
+                "model_spec": {"name": model.name, "signature_name": "", "version": one.name},
                 "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
             }
         )
@@ -279,16 +345,39 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
         return orjson.dumps(codec.encode_tfs(outputs, fmt), option=orjson.OPT_SERIALIZE_NUMPY)
 
     async def tfs_predict(request: web.Request) -> web.Response:
-        check_model(request)
-        arrival = batcher.arrive()
+        version = check_model(request)
+        arrival = version.batcher.arrive()  # type: ignore[union-attr]  # an available version has one
         try:
             body = await read_body(request, arrival)
-            inputs, fmt = await off_loop(len(body), decode_tfs, body, slot.loaded().inputs)
-            outputs = await run(arrival, inputs)
+            inputs, fmt = await off_loop(len(body), decode_tfs, body, version.loaded().inputs)
+            outputs = await run(version, arrival, inputs)
             text = await off_loop(output_bytes(outputs), render_tfs, outputs, fmt)
         finally:
             arrival.leave()
         return web.Response(body=text, content_type="application/json")
+
+    def decode_examples(body: bytes, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+        return examples.parse_examples(parse_json(body), specs)
+
+    async def tfs_examples(request: web.Request, task: examples.Task) -> web.Response:
+        """Classify and Regress: examples in, through the same batcher as predict."""
+        version = check_model(request)
+        examples.check(task, version.loaded().outputs)  # before any work: a model that cannot is a 400
+        arrival = version.batcher.arrive()  # type: ignore[union-attr]
+        try:
+            body = await read_body(request, arrival)
+            inputs = await off_loop(len(body), decode_examples, body, version.loaded().inputs)
+            outputs = await run(version, arrival, inputs)
+            result = examples.result(task, outputs)
+        finally:
+            arrival.leave()
+        return json_response(result)
+
+    async def tfs_classify(request: web.Request) -> web.Response:
+        return await tfs_examples(request, "classify")
+
+    async def tfs_regress(request: web.Request) -> web.Response:
+        return await tfs_examples(request, "regress")
 
     # --- Open Inference Protocol v2 ---
 
@@ -296,7 +385,7 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
         return json_response({"live": True})
 
     async def ready(request: web.Request) -> web.Response:
-        return json_response({"ready": slot.ready}, status=200 if slot.ready else 503)
+        return json_response({"ready": repository.ready}, status=200 if repository.ready else 503)
 
     async def server_metadata(request: web.Request) -> web.Response:
         return json_response(
@@ -304,16 +393,22 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
         )
 
     async def model_ready(request: web.Request) -> web.Response:
-        check_model(request)
-        return json_response({"name": slot.name, "ready": slot.ready}, status=200 if slot.ready else 503)
+        one = named(request)
+        if one is None:
+            is_ready = repository.ready
+        else:
+            is_ready = one.state == "AVAILABLE" and one.model is not None and one.model.ready
+        return json_response({"name": repository.name, "ready": is_ready}, status=200 if is_ready else 503)
 
     async def model_metadata(request: web.Request) -> web.Response:
-        check_model(request)
-        model = slot.loaded()
+        one = named(request)
+        if one is None:
+            one = repository.route(None, None)
+        model = one.loaded()
         return json_response(
             {
-                "name": model.name,
-                "versions": [model.version],
+                "name": repository.name,
+                "versions": [v.name for v in repository.available()],
                 "platform": "keras",
                 "inputs": [codec.v2_tensor_metadata(s) for s in model.inputs],
                 "outputs": [codec.v2_tensor_metadata(s) for s in model.outputs],
@@ -324,19 +419,19 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
         header, binary = codec.split_binary(body, header_length)
         return codec.parse_v2(parse_json(header), specs, binary)
 
-    def render_v2(outputs: dict[str, np.ndarray], parsed: codec.V2Request) -> tuple[bytes, bytes]:
-        response, section = codec.encode_v2(outputs, slot.name, slot.version, parsed)
+    def render_v2(outputs: dict[str, np.ndarray], parsed: codec.V2Request, version: str) -> tuple[bytes, bytes]:
+        response, section = codec.encode_v2(outputs, repository.name, version, parsed)
         return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY), section
 
     async def infer(request: web.Request) -> web.Response:
-        check_model(request)
-        arrival = batcher.arrive()
+        version = check_model(request)
+        arrival = version.batcher.arrive()  # type: ignore[union-attr]
         try:
             body = await read_body(request, arrival)
             header_length = request.headers.get(codec.BINARY_HEADER)
-            parsed = await off_loop(len(body), decode_v2, body, header_length, slot.loaded().inputs)
-            outputs = await run(arrival, parsed.inputs)
-            text, section = await off_loop(output_bytes(outputs), render_v2, outputs, parsed)
+            parsed = await off_loop(len(body), decode_v2, body, header_length, version.loaded().inputs)
+            outputs = await run(version, arrival, parsed.inputs)
+            text, section = await off_loop(output_bytes(outputs), render_v2, outputs, parsed, version.name)
         finally:
             arrival.leave()
         if not section:
@@ -349,26 +444,29 @@ def create_app(slot: Slot, config: ServerConfig) -> web.Application:
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def on_startup(app: web.Application) -> None:
-        batcher.start()
+        repository.start()
 
     async def on_shutdown(app: web.Application) -> None:
-        if slot.model is not None:
-            slot.model.ready = False  # readiness fails first, so the Service stops sending new requests
+        repository.stop_ready()  # readiness fails first, so the Service stops sending new requests
 
     async def on_cleanup(app: web.Application) -> None:
-        await batcher.close()
+        await repository.close()
         codec_executor.shutdown(wait=False, cancel_futures=True)
 
     app = web.Application(middlewares=[observe], client_max_size=config.max_request_bytes)
-    app[BATCHER], app[METRICS] = batcher, metrics
+    app[METRICS], app[REPOSITORY] = metrics, repository
+    if repository.latest is not None and repository.latest.batcher is not None:
+        app[BATCHER] = repository.latest.batcher
     # aiohttp tries routes in order: the hot ones first.
-    app.router.add_post("/v1/models/{name}:predict", tfs_predict)
+    app.router.add_post(V1_MODEL + ":predict", tfs_predict)
     app.router.add_post("/v2/models/{name}/infer", infer)
-    app.router.add_post("/v1/models/{name}/versions/{version}:predict", tfs_predict)
-    app.router.add_get("/v1/models/{name}", tfs_status)
-    app.router.add_get("/v1/models/{name}/versions/{version}", tfs_status)
-    app.router.add_get("/v1/models/{name}/metadata", tfs_metadata)
-    app.router.add_get("/v1/models/{name}/versions/{version}/metadata", tfs_metadata)
+    for path in V1_PATHS:
+        if path != V1_MODEL:
+            app.router.add_post(path + ":predict", tfs_predict)
+        app.router.add_post(path + ":classify", tfs_classify)
+        app.router.add_post(path + ":regress", tfs_regress)
+        app.router.add_get(path, tfs_status)
+        app.router.add_get(path + "/metadata", tfs_metadata)
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)

@@ -63,8 +63,9 @@ class Arrival:
     """
 
     def __init__(self, batcher: Batcher) -> None:
-        self._batcher, self._on_the_way, self._bytes = batcher, True, 0
+        self._batcher, self._on_the_way, self._bytes, self._open = batcher, True, 0, True
         batcher.arriving += 1
+        batcher.open += 1
 
     def admit(self, nbytes: int) -> None:
         self._batcher._reserve(nbytes)
@@ -79,6 +80,9 @@ class Arrival:
         self._arrived()
         self._batcher.held_bytes -= self._bytes
         self._bytes = 0
+        if self._open:
+            self._open = False
+            self._batcher.open -= 1
 
     async def submit(self, inputs: Arrays) -> Arrays:
         self._arrived()  # no await between this and the enqueue: the worker sees one or the other
@@ -107,6 +111,7 @@ class Batcher:
         self.calls = 0  # model calls
         self.dropped = 0  # requests whose client went away before the model ran them
         self.arriving = 0
+        self.open = 0  # requests between arrive() and leave(): a model version unloads once none is left
         self.held_bytes = 0  # request bodies admitted and not yet answered
         # A deque, not an asyncio.Queue: a caller that gives up must be able to leave from the middle.
         self._queue: deque[_Pending] = deque()

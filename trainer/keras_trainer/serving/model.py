@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,14 +44,17 @@ class ServedModel:
         self.ready = False
         self.compiled = False  # True once warm-up proved the XLA-compiled call works for this model
         self._xla: Any = None
+        # The batch shapes a model call may see: warm-up compiles these, predict pads up to one of them.
+        self.batch_sizes: tuple[int, ...] = (1,)
 
     @classmethod
-    def load(cls, uri: str, name: str) -> ServedModel:
+    def load(cls, uri: str, name: str, version: str = "1", staging: Path | None = None) -> ServedModel:
+        """`staging`: where a remote model is downloaded to (default: a new temporary folder)."""
         import keras
 
         started = time.perf_counter()
         try:
-            path = storage.fetch(uri)
+            path = storage.fetch(uri, staging)
             if path.is_dir() and (path / "saved_model.pb").exists():
                 model = _saved_model(path)
             else:
@@ -57,7 +63,7 @@ class ServedModel:
             raise ModelLoadError(str(exc)) from exc
         except (ValueError, OSError) as exc:
             raise ModelLoadError(f"cannot load a Keras model from {uri}: {exc}") from exc
-        served = cls(model, name)
+        served = cls(model, name, version)
         served.load_seconds = time.perf_counter() - started
         return served
 
@@ -81,10 +87,11 @@ class ServedModel:
         return [TensorSpec(n, numpy_dtype(t.dtype), tuple(t.shape)) for n, t in zip(names, tensors, strict=True)]
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Rows are padded to a power of two, so the compiled function sees a handful of batch shapes
-        (each new shape costs a retrace of 100+ ms: the tail latency of a batching server)."""
+        """Rows are padded up to the next of the batch sizes warm-up compiled, so the compiled function
+        sees no other batch shape (each new shape costs a retrace of 100+ ms: the tail latency of a
+        batching server)."""
         rows = next(iter(inputs.values())).shape[0]
-        padded = bucket(rows)
+        padded = bucket(rows, self.batch_sizes)
         if padded != rows:
             inputs = {n: np.concatenate([a, _dummy_like(a, padded - rows)]) for n, a in inputs.items()}
         return {n: a[:rows] for n, a in self._call(inputs).items()}
@@ -104,14 +111,14 @@ class ServedModel:
             return {spec.name: np.asarray(v) for spec, v in zip(self.outputs, y, strict=True)}
         return {self.outputs[0].name: np.asarray(y)}
 
-    def warm_up(self, max_batch_size: int = 1) -> None:
-        """Call the model once per batch shape it will see, so no user request pays for tracing; when
-        XLA compiled the model, keep whichever call is faster at the largest batch (XLA wins on some
-        models and loses on others: bench/README.md)."""
+    def warm_up(self, max_batch_size: int = 1, batch_sizes: Sequence[int] | None = None) -> None:
+        """Call the model once per batch shape it will see (`batch_sizes`, default powers of two up to
+        `max_batch_size`), so no user request pays for tracing; when XLA compiled the model, keep
+        whichever call is faster at the largest batch (XLA wins on some models and loses on others:
+        bench/README.md)."""
+        sizes = list(batch_sizes or default_batch_sizes(max_batch_size))
+        self.batch_sizes = tuple(sizes)
         self._try_xla()
-        sizes = [1]
-        while sizes[-1] < max_batch_size:
-            sizes.append(sizes[-1] * 2)
         seconds: dict[bool, float] = {}
         for compiled in [True, False] if self.compiled else [False]:
             self.compiled = compiled
@@ -171,7 +178,23 @@ def numpy_dtype(dtype: Any) -> np.dtype[Any]:
     return np.dtype(object) if name == "string" else np.dtype(name)
 
 
-def bucket(rows: int) -> int:
+def default_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two below `max_batch_size`, then `max_batch_size` itself: a batch is never padded past
+    the largest the batcher forms."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch_size:
+        sizes.append(sizes[-1] * 2)
+    if sizes[-1] < max_batch_size:
+        sizes.append(max_batch_size)
+    return tuple(sizes)
+
+
+def bucket(rows: int, sizes: Sequence[int] = (1,)) -> int:
+    """The smallest of `sizes` (ascending) that holds `rows`. Past the largest (only callers other than
+    the batcher, which never forms larger batches), the next power of two."""
+    index = bisect.bisect_left(sizes, rows)
+    if index < len(sizes):
+        return sizes[index]
     size = 1
     while size < rows:
         size *= 2

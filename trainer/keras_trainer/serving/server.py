@@ -1,17 +1,24 @@
-"""Runs the model server: listen at once (liveness), load and warm up (then readiness), drain on SIGTERM."""
+"""Runs the model server: listen at once (liveness), load and warm up (then readiness), watch a base folder
+for new versions, drain on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 import time
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from keras_trainer.serving.app import BATCHER, METRICS, ServerConfig, Slot, create_app
-from keras_trainer.serving.model import ModelLoadError, ServedModel
+from keras_trainer import storage
+from keras_trainer.errors import TransientError
+from keras_trainer.serving.app import METRICS, Metrics, ServerConfig, create_app
+from keras_trainer.serving.model import ServedModel
+from keras_trainer.serving.repository import Repository
+from keras_trainer.serving.watcher import Loader, Watcher
 
 log = structlog.get_logger("keras_server")
 SHUTDOWN_TIMEOUT = 25.0  # below Kubernetes' default 30 s grace period
@@ -33,38 +40,80 @@ async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
     return runner
 
 
+def loader(name: str, config: ServerConfig, metrics: Metrics) -> Loader:
+    def load(uri: str, version: str, staging: Path | None) -> ServedModel:
+        started = time.perf_counter()
+        model = ServedModel.load(uri, name, version, staging)
+        model.warm_up(config.max_batch_size, config.batch_sizes)
+        # TensorFlow and Keras leave millions of long-lived objects; a full collection scanning them
+        # stalls the event loop for 100+ ms. Freezing them keeps collections to what requests allocate.
+        gc.freeze()
+        metrics.load_seconds.set(time.perf_counter() - started)
+        log.info(
+            "version_loaded",
+            model=name,
+            version=version,
+            load_seconds=round(time.perf_counter() - started, 3),
+            inputs=[(s.name, s.dtype.name, list(s.shape)) for s in model.inputs],
+            batch_sizes=list(model.batch_sizes),
+        )
+        return model
+
+    return load
+
+
 async def serve(uri: str, name: str, host: str, port: int, config: ServerConfig) -> int:
-    slot = Slot(name)
-    app = create_app(slot, config)
+    repository = Repository(name, dict(config.version_labels))
+    app = create_app(repository, config)
     runner = await listen(app, host, port)
     log.info("listening", host=host, port=port, model=name, uri=uri)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    started = time.perf_counter()
+    watcher = Watcher(repository, uri, config.model_versions, loader(name, config, app[METRICS]))
     try:
-        model = await loop.run_in_executor(None, ServedModel.load, uri, name)
-        await loop.run_in_executor(None, model.warm_up, config.max_batch_size)
-    except ModelLoadError as exc:
-        log.error("model_load_failed", uri=uri, error=str(exc))
-        await runner.cleanup()
-        return 1
-    # TensorFlow and Keras leave millions of long-lived objects; a full collection scanning them stalls
-    # the event loop for 100+ ms. Freezing them keeps collections to what requests allocate.
-    gc.freeze()
-    app[METRICS].load_seconds.set(time.perf_counter() - started)
-    slot.model = model
-    log.info(
-        "ready",
-        model=name,
-        load_seconds=round(time.perf_counter() - started, 3),
-        inputs=[(s.name, s.dtype.name, list(s.shape)) for s in model.inputs],
-    )
-    await stop.wait()
-    log.info("shutting_down", queued=app[BATCHER].depth)
-    model.ready = False
-    await runner.cleanup()  # stops listening, lets in-flight requests finish, then stops the batcher
+        if not await start(watcher, config):
+            await runner.cleanup()
+            return 1
+        watching = None
+        if not watcher.single and config.version_poll_seconds:
+            watching = loop.create_task(watcher.watch(config.version_poll_seconds))
+        await stop.wait()
+        log.info("shutting_down", queued=sum(b.depth for b in repository.batchers))
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+        repository.stop_ready()
+        await runner.cleanup()  # stops listening, lets in-flight requests finish, then stops the batchers
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
     log.info("stopped")
     return 0
+
+
+async def start(watcher: Watcher, config: ServerConfig) -> bool:
+    """Load what the URI holds; False when the server can never become ready (it should stop)."""
+    repository, uri = watcher.repository, watcher.uri
+    started = time.perf_counter()
+    try:
+        await watcher.start()
+    except (storage.StorageError, TransientError) as exc:
+        log.error("model_load_failed", uri=uri, error=str(exc))
+        return False
+    if not repository.available() and (watcher.single or not config.version_poll_seconds):
+        # Nothing will be tried again: a server that can never become ready says so and stops.
+        errors = [f"version {v.name}: {v.error}" for v in repository.versions.values()] or [f"no versions in {uri}"]
+        log.error("model_load_failed", uri=uri, error="; ".join(errors))
+        return False
+    log.info(
+        "ready" if repository.ready else "waiting_for_versions",
+        model=repository.name,
+        versions=[v.name for v in repository.available()],
+        load_seconds=round(time.perf_counter() - started, 3),
+    )
+    return True
