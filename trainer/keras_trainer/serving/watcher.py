@@ -80,6 +80,9 @@ class Watcher:
         found = await loop.run_in_executor(None, discovery.discover, self.uri)
         wanted = self.policy.select(found)
         self._report_missing(found)
+        if not found and not self.repository.versions:
+            # Also what a URI naming a folder that is neither a model nor a base folder looks like.
+            log.warning("no_versions_yet", model=self.repository.name, uri=self.uri, expected="BASE/1/model.keras")
         todo = [n for n in sorted(wanted, reverse=True) if needs_load(self.repository.version(n), found[n])]
         # Newest first: it is where unversioned requests go.
         for number in todo:
