@@ -183,6 +183,9 @@ class CanaryAnalysis(ApiModel):
     """Rolled back when the canary's error rate exceeds the stable side's by more than this (0.01: one point)."""
     max_p99_ratio: Annotated[float, Field(ge=1, le=1000)] = 1.5
     """Rolled back when the canary's p99 latency exceeds the stable side's times this."""
+    min_p99_increase_ms: Annotated[float, Field(ge=0, le=60000)] = 5.0
+    """...and by more than this many milliseconds: latency histograms make small latencies jumpy (2 ms vs 3.5 ms
+    is a ratio of 1.75 and no real difference)."""
     auto_promote: bool = False
     """Make the canary's model the stable one after successfulIntervals healthy windows in a row."""
     successful_intervals: Annotated[int, Field(ge=1, le=1000)] = 5
@@ -291,9 +294,9 @@ class CanaryStatus(ApiModel):
     """The canary side."""
     healthy_intervals: int | None = None
     """Healthy windows in a row."""
-    decision: str | None = None
-    """The canary and stable models the last decision (promotion or rollback) was about; a new canary model
-    starts over."""
+    comparing: str | None = None
+    """The models compared, STABLE => CANARY: a decision (promotion, rollback) holds for these two; a new canary
+    model starts over."""
     message: str | None = None
     """Why the canary is where it is."""
 

@@ -1,8 +1,11 @@
-"""KerasModelService -> Deployment running the model server, its Service, and an HPA when asked."""
+"""KerasModelService -> Deployment running the model server, its Service, and an HPA when asked; with a
+canary, a second Deployment and either a Service over both sides' pods or per-side Services and an
+HTTPRoute splitting traffic by weight."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from keras_operator.api.common import GROUP
 from keras_operator.api.serving import KerasModelServiceSpec
@@ -10,8 +13,47 @@ from keras_operator.builders.common import PVC_ROOT, labels, object_meta, resour
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
 CONTAINER = "server"
+# The stable pods' label and the stable Deployment's selector (immutable, so never widened). Every object the
+# operator makes for a KerasModelService carries it too: its watch maps them back to the resource.
 SELECTOR_LABEL = f"{GROUP}/model-service"
+CANARY_LABEL = f"{GROUP}/canary"  # the canary pods' label, and their Deployment's selector
+# On both sides' pods: the Service's selector while traffic is split by pods. The two Deployments' selectors
+# never overlap (an HPA averaging over the stable Deployment's selector would count canary pods).
+SERVING_LABEL = f"{GROUP}/serving"
+TRACK_LABEL = f"{GROUP}/track"  # stable | canary, for people and dashboards
 HASH_ANNOTATION = f"{GROUP}/spec-hash"
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+PRESTOP_SECONDS = 5
+"""How long a deleted pod keeps serving before it is told to stop: endpoints and proxies learn of the deletion
+in parallel with the kubelet, so a pod that stops listening at once gets refused connections."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """What one Deployment serves: a model URI, with the versions and labels of a base folder."""
+
+    model_uri: str
+    versions: str | None = None
+    """The server's --model-versions (latest:N, all, specific:A,B); None: the server's default."""
+    version_labels: tuple[tuple[str, int], ...] = ()
+    canary: bool = False
+
+
+def stable_side(spec: KerasModelServiceSpec, model_uri: str) -> Side:
+    model = spec.model
+    return Side(
+        model_uri,
+        model.version_policy.mode() if model.version_policy is not None else None,
+        tuple(sorted((model.version_labels or {}).items())),
+    )
+
+
+def canary_name(name: str) -> str:
+    return f"{name}-canary"
+
+
+def side_service_name(name: str, canary: bool) -> str:
+    return f"{name}-canary" if canary else f"{name}-stable"
 
 
 def serving_labels(name: str) -> dict[str, str]:
@@ -41,13 +83,14 @@ def _hashed(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def server_args(name: str, spec: KerasModelServiceSpec, model_uri: str, port: int | None = None) -> list[str]:
+def server_args(name: str, spec: KerasModelServiceSpec, model: str | Side, port: int | None = None) -> list[str]:
     """`keras-trainer` arguments that serve this spec: the Deployment's and `kerasop serve`'s."""
     server = spec.server
-    return [
+    side = stable_side(spec, model) if isinstance(model, str) else model
+    args = [
         "serve",
         "--model-uri",
-        model_uri,
+        side.model_uri,
         "--model-name",
         name,
         "--port",
@@ -63,21 +106,46 @@ def server_args(name: str, spec: KerasModelServiceSpec, model_uri: str, port: in
         "--max-queue",
         str(server.max_queue),
     ]
+    # Only what the spec sets: an older server image keeps working for a spec that uses none of these.
+    if side.versions is not None:
+        args += ["--model-versions", side.versions]
+    for label, version in side.version_labels:
+        args += ["--version-label", f"{label}={version}"]
+    if server.batching.allowed_batch_sizes:
+        args += ["--allowed-batch-sizes", ",".join(str(n) for n in sorted(server.batching.allowed_batch_sizes))]
+    if server.batching.max_rows_per_request is not None:
+        args += ["--max-rows-per-request", str(server.batching.max_rows_per_request)]
+    return args
+
+
+def pod_labels(name: str, canary: bool) -> dict[str, str]:
+    own = {k: v for k, v in serving_labels(name).items() if k != SELECTOR_LABEL}
+    side = {CANARY_LABEL: name} if canary else {SELECTOR_LABEL: name}
+    return {**own, **side, SERVING_LABEL: name, TRACK_LABEL: "canary" if canary else "stable"}
 
 
 def build_deployment(
-    owner: dict[str, Any], spec: KerasModelServiceSpec, model_uri: str, default_image: str
+    owner: dict[str, Any],
+    spec: KerasModelServiceSpec,
+    model: str | Side,
+    default_image: str,
+    *,
+    replicas: int | None = None,
 ) -> dict[str, Any]:
+    """The stable Deployment (`model` a URI or the stable Side), or the canary's (a Side with canary=True);
+    `replicas` overrides the spec's (a canary's count)."""
     name = owner["metadata"]["name"]
+    side = stable_side(spec, model) if isinstance(model, str) else model
+    canary = spec.canary if side.canary else None
     server = spec.server
-    claims = pvc_claims([model_uri], writable=[])
+    claims = pvc_claims([side.model_uri], writable=[])
     volumes, mounts = pvc_volumes(claims)
     probe_port = "http"
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or default_image,
         "command": ["keras-trainer"],
-        "args": server_args(model_name(owner, spec), spec, model_uri),
+        "args": server_args(model_name(owner, spec), spec, side),
         "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
         "env": [
             {"name": "KERAS_BACKEND", "value": spec.backend},
@@ -104,44 +172,96 @@ def build_deployment(
             "timeoutSeconds": 5,
             "failureThreshold": 6,
         },
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
     }
-    requirements = resource_requirements(spec.resources)
+    requirements = resource_requirements(canary.resources or spec.resources if canary else spec.resources)
     if requirements:
         container["resources"] = requirements
-    pod_labels = {**serving_labels(name), **selector(name)}
     template = pod_template(
-        container=container, labels=pod_labels, volumes=volumes, user=spec.pod_template, restart_policy="Always"
+        container=container,
+        labels=pod_labels(name, side.canary),
+        volumes=volumes,
+        user=spec.pod_template,
+        restart_policy="Always",
     )
-    template["spec"]["terminationGracePeriodSeconds"] = 30  # the server drains within 25 s
+    # The preStop pause, then the server's drain (at most 25 s).
+    template["spec"]["terminationGracePeriodSeconds"] = PRESTOP_SECONDS + 30
     deployment_spec: dict[str, Any] = {
-        "selector": {"matchLabels": selector(name)},
+        "selector": {"matchLabels": {CANARY_LABEL: name} if side.canary else selector(name)},
         "template": template,
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         "progressDeadlineSeconds": 600,
     }
-    if spec.autoscaling is None:  # with an HPA, the HPA owns the replica count
+    if replicas is not None:
+        deployment_spec["replicas"] = replicas
+    elif spec.autoscaling is None:  # with an HPA, the HPA owns the replica count
         deployment_spec["replicas"] = spec.replicas
+    object_labels = {**serving_labels(name), TRACK_LABEL: "canary" if side.canary else "stable"}
     return _hashed(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": object_meta(owner, name, serving_labels(name)),
+            "metadata": object_meta(owner, canary_name(name) if side.canary else name, object_labels),
             "spec": deployment_spec,
         }
     )
 
 
-def build_service(owner: dict[str, Any], spec: KerasModelServiceSpec) -> dict[str, Any]:
+Selects = Literal["stable", "both", "canary"]
+
+
+def _selector_of(name: str, selects: Selects) -> dict[str, str]:
+    return {"stable": selector(name), "both": {SERVING_LABEL: name}, "canary": {CANARY_LABEL: name}}[selects]
+
+
+def build_service(
+    owner: dict[str, Any], spec: KerasModelServiceSpec, selects: Selects = "stable", service_name: str | None = None
+) -> dict[str, Any]:
+    """The Service NAME (`selects` both sides while a canary shares traffic by pods), or a per-side Service
+    (`service_name`) an HTTPRoute sends to."""
     name = owner["metadata"]["name"]
     return _hashed(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": object_meta(owner, name, serving_labels(name)),
+            "metadata": object_meta(owner, service_name or name, serving_labels(name)),
             "spec": {
                 "type": "ClusterIP",
-                "selector": selector(name),
+                "selector": _selector_of(name, selects),
                 "ports": [{"name": "http", "port": spec.server.port, "targetPort": "http", "protocol": "TCP"}],
+            },
+        }
+    )
+
+
+def route_parent(owner: dict[str, Any], spec: KerasModelServiceSpec, gateway: str | None) -> dict[str, Any]:
+    """The Gateway named NAMESPACE/NAME the route attaches to; without one, the Service NAME itself (Gateway API's
+    mesh form, GAMMA: the mesh splits what is sent to the Service)."""
+    if gateway:
+        namespace, _, gateway_name = gateway.rpartition("/")
+        parent = {"group": GATEWAY_GROUP, "kind": "Gateway", "name": gateway_name}
+        return {**parent, "namespace": namespace} if namespace else parent
+    return {"group": "", "kind": "Service", "name": owner["metadata"]["name"], "port": spec.server.port}
+
+
+def build_route(
+    owner: dict[str, Any], spec: KerasModelServiceSpec, canary_percent: int, gateway: str | None
+) -> dict[str, Any]:
+    """An HTTPRoute sending `canary_percent` of the requests to the canary's Service, the rest to the stable one."""
+    name = owner["metadata"]["name"]
+    port = spec.server.port
+    backends = [
+        {"group": "", "kind": "Service", "name": side_service_name(name, canary), "port": port, "weight": weight}
+        for canary, weight in ((False, 100 - canary_percent), (True, canary_percent))
+    ]
+    return _hashed(
+        {
+            "apiVersion": f"{GATEWAY_GROUP}/v1",
+            "kind": "HTTPRoute",
+            "metadata": object_meta(owner, name, serving_labels(name)),
+            "spec": {
+                "parentRefs": [route_parent(owner, spec, gateway)],
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backends}],
             },
         }
     )

@@ -3,26 +3,36 @@ as the spec says, and report readiness and serving figures."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from keras_operator.api.parse import InvalidResource, parse_serving_spec
-from keras_operator.api.serving import KerasModelServiceSpec
+from keras_operator.api.serving import Canary, KerasModelServiceSpec
 from keras_operator.builders.common import MANAGED_BY
 from keras_operator.builders.serving import (
+    CANARY_LABEL,
     HASH_ANNOTATION,
     SELECTOR_LABEL,
+    Selects,
+    Side,
     build_deployment,
     build_hpa,
+    build_route,
     build_service,
+    canary_name,
     selector_text,
+    side_service_name,
+    stable_side,
     url,
 )
 from keras_operator.controllers.outcome import Event, Outcome, rejection, transition_events
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
+from keras_operator.status import canary as canary_status
 from keras_operator.status import conditions, serving_metrics
 from keras_operator.status import serving as serving_status
+from keras_operator.status.serving_metrics import Totals
 
 # Events that say what the operator did (posted whenever they happen; the others only with a status change).
 ACTION_REASONS = frozenset({"Created", "Updated", "Deleted"})
@@ -32,13 +42,41 @@ OWNER_LABEL = SELECTOR_LABEL
 
 
 @dataclass
+class Window:
+    """An analysis window under way: when it began, and each pod's counters then."""
+
+    comparing: str
+    started: float  # time.monotonic()
+    stable: dict[str, Totals]
+    canary: dict[str, Totals]
+
+
+@dataclass
 class View:
-    """What the operator knows of one KerasModelService: the resource and the Deployment it made (from their
-    watches), and the KerasTrainingJob its spec.model.trainingJobRef names (None when there is none)."""
+    """What the operator knows of one KerasModelService: the resource and the Deployments it made (from their
+    watches), the KerasTrainingJobs its spec.model and spec.canary.model name (None when none), and the
+    canary's analysis window (kept by the caller between reconciles; the reconcile replaces it)."""
 
     resource: dict[str, Any]
     deployment: dict[str, Any] | None = None
     training_job: dict[str, Any] | None = None
+    canary_deployment: dict[str, Any] | None = None
+    canary_training_job: dict[str, Any] | None = None
+    window: Window | None = None
+
+
+@dataclass
+class CanaryPlan:
+    """The canary's part of one reconcile: the models, the step of the rollout, and how to split traffic."""
+
+    canary: Canary
+    side: Side | None  # None while its KerasTrainingJob has not succeeded
+    comparing: str
+    step: canary_status.Step
+    split: str  # HTTPRoute | Pods
+    replicas: int
+    selects: Selects
+    windows: tuple[Totals, Totals] | None = None  # (stable, canary) of a window that just closed
 
 
 class NameConflict(Exception):
@@ -98,6 +136,136 @@ def _still_served(view: View) -> str | None:
     return None
 
 
+def _describe(side: Side) -> str:
+    return side.model_uri + (f" ({side.versions})" if side.versions else "")
+
+
+def resolve_canary(view: View, spec: KerasModelServiceSpec) -> tuple[Side | None, str]:
+    """The canary's model, or why there is none yet."""
+    assert spec.canary is not None
+    model = spec.canary.model
+    if model.uri:
+        return Side(model.uri, canary=True), model.uri
+    if model.version is not None:
+        assert spec.model.uri is not None  # an API rule: a version needs a base folder
+        return Side(spec.model.uri, f"specific:{model.version}", canary=True), f"version {model.version}"
+    assert model.training_job_ref is not None
+    ref = model.training_job_ref.name
+    status = (view.canary_training_job or {}).get("status") or {}
+    if status.get("phase") == "Succeeded" and status.get("modelUri"):
+        return Side(str(status["modelUri"]), canary=True), str(status["modelUri"])
+    return None, f"waiting for KerasTrainingJob {ref} to succeed"
+
+
+def _rolled_out(deployment: dict[str, Any] | None, replicas: int) -> bool:
+    """Every pod of the Deployment runs its current template and is ready (no old pod is left)."""
+    if deployment is None:
+        return False
+    status = deployment.get("status") or {}
+    updated = int(status.get("updatedReplicas") or 0)
+    return (
+        int(status.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0)
+        and updated >= replicas
+        and int(status.get("replicas") or 0) == updated
+        and int(status.get("readyReplicas") or 0) >= replicas
+    )
+
+
+def _ready(deployment: dict[str, Any] | None) -> int:
+    return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+
+
+def _stable_replicas(spec: KerasModelServiceSpec, deployment: dict[str, Any] | None) -> int:
+    if spec.autoscaling is None:
+        return spec.replicas
+    return int(((deployment or {}).get("spec") or {}).get("replicas") or spec.autoscaling.min_replicas)
+
+
+def _window_verdict(
+    view: View, comparing: str, spec: KerasModelServiceSpec, pods: tuple[dict[str, str], dict[str, str]] | None
+) -> tuple[canary_status.Verdict | None, tuple[Totals, Totals] | None]:
+    """Close the analysis window when its time is up (and open the next); the verdict of the one closed."""
+    assert spec.canary is not None
+    if pods is None:
+        return None, None
+    now = {
+        side: {pod: serving_metrics.totals(text) for pod, text in texts.items()}
+        for side, texts in zip(("stable", "canary"), pods, strict=True)
+    }
+    window, started = view.window, time.monotonic()
+    if window is None or window.comparing != comparing:
+        view.window = Window(comparing, started, now["stable"], now["canary"])
+        return None, None
+    if started - window.started < spec.canary.analysis.interval_seconds:
+        return None, None
+    stable = sum((t.since(window.stable.get(pod)) for pod, t in now["stable"].items()), Totals())
+    canary = sum((t.since(window.canary.get(pod)) for pod, t in now["canary"].items()), Totals())
+    view.window = Window(comparing, started, now["stable"], now["canary"])
+    return canary_status.judge(stable, canary, spec.canary.analysis), (stable, canary)
+
+
+async def _plan_canary(
+    view: View, spec: KerasModelServiceSpec, stable: Side, settings: Settings, scrape: bool
+) -> CanaryPlan | None:
+    if spec.canary is None:
+        view.window = None
+        return None
+    meta, previous = view.resource["metadata"], view.resource.get("status") or {}
+    side, description = resolve_canary(view, spec)
+    comparing = f"{_describe(stable)} => {_describe(side) if side else description}"
+    canary_ready = side is not None and _ready(view.canary_deployment) >= 1
+    stable_on_canary = (
+        side is not None
+        and _serves(view.deployment, side)
+        and _rolled_out(view.deployment, _stable_replicas(spec, view.deployment))
+    )
+    verdict, windows = None, None
+    previous_canary = previous.get("canary") or {}
+    undecided = previous_canary.get("comparing") != comparing or previous_canary.get("state") not in (
+        canary_status.DECIDED
+    )
+    if scrape and canary_ready and undecided:
+        port = spec.server.port
+        pods = (
+            await _scrape_pods(meta["namespace"], selector_text(meta["name"]), port),
+            await _scrape_pods(meta["namespace"], f"{CANARY_LABEL}={meta['name']}", port),
+        )
+        verdict, windows = _window_verdict(view, comparing, spec, pods)
+    step = canary_status.step(
+        previous=previous_canary,
+        previous_healthy=conditions.get(previous.get("conditions"), "CanaryHealthy"),
+        comparing=comparing,
+        percent=spec.canary.traffic_percent,
+        analysis=spec.canary.analysis,
+        canary_ready=canary_ready,
+        stable_on_canary=stable_on_canary,
+        verdict=verdict,
+    )
+    if side is None:
+        step = canary_status.Step("Starting", False, False, 0, 0, description, step.healthy)
+    if step.state in canary_status.DECIDED:
+        view.window = None
+    split = "HTTPRoute" if settings.traffic_split == "httproute" else "Pods"
+    share = step.canary_percent if step.canary_runs else 0
+    if split == "HTTPRoute":
+        replicas, selects = spec.canary.replicas, "stable"
+    else:
+        replicas = canary_status.canary_pods(_stable_replicas(spec, view.deployment), spec.canary.traffic_percent)
+        selects = "stable" if share == 0 else "canary" if share >= 100 else "both"
+    return CanaryPlan(spec.canary, side, comparing, step, split, replicas, selects, windows)
+
+
+def _serves(deployment: dict[str, Any] | None, side: Side) -> bool:
+    """Whether the Deployment's template serves `side`'s model (as the stable side)."""
+    if deployment is None:
+        return False
+    containers = deployment["spec"]["template"]["spec"].get("containers") or []
+    args = next((c.get("args") or [] for c in containers if c.get("name") == "server"), [])
+    versions = args[args.index("--model-versions") + 1] if "--model-versions" in args else None
+    uri = args[args.index("--model-uri") + 1] if "--model-uri" in args else None
+    return uri == side.model_uri and versions == side.versions
+
+
 async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outcome:
     body = view.resource
     meta = body["metadata"]
@@ -113,17 +281,28 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
 
     resolution = resolve(view, spec)
     events: list[Event] = []
-    deployment = None
+    deployment, plan = None, None
     if resolution.model_uri is not None:
+        stable = stable_side(spec, resolution.model_uri)
+        plan = await _plan_canary(view, spec, stable, settings, scrape)
+        if plan is not None and plan.step.stable_serves_canary and plan.side is not None:
+            stable = Side(plan.side.model_uri, plan.side.versions)
         try:
-            deployment, events = await _apply(body, spec, resolution.model_uri, settings, view.deployment)
+            deployment, events = await _apply(body, spec, stable, plan, settings, view)
         except kube.Rejected as exc:
-            message = rejection(exc, f"the Service, Deployment or HPA {name}")
+            message = rejection(exc, f"the Services, Deployments, HPA or HTTPRoute of {name}")
             status = serving_status.invalid(message, previous, generation, now, reason=exc.reason)
             return Outcome(status, [("Warning", exc.reason, message)])
         except NameConflict as exc:
             status = serving_status.invalid(str(exc), previous, generation, now, reason="NameConflict")
             return Outcome(status, [("Warning", "NameConflict", str(exc))])
+        if plan is not None:
+            events += plan.step.events
+            resolution = serving_status.Resolution(
+                stable.model_uri,
+                resolution.reason,
+                resolution.message + (" (the canary's model, promoted)" if plan.step.stable_serves_canary else ""),
+            )
     metrics = await _scrape(namespace, name, spec.server.port) if scrape and deployment is not None else None
     status = serving_status.observe(
         resolution=resolution,
@@ -134,8 +313,56 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
         previous=previous,
         generation=generation,
         now=now,
+        canary=_canary_status(plan, deployment, view.canary_deployment, previous) if plan else None,
     )
     return Outcome(status, events + transition_events(previous, status))
+
+
+def _canary_status(
+    plan: CanaryPlan, stable: dict[str, Any] | None, canary: dict[str, Any] | None, previous: dict[str, Any]
+) -> serving_status.CanaryReport:
+    step = plan.step
+    before = previous.get("canary") or {}
+    if plan.split == "HTTPRoute":
+        stable_share, canary_share = 100 - step.canary_percent, step.canary_percent
+    else:
+        shown = canary if step.canary_runs and plan.selects != "stable" else None
+        stable_share, canary_share = canary_status.pods_split(
+            0 if plan.selects == "canary" else _ready(stable), _ready(shown)
+        )
+    windows = plan.windows or (None, None)
+    stable_uri = stable_side_uri(stable)
+    report = {
+        "state": step.state,
+        "split": plan.split,
+        "stable": canary_status.side(stable_uri, stable, stable_share, windows[0], before.get("stable")),
+        "canary": canary_status.side(
+            plan.side.model_uri if plan.side else None,
+            canary if step.canary_runs else None,
+            canary_share,
+            windows[1],
+            before.get("canary"),
+        ),
+        "healthyIntervals": step.healthy_intervals,
+        "comparing": plan.comparing,
+        "message": step.message,
+    }
+    ready_count = _ready(canary) if step.canary_runs else 0
+    ready = conditions.condition(
+        "CanaryReady",
+        ready_count >= 1,
+        "Ready" if ready_count else step.state,
+        f"{ready_count} canary pod(s) ready" if ready_count else step.message,
+    )
+    return serving_status.CanaryReport(report, [ready, step.healthy])
+
+
+def stable_side_uri(deployment: dict[str, Any] | None) -> str | None:
+    if deployment is None:
+        return None
+    containers = deployment["spec"]["template"]["spec"].get("containers") or []
+    args = next((c.get("args") or [] for c in containers if c.get("name") == "server"), [])
+    return args[args.index("--model-uri") + 1] if "--model-uri" in args else None
 
 
 def _conflict(obj: dict[str, Any]) -> NameConflict:
@@ -146,47 +373,71 @@ def _conflict(obj: dict[str, Any]) -> NameConflict:
     )
 
 
+async def _ensure(
+    obj: dict[str, Any], uid: str | None, current: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[Event]]:
+    result, change = await kube.apply(obj, HASH_ANNOTATION, uid, current)
+    if result is None:
+        raise _conflict(obj)
+    kind, obj_name = obj["kind"], obj["metadata"]["name"]
+    return result, [("Normal", change.capitalize(), f"{change} {kind} {obj_name}")] if change else []
+
+
+async def _remove(kind: str, namespace: str, name: str, uid: str | None, why: str) -> list[Event]:
+    if await kube.delete_owned(kind, namespace, name, uid):
+        return [("Normal", "Deleted", f"deleted {kind} {name} ({why})")]
+    return []
+
+
 async def _apply(
     body: dict[str, Any],
     spec: KerasModelServiceSpec,
-    model_uri: str,
+    stable: Side,
+    plan: CanaryPlan | None,
     settings: Settings,
-    watched: dict[str, Any] | None,
+    view: View,
 ) -> tuple[dict[str, Any], list[Event]]:
-    """Service, Deployment and HPA as the spec says, never touching one the resource does not own."""
-    uid = body["metadata"].get("uid")
-    events: list[Event] = []
-    deployment: dict[str, Any] = {}
-    wanted = [build_service(body, spec), build_deployment(body, spec, model_uri, settings.image_for(spec.backend))]
-    for obj in wanted:
-        # The Deployment as its watch shows it (no GET); the Service is read (it is not watched).
-        current = watched if obj["kind"] == "Deployment" and watched is not None else None
-        result, change = await kube.apply(obj, HASH_ANNOTATION, uid, current)
-        if result is None:
-            raise _conflict(obj)
-        if change:
-            events.append(("Normal", change.capitalize(), f"{change} {obj['kind']} {obj['metadata']['name']}"))
-        if obj["kind"] == "Deployment":
-            deployment = result
-    hpa = build_hpa(body, spec)
+    """Services, Deployments, HPA and HTTPRoute as the spec and the canary's step say, never touching one the
+    resource does not own."""
     meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+    image = settings.image_for(spec.backend)
+    events: list[Event] = []
+    # The Deployment as its watch shows it (no GET); Services, HPA and route are read (they are not watched).
+    _, change = await _ensure(build_service(body, spec, plan.selects if plan else "stable"), uid)
+    events += change
+    deployment, change = await _ensure(build_deployment(body, spec, stable, image), uid, view.deployment)
+    events += change
+    canary_side = plan.side if plan is not None and plan.step.canary_runs else None
+    if plan is not None and canary_side is not None:
+        built = build_deployment(body, spec, canary_side, image, replicas=plan.replicas)
+        view.canary_deployment, change = await _ensure(built, uid, view.canary_deployment)
+        events += change
+    elif view.canary_deployment is not None:
+        events += await _remove("Deployment", namespace, canary_name(name), uid, "the canary is done")
+        view.canary_deployment = None
+    if plan is not None and plan.split == "HTTPRoute" and plan.side is not None:
+        for canary in (False, True):
+            service = build_service(body, spec, "canary" if canary else "stable", side_service_name(name, canary))
+            events += (await _ensure(service, uid))[1]
+        percent = plan.step.canary_percent if canary_side is not None else 0
+        events += (await _ensure(build_route(body, spec, percent, settings.gateway), uid))[1]
+    elif ((body.get("status") or {}).get("canary") or {}).get("split") == "HTTPRoute":
+        events += await _remove("HTTPRoute", namespace, name, uid, "no canary split by HTTPRoute")
+        for canary in (False, True):
+            events += await _remove("Service", namespace, side_service_name(name, canary), uid, "no HTTPRoute")
+    hpa = build_hpa(body, spec)
     if hpa is not None:
-        result, change = await kube.apply(hpa, HASH_ANNOTATION, uid)
-        if result is None:
-            raise _conflict(hpa)
-        if change:
-            events.append(
-                ("Normal", change.capitalize(), f"{change} HorizontalPodAutoscaler {hpa['metadata']['name']}")
-            )
-    elif await kube.delete_owned("HorizontalPodAutoscaler", meta["namespace"], meta["name"], uid):
-        events.append(("Normal", "Deleted", "deleted the HorizontalPodAutoscaler (spec.autoscaling removed)"))
+        events += (await _ensure(hpa, uid))[1]
+    else:
+        events += await _remove("HorizontalPodAutoscaler", namespace, name, uid, "spec.autoscaling removed")
     return deployment, events
 
 
-async def _scrape(namespace: str, name: str, port: int) -> dict[str, Any] | None:
-    pods = await kube.list_pods(namespace, selector_text(name))
-    texts = []
-    for pod in pods:
+async def _scrape_pods(namespace: str, selector: str, port: int) -> dict[str, str]:
+    """/metrics of every ready pod the selector picks, by pod name."""
+    texts = {}
+    for pod in await kube.list_pods(namespace, selector):
         ready = any(
             c.get("type") == "Ready" and c.get("status") == "True"
             for c in (pod.get("status") or {}).get("conditions") or []
@@ -194,5 +445,14 @@ async def _scrape(namespace: str, name: str, port: int) -> dict[str, Any] | None
         if ready:
             text = await kube.pod_proxy_get(namespace, pod["metadata"]["name"], port, "metrics")
             if text:
-                texts.append(text)
+                texts[pod["metadata"]["name"]] = text
+    return texts
+
+
+async def _scrape(namespace: str, name: str, port: int) -> dict[str, Any] | None:
+    """Serving figures over both sides' pods."""
+    texts = [
+        *(await _scrape_pods(namespace, selector_text(name), port)).values(),
+        *(await _scrape_pods(namespace, f"{CANARY_LABEL}={name}", port)).values(),
+    ]
     return serving_metrics.summarize(texts) if texts else None

@@ -38,11 +38,11 @@ def serving_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> d
     return {(namespace, name): watched_resource(body, KIND)}
 
 
-def _training_ref(spec: Any) -> str | None:
-    model = spec.get("model") if isinstance(spec, Mapping) else None
-    ref = model.get("trainingJobRef") if isinstance(model, Mapping) else None
-    name = ref.get("name") if isinstance(ref, Mapping) else None
-    return name if isinstance(name, str) else None
+def _training_ref(spec: Any, *path: str) -> str | None:
+    """spec.PATH.model.trainingJobRef.name (PATH: "canary" for the canary's), None when absent or malformed."""
+    for key in (*path, "model", "trainingJobRef", "name"):
+        spec = spec.get(key) if isinstance(spec, Mapping) else None
+    return spec if isinstance(spec, str) else None
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
@@ -61,6 +61,7 @@ class State:
         default_factory=lambda: StatusWriter(RESOURCE, KIND, serving_controller.ACTION_REASONS)
     )
     scraped: dict[Key, float] = field(default_factory=dict)  # when each service's pods were last scraped
+    windows: dict[Key, serving_controller.Window] = field(default_factory=dict)  # canary analysis under way
 
     async def view(self, key: Key) -> serving_controller.View | None:
         assert self.indexes is not None
@@ -70,19 +71,23 @@ class State:
             return None
         resource = self.status.current(key, resource)
         uid = resource["metadata"]["uid"]
-        deployment = next(
-            (
-                d
-                for d in deployments.get(key, [])
-                if any(r.get("uid") == uid for r in d["metadata"].get("ownerReferences") or [])
-            ),
-            None,
-        )
-        # The KerasTrainingJob it serves is read, not watched: a second handler on every training's every
+        owned = {
+            d["metadata"]["name"]: d
+            for d in deployments.get(key, [])
+            if any(r.get("uid") == uid for r in d["metadata"].get("ownerReferences") or [])
+        }
+        # The KerasTrainingJobs it serves are read, not watched: a second handler on every training's every
         # event (each epoch of thousands of trainings) would cost more than one GET per service per resync.
-        ref = _training_ref(resource.get("spec"))
-        training = await kube.get_custom(TRAINING, key[0], ref) if ref else None
-        return serving_controller.View(resource=resource, deployment=deployment, training_job=training)
+        spec = resource.get("spec")
+        ref, canary_ref = _training_ref(spec), _training_ref(spec, "canary")
+        return serving_controller.View(
+            resource=resource,
+            deployment=owned.get(key[1]),
+            training_job=await kube.get_custom(TRAINING, key[0], ref) if ref else None,
+            canary_deployment=owned.get(serving_controller.canary_name(key[1])),
+            canary_training_job=await kube.get_custom(TRAINING, key[0], canary_ref) if canary_ref else None,
+            window=self.windows.get(key),
+        )
 
     def services(self) -> list[Key]:
         if self.indexes is None:
@@ -92,11 +97,13 @@ class State:
     def forget(self, key: Key) -> None:
         self.status.forget(key)
         self.scraped.pop(key, None)
+        self.windows.pop(key, None)
 
     def clear(self) -> None:
         self.indexes = None
         self.status.clear()
         self.scraped.clear()
+        self.windows.clear()
 
 
 STATE = State()
@@ -114,6 +121,10 @@ async def _reconcile(key: Hashable) -> None:
     outcome = await serving_controller.reconcile(view, Current.settings, scrape=scrape)
     if scrape:
         STATE.scraped[key] = now
+    if view.window is None:
+        STATE.windows.pop(key, None)
+    else:
+        STATE.windows[key] = view.window
     await STATE.status.write(key, view.resource, outcome)
 
 

@@ -124,8 +124,32 @@ def _autoscaling() -> kubernetes.client.AutoscalingV2Api:
     return _api_on(kubernetes.client.AutoscalingV2Api, api_client())
 
 
-def _calls(kind: str) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+Calls = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]
+
+
+def _custom_calls(group: str, version: str, plural: str) -> Calls:
+    """(create, read, patch, delete) of a custom resource, with the typed APIs' argument order."""
+    api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
+
+    def create(namespace: str, body: Any, **kw: Any) -> Any:
+        return api.create_namespaced_custom_object(group, version, namespace, plural, body, **kw)
+
+    def read(name: str, namespace: str, **kw: Any) -> Any:
+        return api.get_namespaced_custom_object(group, version, namespace, plural, name, **kw)
+
+    def patch(name: str, namespace: str, body: Any, **kw: Any) -> Any:
+        return api.patch_namespaced_custom_object(group, version, namespace, plural, name, body, **kw)
+
+    def delete(name: str, namespace: str, **kw: Any) -> Any:
+        return api.delete_namespaced_custom_object(group, version, namespace, plural, name, **kw)
+
+    return create, read, patch, delete
+
+
+def _calls(kind: str) -> Calls:
     """(create, read, patch, delete) for each kind the operator owns."""
+    if kind == "HTTPRoute":
+        return _custom_calls("gateway.networking.k8s.io", "v1", "httproutes")
     core, batch, apps, hpa = _core(), _batch(), _apps(), _autoscaling()
     return {
         "Job": (

@@ -64,6 +64,12 @@ class Settings:
     """This replica's name in the Lease (the pod name); defaults to the host name."""
     lease_seconds: float = 15.0
     """How long a Lease holds without renewal: the longest gap before another replica takes over."""
+    traffic_split: str = "pods"
+    """How a canary gets its share of requests: "pods" (the one Service over both sides' pods, the canary sized
+    to its share) or "httproute" (a Gateway API HTTPRoute's weights; needs Gateway API in the cluster)."""
+    gateway: str | None = None
+    """NAMESPACE/NAME of the Gateway canary HTTPRoutes attach to; without it they attach to the model's Service
+    (Gateway API's mesh form, for a service mesh that implements it)."""
 
     def image_for(self, backend: str) -> str:
         return self.trainer_image if backend == "tensorflow" else self.backend_images.get(backend, self.trainer_image)
@@ -100,7 +106,16 @@ class Settings:
             lease_name=env.get("KERAS_OPERATOR_LEASE_NAME") or "keras-operator",
             identity=env.get("KERAS_OPERATOR_POD_NAME") or socket.gethostname(),
             lease_seconds=float(env.get("KERAS_OPERATOR_LEASE_SECONDS", "15")),
+            traffic_split=traffic_split(env.get("KERAS_OPERATOR_TRAFFIC_SPLIT", "pods")),
+            gateway=env.get("KERAS_OPERATOR_GATEWAY") or None,
         )
+
+
+def traffic_split(value: str) -> str:
+    value = value.strip().lower() or "pods"
+    if value not in ("pods", "httproute"):
+        raise ValueError(f"KERAS_OPERATOR_TRAFFIC_SPLIT must be pods or httproute, got {value!r}")
+    return value
 
 
 @functools.lru_cache(maxsize=4)

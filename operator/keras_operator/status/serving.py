@@ -18,6 +18,17 @@ class Resolution:
     failed: bool = False
 
 
+@dataclass(frozen=True)
+class CanaryReport:
+    """status.canary and the CanaryReady and CanaryHealthy conditions."""
+
+    status: dict[str, Any]
+    conditions: list[dict[str, Any]]
+
+
+CANARY_CONDITIONS = ("CanaryReady", "CanaryHealthy")
+
+
 def invalid(
     message: str, previous: dict[str, Any], generation: int | None, now: str, reason: str = "InvalidSpec"
 ) -> dict[str, Any]:
@@ -28,6 +39,28 @@ def invalid(
 
 def observe(
     *,
+    resolution: Resolution,
+    deployment: dict[str, Any] | None,
+    url: str,
+    selector: str,
+    metrics: dict[str, Any] | None,
+    previous: dict[str, Any],
+    generation: int | None,
+    now: str,
+    canary: CanaryReport | None = None,
+) -> dict[str, Any]:
+    if canary is None and any(conditions.get(previous.get("conditions"), t) for t in CANARY_CONDITIONS):
+        # The canary is gone from the spec: so are its conditions.
+        kept = [c for c in previous.get("conditions") or [] if c.get("type") not in CANARY_CONDITIONS]
+        previous = {**previous, "conditions": kept}
+    status = _observe(resolution, deployment, url, selector, metrics, previous, generation, now)
+    if canary is not None and status.get("modelUri"):
+        status["canary"] = canary.status
+        status["conditions"] = conditions.merge(status["conditions"], canary.conditions, generation, now)
+    return status
+
+
+def _observe(
     resolution: Resolution,
     deployment: dict[str, Any] | None,
     url: str,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-INFERENCE_ENDPOINTS = (":predict", "/infer")
+INFERENCE_ENDPOINTS = (":predict", "/infer", ":classify", ":regress")
 
 
 def _inference(endpoint: str) -> bool:
@@ -23,11 +25,43 @@ def _samples(text: str) -> list[Any]:
         return []
 
 
-def summarize(texts: list[str]) -> dict[str, Any]:
-    """Requests, errors and latency quantiles over inference endpoints, summed across pods."""
+@dataclass(frozen=True)
+class Totals:
+    """One pod's (or a sum of pods') inference counters since the server started."""
+
+    requests: float = 0.0
+    errors: float = 0.0
+    buckets: Mapping[float, float] = field(default_factory=dict)  # upper bound -> cumulative count
+
+    def __add__(self, other: Totals) -> Totals:
+        merged = dict(self.buckets)
+        for bound, count in other.buckets.items():
+            merged[bound] = merged.get(bound, 0.0) + count
+        return Totals(self.requests + other.requests, self.errors + other.errors, merged)
+
+    def since(self, before: Totals | None) -> Totals:
+        """What happened after `before` was read; all of it when the counters went back (a restarted server)."""
+        if before is None or self.requests < before.requests:
+            return self
+        return Totals(
+            self.requests - before.requests,
+            self.errors - before.errors,
+            {b: c - before.buckets.get(b, 0.0) for b, c in self.buckets.items()},
+        )
+
+    def p99_ms(self) -> float | None:
+        value = quantile(dict(self.buckets), 0.99)
+        return None if value is None else round(value * 1000, 3)
+
+    def error_rate(self) -> float | None:
+        return round(self.errors / self.requests, 4) if self.requests else None
+
+
+def totals(text: str) -> Totals:
+    """Requests, errors (4xx and 5xx) and the latency histogram of the inference endpoints in one pod's text."""
     requests = errors = 0.0
     buckets: dict[float, float] = defaultdict(float)
-    for sample in (s for text in texts for s in _samples(text)):
+    for sample in _samples(text):
         endpoint = sample.labels.get("endpoint", "")
         if not _inference(endpoint):
             continue
@@ -37,9 +71,15 @@ def summarize(texts: list[str]) -> dict[str, Any]:
                 errors += sample.value
         elif sample.name == "keras_server_request_duration_seconds_bucket":
             buckets[float(sample.labels["le"])] += sample.value
-    out: dict[str, Any] = {"requestsTotal": int(requests), "errorsTotal": int(errors)}
+    return Totals(requests, errors, dict(buckets))
+
+
+def summarize(texts: list[str]) -> dict[str, Any]:
+    """Requests, errors and latency quantiles over inference endpoints, summed across pods."""
+    total = sum((totals(t) for t in texts), Totals())
+    out: dict[str, Any] = {"requestsTotal": int(total.requests), "errorsTotal": int(total.errors)}
     for key, q in (("latencyP50Ms", 0.5), ("latencyP99Ms", 0.99)):
-        value = quantile(buckets, q)
+        value = quantile(dict(total.buckets), q)
         if value is not None:
             out[key] = round(value * 1000, 3)
     return out

@@ -1,0 +1,214 @@
+"""A canary rollout's state, one step at a time, and its judgement (pure functions).
+
+The state lives in status.canary, so a restarted operator carries on where the last one stopped:
+Starting (the canary's pods are not ready yet: it takes no traffic) -> Progressing (it takes its share;
+each analysis window is judged) -> RolledBack (a window was unhealthy), or with autoPromote -> Promoting
+(the stable Deployment rolls to the canary's model while both still serve) -> Promoted (the stable side
+serves it; the canary's pods go). RolledBack and Promoted hold for as long as the two models compared
+stay the same: only a new canary model (or its removal) starts over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from keras_operator.api.serving import CanaryAnalysis, CanaryState
+from keras_operator.status import conditions
+from keras_operator.status.serving_metrics import Totals
+
+Event = tuple[str, str, str]  # (type, reason, message), as controllers.outcome.Event
+DECIDED: frozenset[str] = frozenset({"RolledBack", "Promoting", "Promoted"})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One analysis window: healthy, unhealthy (the canary loses) or inconclusive (too few requests)."""
+
+    outcome: Literal["healthy", "unhealthy", "inconclusive"]
+    reason: str
+    message: str
+
+
+def _percent(rate: float) -> str:
+    return f"{rate * 100:.1f} %"
+
+
+def judge(stable: Totals, canary: Totals, analysis: CanaryAnalysis) -> Verdict:
+    """The canary against the stable side over one window, by the spec's thresholds."""
+    if canary.requests < analysis.min_requests:
+        return Verdict(
+            "inconclusive",
+            "TooFewRequests",
+            f"the canary answered {int(canary.requests)} requests in the last window, fewer than "
+            f"{analysis.min_requests}: not judged",
+        )
+    canary_rate = canary.errors / canary.requests
+    stable_rate = stable.errors / stable.requests if stable.requests else 0.0
+    if canary_rate - stable_rate > analysis.max_error_rate_increase:
+        return Verdict(
+            "unhealthy",
+            "ErrorRate",
+            f"the canary's error rate {_percent(canary_rate)} exceeds the stable side's {_percent(stable_rate)} by "
+            f"more than {_percent(analysis.max_error_rate_increase)}",
+        )
+    canary_p99, stable_p99 = canary.p99_ms(), stable.p99_ms()
+    if (
+        canary_p99 is not None
+        and stable_p99 is not None
+        and canary_p99 > stable_p99 * analysis.max_p99_ratio
+        and canary_p99 - stable_p99 > analysis.min_p99_increase_ms
+    ):
+        return Verdict(
+            "unhealthy",
+            "Latency",
+            f"the canary's p99 latency {canary_p99:.1f} ms is more than {analysis.max_p99_ratio}x the stable "
+            f"side's {stable_p99:.1f} ms",
+        )
+    return Verdict(
+        "healthy",
+        "Healthy",
+        f"error rate {_percent(canary_rate)} (stable {_percent(stable_rate)}), p99 "
+        f"{'-' if canary_p99 is None else f'{canary_p99:.1f}'} ms (stable "
+        f"{'-' if stable_p99 is None else f'{stable_p99:.1f}'} ms)",
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the rollout does now."""
+
+    state: CanaryState
+    canary_runs: bool
+    """Whether the canary Deployment should exist."""
+    stable_serves_canary: bool
+    """Whether the stable Deployment runs the canary's model (Promoting, Promoted)."""
+    canary_percent: int
+    """The canary's share of the traffic to set (weights, or pods behind the Service)."""
+    healthy_intervals: int
+    message: str
+    healthy: dict[str, Any]
+    """The CanaryHealthy condition."""
+    events: list[Event] = field(default_factory=list)
+
+
+def step(
+    *,
+    previous: dict[str, Any],
+    previous_healthy: dict[str, Any] | None,
+    comparing: str,
+    percent: int,
+    analysis: CanaryAnalysis,
+    canary_ready: bool,
+    stable_on_canary: bool,
+    verdict: Verdict | None,
+) -> Step:
+    """The next step from the last status.canary (`previous`), the canary's readiness, whether the stable
+    Deployment finished rolling to the canary's model, and the verdict of a window that just closed (None
+    when none did)."""
+    same = previous.get("comparing") == comparing
+    state = previous.get("state") if same else None
+    intervals = int(previous.get("healthyIntervals") or 0) if same else 0
+    kept_healthy = previous_healthy if same and previous_healthy else None
+
+    def healthy(status: str, reason: str, message: str) -> dict[str, Any]:
+        return conditions.condition("CanaryHealthy", status, reason, message)
+
+    if percent == 0:
+        message = "trafficPercent is 0: the canary takes no traffic and runs no pods"
+        return Step("RolledBack", False, False, 0, 0, message, healthy("Unknown", "NoTraffic", message))
+    if state == "RolledBack":
+        held = kept_healthy or healthy("False", "RolledBack", "rolled back")
+        return Step("RolledBack", False, False, 0, intervals, str(previous.get("message") or ""), held)
+    if state == "Promoted":
+        message = str(previous.get("message") or "promoted: the stable side serves the canary's model")
+        return Step("Promoted", False, True, 0, intervals, message, healthy("True", "Promoted", message))
+    if state == "Promoting":
+        if stable_on_canary:
+            message = "promoted: the stable side serves the canary's model; the canary's pods are removed"
+            return Step(
+                "Promoted",
+                False,
+                True,
+                0,
+                intervals,
+                message,
+                healthy("True", "Promoted", message),
+                [("Normal", "CanaryPromoted", message)],
+            )
+        message = "promoting: the stable Deployment is rolling to the canary's model"
+        return Step("Promoting", True, True, percent, intervals, message, healthy("True", "Promoting", message))
+    if not canary_ready:
+        message = "waiting for the canary's pods to be ready; it takes no traffic until then"
+        return Step("Starting", True, False, 0, 0, message, healthy("Unknown", "Starting", message))
+    if verdict is None or verdict.outcome == "inconclusive":
+        current = kept_healthy or healthy("Unknown", "Waiting", "no analysis window has closed yet")
+        if verdict is not None:
+            current = healthy(current["status"], verdict.reason, verdict.message)
+        message = f"taking {percent} % of the traffic; {intervals} healthy window(s) in a row"
+        return Step("Progressing", True, False, percent, intervals, message, current)
+    if verdict.outcome == "unhealthy":
+        message = f"rolled back: {verdict.message}"
+        return Step(
+            "RolledBack",
+            False,
+            False,
+            0,
+            0,
+            message,
+            healthy("False", verdict.reason, verdict.message),
+            [("Warning", "CanaryRolledBack", message)],
+        )
+    intervals += 1
+    if analysis.auto_promote and intervals >= analysis.successful_intervals:
+        message = f"promoting after {intervals} healthy windows: {verdict.message}"
+        return Step(
+            "Promoting",
+            True,
+            True,
+            percent,
+            intervals,
+            message,
+            healthy("True", "Healthy", verdict.message),
+            [("Normal", "CanaryPromoting", message)],
+        )
+    message = f"taking {percent} % of the traffic; {intervals} healthy window(s) in a row"
+    return Step("Progressing", True, False, percent, intervals, message, healthy("True", "Healthy", verdict.message))
+
+
+def side(
+    model_uri: str | None,
+    deployment: dict[str, Any] | None,
+    percent: int | None,
+    window: Totals | None,
+    previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """One side's entry of status.canary: the last closed window's figures stay until the next closes."""
+    status = (deployment or {}).get("status") or {}
+    out: dict[str, Any] = {
+        "modelUri": model_uri,
+        "replicas": int(status.get("replicas") or 0),
+        "readyReplicas": int(status.get("readyReplicas") or 0),
+        "trafficPercent": percent,
+    }
+    if window is not None:
+        out.update(requests=int(window.requests), errorRate=window.error_rate(), latencyP99Ms=window.p99_ms())
+    else:
+        out.update({k: (previous or {}).get(k) for k in ("requests", "errorRate", "latencyP99Ms")})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def pods_split(stable_ready: int, canary_ready: int) -> tuple[int, int]:
+    """(stable %, canary %) of the requests when the one Service spreads them over both sides' ready pods."""
+    total = stable_ready + canary_ready
+    if total == 0:
+        return 0, 0
+    canary = round(100 * canary_ready / total)
+    return 100 - canary, canary
+
+
+def canary_pods(stable_replicas: int, percent: int) -> int:
+    """Canary pods giving about `percent` of the requests next to `stable_replicas` stable pods."""
+    if percent >= 100:
+        return max(stable_replicas, 1)
+    return max(1, round(stable_replicas * percent / (100 - percent)))
