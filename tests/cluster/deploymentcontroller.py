@@ -248,7 +248,7 @@ class DeploymentController(Kubelet):
             return
         self.ready[(ns, name)] = False
         terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message}
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError, aiohttp.ClientError):  # deleted meanwhile, or the cluster stops
             await self._patch_status(
                 "pods",
                 ns,

@@ -309,11 +309,10 @@ class Router:
         ref = self.random.choices(refs, weights=[int(r.get("weight", 1)) for r in refs])[0]
         if ref.get("kind", "Service") != "Service" or ref.get("group", "") not in ("", "core"):
             raise RouteError(500, f"backend {ref} is not a Service", ref.get("name"))
-        return self._endpoint_of(
-            ref.get("namespace", route_ns), ref["name"], ref.get("port", target.port), missing=500, empty=503
-        )
+        # A Service backendRef names its port; without one, the Service's first port.
+        return self._endpoint_of(ref.get("namespace", route_ns), ref["name"], ref.get("port"), missing=500, empty=503)
 
-    def _endpoint_of(self, namespace: str, name: str, port: int, missing: int, empty: int) -> Endpoint:
+    def _endpoint_of(self, namespace: str, name: str, port: int | None, missing: int, empty: int) -> Endpoint:
         if self._service(namespace, name) is None:
             raise RouteError(missing, f"no Service {namespace}/{name}", name)
         found = self._endpoints(namespace, name, port)

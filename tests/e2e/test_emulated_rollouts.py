@@ -197,7 +197,9 @@ def test_a_rolling_update_under_load_loses_no_request(cluster: Cluster, server: 
     new = {p["metadata"]["name"] for p in pods_of(cluster, "web")}
     assert not new & set(old)
     assert {p for p, v in answered.items() if v == "2"} == new
-    assert all(not running(cluster, uid) for uid in old.values())  # drained and exited within the grace period
+    # The last old pod drains after its preStop sleep: well within its grace period of 10 s.
+    cluster.wait_for(lambda: not any(running(cluster, uid) for uid in old.values()), 8, "the old pods to exit")
+    assert all("SIGKILL" not in cluster.pod_signals(uid) for uid in old.values())
     # Ready capacity never went below replicas, and never more than maxSurge pods were added.
     rolling = [s for s in history if s.get("observedGeneration") == 2]
     assert rolling
@@ -412,3 +414,35 @@ def test_concurrent_clients_share_the_records(cluster: Cluster, server: Path) ->
     assert records
     assert sorted(r.started for r in records) == sorted(r.started for r in cluster.traffic.records)
     assert all(json.loads(r.body)["echo"] == {"n": 1} for r in records)
+
+
+@pytest.mark.parametrize(
+    ("rolling", "replicas", "limits"),
+    [
+        ({"maxSurge": 1, "maxUnavailable": 0}, 3, (1, 0)),
+        ({}, 4, (1, 1)),  # 25 % each by default
+        ({}, 1, (1, 0)),  # surge rounds up, unavailable down
+        ({"maxSurge": "50%", "maxUnavailable": "50%"}, 3, (2, 1)),
+        ({"maxSurge": 0, "maxUnavailable": 0}, 2, (0, 1)),  # never both zero
+    ],
+)
+def test_rolling_limits(rolling: dict[str, Any], replicas: int, limits: tuple[int, int]) -> None:
+    from cluster.deploymentcontroller import rolling_limits
+
+    assert rolling_limits({"strategy": {"type": "RollingUpdate", "rollingUpdate": rolling}}, replicas) == limits
+
+
+def test_recreate_starts_new_pods_once_the_old_ones_stopped(cluster: Cluster, server: Path) -> None:
+    spec = deployment("again", server, {"app": "again"}, replicas=2, pre_stop={"sleep": {"seconds": 1}})
+    spec["spec"]["strategy"] = {"type": "Recreate"}
+    cluster.create(DEPLOYMENTS, spec)
+    cluster.wait_for(lambda: rolled_out(cluster, "again", 2), 30, "ready")
+    old = pods_of(cluster, "again")
+    template = cluster.get(DEPLOYMENTS, "again")["spec"]["template"]
+    template["spec"]["containers"][0]["env"][0]["value"] = "2"
+    cluster.patch(DEPLOYMENTS, "again", {"spec": {"template": template}})
+    cluster.wait_for(lambda: pods_of(cluster, "again") != old and pods_of(cluster, "again"), 30, "new pods")
+    stopped = [cluster.pod_signals(p["metadata"]["uid"]) for p in old]
+    assert all(not running(cluster, p["metadata"]["uid"]) for p in old)  # before any new pod existed
+    assert all("SIGTERM" in s for s in stopped)
+    cluster.wait_for(lambda: rolled_out(cluster, "again", 2), 30, "rolled out")
