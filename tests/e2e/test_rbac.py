@@ -22,7 +22,7 @@ import kmock
 import pytest
 
 from cluster.emulator import OPERATOR_CALLS
-from cluster.harness import DEPLOYMENTS, HPAS, JOBS, KMS, KTJ, LEASES, SERVICES, Cluster, operator
+from cluster.harness import DEPLOYMENTS, HPAS, HTTPROUTES, JOBS, KMS, KTJ, LEASES, SERVICES, Cluster, operator
 from helpers.jobs import tiny_job
 from helpers.rbac import RELEASE_NAMESPACE, Call, crd_plurals, granted, render_chart
 
@@ -32,6 +32,11 @@ WORK_NAMESPACE = "default"  # where the harness creates the test's resources
 MODES: dict[str, tuple[str, ...]] = {
     "cluster-wide": (),
     "namespaced": (f"watchNamespaces={{{WORK_NAMESPACE}}}",),
+}
+# Modes whose grants cover the canary split by HTTPRoute too (its scenario's calls are judged against these).
+ROUTE_MODES: dict[str, tuple[str, ...]] = {
+    "cluster-wide, httproute": ("canary.trafficSplit=httproute",),
+    "namespaced, httproute": (f"watchNamespaces={{{WORK_NAMESPACE}}}", "canary.trafficSplit=httproute"),
 }
 
 # Grants no scenario below uses, each with the reason it stays: an entry without a reason does not belong
@@ -156,6 +161,8 @@ def train_serve_and_delete(cluster: Cluster) -> None:
         cluster.create(KTJ, tiny_job("taken", output={"uri": "pvc://models/taken"}))
         cluster.create(KMS, service("orphan", {"trainingJobRef": {"name": "missing"}}))
         cluster.create(KMS, service("iris", {"uri": "pvc://models/iris.keras"}, autoscaling=autoscaling))
+        canary = {"model": {"uri": "pvc://models/iris.keras"}, "trafficPercent": 50}
+        cluster.create(KMS, service("trial", {"uri": "pvc://models/iris.keras"}, canary=canary))
 
         cluster.wait_for(lambda: status(cluster, KTJ, "trained").get("phase") == "Queued", 60, "Queued")
         cluster.patch(KTJ, "trained", {"spec": {"runPolicy": {"suspend": False}}})
@@ -171,10 +178,14 @@ def train_serve_and_delete(cluster: Cluster) -> None:
         cluster.patch(KMS, "iris", {"spec": {"autoscaling": None, "replicas": 1, "server": {"port": 8081}}})
         cluster.wait_for(lambda: cluster.get(HPAS, "iris") is None, 30, "the HPA to go")
         cluster.wait_for(lambda: cluster.get(SERVICES, "iris")["spec"]["ports"][0]["port"] == 8081, 30, "the port")
+        # A canary split by pods: its Deployment made, then deleted with the canary.
+        cluster.wait_for(lambda: cluster.get(DEPLOYMENTS, "trial-canary") is not None, 60, "the canary Deployment")
+        cluster.patch(KMS, "trial", {"spec": {"canary": None}})
+        cluster.wait_for(lambda: cluster.get(DEPLOYMENTS, "trial-canary") is None, 60, "the canary to go")
         cluster.wait_for(lambda: status(cluster, KTJ, "trained").get("phase") == "Succeeded", 180, "Succeeded")
         cluster.wait_for(lambda: cluster.get(JOBS, "trained-train") is None, 30, "the Job deleted after its TTL")
 
-        owned = ((KMS, "iris"), (KMS, "orphan"), (KTJ, "trained"), (KTJ, "invalid"), (KTJ, "taken"))
+        owned = ((KMS, "iris"), (KMS, "trial"), (KMS, "orphan"), (KTJ, "trained"), (KTJ, "invalid"), (KTJ, "taken"))
         for resource, name in owned:
             cluster.delete(resource, name)
         for resource, name in owned:
@@ -199,6 +210,21 @@ def train_with_progress_pushed(cluster: Cluster, monkeypatch: pytest.MonkeyPatch
         cluster.wait_for(lambda: status(cluster, KTJ, "pushed").get("phase") == "Succeeded", 180, "pushed: Succeeded")
 
 
+def canary_by_httproute(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's canary.trafficSplit=httproute: a canary's per-side Services and HTTPRoute made, then
+    deleted when the canary is removed."""
+    monkeypatch.setenv("KERAS_OPERATOR_TRAFFIC_SPLIT", "httproute")
+    canary = {"model": {"uri": "pvc://models/iris.keras"}, "trafficPercent": 20}
+    with operator(cluster):
+        cluster.create(KMS, service("routed", {"uri": "pvc://models/iris.keras"}, canary=canary))
+        cluster.wait_for(lambda: cluster.get(HTTPROUTES, "routed") is not None, 60, "the HTTPRoute")
+        cluster.patch(KMS, "routed", {"spec": {"canary": None}})
+        cluster.wait_for(lambda: cluster.get(HTTPROUTES, "routed") is None, 60, "the HTTPRoute to go")
+        cluster.wait_for(lambda: cluster.get(SERVICES, "routed-canary") is None, 60, "the canary's Service to go")
+        cluster.delete(KMS, "routed")
+        cluster.wait_for(lambda: cluster.get(KMS, "routed") is None, 30, "routed to go")
+
+
 def elect_a_leader(cluster: Cluster) -> None:
     """The operator's leader election (what runtime.main runs before kopf when the chart has replicas > 1;
     the harness runs kopf alone): take the Lease, renew it, hand it back."""
@@ -219,6 +245,9 @@ def test_chart_rbac_covers_every_call_and_grants_nothing_unexplained(
     train_with_progress_pushed(cluster, monkeypatch)
     elect_a_leader(cluster)
     used = recorder.calls()
+    canary_by_httproute(cluster, monkeypatch)
+    routed = recorder.calls()
+    assert ("gateway.networking.k8s.io", "httproutes", "delete") in routed - used, sorted(routed - used)
     # The scenarios reached both kinds and the admission checks: else a pass here would prove little.
     assert ("kerasoperator.dev", "kerastrainingjobs/status", "patch") in used, sorted(used)
     assert ("kerasoperator.dev", "kerasmodelservices/status", "patch") in used, sorted(used)
@@ -227,8 +256,9 @@ def test_chart_rbac_covers_every_call_and_grants_nothing_unexplained(
         "kerasmodelservices/finalizers",
     }, recorder.implied
 
-    for mode, sets in MODES.items():
+    for mode, sets in {**MODES, **ROUTE_MODES}.items():
         grants = granted(render_chart(*sets), {RELEASE_NAMESPACE, WORK_NAMESPACE})
+        used = routed if mode in ROUTE_MODES else used
         missing = used - grants
         assert not missing, (
             f"{mode}: the operator made these calls and the chart does not grant them: {sorted(missing)}"

@@ -34,7 +34,8 @@ def test_a_canary_that_errors_loses() -> None:
     verdict = canary.judge(window(200, 1), window(50, 10), ANALYSIS)
     assert verdict.outcome == "unhealthy"
     assert verdict.reason == "ErrorRate"
-    assert "20.0 %" in verdict.message and "0.5 %" in verdict.message
+    assert "20.0 %" in verdict.message
+    assert "0.5 %" in verdict.message
 
 
 def test_a_slower_canary_loses_only_past_both_thresholds() -> None:
@@ -83,7 +84,8 @@ def test_no_traffic_until_the_canary_is_ready() -> None:
 def test_one_unhealthy_window_rolls_back_and_the_decision_holds() -> None:
     step = run({"state": "Progressing", "comparing": "a => b", "healthyIntervals": 3}, verdict=UNHEALTHY)
     assert (step.state, step.canary_runs, step.canary_percent) == ("RolledBack", False, 0)
-    assert step.healthy["status"] == "False" and step.healthy["reason"] == "ErrorRate"
+    assert step.healthy["status"] == "False"
+    assert step.healthy["reason"] == "ErrorRate"
     assert step.events[0][:2] == ("Warning", "CanaryRolledBack")
     stored = {"state": step.state, "comparing": "a => b", "message": step.message}
     held = run(stored, verdict=HEALTHY)
@@ -155,7 +157,8 @@ def test_the_two_deployments_never_select_each_others_pods() -> None:
     canary_pods = canary_dep["spec"]["template"]["metadata"]["labels"]
     assert stable["spec"]["selector"]["matchLabels"] == {SELECTOR_LABEL: "digits"}
     assert canary_dep["spec"]["selector"]["matchLabels"] == {CANARY_LABEL: "digits"}
-    assert SELECTOR_LABEL not in canary_pods and CANARY_LABEL not in stable_pods
+    assert SELECTOR_LABEL not in canary_pods
+    assert CANARY_LABEL not in stable_pods
     assert stable_pods[SERVING_LABEL] == canary_pods[SERVING_LABEL] == "digits"
     # Both Deployments carry the resource's label: the operator's watch finds them.
     assert canary_dep["metadata"]["labels"][SELECTOR_LABEL] == "digits"
@@ -175,7 +178,8 @@ def test_service_selectors_follow_the_split() -> None:
     assert build_service(owner(), SPEC)["spec"]["selector"] == {SELECTOR_LABEL: "digits"}
     assert build_service(owner(), SPEC, "both")["spec"]["selector"] == {SERVING_LABEL: "digits"}
     side = build_service(owner(), SPEC, "canary", "digits-canary")
-    assert side["metadata"]["name"] == "digits-canary" and side["spec"]["selector"] == {CANARY_LABEL: "digits"}
+    assert side["metadata"]["name"] == "digits-canary"
+    assert side["spec"]["selector"] == {CANARY_LABEL: "digits"}
     validate_k8s(side)
 
 

@@ -49,15 +49,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
 # list and watch: the model services' Deployments are indexed from a watch (their readiness drives status).
+# delete: a canary's Deployment goes once it is promoted or rolled back.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, create, patch, delete]
+{{- if eq .Values.canary.trafficSplit "httproute" }}
+# A canary's traffic goes through an HTTPRoute to a Service per side; both go with the canary.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create, patch, delete]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
+  verbs: [get, create, patch, delete]
+{{- else }}
 - apiGroups: [""]
   resources: [services]
   verbs: [get, create, patch]
+{{- end }}
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]

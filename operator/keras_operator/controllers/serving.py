@@ -409,13 +409,7 @@ async def _apply(
     deployment, change = await _ensure(build_deployment(body, spec, stable, image), uid, view.deployment)
     events += change
     canary_side = plan.side if plan is not None and plan.step.canary_runs else None
-    if plan is not None and canary_side is not None:
-        built = build_deployment(body, spec, canary_side, image, replicas=plan.replicas)
-        view.canary_deployment, change = await _ensure(built, uid, view.canary_deployment)
-        events += change
-    elif view.canary_deployment is not None:
-        events += await _remove("Deployment", namespace, canary_name(name), uid, "the canary is done")
-        view.canary_deployment = None
+    # The route first: a canary's weight goes to 0 before its pods go (else requests meet a backend without pods).
     if plan is not None and plan.split == "HTTPRoute" and plan.side is not None:
         for canary in (False, True):
             service = build_service(body, spec, "canary" if canary else "stable", side_service_name(name, canary))
@@ -426,6 +420,13 @@ async def _apply(
         events += await _remove("HTTPRoute", namespace, name, uid, "no canary split by HTTPRoute")
         for canary in (False, True):
             events += await _remove("Service", namespace, side_service_name(name, canary), uid, "no HTTPRoute")
+    if plan is not None and canary_side is not None:
+        built = build_deployment(body, spec, canary_side, image, replicas=plan.replicas)
+        view.canary_deployment, change = await _ensure(built, uid, view.canary_deployment)
+        events += change
+    elif view.canary_deployment is not None:
+        events += await _remove("Deployment", namespace, canary_name(name), uid, "the canary is done")
+        view.canary_deployment = None
     hpa = build_hpa(body, spec)
     if hpa is not None:
         events += (await _ensure(hpa, uid))[1]
