@@ -149,3 +149,46 @@ def test_a_failing_canary_is_rolled_back_by_the_operator(
         cluster.wait_for(lambda: cluster.get(DEPLOYMENTS, "digits-canary") is None, 60, "the canary removed")
         cluster.wait_for(lambda: not canary_status(cluster), 30, "status.canary gone")
         assert condition(cluster, "CanaryHealthy") == {}
+
+
+def test_a_canary_of_a_version_of_the_base_folder(cluster: Cluster) -> None:
+    """spec.model a base folder of numbered versions, the stable side pinned to version 1 (versionPolicy and a
+    label), the canary version 2: the operator's arguments reach the servers, and each side answers with its
+    version."""
+    base = cluster.pvc_root / "models" / "digits"
+    models.constant(base / "1" / "model.keras", 1.0)
+    models.constant(base / "2" / "model.keras", 2.0)
+    router = Router(cluster, seed=3)
+    spec = {
+        "model": {"uri": "pvc://models/digits", "versionPolicy": {"specific": [1]}, "versionLabels": {"stable": 1}},
+        "server": {"batching": {"maxBatchSize": 4, "allowedBatchSizes": [2, 4], "maxRowsPerRequest": 8}},
+        "canary": {"model": {"version": 2}, "trafficPercent": 50},
+    }
+    with operator(cluster):
+        cluster.create(KMS, {**service({}), "spec": spec})
+        cluster.wait_for(lambda: canary_status(cluster).get("state") == "Progressing", 180, "the canary Progressing")
+        assert set(answers(router, 60)) == {1.0, 2.0}
+        status = canary_status(cluster)
+        assert status["comparing"] == "pvc://models/digits (specific:1) => pvc://models/digits (specific:2)"
+        assert status["canary"]["modelUri"] == "pvc://models/digits"
+        stable_url = "http://digits-stable-only.default.svc.cluster.local:8080"
+        cluster.create(
+            SERVICES,
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "digits-stable-only"},
+                "spec": {
+                    "selector": {"kerasoperator.dev/model-service": "digits"},
+                    "ports": [{"port": 8080, "targetPort": "http"}],
+                },
+            },
+        )
+        code, body = router.post_json(f"{stable_url}/v1/models/digits/labels/stable:predict", ROWS)
+        assert code == 200, body
+        assert round(body["predictions"][0][0], 3) == 1.0
+        code, body = router.post_json(f"{stable_url}/v1/models/digits/versions/2:predict", ROWS)
+        assert code == 404, body  # the stable side serves version 1 only
+        code, body = router.post_json(f"{stable_url}/v1/models/digits:predict", {"instances": [[0.0] * 4] * 9})
+        assert code == 400, body
+        assert "8" in body["error"]

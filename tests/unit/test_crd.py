@@ -182,3 +182,39 @@ def test_workers_columns_show_a_multi_worker_training() -> None:
     status = crd_schema("kerastrainingjobs")["properties"]["status"]["properties"]["workers"]
     assert set(status["properties"]) == {"ready", "total", "lastFailure"}
     assert set(status["properties"]["lastFailure"]["properties"]) == {"index", "pod", "reason", "message"}
+
+
+SERVICE_SPECS: list[dict[str, Any]] = [
+    {"model": {"uri": "base", "versionPolicy": {"latest": 2}}},
+    {"model": {"uri": "base", "versionPolicy": {"latest": 2, "all": True}}},
+    {"model": {"uri": "base", "versionPolicy": {"specific": [1, 2]}, "versionLabels": {"stable": 1}}},
+    {"model": {"uri": "base", "versionPolicy": {"specific": [1, 2]}, "versionLabels": {"canary": 3}}},
+    {"model": {"uri": "base", "versionLabels": {"Stable": 1}}},
+    {"model": {"uri": "base", "versionLabels": {"a-b_c": 1}}},
+    {"model": {"trainingJobRef": {"name": "t"}, "versionPolicy": {"all": True}}},
+    {"model": {"trainingJobRef": {"name": "t"}, "versionLabels": {"stable": 1}}},
+    {"model": {"uri": "m"}, "server": {"batching": {"maxBatchSize": 16, "allowedBatchSizes": [4, 16]}}},
+    {"model": {"uri": "m"}, "server": {"batching": {"maxBatchSize": 16, "allowedBatchSizes": [16, 4]}}},
+    {"model": {"uri": "m"}, "server": {"batching": {"maxBatchSize": 16, "allowedBatchSizes": [4, 8]}}},
+    {"model": {"uri": "m"}, "server": {"batching": {"maxBatchSize": 16, "allowedBatchSizes": [4, 4, 16]}}},
+    {"model": {"uri": "m"}, "server": {"batching": {"allowedBatchSizes": [8, 32]}}},
+    {"model": {"uri": "m"}, "server": {"batching": {"maxBatchSize": 16, "allowedBatchSizes": [4, 32]}}},
+    {"model": {"uri": "m"}, "canary": {"model": {"version": 2}}},
+    {"model": {"trainingJobRef": {"name": "t"}}, "canary": {"model": {"version": 2}}},
+    {"model": {"uri": "m"}, "canary": {"model": {"uri": "c", "version": 2}}},
+    {"model": {"uri": "m"}, "canary": {"model": {"trainingJobRef": {"name": "t"}}, "trafficPercent": 30}},
+]
+
+
+@pytest.mark.parametrize("spec", SERVICE_SPECS)
+def test_cel_rules_agree_with_python_rules_for_services(spec: dict[str, Any]) -> None:
+    """The versions, batching and canary rules say the same in CEL (the API server) and in Python."""
+    schema = create_schema("kerasmodelservices")["properties"]["spec"]
+    cel_ok = not cel_errors(spec, schema)
+    doc = {"apiVersion": "kerasoperator.dev/v1alpha1", "kind": "KerasModelService", "metadata": {"name": "s"}}
+    try:
+        parse({**doc, "spec": spec})
+        py_ok = True
+    except InvalidResource:
+        py_ok = False
+    assert cel_ok == py_ok, spec
