@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from keras_operator.api import catalogue
 from keras_operator.api.base import describe_errors
 from keras_operator.api.common import API_VERSION
 from keras_operator.api.serving import KIND as SERVING_KIND
@@ -60,14 +61,14 @@ def parse(obj: dict[str, Any]) -> Resource:
     if cls is None:
         raise InvalidResource(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     try:
-        return cls.model_validate(obj)
+        return _checked(cls.model_validate(obj))
     except ValidationError as exc:
         raise InvalidResource(describe_errors(exc, prefix="")) from exc
 
 
 def parse_training_spec(spec: Any) -> KerasTrainingJobSpec:
     try:
-        return KerasTrainingJobSpec.model_validate(spec)
+        return _checked(KerasTrainingJobSpec.model_validate(spec))
     except ValidationError as exc:
         raise InvalidResource(describe_errors(exc, prefix="spec")) from exc
 
@@ -77,3 +78,10 @@ def parse_serving_spec(spec: Any) -> KerasModelServiceSpec:
         return KerasModelServiceSpec.model_validate(spec)
     except ValidationError as exc:
         raise InvalidResource(describe_errors(exc, prefix="spec")) from exc
+
+
+def _checked(resource: Any) -> Any:
+    """Layer types and arguments, optimizer, loss, metrics: what the trainer's Keras would refuse."""
+    if problems := catalogue.problems(resource):
+        raise InvalidResource("; ".join(problems))
+    return resource
