@@ -151,7 +151,7 @@ def test_later_defaulted_crd_fields_cannot_break_a_pinned_older_trainer() -> Non
     # The whole resource as the pod's config (the format before the job file) would have failed on it.
     old_format = resource()
     old_format["spec"]["training"]["gradientAccumulationSteps"] = 1
-    with pytest.raises(InvalidResource, match=r"spec\.training\.gradientAccumulationSteps: Extra inputs"):
+    with pytest.raises(InvalidResource, match=r"spec\.training\.gradientAccumulationSteps: unknown field"):
         parse(old_format)
 
 

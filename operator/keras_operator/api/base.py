@@ -12,6 +12,7 @@ objects (`transition_errors`; the tests compare the two).
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -237,11 +238,21 @@ def _add_rules(schema: dict[str, Any], cls: type[BaseModel]) -> None:
 
 
 class ApiModel(BaseModel):
-    """Base for all API objects: JSON names are camelCase, unknown fields are an error."""
+    """Base for all API objects: JSON names are camelCase, unknown fields are an error.
+
+    Validation is as strict as the API server's schema: only the camelCase names the CRD knows (a
+    snake_case spelling is an unknown field, not a silent synonym), no bool for an integer nor a string
+    for a bool (the schema's `type: integer` refuses both), and only finite numbers (JSON has no others).
+    Python code may still pass field names as keyword arguments (Resources(gpu_resource_name=...)):
+    only data, which goes through model_validate, must use the JSON names.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
-        populate_by_name=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        strict=True,
+        allow_inf_nan=False,
         extra="forbid",
         use_attribute_docstrings=True,
         json_schema_extra=_add_rules,
@@ -249,6 +260,18 @@ class ApiModel(BaseModel):
     rules: ClassVar[tuple[Rule, ...]] = ()
     transition_rules: ClassVar[tuple[TransitionRule, ...]] = ()
     """Checked by the API server on updates only (see TransitionRule); never when parsing."""
+
+    data_by_name: ClassVar[bool] = False
+    """Whether data (model_validate) may use Python field names too: never for what users write."""
+
+    @classmethod
+    def model_validate(cls, obj: Any, *, by_name: bool | None = None, **kwargs: Any) -> Self:
+        return super().model_validate(obj, by_name=cls.data_by_name if by_name is None else by_name, **kwargs)
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes, *, by_name: bool | None = None, **kwargs: Any) -> Self:
+        by_name = cls.data_by_name if by_name is None else by_name
+        return super().model_validate_json(json_data, by_name=by_name, **kwargs)
 
     @model_validator(mode="after")
     def _check_rules(self) -> Self:
@@ -284,10 +307,47 @@ def field_path(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def describe_errors(error: ValidationError, prefix: str = "spec") -> str:
-    """One line per problem, each starting with the field it concerns."""
+def describe_errors(error: ValidationError, prefix: str = "spec", model: type[BaseModel] | None = None) -> str:
+    """One line per problem, each starting with the field it concerns. With the `model` validated, an
+    unknown field is named with the known one it most resembles (train_config -> trainConfig)."""
     lines = []
     for err in error.errors():
+        loc = err["loc"]
+        if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+            key = loc[-1]
+            hint = _closest(key, _known_fields(model, loc[:-1])) if model is not None else None
+            lines.append(f"{field_path(prefix, loc)}: unknown field" + (f" (did you mean {hint}?)" if hint else ""))
+            continue
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{field_path(prefix, err['loc'])}: {msg}")
+        lines.append(f"{field_path(prefix, loc)}: {msg}")
     return "; ".join(dict.fromkeys(lines))
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation holds, through Optional, Annotated, list and dict."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_fields(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> list[str]:
+    """The JSON names of the object at `loc` below `model` (empty when the path leaves the models)."""
+    models = [model] if model is not None else []
+    for part in loc:
+        if isinstance(part, int) or part.startswith(("function-", "tagged-union", "union")) or "[" in part:
+            continue
+        models = [
+            m
+            for holder in models
+            for name, info in holder.model_fields.items()
+            if part in (info.alias, name)
+            for m in _models_in(info.annotation)
+        ]
+    return [info.alias or name for m in models for name, info in m.model_fields.items()]
+
+
+def _closest(key: str, known: list[str]) -> str | None:
+    if to_camel(key) in known:
+        return to_camel(key)
+    found = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+    return found[0] if found else None

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from keras_operator.api.base import ApiModel
 
@@ -34,7 +34,15 @@ def clean_metrics(logs: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-class EpochReport(ApiModel):
+class _Report(ApiModel):
+    """What one trainer version tells an operator of another: read leniently (log lines name fields in
+    snake_case, numbers may come as either kind), unlike user specs."""
+
+    model_config = ConfigDict(strict=False, allow_inf_nan=True)
+    data_by_name = True
+
+
+class EpochReport(_Report):
     """One finished epoch, as logged on stdout and pushed to the operator."""
 
     event: Literal["epoch_end"] = EPOCH_EVENT
@@ -60,7 +68,7 @@ class EpochReport(ApiModel):
         return out
 
 
-class TrainingResult(ApiModel):
+class TrainingResult(_Report):
     """The trainer's final word, written to the termination message file."""
 
     phase: Literal["Succeeded", "Failed"]
