@@ -177,15 +177,13 @@ def _exit_now(code: int) -> NoReturn:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import asyncio
-
     logs.configure(stdlib=True)
     try:
         backend.prepare(args.backend, field="--backend")
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID_SPEC
-    from keras_trainer.serving import versions
+    from keras_trainer.serving import eventloop, versions
     from keras_trainer.serving.app import ServerConfig
     from keras_trainer.serving.server import serve
 
@@ -214,7 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID_SPEC
-    return asyncio.run(serve(args.model_uri, args.model_name, args.host, args.port, config))
+    return eventloop.run(serve(args.model_uri, args.model_name, args.host, args.port, config))
 
 
 if __name__ == "__main__":
