@@ -55,6 +55,16 @@ def env_int(name: str, default: int) -> int:
     return value
 
 
+ACCESS_LOGS = ("all", "errors", "off")
+
+
+def env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    text = os.environ.get(name, "").strip().lower() or default
+    if text not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {text!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     max_batch_size: int = 32
@@ -77,6 +87,11 @@ class ServerConfig:
     model_versions: VersionPolicy = field(default_factory=VersionPolicy)  # for a base folder of versions
     version_labels: Mapping[str, int] = field(default_factory=dict)
     version_poll_seconds: float = 10.0  # 0: the base folder is read once, at start
+    # Which requests get an access log line: all, errors (status 400 and up, 499 for a client gone) or off.
+    # Not every one by default: a line per request took a fifth of the event loop's time, the server's
+    # bottleneck with small requests (bench/README.md), and floods the node's logs at thousands of requests
+    # per second; /metrics counts every request by endpoint and code all the same.
+    access_log: str = field(default_factory=lambda: env_choice("KERAS_SERVER_ACCESS_LOG", ACCESS_LOGS, "errors"))
 
     def __post_init__(self) -> None:
         sizes = self.allowed_batch_sizes
@@ -220,13 +235,25 @@ def create_app(repository: Repository, config: ServerConfig) -> web.Application:
     # large bodies off the loop (the bytes budget bounds how many wait for them).
     codec_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
 
+    # The metrics' children by (endpoint, status, version): labels() takes a lock and builds keys on every
+    # call. Bounded: endpoints are the routes' templates, versions those served.
+    children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+    log_from = {"all": 0, "errors": 400, "off": 1000}[config.access_log]
+
     def observed(request: web.Request, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
         endpoint = _endpoint(request)
         version = request.get(ROUTED, "")
-        metrics.requests.labels(endpoint, str(status), version).inc()
-        metrics.latency.labels(endpoint, version).observe(elapsed)
-        log.info("request", method=request.method, path=request.path, status=status, ms=round(elapsed * 1000, 2))
+        child = children.get((endpoint, status, version))
+        if child is None:
+            child = children[endpoint, status, version] = (
+                metrics.requests.labels(endpoint, str(status), version),
+                metrics.latency.labels(endpoint, version),
+            )
+        child[0].inc()
+        child[1].observe(elapsed)
+        if status >= log_from:
+            log.info("request", method=request.method, path=request.path, status=status, ms=round(elapsed * 1000, 2))
 
     @web.middleware
     async def observe(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
