@@ -199,16 +199,21 @@ class Batcher:
             rows = first.rows
             deadline = time.monotonic() + self.max_latency
             while rows < self.max_batch_size and self.max_batch_size > 1:
-                if not self._queue and not self.arriving:
-                    break  # nobody else is on the way: waiting would only add latency
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(timeout):  # no extra task per wait, unlike wait_for
-                        nxt = await self._next()
-                except TimeoutError:
-                    break
+                if self._queue:
+                    # Already queued: taken at once, without arming a timer per request (loop work
+                    # for nothing), even past the deadline: they would otherwise wait for the next call.
+                    nxt = await self._next()
+                else:
+                    if not self.arriving:
+                        break  # nobody else is on the way: waiting would only add latency
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    try:
+                        async with asyncio.timeout(timeout):  # no extra task per wait, unlike wait_for
+                            nxt = await self._next()
+                    except TimeoutError:
+                        break
                 if nxt.key != first.key or rows + nxt.rows > self.max_batch_size:
                     self._held = nxt  # starts the next batch
                     break
