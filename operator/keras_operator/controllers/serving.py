@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from keras_operator.api.parse import InvalidResource, parse_serving_spec
-from keras_operator.api.serving import Canary, KerasModelServiceSpec
+from keras_operator.api.serving import KerasModelServiceSpec
 from keras_operator.builders.common import MANAGED_BY
 from keras_operator.builders.serving import (
     CANARY_LABEL,
+    CONTAINER,
     HASH_ANNOTATION,
     SELECTOR_LABEL,
     Selects,
@@ -39,6 +40,9 @@ ACTION_REASONS = frozenset({"Created", "Updated", "Deleted"})
 # What the operator watches: the Deployments it made (the label names the KerasModelService).
 WATCHED_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 OWNER_LABEL = SELECTOR_LABEL
+
+
+Scraped = tuple[dict[str, str], dict[str, str]]  # /metrics texts of the (stable, canary) pods, by pod name
 
 
 @dataclass
@@ -69,7 +73,6 @@ class View:
 class CanaryPlan:
     """The canary's part of one reconcile: the models, the step of the rollout, and how to split traffic."""
 
-    canary: Canary
     side: Side | None  # None while its KerasTrainingJob has not succeeded
     comparing: str
     step: canary_status.Step
@@ -182,12 +185,10 @@ def _stable_replicas(spec: KerasModelServiceSpec, deployment: dict[str, Any] | N
 
 
 def _window_verdict(
-    view: View, comparing: str, spec: KerasModelServiceSpec, pods: tuple[dict[str, str], dict[str, str]] | None
+    view: View, comparing: str, spec: KerasModelServiceSpec, pods: Scraped
 ) -> tuple[canary_status.Verdict | None, tuple[Totals, Totals] | None]:
     """Close the analysis window when its time is up (and open the next); the verdict of the one closed."""
     assert spec.canary is not None
-    if pods is None:
-        return None, None
     now = {
         side: {pod: serving_metrics.totals(text) for pod, text in texts.items()}
         for side, texts in zip(("stable", "canary"), pods, strict=True)
@@ -205,12 +206,12 @@ def _window_verdict(
 
 
 async def _plan_canary(
-    view: View, spec: KerasModelServiceSpec, stable: Side, settings: Settings, scrape: bool
+    view: View, spec: KerasModelServiceSpec, stable: Side, settings: Settings, pods: Scraped | None
 ) -> CanaryPlan | None:
     if spec.canary is None:
         view.window = None
         return None
-    meta, previous = view.resource["metadata"], view.resource.get("status") or {}
+    previous = view.resource.get("status") or {}
     side, description = resolve_canary(view, spec)
     comparing = f"{_describe(stable)} => {_describe(side) if side else description}"
     canary_ready = side is not None and _ready(view.canary_deployment) >= 1
@@ -224,12 +225,7 @@ async def _plan_canary(
     undecided = previous_canary.get("comparing") != comparing or previous_canary.get("state") not in (
         canary_status.DECIDED
     )
-    if scrape and canary_ready and undecided:
-        port = spec.server.port
-        pods = (
-            await _scrape_pods(meta["namespace"], selector_text(meta["name"]), port),
-            await _scrape_pods(meta["namespace"], f"{CANARY_LABEL}={meta['name']}", port),
-        )
+    if pods is not None and canary_ready and undecided:
         verdict, windows = _window_verdict(view, comparing, spec, pods)
     step = canary_status.step(
         previous=previous_canary,
@@ -252,18 +248,22 @@ async def _plan_canary(
     else:
         replicas = canary_status.canary_pods(_stable_replicas(spec, view.deployment), spec.canary.traffic_percent)
         selects = "stable" if share == 0 else "canary" if share >= 100 else "both"
-    return CanaryPlan(spec.canary, side, comparing, step, split, replicas, selects, windows)
+    return CanaryPlan(side, comparing, step, split, replicas, selects, windows)
+
+
+def _server_arg(deployment: dict[str, Any] | None, flag: str) -> str | None:
+    """The value of one of the model server's flags in the Deployment's template."""
+    containers = (deployment or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+    args = next((c.get("args") or [] for c in containers if c.get("name") == CONTAINER), [])
+    return str(args[args.index(flag) + 1]) if flag in args[:-1] else None
 
 
 def _serves(deployment: dict[str, Any] | None, side: Side) -> bool:
     """Whether the Deployment's template serves `side`'s model (as the stable side)."""
-    if deployment is None:
-        return False
-    containers = deployment["spec"]["template"]["spec"].get("containers") or []
-    args = next((c.get("args") or [] for c in containers if c.get("name") == "server"), [])
-    versions = args[args.index("--model-versions") + 1] if "--model-versions" in args else None
-    uri = args[args.index("--model-uri") + 1] if "--model-uri" in args else None
-    return uri == side.model_uri and versions == side.versions
+    return (
+        _server_arg(deployment, "--model-uri") == side.model_uri
+        and _server_arg(deployment, "--model-versions") == side.versions
+    )
 
 
 async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outcome:
@@ -281,10 +281,12 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
 
     resolution = resolve(view, spec)
     events: list[Event] = []
-    deployment, plan = None, None
+    deployment, plan, pods = None, None, None
     if resolution.model_uri is not None:
         stable = stable_side(spec, resolution.model_uri)
-        plan = await _plan_canary(view, spec, stable, settings, scrape)
+        if scrape and view.deployment is not None:
+            pods = await _scrape(namespace, name, spec.server.port)
+        plan = await _plan_canary(view, spec, stable, settings, pods)
         if plan is not None and plan.step.stable_serves_canary and plan.side is not None:
             stable = Side(plan.side.model_uri, plan.side.versions)
         try:
@@ -303,7 +305,8 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
                 resolution.reason,
                 resolution.message + (" (the canary's model, promoted)" if plan.step.stable_serves_canary else ""),
             )
-    metrics = await _scrape(namespace, name, spec.server.port) if scrape and deployment is not None else None
+    texts = [*pods[0].values(), *pods[1].values()] if pods is not None else []
+    metrics = serving_metrics.summarize(texts) if texts else None
     status = serving_status.observe(
         resolution=resolution,
         deployment=deployment,
@@ -313,8 +316,9 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
         previous=previous,
         generation=generation,
         now=now,
-        canary=_canary_status(plan, deployment, view.canary_deployment, previous) if plan else None,
     )
+    report = _canary_status(plan, deployment, view.canary_deployment, previous) if plan else None
+    status = serving_status.with_canary(status, report, generation, now)
     return Outcome(status, events + transition_events(previous, status))
 
 
@@ -331,7 +335,7 @@ def _canary_status(
             0 if plan.selects == "canary" else _ready(stable), _ready(shown)
         )
     windows = plan.windows or (None, None)
-    stable_uri = stable_side_uri(stable)
+    stable_uri = _server_arg(stable, "--model-uri")
     report = {
         "state": step.state,
         "split": plan.split,
@@ -355,14 +359,6 @@ def _canary_status(
         f"{ready_count} canary pod(s) ready" if ready_count else step.message,
     )
     return serving_status.CanaryReport(report, [ready, step.healthy])
-
-
-def stable_side_uri(deployment: dict[str, Any] | None) -> str | None:
-    if deployment is None:
-        return None
-    containers = deployment["spec"]["template"]["spec"].get("containers") or []
-    args = next((c.get("args") or [] for c in containers if c.get("name") == "server"), [])
-    return args[args.index("--model-uri") + 1] if "--model-uri" in args else None
 
 
 def _conflict(obj: dict[str, Any]) -> NameConflict:
@@ -450,10 +446,9 @@ async def _scrape_pods(namespace: str, selector: str, port: int) -> dict[str, st
     return texts
 
 
-async def _scrape(namespace: str, name: str, port: int) -> dict[str, Any] | None:
-    """Serving figures over both sides' pods."""
-    texts = [
-        *(await _scrape_pods(namespace, selector_text(name), port)).values(),
-        *(await _scrape_pods(namespace, f"{CANARY_LABEL}={name}", port)).values(),
-    ]
-    return serving_metrics.summarize(texts) if texts else None
+async def _scrape(namespace: str, name: str, port: int) -> Scraped:
+    """/metrics of both sides' ready pods: for status.metrics, and for the canary's analysis."""
+    return (
+        await _scrape_pods(namespace, selector_text(name), port),
+        await _scrape_pods(namespace, f"{CANARY_LABEL}={name}", port),
+    )

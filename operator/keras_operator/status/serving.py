@@ -37,30 +37,22 @@ def invalid(
     )
 
 
-def observe(
-    *,
-    resolution: Resolution,
-    deployment: dict[str, Any] | None,
-    url: str,
-    selector: str,
-    metrics: dict[str, Any] | None,
-    previous: dict[str, Any],
-    generation: int | None,
-    now: str,
-    canary: CanaryReport | None = None,
+def with_canary(
+    status: dict[str, Any], canary: CanaryReport | None, generation: int | None, now: str
 ) -> dict[str, Any]:
-    if canary is None and any(conditions.get(previous.get("conditions"), t) for t in CANARY_CONDITIONS):
-        # The canary is gone from the spec: so are its conditions.
-        kept = [c for c in previous.get("conditions") or [] if c.get("type") not in CANARY_CONDITIONS]
-        previous = {**previous, "conditions": kept}
-    status = _observe(resolution, deployment, url, selector, metrics, previous, generation, now)
-    if canary is not None and status.get("modelUri"):
-        status["canary"] = canary.status
-        status["conditions"] = conditions.merge(status["conditions"], canary.conditions, generation, now)
+    """`status` with status.canary and the canary's conditions, or without either when there is no canary."""
+    status = dict(status)
+    if canary is None or not status.get("modelUri"):
+        status.pop("canary", None)
+        status["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") not in CANARY_CONDITIONS]
+        return status
+    status["canary"] = canary.status
+    status["conditions"] = conditions.merge(status.get("conditions"), canary.conditions, generation, now)
     return status
 
 
-def _observe(
+def observe(
+    *,
     resolution: Resolution,
     deployment: dict[str, Any] | None,
     url: str,
