@@ -88,6 +88,9 @@ SERVERS: dict[str, tuple[str, Command]] = {
     "ceiling": ("constant response (wrk's ceiling)", constant),
     "ours": ("(a) ours, batching (32 rows, 2 ms)", ours(32)),
     "ours-single": ("(b) ours, maxBatchSize 1", ours(1)),
+    # Large requests run in chunks of maxBatchSize (a shape warm-up compiled, never a new one): a server meant
+    # for 1,024-row requests is configured for them, as TF Serving's max_batch_size would be.
+    "ours-large": ("(a') ours, batching (1,024 rows, 2 ms)", ours(1024)),
     "kserve": (f"(c) KServe {KSERVE_VERSION} Python server", kserve),
 }
 
@@ -221,7 +224,9 @@ def scenarios(key: str, shape: list[int], args: argparse.Namespace) -> list[Scen
         return found
     big = tfs_body(shape, args.big_rows)
     found.append(Scenario("TF Serving JSON", v1, big, json_headers, args.big_rows, [args.big_concurrency]))
-    if key == "ours":
+    if key == "ours-large":
+        found.pop(0)  # one example per request is (a)'s scenario
+    if key in ("ours", "ours-large"):
         body, headers = v2_binary_body(shape, args.big_rows)
         v2 = "/v2/models/digits/infer"
         found.append(Scenario("Open Inference binary", v2, body, headers, args.big_rows, [args.big_concurrency]))
@@ -318,7 +323,8 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         if a and ceiling:
             entry["ours_vs_ceiling_rps"] = a["rps"] / ceiling["rps"]
         limit = results["limits"][kind]["limit"]
-        best = max((c["rps"] * c["rows_per_request"] for c in cells if c["server"] == ours_label), default=0.0)
+        ours_labels = {ours_label, SERVERS["ours-large"][0]}
+        best = max((c["rps"] * c["rows_per_request"] for c in cells if c["server"] in ours_labels), default=0.0)
         entry.update(ours_best_rows_per_s=best, limit_rows_per_s=limit, ours_vs_limit_rows=best / limit)
         summary[kind] = entry
     return summary
@@ -364,8 +370,8 @@ def render(results: dict[str, Any], summary: dict[str, Any], args: argparse.Name
                 "constant-response server's requests/s (target ≥ 0.4)"
             )
         lines.append(
-            f"- (a) best rows/s {s['ours_best_rows_per_s']:,.0f} = {s['ours_vs_limit_rows']:.2f} of (d)'s "
-            f"{s['limit_rows_per_s']:,.0f} (target ≥ 0.5)"
+            f"- ours' best rows/s ((a) or (a')) {s['ours_best_rows_per_s']:,.0f} = {s['ours_vs_limit_rows']:.2f} "
+            f"of (d)'s {s['limit_rows_per_s']:,.0f} (target ≥ 0.5)"
         )
         lines.append("")
     return "\n".join(lines)

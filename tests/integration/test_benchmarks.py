@@ -58,7 +58,7 @@ def test_operator_benchmark_runs(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (scripts/setup.sh installs it)")
 def test_serving_benchmark_runs(tmp_path: Path) -> None:
-    args = ["--models", "mlp", "--servers", "ceiling", "ours", "--concurrency", "2", "--seconds", "1"]
+    args = ["--models", "mlp", "--servers", "ceiling", "ours", "ours-large", "--concurrency", "2", "--seconds", "1"]
     data = run_bench(
         "serving.py", "serving", tmp_path, *args, "--repeats", "1", "--big-rows", "4", "--limit-seconds", "0.2"
     )
@@ -68,6 +68,8 @@ def test_serving_benchmark_runs(tmp_path: Path) -> None:
         ("(a) ours", "TF Serving JSON", 1),
         ("(a) ours", "TF Serving JSON", 4),
         ("(a) ours", "Open Inference binary", 4),
+        ("(a') ours", "TF Serving JSON", 4),
+        ("(a') ours", "Open Inference binary", 4),
     }
     assert all(c["rps"] > 0 and c["errors"] == 0 for c in cells)
     assert data["limits"]["mlp"]["limit"] >= data["limits"]["mlp"]["calls"]["predict_on_batch"]["256"] > 0
