@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from keras_operator.api import jobfile
+from keras_operator.api.common import DNS1123_LABEL
 from keras_operator.api.parse import InvalidResource, Resource, parse, read_documents
 from keras_operator.api.serving import KerasModelService
 from keras_operator.api.training import MODEL_FILE, SAVEDMODEL_DIR, KerasTrainingJob
@@ -28,9 +30,31 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 DEFAULT_PVC_ROOT = "runs/pvc"
 
 
+def load_resources(path: str) -> list[Resource]:
+    """Every resource in the file; InvalidResource naming the document for a bad one, or for a second
+    document of the same kind and name (applied, the second would silently replace the first)."""
+    docs = read_documents(path)
+    resources: list[Resource] = []
+    seen: dict[tuple[str, str | None, str], int] = {}
+    for index, doc in enumerate(docs, start=1):
+        try:
+            resource = parse(doc)
+        except InvalidResource as exc:
+            raise InvalidResource(f"document {index}: {exc}" if len(docs) > 1 else str(exc)) from exc
+        key = (resource.kind, resource.metadata.namespace, resource.metadata.name)
+        if key in seen:
+            raise InvalidResource(
+                f"document {index}: metadata.name: {resource.kind} {resource.metadata.name!r} is also document "
+                f"{seen[key]} of {path}"
+            )
+        seen[key] = index
+        resources.append(resource)
+    return resources
+
+
 def _load(path: str, kind: type[Resource]) -> tuple[Any, list[Resource]]:
     """The one resource of `kind` in the file, and all resources in it (a service may name a job beside it)."""
-    resources = [parse(d) for d in read_documents(path)]
+    resources = load_resources(path)
     matching = [r for r in resources if isinstance(r, kind)]
     if len(matching) != 1:
         raise InvalidResource(f"{path}: expected one {kind.__name__}, found {len(matching)}")
@@ -48,13 +72,19 @@ def local_output(job: KerasTrainingJob) -> str:
     return job.spec.output.uri or str(Path("runs") / job.metadata.name)
 
 
+def _invalid(exc: Exception) -> int:
+    """The one line a user reads for an invalid file (control characters from the file escaped)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))
+    print(f"error: {text}", file=sys.stderr)
+    return EXIT_INVALID
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         job, _ = _load(args.file, KerasTrainingJob)
         run_id = jobfile.check_run_id(args.run_id)
     except InvalidResource as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return _invalid(exc)
     except ValueError as exc:
         print(f"error: --run-id: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -115,8 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         service, resources = _load(args.file, KerasModelService)
     except InvalidResource as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return _invalid(exc)
     os.environ.setdefault("KERAS_OPERATOR_PVC_ROOT", str(Path(args.pvc_root).resolve()))
     uri = args.model_uri or trained_model_uri(service, resources, local=True)
     if uri is None:
@@ -161,14 +190,16 @@ def render_objects(resource: Resource, resources: list[Resource], namespace: str
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    try:
-        resources = [parse(d) for d in read_documents(args.file)]
-    except InvalidResource as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
     objects: list[dict[str, Any]] = []
-    for resource in resources:
-        objects += render_objects(resource, resources, args.namespace)
+    try:
+        if args.namespace and (len(args.namespace) > 63 or not re.fullmatch(DNS1123_LABEL, args.namespace)):
+            raise InvalidResource(f"--namespace: {args.namespace!r} is not a namespace name (a DNS-1123 label)")
+        resources = load_resources(args.file)
+        for resource in resources:
+            # What only building the objects finds (a job file too large for its annotation) is as invalid.
+            objects += render_objects(resource, resources, args.namespace)
+    except InvalidResource as exc:
+        return _invalid(exc)
     if args.output_format == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
     else:

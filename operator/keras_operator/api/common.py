@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
-from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from keras_operator.api.base import ApiModel
+from keras_operator.api.limits import INT32_MAX
 
 GROUP = "kerasoperator.dev"
 VERSION = "v1alpha1"
@@ -21,15 +24,104 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|[KMGTPE]i?)?$"
 def _quantity(value: str | int) -> str | int:
     if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 500m, 2, 8Gi)")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{value} is negative: a quantity of CPU or memory is 0 or more")
     return value
 
 
-# Kubernetes quantities are strings or integers ("500m", 2, "8Gi").
+# Kubernetes quantities are strings or integers ("500m", 2, "8Gi"); the pattern keeps strings non-negative
+# (no sign), the minimum integers.
 Quantity = Annotated[
     str | int,
     AfterValidator(_quantity),
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN, "minimum": 0}),
 ]
+
+# The API server's rules for the names and labels the operator writes into generated objects: a spec that
+# breaks them is refused here, naming its field, instead of failing when the object is created.
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+
+SubdomainName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+"""The name of a ConfigMap, ServiceAccount, PriorityClass, PersistentVolumeClaim..."""
+OptionalSubdomainName = Annotated[str, Field(max_length=253, pattern=f"^({DNS1123_SUBDOMAIN[1:-1]})?$")]
+"""A name, or "" for none (the API server defaults an empty priorityClassName or serviceAccountName)."""
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+Int32 = Annotated[int, Field(le=INT32_MAX)]
+"""An integer the operator writes into an int32 field of a generated object (replicas, backoffLimit)."""
+RESOURCE_NAME = rf"^({DNS1123_SUBDOMAIN[1:-1]}/)?{_LABEL_NAME}$"
+"""An extended resource's name, e.g. nvidia.com/gpu."""
+Image = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\s]+$")]
+
+
+def qualified_name_problem(key: str) -> str | None:
+    """Why `key` is not a label or annotation key ([PREFIX/]NAME), or None."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not re.fullmatch(DNS1123_SUBDOMAIN, prefix)):
+        return f"key {key!r}: its prefix must be a DNS subdomain (lowercase letters, digits, '-' and '.')"
+    if not name or len(name) > 63 or not re.fullmatch(_LABEL_NAME, name):
+        return (
+            f"key {key!r}: its name must be 1 to 63 letters, digits, '-', '_' or '.', starting and ending "
+            "with a letter or digit"
+        )
+    return None
+
+
+def _qualified_keys(mapping: dict[str, Any] | None) -> dict[str, Any] | None:
+    for key in mapping or {}:
+        if problem := qualified_name_problem(key):
+            raise ValueError(problem)
+    return mapping
+
+
+# Kubernetes refuses an object whose annotations, keys and values together, exceed 256 KiB.
+ANNOTATIONS_LIMIT = 256 * 1024
+
+
+def _annotations_fit(mapping: dict[str, str] | None) -> dict[str, str] | None:
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in (mapping or {}).items())
+    if size > ANNOTATIONS_LIMIT:
+        raise ValueError(f"{size // 1024} KiB in all; Kubernetes allows {ANNOTATIONS_LIMIT // 1024} KiB")
+    return _qualified_keys(mapping)
+
+
+Labels = Annotated[dict[str, LabelValue], AfterValidator(_qualified_keys)]
+
+# pvc://CLAIM/PATH: the claim becomes a volume's claimName and part of a mount path, so it must be a
+# PersistentVolumeClaim name. The scheme is matched in any case, as urlparse does.
+PVC_URI = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(/.*)?$"
+_PVC_MESSAGE = (
+    "a pvc:// URI is pvc://CLAIM/PATH, CLAIM the name of a PersistentVolumeClaim (lowercase letters, "
+    "digits, '-' and '.')"
+)
+
+
+def _uri(value: str) -> str:
+    try:
+        parsed = urlparse(value)
+    except ValueError as exc:  # e.g. an unclosed [ in the host
+        raise ValueError(f"{value!r} is not a valid URI: {exc}") from exc
+    if re.match(r"^[pP][vV][cC]:", value) and (not re.match(PVC_URI, value) or len(parsed.netloc) > 253):
+        raise ValueError(_PVC_MESSAGE)
+    return value
+
+
+Uri = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=4096,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"!self.matches('^[pP][vV][cC]:') || self.matches('{PVC_URI}')", "message": _PVC_MESSAGE}
+            ]
+        },
+    ),
+    AfterValidator(_uri),
+]
+"""A model or data location: pvc://CLAIM/PATH, s3://, gs://, https://, file:// or a plain path."""
 
 # Free-form Kubernetes fragments (tolerations, affinity, ...): the API server validates them
 # when the Job is created, so we keep their schema open instead of copying the Pod schema.
@@ -41,7 +133,7 @@ class Resources(ApiModel):
 
     gpus: Annotated[int, Field(ge=0)] = 0
     """Number of GPUs; becomes requests and limits of gpuResourceName."""
-    gpu_resource_name: str = "nvidia.com/gpu"
+    gpu_resource_name: Annotated[str, Field(max_length=317, pattern=RESOURCE_NAME)] = "nvidia.com/gpu"
     """Extended resource name of the GPU device plugin (e.g. amd.com/gpu)."""
     cpu: Quantity | None = None
     """CPU cores, as a Kubernetes quantity (e.g. "4" or "500m")."""
@@ -52,16 +144,16 @@ class Resources(ApiModel):
 class PodMetadata(ApiModel):
     """Labels and annotations added to the generated pods."""
 
-    labels: dict[str, str] | None = None
+    labels: Labels | None = None
     """Extra labels for the pods (the operator's own labels win on conflict)."""
-    annotations: dict[str, str] | None = None
+    annotations: Annotated[dict[str, str], AfterValidator(_annotations_fit)] | None = None
     """Extra annotations for the pods."""
 
 
 class PodSpecOverrides(ApiModel):
     """The parts of a PodSpec users may set; they are merged into the generated pod."""
 
-    node_selector: dict[str, str] | None = None
+    node_selector: Labels | None = None
     """Node labels the pods must run on (e.g. a GPU node pool)."""
     tolerations: list[K8sObject] | None = None
     """Tolerations, e.g. for tainted GPU nodes."""
@@ -77,15 +169,48 @@ class PodSpecOverrides(ApiModel):
     """Extra volume mounts for the main container."""
     image_pull_secrets: list[K8sObject] | None = None
     """Secrets for pulling the image from a private registry."""
-    service_account_name: str | None = None
+    service_account_name: OptionalSubdomainName | None = None
     """ServiceAccount for the pods (e.g. for workload identity to cloud storage); its token is mounted
     only when this is set."""
-    priority_class_name: str | None = None
+    priority_class_name: OptionalSubdomainName | None = None
     """PriorityClass of the pods."""
-    runtime_class_name: str | None = None
+    runtime_class_name: SubdomainName | None = None
     """RuntimeClass of the pods (e.g. nvidia)."""
-    scheduler_name: str | None = None
+    scheduler_name: OptionalSubdomainName | None = None
     """Scheduler for the pods."""
+
+    @model_validator(mode="after")
+    def _no_collisions(self) -> PodSpecOverrides:
+        """The operator's volumes and mount paths are its own: a user's of the same name or path would
+        make the API server refuse the pod (a duplicate) or hide the config, token or data it mounts."""
+        for i, volume in enumerate(self.volumes or []):
+            name = volume.get("name")
+            if isinstance(name, str) and (name in RESERVED_VOLUMES or re.fullmatch(r"pvc-\d+", name)):
+                raise ValueError(
+                    f"volumes[{i}].name: {name!r} is a volume of the operator's (it uses "
+                    f"{', '.join(sorted(RESERVED_VOLUMES))} and pvc-N); choose another name"
+                )
+        for i, mount in enumerate(self.volume_mounts or []):
+            path = mount.get("mountPath")
+            if not isinstance(path, str) or not path:
+                continue
+            clean = posixpath.normpath(path)
+            if clean in RESERVED_MOUNT_PATHS or clean == PVC_MOUNT_ROOT or clean.startswith(PVC_MOUNT_ROOT + "/"):
+                raise ValueError(
+                    f"volumeMounts[{i}].mountPath: {path!r} is where the operator mounts its own volumes "
+                    f"({', '.join(sorted(RESERVED_MOUNT_PATHS))}, and pvc:// claims under {PVC_MOUNT_ROOT}); "
+                    "choose another path"
+                )
+        return self
+
+
+# The volumes and mount paths the operator adds to every pod (builders/pod.py, training.py, serving.py;
+# tests/unit/test_hostile_specs.py checks they are all listed here).
+RESERVED_VOLUMES = frozenset({"config", "scratch", "progress-token", "code"})
+RESERVED_MOUNT_PATHS = frozenset(
+    {"/etc/keras-operator", "/tmp", "/var/run/secrets/kerasoperator.dev/progress", "/opt/keras-operator/code"}
+)
+PVC_MOUNT_ROOT = "/mnt/pvc"
 
 
 class PodTemplate(ApiModel):

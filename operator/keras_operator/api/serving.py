@@ -5,10 +5,20 @@ from __future__ import annotations
 import re
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from keras_operator.api.base import ApiModel, Rule, at_most_one_of, exactly_one_of
-from keras_operator.api.common import API_VERSION, Backend, Condition, PodTemplate, Resources
+from keras_operator.api.common import (
+    API_VERSION,
+    DNS1123_LABEL,
+    Backend,
+    Condition,
+    Image,
+    Int32,
+    PodTemplate,
+    Resources,
+    Uri,
+)
 from keras_operator.api.training import ObjectMeta
 
 KIND = "KerasModelService"
@@ -18,7 +28,7 @@ PLURAL = "kerasmodelservices"
 class TrainingJobRef(ApiModel):
     """A KerasTrainingJob in the same namespace."""
 
-    name: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1, max_length=53, pattern=DNS1123_LABEL)]
     """Its metadata.name."""
 
 
@@ -82,7 +92,7 @@ class ModelSource(ApiModel):
         ),
     )
 
-    uri: Annotated[str, Field(min_length=1)] | None = None
+    uri: Uri | None = None
     """A .keras file, an exported SavedModel folder, or a base folder of numbered versions (BASE/1/, BASE/2/,
     each holding a .keras file or a SavedModel): pvc://CLAIM/PATH, s3://, gs://, https://, file:// or a path
     in the image."""
@@ -151,9 +161,9 @@ class Autoscaling(ApiModel):
         ),
     )
 
-    min_replicas: Annotated[int, Field(ge=1)] = 1
+    min_replicas: Annotated[Int32, Field(ge=1)] = 1
     """Fewest replicas."""
-    max_replicas: Annotated[int, Field(ge=1)]
+    max_replicas: Annotated[Int32, Field(ge=1)]
     """Most replicas."""
     target_cpu_utilization_percentage: Annotated[int, Field(ge=1, le=100, alias="targetCPUUtilizationPercentage")] = 70
     """Average CPU use, in percent of the request, the autoscaler aims for."""
@@ -164,7 +174,7 @@ class CanaryModel(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (exactly_one_of("uri", "trainingJobRef", "version"),)
 
-    uri: Annotated[str, Field(min_length=1)] | None = None
+    uri: Uri | None = None
     """A .keras file or SavedModel folder (the same URI forms as spec.model.uri)."""
     training_job_ref: TrainingJobRef | None = None
     """What this KerasTrainingJob produced, once it has succeeded."""
@@ -200,7 +210,7 @@ class Canary(ApiModel):
     traffic_percent: Annotated[int, Field(ge=0, le=100)] = 10
     """Share of requests sent to the canary. Exact per request with Gateway API (an HTTPRoute's weights);
     otherwise the canary gets this share of the pods behind the one Service, rounded to whole pods."""
-    replicas: Annotated[int, Field(ge=1)] = 1
+    replicas: Annotated[Int32, Field(ge=1)] = 1
     """Canary pods when traffic is split by an HTTPRoute (with a split by pods, the operator sizes the
     canary to trafficPercent)."""
     resources: Resources | None = None
@@ -226,9 +236,9 @@ class KerasModelServiceSpec(ApiModel):
     """The NAME in /v1/models/NAME and /v2/models/NAME; default metadata.name."""
     backend: Backend = "tensorflow"
     """Keras 3 backend: tensorflow, jax or torch."""
-    image: str | None = None
+    image: Image | None = None
     """Server image (the trainer image); the operator's default when omitted."""
-    replicas: Annotated[int, Field(ge=0)] = 1
+    replicas: Annotated[Int32, Field(ge=0)] = 1
     """Pods serving the model; the /scale subresource points here. Ignored while autoscaling is set."""
     autoscaling: Autoscaling | None = None
     """Scale on CPU with a HorizontalPodAutoscaler."""
@@ -340,3 +350,10 @@ class KerasModelService(ApiModel):
     metadata: ObjectMeta
     spec: KerasModelServiceSpec
     status: KerasModelServiceStatus | None = None
+
+    @model_validator(mode="after")
+    def _service_name(self) -> KerasModelService:
+        # The Services NAME, NAME-stable and NAME-canary are DNS-1035 labels: they start with a letter.
+        if not self.metadata.name[0].isalpha():
+            raise ValueError(f"metadata.name: {self.metadata.name!r} must start with a letter (it names Services)")
+        return self

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from keras_operator.api.base import (
     ApiModel,
@@ -15,7 +15,20 @@ from keras_operator.api.base import (
     immutable_fields,
     requires,
 )
-from keras_operator.api.common import API_VERSION, Backend, Condition, PodTemplate, Resources
+from keras_operator.api.common import (
+    API_VERSION,
+    DNS1123_LABEL,
+    Backend,
+    Condition,
+    Image,
+    Int32,
+    OptionalSubdomainName,
+    PodTemplate,
+    Resources,
+    SubdomainName,
+    Uri,
+)
+from keras_operator.api.limits import INT32_MAX
 
 KIND = "KerasTrainingJob"
 PLURAL = "kerastrainingjobs"
@@ -73,9 +86,9 @@ class ModelSpec(ApiModel):
     callable: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
     """A Python function "module:function" returning a keras.Model; the module comes from codeConfigMap or
     the image."""
-    code_config_map: str | None = None
+    code_config_map: SubdomainName | None = None
     """A ConfigMap whose files are put on the Python path (for callable)."""
-    uri: str | None = None
+    uri: Uri | None = None
     """A saved .keras model to start from (fine-tuning, continued training)."""
 
 
@@ -99,7 +112,7 @@ class DataSource(ApiModel):
 
     rules: ClassVar[tuple[Rule, ...]] = (exactly_one_of("uri", "synthetic", "keras"),)
 
-    uri: Annotated[str, Field(min_length=1)] | None = None
+    uri: Uri | None = None
     """pvc://CLAIM/PATH, s3://, gs://, https://, file:// or a plain path."""
     format: DataFormat | None = None
     """npz, csv, tfrecord or images (class-per-folder); inferred from the suffix when omitted."""
@@ -208,7 +221,7 @@ TENSORBOARD_DIR = "logs"
 class OutputSpec(ApiModel):
     """Where the model and checkpoints go."""
 
-    uri: Annotated[str, Field(min_length=1)] | None = None
+    uri: Uri | None = None
     """A folder: pvc://CLAIM/PATH, s3://, gs://, file:// or a plain path; required in a cluster, a local run
     defaults to ./runs/NAME."""
     formats: Annotated[list[OutputFormat], Field(min_length=1)] = Field(default_factory=lambda: ["keras"])
@@ -230,21 +243,22 @@ class RunPolicy(ApiModel):
     # Kueue reads its priority label only on the Jobs it manages: those with a queue.
     rules: ClassVar[tuple[Rule, ...]] = (requires("workloadPriorityClass", "queueName"),)
 
-    backoff_limit: Annotated[int, Field(ge=0)] = 3
+    backoff_limit: Annotated[Int32, Field(ge=0)] = 3
     """Retries before the Job is marked failed."""
     active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
     """Time limit for the whole Job."""
-    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    ttl_seconds_after_finished: Annotated[Int32, Field(ge=0)] | None = None
     """Delete the finished Job (not this resource) after this many seconds."""
     suspend: bool = False
     """Suspend the training: the Job is created (or set) suspended and its pods stop; setting it back to
     false resumes from the last checkpoint. Without queueName the operator flips the Job's own suspend;
     with a queueName Kueue owns it. The one field of the spec that may change after creation."""
-    queue_name: str | None = None
+    # Written as a label value, and the name of a LocalQueue; "" for none.
+    queue_name: Annotated[str, Field(max_length=63, pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$")] | None = None
     """A Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name label and Kueue
     admits it. Fixed at creation (the operator does not relabel a Job): to queue elsewhere, delete and
     re-apply."""
-    priority_class_name: str | None = None
+    priority_class_name: OptionalSubdomainName | None = None
     """PriorityClass of the training pods."""
     workload_priority_class: (
         Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")] | None
@@ -258,10 +272,13 @@ class RunPolicy(ApiModel):
 COORDINATOR_PORT = 8476
 
 
+MAX_WORKERS = 100_000  # the API server's most completions and parallelism for an Indexed Job
+
+
 class DistributionSpec(ApiModel):
     """How many pods train together: one model, each batch split over every device of every pod."""
 
-    workers: Annotated[int, Field(ge=1)] = 1
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 1
     """Number of pods, each with spec.resources; above 1 needs backend jax (Keras 3 trains across pods
     only with JAX's keras.distribution). The pods form one Indexed Job: the training succeeds when
     worker 0 does, and fails together: when one worker fails, JAX ends the others, and the whole group
@@ -300,11 +317,20 @@ class KerasTrainingJobSpec(ApiModel):
             "JAX's keras.distribution); with tensorflow or torch, use one worker and give it several GPUs",
             holds=lambda spec: spec.distribution.workers <= 1 or spec.backend == "jax",
         ),
+        # The Job's backoffLimit is an int32: backoffLimit group restarts of `workers` pods each.
+        Rule(
+            cel="!has(self.runPolicy) || !has(self.runPolicy.backoffLimit) || !has(self.distribution) "
+            "|| !has(self.distribution.workers) "
+            f"|| self.runPolicy.backoffLimit * self.distribution.workers <= {INT32_MAX}",
+            message=f"runPolicy.backoffLimit times distribution.workers must be at most {INT32_MAX} (the Job's "
+            "backoffLimit counts the pod failures of every worker)",
+            holds=lambda spec: spec.run_policy.backoff_limit * spec.distribution.workers <= INT32_MAX,
+        ),
     )
 
     backend: Backend = "tensorflow"
     """Keras 3 backend: tensorflow, jax or torch."""
-    image: str | None = None
+    image: Image | None = None
     """Trainer image; the operator's default when omitted."""
     model: ModelSpec
     """The model to train."""
@@ -418,8 +444,10 @@ class ObjectMeta(ApiModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: Annotated[str, Field(min_length=1, max_length=53, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
-    namespace: str | None = None
+    name: Annotated[str, Field(min_length=1, max_length=53, pattern=DNS1123_LABEL)]
+    """At most 53 characters: generated objects add suffixes (NAME-train, NAME-canary) and must stay
+    within the 63 of a label value and a Service name."""
+    namespace: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS1123_LABEL)] | None = None
     generation: int | None = None
     uid: str | None = None
 
@@ -434,3 +462,22 @@ class KerasTrainingJob(ApiModel):
     metadata: ObjectMeta
     spec: KerasTrainingJobSpec
     status: KerasTrainingJobStatus | None = None
+
+    @model_validator(mode="after")
+    def _worker_names_fit(self) -> KerasTrainingJob:
+        """Several workers need a Service NAME-workers (a DNS-1035 label: it starts with a letter) and pod
+        hostnames NAME-train-INDEX (a DNS-1123 label: at most 63 characters)."""
+        workers, name = self.spec.distribution.workers, self.metadata.name
+        if workers > 1:
+            if not name[0].isalpha():
+                raise ValueError(
+                    f"metadata.name: {name!r} must start with a letter with distribution.workers above 1 "
+                    "(the workers' Service is named after it)"
+                )
+            hostname = f"{name}-train-{workers - 1}"
+            if len(hostname) > 63:
+                raise ValueError(
+                    f"metadata.name: too long for {workers} workers: the last pod's hostname {hostname} would "
+                    "exceed 63 characters"
+                )
+        return self
