@@ -319,7 +319,8 @@ def describe_errors(error: ValidationError, prefix: str = "spec", model: type[Ba
             lines.append(f"{field_path(prefix, loc)}: unknown field" + (f" (did you mean {hint}?)" if hint else ""))
             continue
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{field_path(prefix, loc)}: {msg}")
+        path = field_path(prefix, loc)
+        lines.append(f"{path}: {msg}" if path else msg)  # a whole-object rule names its fields itself
     return "; ".join(dict.fromkeys(lines))
 
 
