@@ -122,8 +122,8 @@ def test_cel_rules_agree_with_python_rules() -> None:
         {"uri": "a"},
         {"uri": "a", "callable": "m:f"},
         {},
-        {"layers": [{"type": "Dense"}]},
-        {"layers": [{"type": "Dense"}], "inputShape": [3]},
+        {"layers": [{"type": "Dense", "units": 2}]},
+        {"layers": [{"type": "Dense", "units": 2}], "inputShape": [3]},
     ):
         cel_ok = not cel_errors(model, schema)
         doc = _digits()

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import structlog
 
-from keras_operator.api import jobfile
+from keras_operator.api import catalogue, jobfile
 from keras_operator.api.parse import InvalidResource, read_documents
 from keras_operator.api.report import EXIT_INVALID_SPEC, TrainingResult
 from keras_operator.runtime import logs
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         docs = read_documents(args.config)
         if len(docs) != 1:
             raise InvalidResource(f"{args.config}: expected one job file, found {len(docs)} documents")
-        job, ignored = jobfile.read(docs[0])
+        with catalogue.keras_judges():  # Keras itself checks layers, optimizer, loss... in build()
+            job, ignored = jobfile.read(docs[0])
         if args.run_id:
             try:
                 run_id = jobfile.check_run_id(args.run_id)

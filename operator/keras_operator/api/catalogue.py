@@ -5,6 +5,7 @@ A spec refused here would certainly fail in the trainer; everything this cannot 
 the trainer to judge, because refusing a valid spec is worse than a late failure. So nothing is checked:
 - with spec.image set: another image may hold another Keras, or register objects of its own;
 - where a different Keras is installed in this process's environment (a local run): that Keras judges;
+- in the trainer (keras_judges): its Keras checks the same things moments later, in its own words;
 - in spec.model.config: a full Keras config (nested layers, registered classes, functional graphs) would
   need Keras' own deserializer to check reliably;
 - values that are not names (a dict config of an initializer, a loss's args values), and registered
@@ -17,14 +18,28 @@ the trainer to judge, because refusing a valid spec is worse than a late failure
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import functools
 import importlib.metadata
 import json
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
 CATALOGUE_FILE = "keras_catalogue.json"
+_keras_judges: contextvars.ContextVar[bool] = contextvars.ContextVar("keras_judges", default=False)
+
+
+@contextlib.contextmanager
+def keras_judges() -> Iterator[None]:
+    """Parse without the catalogue: for the trainer, whose own Keras is about to judge the spec."""
+    token = _keras_judges.set(True)
+    try:
+        yield
+    finally:
+        _keras_judges.reset(token)
 
 
 @functools.cache
@@ -67,6 +82,9 @@ def _closest(name: str, choices: list[str]) -> str | None:
     if _normal(name) in by_normal:  # dense, kernelSize, glorotuniform
         return by_normal[_normal(name)]
     wanted = _normal(name)
+    one_edit = [n for n in by_normal if _distance(wanted, n) == 1]  # MobileNetV4: MobileNetV2, not MobileNet
+    if one_edit:
+        return by_normal[min(one_edit)]
     # A known name inside the unknown one (SuperDense, Conv2DX): the longest such.
     inside = [n for n in by_normal if len(n) >= 4 and n in wanted]
     if inside:
@@ -79,8 +97,8 @@ def _closest(name: str, choices: list[str]) -> str | None:
 
 def did_you_mean(name: str, choices: list[str]) -> str:
     """` (did you mean 'X'?)` for the closest choice, or ''. Case and underscores count for nothing
-    (dense, kernelSize), a known name inside the unknown one comes next (SuperDense), then the fewest edits
-    among difflib's close matches (adma: adam rather than adamax)."""
+    (dense, kernelSize); then a name one edit away (adma: adam rather than adamax), a known name inside the
+    unknown one (SuperDense: Dense), and the fewest edits among difflib's close matches."""
     closest = _closest(name, choices)
     return f" (did you mean {closest!r}?)" if closest else ""
 
@@ -167,7 +185,7 @@ def problems(resource: Any) -> list[str]:
     """What is certainly wrong in a KerasTrainingJob or its spec, one `field: message` each; [] for
     anything else, or when the catalogue cannot judge (see the module's docstring)."""
     spec = getattr(resource, "spec", resource)
-    if not hasattr(spec, "model") or not hasattr(spec, "training"):
+    if _keras_judges.get() or not hasattr(spec, "model") or not hasattr(spec, "training"):
         return []  # not a training
     cat = load()
     installed = _installed_keras()
