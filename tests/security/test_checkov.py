@@ -10,7 +10,7 @@ objects should not carry, hence the list here).
 
 checkov pins libraries below what the project's constraints hold (boto3, packaging, networkx): it lives in
 a venv of its own, .cache/venv-checkov, made on first use from the frozen tests/security/checkov-requirements.txt
-(--no-deps: no resolver run; about 40-60 s once). The scan itself takes about 10 s, with checkov's calls to its
+(--no-deps: no resolver run; about a minute, once). The scan itself takes about 10 s, with checkov's calls to its
 vendor's platform and to PyPI turned off (--skip-download, SKIP_PACKAGE_UPDATE_CHECK)."""
 
 from __future__ import annotations
