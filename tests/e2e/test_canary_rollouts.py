@@ -33,6 +33,12 @@ def service(canary: dict[str, Any], **spec: Any) -> dict[str, Any]:
     }
 
 
+def both_sides_ready(cluster: Cluster) -> bool:
+    """The canary takes its share and the stable side is Ready (its pod may load after the canary's)."""
+    status = (cluster.get(KMS, "digits") or {}).get("status") or {}
+    return status.get("phase") == "Ready" and (status.get("canary") or {}).get("state") == "Progressing"
+
+
 def canary_status(cluster: Cluster) -> dict[str, Any]:
     return ((cluster.get(KMS, "digits") or {}).get("status") or {}).get("canary") or {}
 
@@ -78,7 +84,7 @@ def test_a_healthy_canary_is_promoted_without_a_failed_request(cluster: Cluster,
     canary = {"model": {"uri": "pvc://models/better/model.keras"}, "trafficPercent": 50, "analysis": analysis}
     with operator(cluster):
         cluster.create(KMS, service(canary))
-        cluster.wait_for(lambda: canary_status(cluster).get("state") == "Progressing", 180, "the canary Progressing")
+        cluster.wait_for(lambda: both_sides_ready(cluster), 180, "both sides ready")
         assert cluster.get(SERVICES, "digits")["spec"]["selector"] == {"kerasoperator.dev/serving": "digits"}
         values = answers(router, 200)
         share = values.count(2.0) / len(values)
@@ -112,7 +118,7 @@ def test_a_failing_canary_is_rolled_back_by_the_operator(
     canary = {"model": {"uri": "pvc://models/broken/model.keras"}, "trafficPercent": 20, "analysis": analysis}
     with operator(cluster):
         cluster.create(KMS, service(canary))
-        cluster.wait_for(lambda: canary_status(cluster).get("state") == "Progressing", 180, "the canary Progressing")
+        cluster.wait_for(lambda: both_sides_ready(cluster), 180, "both sides ready")
         route = cluster.get(HTTPROUTES, "digits")
         weights = {b["name"]: b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]}
         assert weights == {"digits-stable": 80, "digits-canary": 20}
@@ -166,7 +172,7 @@ def test_a_canary_of_a_version_of_the_base_folder(cluster: Cluster) -> None:
     }
     with operator(cluster):
         cluster.create(KMS, {**service({}), "spec": spec})
-        cluster.wait_for(lambda: canary_status(cluster).get("state") == "Progressing", 180, "the canary Progressing")
+        cluster.wait_for(lambda: both_sides_ready(cluster), 180, "both sides ready")
         assert set(answers(router, 60)) == {1.0, 2.0}
         status = canary_status(cluster)
         assert status["comparing"] == "pvc://models/digits (specific:1) => pvc://models/digits (specific:2)"
