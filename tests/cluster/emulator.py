@@ -15,6 +15,7 @@ import collections
 import contextlib
 import copy
 import datetime
+import hashlib
 import itertools
 import secrets
 import uuid
@@ -66,14 +67,71 @@ def _matches(labels: dict[str, str], selector: str) -> bool:
 @attrs.define
 class Fault:
     """Answer the next `count` matching requests with `status`; `after_store` applies the change first
-    (the API did the work but the response was lost), else the request changes nothing."""
+    (the API did the work but the response was lost), else the request changes nothing.
 
-    action: enums.action
-    resource: kmock.resource
-    status: int
+    For faults spread over a run: `action` / `resource` None match any (never a watch stream, unless
+    `action` names WATCH: dropped streams are drop_watches()'s); `agents` limits them to requests whose
+    User-Agent starts with one of these (OPERATOR_AGENTS: the operator's, not the fake controllers'
+    or the test's); `share` is the fraction of matching requests hit, each drawn from `seed`, the
+    request's method and path and how often that request came before (a retry draws again; the same
+    seed gives the same draws); `delay` holds the answer back that long (status None: the request is
+    then served, only slowly); a 429 carries `retry_after` as its Retry-After header."""
+
+    action: enums.action | None
+    resource: kmock.resource | None
+    status: int | None
     count: int = 1
     after_store: bool = False
     hits: int = 0
+    share: float = 1.0
+    seed: int = 0
+    delay: float = 0.0
+    retry_after: int | None = None
+    agents: tuple[str, ...] = ()
+    _seen: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter)
+
+    def strikes(self, request: rendering.Request) -> bool:
+        """Whether this request meets the fault (counted in `hits` when it does)."""
+        if self.hits >= self.count:
+            return False
+        if self.action is None and request.action == enums.action.WATCH:
+            return False
+        if (self.action is not None and self.action != request.action) or (
+            self.resource is not None and self.resource != request.resource
+        ):
+            return False
+        if self.agents and not (request.headers.get("User-Agent") or "").startswith(self.agents):
+            return False
+        if self.share < 1.0:
+            what = (str(request.method), request.url.path)
+            self._seen[what] += 1
+            digest = hashlib.blake2b(f"{self.seed}|{what}|{self._seen[what]}".encode(), digest_size=8).digest()
+            if int.from_bytes(digest) / 2**64 >= self.share:
+                return False
+        self.hits += 1
+        return True
+
+    def response(self) -> aiohttp.web.Response:
+        """A Status body as the API server sends it, with Retry-After on a 429."""
+        assert self.status is not None
+        reason = _REASONS.get(self.status, "InjectedFault")
+        body: dict[str, Any] = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": f"injected by the test ({reason})",
+            "reason": reason,
+            "code": self.status,
+        }
+        headers = {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+            body["details"] = {"retryAfterSeconds": self.retry_after}
+        return aiohttp.web.json_response(body, status=self.status, headers=headers)
+
+
+_REASONS = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
 
 
 OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf itself, and the kubernetes client the operator uses
@@ -110,6 +168,12 @@ class Emulator(kmock.KubernetesEmulator):
     # (resource, namespace, name, field manager) -> that manager's last applied configuration.
     applied: dict[tuple[kmock.resource, str, str, str], dict[str, Any]] = attrs.field(factory=dict)
     applies: int = 0  # server-side apply requests that changed something
+    # (resource, namespace, name) -> how many times it was created (stored): what "created once" is checked by.
+    creations: collections.Counter[tuple[kmock.resource, str, str]] = attrs.field(factory=collections.Counter)
+    # Requests answered 429 with Retry-After: ((method, path), when it may come again); a retry sooner
+    # counts in early_retries. Keyed by path, so only requests that name their object are followed.
+    throttled: dict[tuple[str, str], float] = attrs.field(factory=dict)
+    early_retries: list[tuple[str, str, float]] = attrs.field(factory=list)
     _watch_drop: asyncio.Event = attrs.field(factory=asyncio.Event)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000))
 
@@ -190,20 +254,25 @@ class Emulator(kmock.KubernetesEmulator):
             OPERATOR_CALLS.add(
                 (resource.group or "", f"{resource.plural}/{sub}" if sub else resource.plural, _verb(request))
             )
-        fault = next(
-            (f for f in self.faults if f.action == action and f.resource == resource and f.hits < f.count), None
-        )
-        if fault is not None:
-            fault.hits += 1
-            if not fault.after_store:
-                raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message="injected by the test")
+        self._check_retry_after(request)
+        fault = None
+        for candidate in self.faults:
+            if candidate.strikes(request):
+                if candidate.delay:
+                    await asyncio.sleep(candidate.delay)
+                if candidate.status is not None:
+                    fault = candidate
+                    break
+        if fault is not None and not fault.after_store:
+            self._requests[:] = [r for r in self._requests if r is not request]
+            return self._fault_answer(fault, request)
         if resource == PODS and request.subresource == "log" and action == enums.action.FETCH:
             return self._pod_log(request)
         if resource == TOKENREVIEWS and action == enums.action.CREATE:
             self._requests[:] = [r for r in self._requests if r is not request]
             review = self._token_review(request)
             if fault is not None:
-                raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message="response lost")
+                return self._fault_answer(fault, request)  # reviewed, the answer lost
             return review
         if resource == PODS and (request.subresource or "").startswith("proxy"):
             return await self._pod_proxy(request)
@@ -227,9 +296,35 @@ class Emulator(kmock.KubernetesEmulator):
             self._requests[:] = [r for r in self._requests if r is not request]
         if resource is not None and action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE):
             await self._after_change(action, request)
+        if resource is not None and action == enums.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.get("metadata") or {}
+            self.creations[(resource, request.namespace or meta.get("namespace") or "", meta.get("name"))] += 1
         if fault is not None:
-            raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message="response lost")
+            return self._fault_answer(fault, request)  # the change is stored; its answer is lost
         return response
+
+    def _fault_answer(self, fault: Fault, request: rendering.Request) -> aiohttp.web.Response:
+        key = self._retry_key(request)
+        if fault.retry_after is not None and key is not None:
+            self.throttled[key] = asyncio.get_running_loop().time() + fault.retry_after
+        return fault.response()
+
+    @staticmethod
+    def _retry_key(request: rendering.Request) -> tuple[str, str] | None:
+        """What a retry of this request looks like: its method and the path of the object it names (a
+        create, by the name in its body); None for a generated name (an Event's)."""
+        if request.name is not None:
+            return str(request.method), request.url.path
+        name = ((request.data if isinstance(request.data, dict) else {}).get("metadata") or {}).get("name")
+        return None if not name else (str(request.method), f"{request.url.path}/{name}")
+
+    def _check_retry_after(self, request: rendering.Request) -> None:
+        if not self.throttled:
+            return
+        key = self._retry_key(request)
+        due = self.throttled.pop(key, None) if key is not None else None
+        if due is not None and (early := due - asyncio.get_running_loop().time()) > 0:
+            self.early_retries.append((*key, early))
 
     def _KubernetesEmulator__get_objs(self, request: rendering.Request, strict: bool) -> list[Any]:
         # kmock scans every stored object to serve one by name; a keyed lookup keeps a GET or PATCH
@@ -286,6 +381,7 @@ class Emulator(kmock.KubernetesEmulator):
             raw = self._objects[key].last.raw
             await self._buses[resource].put({"type": "ADDED", "object": raw})
         self.applies += 1
+        self.creations[key] += 1
         await self._notify("ADDED", resource, copy.deepcopy(raw))
         return aiohttp.web.json_response(raw, status=201)
 
