@@ -1,8 +1,9 @@
 """The operator's own calls to the Kubernetes API (kopf does the watching and the status patches).
 
 Every call maps API errors the same way: 404 -> None, 409 on create -> adopt the existing
-object, 400/403/422 -> Rejected (refused for good: reported on the resource, not retried), anything
-else (5xx, timeouts, connection errors) -> kopf.TemporaryError, retried with a growing delay.
+object, 400/403/422 -> Rejected (refused for good: reported on the resource, not retried), a 429 -> the
+same call again after its Retry-After, anything else (5xx, timeouts, connection errors, a 429 throttled
+too long) -> kopf.TemporaryError, retried with a growing delay.
 """
 
 from __future__ import annotations
@@ -82,17 +83,41 @@ def api_client() -> kubernetes.client.ApiClient:
 
 
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    call = functools.partial(fn, *args, **kwargs)
+    for attempt in range(1, THROTTLED_ATTEMPTS + 1):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(_threads(), call)
+        except ApiException as exc:
+            wait = _retry_after(exc)
+            # A 429 was not processed, so the call may be sent again, but not before the server said: a
+            # retry of the whole reconcile would come sooner (any watch event of the resource starts one).
+            # client-go waits inside the call the same way.
+            if wait is not None and wait <= THROTTLED_WAIT_MAX and attempt < THROTTLED_ATTEMPTS:
+                await asyncio.sleep(wait)
+                continue
+            if exc.status in (400, 403, 422):
+                raise Rejected(_api_message(exc), exc.status) from exc
+            if exc.status in (404, 409):
+                raise
+            message = f"Kubernetes API error {exc.status}: {_api_message(exc)}"
+            raise kopf.TemporaryError(message, delay=max(RETRY_DELAY, wait or 0.0)) from exc
+        except (HTTPError, OSError) as exc:
+            raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc}", delay=RETRY_DELAY) from exc
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+THROTTLED_ATTEMPTS = 4  # tries of a throttled call (429) before the reconcile is retried instead
+THROTTLED_WAIT_MAX = 10.0  # a longer Retry-After is waited for by the work queue, not inside the call
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    """Seconds a 429's Retry-After header asks for; None for any other error, or without the header."""
+    if exc.status != 429:
+        return None
     try:
-        call = functools.partial(fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(_threads(), call)
-    except ApiException as exc:
-        if exc.status in (400, 403, 422):
-            raise Rejected(_api_message(exc), exc.status) from exc
-        if exc.status in (404, 409):
-            raise
-        raise kopf.TemporaryError(f"Kubernetes API error {exc.status}: {_api_message(exc)}", delay=RETRY_DELAY) from exc
-    except (HTTPError, OSError) as exc:
-        raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc}", delay=RETRY_DELAY) from exc
+        return max(0.0, float((exc.headers or {}).get("Retry-After", "")))
+    except (TypeError, ValueError):
+        return None
 
 
 def _api_message(exc: ApiException) -> str:
