@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from keras_operator.api.base import describe_errors
+from keras_operator.api.parse import InvalidResource
+from keras_operator.api.training import ObjectMeta
 from keras_operator.runtime.kube import Rejected
 
 Event = tuple[str, str, str]  # (type, reason, message)
@@ -53,6 +58,16 @@ def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, 
     patch = merge_patch(current, desired)
     patch.update({key: None for key in current if key not in desired})
     return patch
+
+
+def check_metadata(meta: dict[str, Any]) -> None:
+    """InvalidResource naming metadata.name when the Jobs, Services and labels made from it could not exist.
+    The CRD's rule refuses such names, but the API server enforces it only through the CRD: an old CRD, or
+    one installed without its schema, lets any DNS subdomain through (60 characters, dots)."""
+    try:
+        ObjectMeta.model_validate({"name": meta.get("name")})
+    except ValidationError as exc:
+        raise InvalidResource(describe_errors(exc, prefix="metadata")) from exc
 
 
 def rejection(exc: Rejected, what: str) -> str:

@@ -27,7 +27,7 @@ from keras_operator.builders.serving import (
     stable_side,
     url,
 )
-from keras_operator.controllers.outcome import Event, Outcome, rejection, transition_events
+from keras_operator.controllers.outcome import Event, Outcome, check_metadata, rejection, transition_events
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import canary as canary_status
@@ -274,6 +274,7 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
     generation = meta.get("generation")
     now = conditions.now_iso()
     try:
+        check_metadata(meta)
         spec = parse_serving_spec(body.get("spec"))
     except InvalidResource as exc:
         status = serving_status.invalid(str(exc), previous, generation, now)

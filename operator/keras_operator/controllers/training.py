@@ -26,7 +26,14 @@ from keras_operator.builders.training import (
     progress_endpoint,
     trainer_config_text,
 )
-from keras_operator.controllers.outcome import Event, Outcome, owned_by, rejection, transition_events
+from keras_operator.controllers.outcome import (
+    Event,
+    Outcome,
+    check_metadata,
+    owned_by,
+    rejection,
+    transition_events,
+)
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import conditions
@@ -40,6 +47,7 @@ def _cluster_checks(spec: KerasTrainingJobSpec) -> None:
 
 
 def validate(body: dict[str, Any]) -> KerasTrainingJobSpec:
+    check_metadata(body["metadata"])
     spec = parse_training_spec(body.get("spec"))
     _cluster_checks(spec)
     trainer_config_text(body, spec)  # a job file too large for its pod annotation is a spec error
