@@ -133,7 +133,9 @@ def test_optimizer_by_name_and_metrics_under_the_names_written(
 def test_unknown_optimizer_name_is_still_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(tmp_path, tiny_job(training__optimizer="adamm"), capsys)
     assert code == 2
-    assert "spec.training.optimizer.name: unknown optimizer 'adamm'; did you mean 'adam'?" in err
+    # Refused before training by the Keras catalogue (the trainer's own check says the same on a custom image).
+    assert "spec.training.optimizer.name: unknown optimizer 'adamm'" in err
+    assert "did you mean 'adam'?" in err
 
 
 def test_no_tensorflow_start_up_noise(tmp_path: Path) -> None:
