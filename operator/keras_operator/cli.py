@@ -20,7 +20,18 @@ from keras_operator.api.common import DNS1123_LABEL
 from keras_operator.api.parse import InvalidResource, Resource, parse, read_documents
 from keras_operator.api.serving import KerasModelService
 from keras_operator.api.training import MODEL_FILE, SAVEDMODEL_DIR, KerasTrainingJob
-from keras_operator.builders.serving import build_deployment, build_hpa, build_service, model_name, server_args
+from keras_operator.builders.serving import (
+    Selects,
+    Side,
+    build_deployment,
+    build_hpa,
+    build_route,
+    build_service,
+    canary_layout,
+    model_name,
+    server_args,
+    side_service_name,
+)
 from keras_operator.builders.training import build_job, build_worker_service, progress_endpoint
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import conditions
@@ -181,12 +192,43 @@ def render_objects(resource: Resource, resources: list[Resource], namespace: str
         print(
             f"note: {resource.metadata.name}: the model URI is known only once the training succeeds", file=sys.stderr
         )
-    objects = [
-        build_service(owner, resource.spec),
-        build_deployment(owner, resource.spec, uri, settings.image_for(resource.spec.backend)),
-    ]
-    hpa = build_hpa(owner, resource.spec)
+    spec, image = resource.spec, settings.image_for(resource.spec.backend)
+    canary = render_canary_side(resource)
+    if canary is None:
+        objects = [build_service(owner, spec), build_deployment(owner, spec, uri, image)]
+    else:
+        # The canary as it runs once ready and taking its share (Progressing).
+        assert spec.canary is not None
+        split = "HTTPRoute" if settings.traffic_split == "httproute" else "Pods"
+        replicas, selects = canary_layout(spec, split, spec.replicas, spec.canary.traffic_percent)
+        objects = [
+            build_service(owner, spec, selects),
+            build_deployment(owner, spec, uri, image),
+            build_deployment(owner, spec, canary, image, replicas=replicas),
+        ]
+        if split == "HTTPRoute":
+            name = resource.metadata.name
+            objects += [build_service(owner, spec, side, side_service_name(name, side == "canary")) for side in SIDES]
+            objects.append(build_route(owner, spec, spec.canary.traffic_percent, settings.gateway))
+    hpa = build_hpa(owner, spec)
     return objects + ([hpa] if hpa else [])
+
+
+SIDES: tuple[Selects, Selects] = ("stable", "canary")
+
+
+def render_canary_side(service: KerasModelService) -> Side | None:
+    """What the canary serves (a trainingJobRef's model is known only once that training succeeds)."""
+    canary = service.spec.canary
+    if canary is None:
+        return None
+    model = canary.model
+    if model.uri is not None:
+        return Side(model.uri, canary=True)
+    if model.version is not None and service.spec.model.uri is not None:
+        return Side(service.spec.model.uri, f"specific:{model.version}", canary=True)
+    ref = model.training_job_ref.name if model.training_job_ref else "?"
+    return Side(f"<status.modelUri of KerasTrainingJob {ref}>", canary=True)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from keras_operator.builders.serving import (
     build_deployment,
     build_route,
     build_service,
+    canary_pods,
     stable_side,
 )
 from keras_operator.status import canary
@@ -124,7 +125,7 @@ def test_traffic_percent_zero_turns_the_canary_off() -> None:
     ("stable", "percent", "pods"), [(1, 10, 1), (9, 10, 1), (4, 20, 1), (3, 50, 3), (6, 25, 2), (2, 100, 2)]
 )
 def test_canary_pods_for_a_share(stable: int, percent: int, pods: int) -> None:
-    assert canary.canary_pods(stable, percent) == pods
+    assert canary_pods(stable, percent) == pods
 
 
 def test_pods_split_is_the_share_of_ready_pods() -> None:
@@ -193,3 +194,28 @@ def test_the_route_weights_and_its_parent() -> None:
     assert gateway["spec"]["parentRefs"] == [
         {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "public", "namespace": "infra"}
     ]
+
+
+@pytest.mark.parametrize(("split", "kinds"), [("pods", 3), ("httproute", 6)])
+def test_render_shows_both_sides(split: str, kinds: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kerasop render` of a canary: both Deployments, and the route and per-side Services when split by one."""
+    from helpers.manifests import ROOT
+    from keras_operator.cli import load_resources, render_objects
+
+    monkeypatch.setenv("KERAS_OPERATOR_TRAFFIC_SPLIT", split)
+    resources = load_resources(str(ROOT / "examples" / "digits-canary.yaml"))
+    objects = render_objects(resources[0], resources, "ml")
+    assert len(objects) == kinds
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    canary_dep = by_name[("Deployment", "digits-rollout-canary")]
+    args = canary_dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--model-versions") + 1] == "specific:2"
+    if split == "pods":
+        assert canary_dep["spec"]["replicas"] == 1  # 10 % next to 3 stable pods: one pod, as close as whole pods get
+        assert by_name[("Service", "digits-rollout")]["spec"]["selector"] == {SERVING_LABEL: "digits-rollout"}
+    else:
+        route = by_name[("HTTPRoute", "digits-rollout")]
+        assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [90, 10]
+    for obj in objects:
+        if obj["kind"] != "HTTPRoute":
+            validate_k8s(obj)

@@ -21,6 +21,7 @@ from keras_operator.builders.serving import (
     build_hpa,
     build_route,
     build_service,
+    canary_layout,
     canary_name,
     selector_text,
     side_service_name,
@@ -243,11 +244,7 @@ async def _plan_canary(
         view.window = None
     split = "HTTPRoute" if settings.traffic_split == "httproute" else "Pods"
     share = step.canary_percent if step.canary_runs else 0
-    if split == "HTTPRoute":
-        replicas, selects = spec.canary.replicas, "stable"
-    else:
-        replicas = canary_status.canary_pods(_stable_replicas(spec, view.deployment), spec.canary.traffic_percent)
-        selects = "stable" if share == 0 else "canary" if share >= 100 else "both"
+    replicas, selects = canary_layout(spec, split, _stable_replicas(spec, view.deployment), share)
     return CanaryPlan(side, comparing, step, split, replicas, selects, windows)
 
 

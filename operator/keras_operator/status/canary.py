@@ -205,10 +205,3 @@ def pods_split(stable_ready: int, canary_ready: int) -> tuple[int, int]:
         return 0, 0
     canary = round(100 * canary_ready / total)
     return 100 - canary, canary
-
-
-def canary_pods(stable_replicas: int, percent: int) -> int:
-    """Canary pods giving about `percent` of the requests next to `stable_replicas` stable pods."""
-    if percent >= 100:
-        return max(stable_replicas, 1)
-    return max(1, round(stable_replicas * percent / (100 - percent)))
