@@ -119,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         default=10.0,
         help="how often to look for new versions in a base folder; 0: only at start (default: 10)",
     )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=20.0,
+        help="on SIGTERM, how long requests in flight may take before they are answered 503 with Retry-After "
+        "(default: 20, within Kubernetes' 30 s grace period after the 5 s preStop pause)",
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
@@ -208,6 +215,7 @@ def _serve(args: argparse.Namespace) -> int:
             model_versions=versions.parse_policy(args.model_versions),
             version_labels=versions.parse_labels(args.version_label),
             version_poll_seconds=args.version_poll_seconds,
+            drain_seconds=args.drain_seconds,
             **flags,
         )
     except ValueError as exc:

@@ -27,10 +27,11 @@ from keras_operator import __version__
 from keras_trainer.serving import codec, examples
 from keras_trainer.serving.batching import Arrival, Batcher, Overloaded
 from keras_trainer.serving.model import TensorSpec, default_batch_sizes
+from keras_trainer.serving.protocol import Drain, request_id
 from keras_trainer.serving.repository import Repository, Slot, Version
 from keras_trainer.serving.versions import VersionPolicy
 
-__all__ = ["BATCHER", "METRICS", "REPOSITORY", "ServerConfig", "Slot", "create_app"]
+__all__ = ["BATCHER", "DRAIN", "METRICS", "REPOSITORY", "ServerConfig", "Slot", "create_app"]
 
 log = structlog.get_logger("keras_server")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -87,6 +88,8 @@ class ServerConfig:
     model_versions: VersionPolicy = field(default_factory=VersionPolicy)  # for a base folder of versions
     version_labels: Mapping[str, int] = field(default_factory=dict)
     version_poll_seconds: float = 10.0  # 0: the base folder is read once, at start
+    # On SIGTERM: how long requests in flight may still take; those left then get a 503 with Retry-After.
+    drain_seconds: float = 20.0
     # Which requests get an access log line: all, errors (status 400 and up, 499 for a client gone) or off.
     # Not every one by default: a line per request took a fifth of the event loop's time, the server's
     # bottleneck with small requests (bench/README.md), and floods the node's logs at thousands of requests
@@ -105,6 +108,8 @@ class ServerConfig:
                 )
         if self.max_rows_per_request is not None and self.max_rows_per_request < 1:
             raise ValueError(f"--max-rows-per-request must be at least 1, got {self.max_rows_per_request}")
+        if self.drain_seconds < 0:
+            raise ValueError(f"--drain-seconds must not be negative, got {self.drain_seconds}")
         if self.version_poll_seconds < 0:
             raise ValueError(f"--version-poll-seconds must not be negative, got {self.version_poll_seconds}")
 
@@ -206,6 +211,7 @@ def tfs_version_status(version: Version) -> dict[str, Any]:
 
 BATCHER = web.AppKey("batcher", Batcher)  # the latest version's when the app was made (tests read it)
 METRICS = web.AppKey("metrics", Metrics)
+DRAIN = web.AppKey("drain", Drain)
 REPOSITORY = web.AppKey("repository", Repository)
 ROUTED = web.RequestKey("routed", str)  # the version a request went to, for the metrics
 CLIENT_GONE = 499  # nginx's code for a client that closed the connection before the answer
@@ -213,6 +219,9 @@ CLIENT_GONE = 499  # nginx's code for a client that closed the connection before
 # never holds ':' (what follows it is the method) nor '/'.
 V1_MODEL = "/v1/models/{name:[^/:]+}"
 V1_PATHS = (V1_MODEL, V1_MODEL + "/versions/{version:[^/:]+}", V1_MODEL + "/labels/{label:[^/:]+}")
+# Body encodings aiohttp decodes itself (zlib, in bounded steps; the decoded body is what
+# max_request_bytes limits, so a small bomb gets a 413). Others would reach the JSON parser undecoded.
+CONTENT_ENCODINGS = ("identity", "gzip", "deflate")
 
 
 def create_app(repository: Repository, config: ServerConfig) -> web.Application:
@@ -231,6 +240,7 @@ def create_app(repository: Repository, config: ServerConfig) -> web.Application:
         )
 
     repository.bind(make_batcher)
+    drain = Drain()
     # Not the loop's default executor: model loading uses that, and two threads are enough to keep
     # large bodies off the loop (the bytes budget bounds how many wait for them).
     codec_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
@@ -258,24 +268,41 @@ def create_app(repository: Repository, config: ServerConfig) -> web.Application:
     @web.middleware
     async def observe(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
         started = time.perf_counter()
+        task = asyncio.current_task()
+        assert task is not None
+        drain.in_flight.add(task)
         try:
             response = await handler(request)
         except web.HTTPRequestEntityTooLarge:
             response = error(413, f"the request body is larger than {config.max_request_bytes} bytes")
         except web.HTTPException as exc:  # 404 / 405 from routing
             response = error(exc.status, exc.reason)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
         except codec.RequestError as exc:
             response = error(exc.status, exc.message)
         except Overloaded as exc:
             response = error(503, str(exc))
-            response.headers["Retry-After"] = "1"
+        except web.RequestPayloadError:
+            response = error(400, "the body could not be read: broken chunked encoding, compression or length")
         except asyncio.CancelledError:
-            # The client went away (aiohttp cancels the handler): nobody reads an answer, but it is counted.
-            observed(request, CLIENT_GONE, started)
-            raise
-        except Exception as exc:  # a bug or a model failure, never bad input: still JSON
-            log.exception("request_failed", path=request.path)
-            response = error(500, f"internal error: {type(exc).__name__}: {exc}")
+            if task in drain.cut:  # the drain deadline, not a client gone: it gets an answer
+                task.uncancel()
+                response = error(503, "the server is shutting down; send the request again")
+            else:
+                # The client went away (aiohttp cancels the handler): nobody reads an answer, but it is counted.
+                observed(request, CLIENT_GONE, started)
+                raise
+        except Exception:  # a bug or a model failure, never bad input: still JSON, without the exception
+            rid = request_id()
+            log.exception("request_failed", path=request.path, request_id=rid)
+            response = error(500, f"internal error (request id {rid})")
+        finally:
+            drain.in_flight.discard(task)
+        if response.status == 503 and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = "1"
+        if drain.draining:
+            response.force_close()  # Connection: close, so the client sends its next request elsewhere
         observed(request, response.status, started)
         return response
 
@@ -291,6 +318,11 @@ def create_app(repository: Repository, config: ServerConfig) -> web.Application:
         return await loop.run_in_executor(codec_executor, lambda: fn(*args, **kwargs))
 
     async def read_body(request: web.Request, arrival: Arrival) -> bytes:
+        encoding = request.headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in CONTENT_ENCODINGS:
+            raise codec.RequestError(
+                415, f"unsupported Content-Encoding {encoding[:50]!r}; one of {', '.join(CONTENT_ENCODINGS)}"
+            )
         length = request.content_length
         if length is not None:
             if length > config.max_request_bytes:
@@ -424,7 +456,9 @@ def create_app(repository: Repository, config: ServerConfig) -> web.Application:
         if one is None:
             is_ready = repository.ready
         else:
-            is_ready = one.state == "AVAILABLE" and one.model is not None and one.model.ready
+            is_ready = (
+                not repository.draining and one.state == "AVAILABLE" and one.model is not None and one.model.ready
+            )
         return json_response({"name": repository.name, "ready": is_ready}, status=200 if is_ready else 503)
 
     async def model_metadata(request: web.Request) -> web.Response:
@@ -481,7 +515,7 @@ def create_app(repository: Repository, config: ServerConfig) -> web.Application:
         codec_executor.shutdown(wait=False, cancel_futures=True)
 
     app = web.Application(middlewares=[observe], client_max_size=config.max_request_bytes)
-    app[METRICS], app[REPOSITORY] = metrics, repository
+    app[METRICS], app[REPOSITORY], app[DRAIN] = metrics, repository, drain
     if repository.latest is not None and repository.latest.batcher is not None:
         app[BATCHER] = repository.latest.batcher
     # aiohttp tries routes in order: the hot ones first.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -64,24 +65,44 @@ def _decode_b64(value: Any) -> Any:
     return value
 
 
-def to_array(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
-    """A batch for `spec` from JSON (nested lists, numbers, b64 objects), shape- and type-checked."""
+def to_array(value: Any, spec: TensorSpec, where: str, bools: bool = False) -> np.ndarray:
+    """A batch for `spec` from JSON (nested lists, numbers, b64 objects) or an already typed array,
+    shape- and type-checked. `bools`: true/false may feed a numeric input (a v2 tensor declared BOOL)."""
     try:
         if spec.dtype.kind in ("O", "S", "U"):
             # b64 objects only mean something for text inputs: numbers are never walked in Python.
             array = _as_bytes(np.array(_decode_b64(value), dtype=object), spec, where)
         else:
-            raw = np.asarray(value)
-            if raw.dtype.kind not in ("b", "i", "u", "f"):
-                raise RequestError(
-                    400, f"{where}: expected numbers for input {spec.name!r} ({spec.dtype.name}), got {_kind(raw)}"
-                )
-            if spec.dtype.kind in ("i", "u") and raw.dtype.kind == "f" and not np.all(np.mod(raw, 1) == 0):
-                raise RequestError(400, f"{where}: input {spec.name!r} takes integers ({spec.dtype.name})")
-            array = raw.astype(spec.dtype, copy=False)
+            array = checked(np.asarray(value), spec.dtype, where, f"input {spec.name!r} ({spec.dtype.name})", bools)
     except ValueError as exc:
         raise RequestError(400, f"{where}: input {spec.name!r} is not a rectangular array ({exc})") from exc
     check_shape(array, spec, where)
+    return array
+
+
+def checked(raw: np.ndarray, dtype: np.dtype[Any], where: str, what: str, bools: bool = False) -> np.ndarray:
+    """`raw` (the array numpy made of JSON values, or a typed one) as `dtype`, or a 400 saying why.
+
+    Whole-array numpy checks, never a Python loop over elements: numpy's own conversion would take
+    null as NaN, "1.5" as a number and any string as True, and wrap integers that do not fit.
+    """
+    kind = raw.dtype.kind
+    if dtype.kind == "b":
+        if kind != "b":
+            raise RequestError(400, f"{where}: {what} takes true or false, got {_kind(raw)}")
+        return raw
+    if kind not in ("i", "u", "f") and not (bools and kind == "b"):
+        raise RequestError(400, f"{where}: expected numbers for {what}, got {_kind(raw)}")
+    if dtype.kind in ("i", "u") and raw.size and kind != "b":
+        if kind == "f" and not np.all(np.mod(raw, 1) == 0):
+            raise RequestError(400, f"{where}: {what} takes integers")
+        info = np.iinfo(dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise RequestError(400, f"{where}: a value is out of range for {what} ({info.min}..{info.max})")
+    array = raw.astype(dtype, copy=False)
+    # A narrower float turns a large value into inf; only then is the (rarer) check on `raw` paid.
+    if dtype.kind == "f" and kind == "f" and not np.isfinite(array).all() and np.isfinite(raw).all():
+        raise RequestError(400, f"{where}: a value is out of range for {what}")
     return array
 
 
@@ -97,7 +118,14 @@ def _as_bytes(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
 
 
 def _kind(raw: np.ndarray) -> str:
-    return "text" if raw.dtype.kind in ("U", "S") else "mixed or nested values"
+    kind = raw.dtype.kind
+    if kind in ("U", "S"):
+        return "text"
+    if kind == "b":
+        return "true/false values"
+    if kind in ("i", "u", "f"):
+        return "numbers"
+    return "null, mixed or nested values"
 
 
 def check_shape(array: np.ndarray, spec: TensorSpec, where: str) -> None:
@@ -272,22 +300,25 @@ def parse_v2(body: Any, inputs: list[TensorSpec], binary: bytes = b"") -> V2Requ
         missing = [k for k in required if k not in item]
         if missing:
             raise RequestError(400, f"{where} lacks {', '.join(missing)}")
-        name = item["name"]
+        name, datatype, shape = item["name"], item["datatype"], item["shape"]
+        if not isinstance(name, str):
+            raise RequestError(400, f"{where}: name must be a string")
+        if not isinstance(datatype, str):
+            raise RequestError(400, f"{where}: datatype must be a string, one of {', '.join(V2_DATATYPES)}")
         spec = by_name.get(name)
         if spec is None and len(inputs) == 1 and not arrays:
             spec = inputs[0]  # one input: any name will do, as users rarely know Keras' generated one
         if spec is None:
             raise RequestError(400, f"{where}: unknown input {name!r}; the model takes {sorted(by_name)}")
-        datatype = item["datatype"]
         if datatype not in V2_DATATYPES:
             raise RequestError(400, f"{where}: unknown datatype {datatype!r}; one of {', '.join(V2_DATATYPES)}")
         if (datatype == "BYTES") != (spec.dtype.kind in ("O", "S", "U")):
             raise RequestError(
                 400, f"{where}: datatype {datatype} does not fit input {spec.name!r} ({v2_datatype(spec.dtype)})"
             )
-        shape = item["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):  # no bools
             raise RequestError(400, f"{where}: shape must be a list of non-negative integers")
+        size = math.prod(shape)  # Python's ints: numpy's product of huge dimensions would wrap
         if binary_size is not None:
             if "data" in item:
                 raise RequestError(400, f"{where}: give data or parameters.binary_data_size, not both")
@@ -301,9 +332,13 @@ def parse_v2(body: Any, inputs: list[TensorSpec], binary: bytes = b"") -> V2Requ
             offset += binary_size
         else:
             flat = _from_json(item["data"], datatype, where)
-        if flat.size != int(np.prod(shape)):
-            raise RequestError(400, f"{where}: shape {shape} holds {int(np.prod(shape))} values, data has {flat.size}")
-        arrays[spec.name] = to_array(flat.reshape(shape), spec, where)  # shape-checked there
+        if flat.size != size:
+            raise RequestError(400, f"{where}: shape {shape} holds {size} values, data has {flat.size}")
+        try:
+            shaped = flat.reshape(shape)
+        except ValueError as exc:  # e.g. [0, 2**70]: no values, but more dimensions than numpy takes
+            raise RequestError(400, f"{where}: shape {shape} is not one numpy can hold") from exc
+        arrays[spec.name] = to_array(shaped, spec, where, bools=True)  # shape-checked there
     if set(arrays) != set(by_name):
         raise RequestError(400, f"missing inputs {sorted(set(by_name) - set(arrays))}")
     if offset != len(binary):
@@ -336,14 +371,17 @@ def _from_json(data: Any, datatype: str, where: str) -> np.ndarray:
     if datatype == "BYTES" and not _flat(data):
         raise not_flat
     try:
-        flat = np.asarray(_decode_b64(data) if datatype == "BYTES" else data, dtype=V2_DATATYPES[datatype])
+        # Numbers: numpy infers the array's type in C, then `checked` holds it against the datatype.
+        flat = np.asarray(_decode_b64(data), dtype=object) if datatype == "BYTES" else np.asarray(data)
     except (ValueError, TypeError, OverflowError) as exc:
         if any(isinstance(v, list) for v in data):
             raise not_flat from exc
-        raise RequestError(400, f"{where}: data does not fit datatype {datatype}: {exc}") from exc
-    if flat.ndim != 1:  # numbers are checked after numpy's C conversion, not element by element
+        raise RequestError(400, f"{where}: data does not fit datatype {datatype}") from exc
+    if flat.ndim != 1:
         raise not_flat
-    return flat
+    if datatype == "BYTES":
+        return flat
+    return checked(flat, np.dtype(V2_DATATYPES[datatype]), where, f"datatype {datatype}")
 
 
 def _flat(data: list[Any]) -> bool:

@@ -62,6 +62,7 @@ class Repository:
         self.latest: Version | None = None  # the highest available version: where unversioned requests go
         self._make_batcher: Callable[[Version], Batcher] | None = None
         self._started = False
+        self.draining = False  # shutting down: probes say unready, requests still get answers
 
     # --- lifecycle (on the event loop) ---
 
@@ -116,10 +117,10 @@ class Repository:
                 await version.batcher.close()
 
     def stop_ready(self) -> None:
-        """Readiness fails from now on (shutting down), so the Service stops sending requests."""
-        for version in self.available():
-            if version.model is not None:
-                version.model.ready = False
+        """Readiness fails from now on (shutting down), so the Service stops sending requests. Requests
+        that still come (on kept-alive connections, or sent before the endpoints changed) are answered:
+        a 503 for them would be an error the drain exists to avoid."""
+        self.draining = True
 
     def _route_latest(self) -> None:
         available = self.available()
@@ -133,7 +134,7 @@ class Repository:
     @property
     def ready(self) -> bool:
         latest = self.latest
-        return latest is not None and latest.model is not None and latest.model.ready
+        return not self.draining and latest is not None and latest.model is not None and latest.model.ready
 
     @property
     def batchers(self) -> list[Batcher]:

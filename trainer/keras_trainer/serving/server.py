@@ -15,18 +15,25 @@ from aiohttp import web
 
 from keras_trainer import storage
 from keras_trainer.errors import TransientError
-from keras_trainer.serving.app import METRICS, Metrics, ServerConfig, create_app
+from keras_trainer.serving.app import DRAIN, METRICS, REPOSITORY, Metrics, ServerConfig, create_app
 from keras_trainer.serving.model import ServedModel
+from keras_trainer.serving.protocol import Runner
 from keras_trainer.serving.repository import Repository
 from keras_trainer.serving.watcher import Loader, Watcher
 
 log = structlog.get_logger("keras_server")
-SHUTDOWN_TIMEOUT = 25.0  # below Kubernetes' default 30 s grace period
+# What aiohttp's own shutdown may still take once the drain is over (answers being written, a 503 to a
+# slow upload whose rest aiohttp reads a moment before closing): the drain itself is `drain_seconds`.
+SHUTDOWN_TIMEOUT = 2.0
+# After SIGTERM, idle kept-alive connections stay open this long: a request a client wrote as the signal
+# came is answered (with Connection: close) instead of meeting a closed connection.
+LINGER_SECONDS = 1.0
+POLL_SECONDS = 0.05
 
 
 async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve `app` at host:port (port 0: any free port, then see `runner.addresses`)."""
-    runner = web.AppRunner(
+    runner = Runner(
         app,
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
@@ -87,13 +94,32 @@ async def serve(uri: str, name: str, host: str, port: int, config: ServerConfig)
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
-        repository.stop_ready()
-        await runner.cleanup()  # stops listening, lets in-flight requests finish, then stops the batchers
+        await drain(runner, app, config.drain_seconds)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return 0
+
+
+async def drain(runner: web.AppRunner, app: web.Application, seconds: float) -> None:
+    """Readiness fails, no new connections; requests in flight finish (or get a 503 with Retry-After once
+    `seconds` have passed), every answer from now on says Connection: close; then the server stops."""
+    state, repository = app[DRAIN], app[REPOSITORY]
+    state.draining = True
+    repository.stop_ready()
+    for site in list(runner.sites):
+        await site.stop()  # the listening socket only: open connections stay
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    cut = 0
+    while state.in_flight or loop.time() - started < LINGER_SECONDS:
+        if loop.time() - started >= seconds:
+            cut = state.cut_off()
+            break
+        await asyncio.sleep(POLL_SECONDS)
+    log.info("drained", seconds=round(loop.time() - started, 3), cut_off=cut)
+    await runner.cleanup()  # closes idle connections, writes the last answers, then stops the batchers
 
 
 async def start(watcher: Watcher, config: ServerConfig) -> bool:
