@@ -281,10 +281,13 @@ def create_app(repository: Repository, config: ServerConfig) -> web.Application:
                 response.headers["Allow"] = exc.headers["Allow"]
         except codec.RequestError as exc:
             response = error(exc.status, exc.message)
+            if exc.status == 415:  # a body aiohttp may fail to decode while it reads past it: no reuse
+                response.force_close()
         except Overloaded as exc:
             response = error(503, str(exc))
         except web.RequestPayloadError:
             response = error(400, "the body could not be read: broken chunked encoding, compression or length")
+            response.force_close()  # the rest of the body cannot be read past: the connection is done
         except asyncio.CancelledError:
             if task in drain.cut:  # the drain deadline, not a client gone: it gets an answer
                 task.uncancel()

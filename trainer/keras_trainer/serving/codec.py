@@ -89,17 +89,21 @@ def checked(raw: np.ndarray, dtype: np.dtype[Any], where: str, what: str, bools:
     kind = raw.dtype.kind
     if dtype.kind == "b":
         if kind != "b":
-            raise RequestError(400, f"{where}: {what} takes true or false, got {_kind(raw)}")
+            raise RequestError(400, f"{where}: data does not fit {what}: expected true or false, got {_kind(raw)}")
         return raw
     if kind not in ("i", "u", "f") and not (bools and kind == "b"):
-        raise RequestError(400, f"{where}: expected numbers for {what}, got {_kind(raw)}")
+        raise RequestError(400, f"{where}: data does not fit {what}: expected numbers, got {_kind(raw)}")
     if dtype.kind in ("i", "u") and raw.size and kind != "b":
         if kind == "f" and not np.all(np.mod(raw, 1) == 0):
             raise RequestError(400, f"{where}: {what} takes integers")
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
             raise RequestError(400, f"{where}: a value is out of range for {what} ({info.min}..{info.max})")
-    array = raw.astype(dtype, copy=False)
+    if dtype.kind == "f" and kind == "f" and dtype.itemsize < raw.dtype.itemsize:
+        with np.errstate(over="ignore"):  # an overflow is refused just below, not warned about
+            array = raw.astype(dtype)
+    else:
+        array = raw.astype(dtype, copy=False)
     # A narrower float turns a large value into inf; only then is the (rarer) check on `raw` paid.
     if dtype.kind == "f" and kind == "f" and not np.isfinite(array).all() and np.isfinite(raw).all():
         raise RequestError(400, f"{where}: a value is out of range for {what}")
@@ -279,7 +283,9 @@ def _to_binary(array: np.ndarray) -> bytes:
 
 
 def _parameters(item: dict[str, Any], where: str) -> dict[str, Any]:
-    params = item.get("parameters") or {}
+    params = item.get("parameters")
+    if params is None:
+        return {}
     if not isinstance(params, dict):
         raise RequestError(400, f"{where}.parameters must be an object")
     return params
