@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +19,10 @@ import yaml
 
 from helpers.jobs import tiny_job
 from helpers.manifests import ROOT
-from helpers.s3 import Bucket, forget_s3fs_state, moto_server, new_bucket
+from helpers.s3 import Bucket, forget_s3fs_state
 from helpers.trainer_process import kill_after_epoch, run_again, train_command
 from keras_operator.api.report import parse_termination_message
 from keras_trainer import cli
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with moto_server() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
-    """A fresh bucket, with this process's AWS environment pointing at it."""
-    b = new_bucket(s3_endpoint)
-    for key, value in b.env.items():
-        monkeypatch.setenv(key, value)
-    forget_s3fs_state()
-    yield b
-    forget_s3fs_state()
 
 
 def train(tmp_path: Path, doc: dict[str, Any], output: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, Any]:

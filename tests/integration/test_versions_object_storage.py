@@ -3,14 +3,13 @@ as new versions are uploaded, and each unloaded version's download removed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import models
-from helpers.s3 import Bucket, forget_s3fs_state, moto_server, new_bucket
+from helpers.s3 import Bucket
 from keras_trainer.serving import discovery
 from keras_trainer.serving.model import ServedModel
 from keras_trainer.serving.repository import Repository
@@ -18,21 +17,9 @@ from keras_trainer.serving.versions import parse_policy
 from keras_trainer.serving.watcher import Watcher
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with moto_server() as endpoint:
-        yield endpoint
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
-    b = new_bucket(s3_endpoint)
-    for key, value in b.env.items():
-        monkeypatch.setenv(key, value)
+@pytest.fixture(autouse=True)
+def _no_xla(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KERAS_SERVER_XLA", "0")
-    forget_s3fs_state()
-    yield b
-    forget_s3fs_state()
 
 
 def upload_folder(bucket: Bucket, local: Path, prefix: str) -> None:
