@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -84,3 +85,18 @@ def model_server(
         proc.wait(timeout=30)
         if log_file is not None:
             output.close()  # type: ignore[union-attr]
+
+
+def captured_serve(monkeypatch: Any) -> list[Any]:
+    """Replace the model server's `serve` with one that records the ServerConfig `keras-trainer serve` built and
+    returns 0: the flags' effect, without loading a model."""
+    from keras_trainer.serving import server
+
+    seen: list[Any] = []
+
+    async def fake_serve(uri: str, name: str, host: str, port: int, config: Any) -> int:
+        seen.append(config)
+        return 0
+
+    monkeypatch.setattr(server, "serve", fake_serve)
+    return seen

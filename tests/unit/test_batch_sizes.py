@@ -14,6 +14,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import models
+from helpers.server import captured_serve
 from keras_trainer.serving.app import BATCHER, ServerConfig, Slot, create_app
 from keras_trainer.serving.model import ServedModel, bucket, default_batch_sizes
 
@@ -51,15 +52,8 @@ def test_the_flags_reach_the_server_and_a_mismatch_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from keras_trainer import cli as trainer_cli
-    from keras_trainer.serving import server
 
-    seen: list[ServerConfig] = []
-
-    async def fake_serve(uri: str, name: str, host: str, port: int, config: ServerConfig) -> int:
-        seen.append(config)
-        return 0
-
-    monkeypatch.setattr(server, "serve", fake_serve)
+    seen = captured_serve(monkeypatch)
     base = ["serve", "--model-uri", "m.keras", "--model-name", "m"]
     assert trainer_cli.main([*base, "--allowed-batch-sizes", "4,16,32", "--max-rows-per-request", "100"]) == 0
     assert (seen[0].allowed_batch_sizes, seen[0].max_rows_per_request) == ((4, 16, 32), 100)

@@ -16,6 +16,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import models
+from helpers.server import captured_serve
 from keras_trainer import storage
 from keras_trainer.serving import discovery
 from keras_trainer.serving.app import ServerConfig, create_app
@@ -395,15 +396,8 @@ async def test_the_server_process_flow_exits_when_nothing_can_load(tmp_path: Pat
 
 def test_version_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from keras_trainer import cli as trainer_cli
-    from keras_trainer.serving import server
 
-    seen: list[ServerConfig] = []
-
-    async def fake_serve(uri: str, name: str, host: str, port: int, config: ServerConfig) -> int:
-        seen.append(config)
-        return 0
-
-    monkeypatch.setattr(server, "serve", fake_serve)
+    seen = captured_serve(monkeypatch)
     base = ["serve", "--model-uri", "base", "--model-name", "m"]
     assert trainer_cli.main(base) == 0
     assert (seen[0].model_versions, dict(seen[0].version_labels), seen[0].version_poll_seconds) == (

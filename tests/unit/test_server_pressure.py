@@ -16,6 +16,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import models
+from helpers.server import captured_serve
 from keras_trainer.serving import codec
 from keras_trainer.serving.app import BATCHER, ServerConfig, Slot, create_app
 from keras_trainer.serving.model import ServedModel
@@ -291,15 +292,8 @@ def test_the_budgets_are_flags_too_and_a_bad_environment_value_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from keras_trainer import cli as trainer_cli
-    from keras_trainer.serving import server
 
-    seen: list[ServerConfig] = []
-
-    async def fake_serve(uri: str, name: str, host: str, port: int, config: ServerConfig) -> int:
-        seen.append(config)
-        return 0
-
-    monkeypatch.setattr(server, "serve", fake_serve)
+    seen = captured_serve(monkeypatch)
     base = ["serve", "--model-uri", "m.keras", "--model-name", "m"]
     monkeypatch.setenv("KERAS_SERVER_MAX_QUEUED_ROWS", "77")
     assert trainer_cli.main([*base, "--max-queued-bytes", "1024", "--offload-bytes", "0"]) == 0
