@@ -555,3 +555,35 @@ def test_fuzzed_examples_parse_or_fail_naming_a_field(doc: dict[str, Any]) -> No
 def test_fuzz_ran() -> None:
     assert FUZZ["cases"] in (0, 600), FUZZ  # 0 when run alone
     print(f"fuzz: {FUZZ}")
+
+
+def test_the_controllers_check_names_that_depend_on_the_kind() -> None:
+    """What the CRD's metadata rule cannot say (a service's name names Services, several workers name a Service
+    and long hostnames) is refused by the reconcile path too, not only by `kerasop`."""
+    import asyncio
+
+    from helpers.jobs import tiny_job
+    from keras_operator.controllers import serving as serving_controller
+    from keras_operator.controllers import training as training_controller
+    from keras_operator.runtime.settings import Settings
+
+    job = tiny_job("9lives", distribution={"workers": 2}, backend="jax")
+    with pytest.raises(InvalidResource, match=r"^metadata\.name: '9lives' must start with a letter"):
+        training_controller.validate(job)
+    output = {"uri": "pvc://models/m"}
+    long_name = "a" * 53  # the longest the CRD allows; its 10,000th pod's hostname would be 64 characters
+    with pytest.raises(InvalidResource, match=r"^metadata\.name: too long for 10000 workers"):
+        training_controller.validate(tiny_job(long_name, distribution={"workers": 10000}, backend="jax", output=output))
+    training_controller.validate(tiny_job("9lives", output=output))  # one worker: no Service, any DNS label
+
+    body = {
+        "apiVersion": "kerasoperator.dev/v1alpha1",
+        "kind": "KerasModelService",
+        "metadata": {"name": "1digits", "namespace": "ml", "uid": "u", "generation": 1},
+        "spec": {"model": {"uri": "pvc://models/m.keras"}},
+    }
+    outcome = asyncio.run(serving_controller.reconcile(serving_controller.View(resource=body), Settings()))
+    valid = next(c for c in outcome.status["conditions"] if c["type"] == "Valid")
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
+    assert valid["message"].startswith("metadata.name: '1digits' must start with a letter")
+    assert outcome.status["phase"] == "Failed"

@@ -353,7 +353,15 @@ class KerasModelService(ApiModel):
 
     @model_validator(mode="after")
     def _service_name(self) -> KerasModelService:
-        # The Services NAME, NAME-stable and NAME-canary are DNS-1035 labels: they start with a letter.
-        if not self.metadata.name[0].isalpha():
-            raise ValueError(f"metadata.name: {self.metadata.name!r} must start with a letter (it names Services)")
+        problem = name_problem(self.metadata.name)
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a KerasModelService's (None when it can): the Services NAME, NAME-stable and
+    NAME-canary are DNS-1035 labels, which start with a letter."""
+    if not name[:1].isalpha():
+        return f"metadata.name: {name!r} must start with a letter (it names Services)"
+    return None

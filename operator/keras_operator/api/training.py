@@ -465,19 +465,28 @@ class KerasTrainingJob(ApiModel):
 
     @model_validator(mode="after")
     def _worker_names_fit(self) -> KerasTrainingJob:
-        """Several workers need a Service NAME-workers (a DNS-1035 label: it starts with a letter) and pod
-        hostnames NAME-train-INDEX (a DNS-1123 label: at most 63 characters)."""
-        workers, name = self.spec.distribution.workers, self.metadata.name
-        if workers > 1:
-            if not name[0].isalpha():
-                raise ValueError(
-                    f"metadata.name: {name!r} must start with a letter with distribution.workers above 1 "
-                    "(the workers' Service is named after it)"
-                )
-            hostname = f"{name}-train-{workers - 1}"
-            if len(hostname) > 63:
-                raise ValueError(
-                    f"metadata.name: too long for {workers} workers: the last pod's hostname {hostname} would "
-                    "exceed 63 characters"
-                )
+        problem = worker_name_problem(self.metadata.name, self.spec)
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+def worker_name_problem(name: str, spec: KerasTrainingJobSpec) -> str | None:
+    """Why `name` cannot be this training's (None when it can): several workers need a Service NAME-workers
+    (a DNS-1035 label: it starts with a letter) and pod hostnames NAME-train-INDEX (a DNS-1123 label: at most
+    63 characters)."""
+    workers = spec.distribution.workers
+    if workers <= 1:
+        return None
+    if not name[:1].isalpha():
+        return (
+            f"metadata.name: {name!r} must start with a letter with distribution.workers above 1 "
+            "(the workers' Service is named after it)"
+        )
+    hostname = f"{name}-train-{workers - 1}"
+    if len(hostname) > 63:
+        return (
+            f"metadata.name: too long for {workers} workers: the last pod's hostname {hostname} would "
+            "exceed 63 characters"
+        )
+    return None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keras_operator.api.parse import InvalidResource, parse_serving_spec
-from keras_operator.api.serving import KerasModelServiceSpec
+from keras_operator.api.serving import KerasModelServiceSpec, name_problem
 from keras_operator.builders.common import MANAGED_BY
 from keras_operator.builders.serving import (
     CANARY_LABEL,
@@ -273,6 +273,9 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
     try:
         check_metadata(meta)
         spec = parse_serving_spec(body.get("spec"))
+        problem = name_problem(meta["name"])
+        if problem:
+            raise InvalidResource(problem)
     except InvalidResource as exc:
         status = serving_status.invalid(str(exc), previous, generation, now)
         return Outcome(status, transition_events(previous, status) or [("Warning", "InvalidSpec", str(exc))])

@@ -13,7 +13,7 @@ from typing import Any
 
 from keras_operator.api.parse import InvalidResource, parse_training_spec
 from keras_operator.api.report import EpochReport
-from keras_operator.api.training import KerasTrainingJobSpec
+from keras_operator.api.training import KerasTrainingJobSpec, worker_name_problem
 from keras_operator.builders.common import MANAGED_BY
 from keras_operator.builders.training import OWNER_LABEL as OWNER_LABEL  # what the handlers select on
 from keras_operator.builders.training import (
@@ -49,6 +49,9 @@ def _cluster_checks(spec: KerasTrainingJobSpec) -> None:
 def validate(body: dict[str, Any]) -> KerasTrainingJobSpec:
     check_metadata(body["metadata"])
     spec = parse_training_spec(body.get("spec"))
+    problem = worker_name_problem(body["metadata"]["name"], spec)
+    if problem:
+        raise InvalidResource(problem)
     _cluster_checks(spec)
     trainer_config_text(body, spec)  # a job file too large for its pod annotation is a spec error
     return spec
