@@ -82,3 +82,23 @@ def test_manifests_validate_against_kubernetes(overrides: dict[str, Any]) -> Non
     ):
         if obj is not None:
             validate_k8s(obj)
+
+
+@pytest.mark.parametrize(("pre_stop", "drain"), [(None, None), (0, 20), (15, 120)])
+def test_the_pause_and_the_drain_fit_the_grace_period(pre_stop: int | None, drain: int | None) -> None:
+    server = {k: v for k, v in (("preStopSeconds", pre_stop), ("drainSeconds", drain)) if v is not None}
+    doc, spec = owner(server=server)
+    pod = build_deployment(doc, spec, "pvc://models/digits/model.keras", "img")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    pause = 5 if pre_stop is None else pre_stop
+    wait = 20 if drain is None else drain
+    if pause:
+        assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(pause)]
+    else:
+        assert "lifecycle" not in container
+    assert pod["terminationGracePeriodSeconds"] == pause + wait + 5
+    args = container["args"]
+    # The server's own default is not repeated (an older server image keeps working with a default spec).
+    assert ("--drain-seconds" in args) == (wait != 20)
+    if wait != 20:
+        assert args[args.index("--drain-seconds") + 1] == str(wait)

@@ -148,6 +148,12 @@ class ServerSpec(ApiModel):
     """Larger request bodies are refused with 413."""
     max_queue: Annotated[int, Field(ge=1)] = 1024
     """Requests waiting for the model before new ones are refused with 503."""
+    pre_stop_seconds: Annotated[int, Field(ge=0, le=300)] = 5
+    """How long a deleted pod keeps serving before it is told to stop: Services and proxies learn of the
+    deletion at the same time as the pod, so one that stops listening at once gets refused connections."""
+    drain_seconds: Annotated[int, Field(ge=1, le=3600)] = 20
+    """How long a stopping server lets requests in flight finish; those still running then get a 503 with
+    Retry-After. The pod's grace period is preStopSeconds + drainSeconds + 5."""
 
 
 class Autoscaling(ApiModel):

@@ -23,9 +23,7 @@ SERVING_LABEL = f"{GROUP}/serving"
 TRACK_LABEL = f"{GROUP}/track"  # stable | canary, for people and dashboards
 HASH_ANNOTATION = f"{GROUP}/spec-hash"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
-PRESTOP_SECONDS = 5
-"""How long a deleted pod keeps serving before it is told to stop: endpoints and proxies learn of the deletion
-in parallel with the kubelet, so a pod that stops listening at once gets refused connections."""
+DEFAULT_DRAIN_SECONDS = 20  # the server's own default for --drain-seconds
 
 
 @dataclass(frozen=True)
@@ -113,6 +111,8 @@ def server_args(name: str, spec: KerasModelServiceSpec, model: str | Side, port:
         args += ["--version-label", f"{label}={version}"]
     if server.batching.allowed_batch_sizes:
         args += ["--allowed-batch-sizes", ",".join(str(n) for n in sorted(server.batching.allowed_batch_sizes))]
+    if server.drain_seconds != DEFAULT_DRAIN_SECONDS:
+        args += ["--drain-seconds", str(server.drain_seconds)]
     if server.batching.max_rows_per_request is not None:
         args += ["--max-rows-per-request", str(server.batching.max_rows_per_request)]
     return args
@@ -172,8 +172,10 @@ def build_deployment(
             "timeoutSeconds": 5,
             "failureThreshold": 6,
         },
-        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
     }
+    if server.pre_stop_seconds:
+        # exec, not the sleep action: that one needs Kubernetes 1.30.
+        container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", str(server.pre_stop_seconds)]}}}
     requirements = resource_requirements(canary.resources or spec.resources if canary else spec.resources)
     if requirements:
         container["resources"] = requirements
@@ -184,8 +186,8 @@ def build_deployment(
         user=spec.pod_template,
         restart_policy="Always",
     )
-    # The preStop pause, then the server's drain (at most 25 s).
-    template["spec"]["terminationGracePeriodSeconds"] = PRESTOP_SECONDS + 30
+    # The preStop pause, then the server's drain, then a margin for its exit.
+    template["spec"]["terminationGracePeriodSeconds"] = server.pre_stop_seconds + server.drain_seconds + 5
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": {CANARY_LABEL: name} if side.canary else selector(name)},
         "template": template,
