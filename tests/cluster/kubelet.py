@@ -164,7 +164,7 @@ class Kubelet:
         if "sleep" in hook:
             await asyncio.sleep(float(hook["sleep"]["seconds"]))
         elif "exec" in hook:
-            argv = [self._rewrite(self._alias(a), mapping) for a in hook["exec"]["command"]]
+            argv = [self._alias(self._rewrite(a, mapping)) for a in hook["exec"]["command"]]
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=self.workdir,
@@ -360,6 +360,9 @@ class Kubelet:
         return [t.token for t in self.projected_tokens.get((namespace, pod), [])]
 
     def _alias(self, value: str) -> str:
+        """`value` with a cluster address (or command) swapped for the test's. Applied after the container paths
+        are mapped: what an alias points to is a path or address on this machine already, never remapped
+        (a checkout under /tmp would otherwise see its own files moved into a pod's emptyDir)."""
         for prefix in sorted(self.url_aliases, key=len, reverse=True):
             if value.startswith(prefix):
                 return self.url_aliases[prefix] + value[len(prefix) :]
@@ -382,7 +385,7 @@ class Kubelet:
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         for item in container.get("env", []):
             if "value" in item:
-                env[item["name"]] = self._rewrite(self._alias(item["value"]), mapping)
+                env[item["name"]] = self._alias(self._rewrite(item["value"], mapping))
             elif "fieldRef" in (item.get("valueFrom") or {}):
                 env[item["name"]] = field_value(pod, item["valueFrom"]["fieldRef"]["fieldPath"])
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
@@ -391,7 +394,7 @@ class Kubelet:
             ports = {p["containerPort"]: free_port() for p in container.get("ports", [])}
         self.host_ports[key] = ports
         argv = [
-            self._rewrite(self._alias(a), mapping) for a in [*container.get("command", []), *container.get("args", [])]
+            self._alias(self._rewrite(a, mapping)) for a in [*container.get("command", []), *container.get("args", [])]
         ]
         argv = [str(ports[int(a)]) if a.isdigit() and int(a) in ports else a for a in argv]
         self.emulator.pod_logs[key] = ""

@@ -9,7 +9,7 @@ from pathlib import Path
 from cluster.harness import Cluster
 
 MODEL_URI = "fake://trained/{name}"
-SCRIPT = Path(__file__).with_name("fake_keras_trainer")  # not under /tmp: the kubelet maps /tmp to an emptyDir
+SCRIPT = Path(__file__).with_name("fake_keras_trainer")
 
 
 def fast_trainers(cluster: Cluster) -> None:
