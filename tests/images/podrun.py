@@ -53,7 +53,15 @@ HANDLED_CONTAINER_KEYS = {
     "readinessProbe",
     "livenessProbe",
     "imagePullPolicy",
+    "lifecycle",  # podman has no preStop: pre_stop() gives its command, which the tests run before stopping
 }
+
+
+def pre_stop(container: dict[str, Any]) -> list[str] | None:
+    """The container's preStop exec command (the kubelet runs it inside the container before SIGTERM)."""
+    hook = ((container.get("lifecycle") or {}).get("preStop") or {}).get("exec")
+    assert hook is not None or "lifecycle" not in container, f"a lifecycle the image tests do not run: {container}"
+    return list(hook["command"]) if hook else None
 
 
 def podman_env() -> dict[str, str]:

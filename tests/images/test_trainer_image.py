@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from podrun import ROOT, free_port, host_dir, podman, podman_run_args, progress, wait_http, workdir
+from podrun import ROOT, free_port, host_dir, podman, podman_run_args, pre_stop, progress, wait_http, workdir
 
 from helpers.server import get_json, post_json
 from keras_operator.api.parse import parse
@@ -160,6 +160,10 @@ def test_trainer_image_serves_the_trained_model_as_the_deployment_runs_it(
             (output,) = body["outputs"]
             assert output["shape"] == [16, 10]
             np.testing.assert_allclose(np.array(output["data"]).reshape(16, 10), predictions, rtol=1e-4, atol=1e-5)
+            hook = pre_stop(pod_spec["containers"][0])
+            if hook is not None:  # as the kubelet before SIGTERM: the command must exist in the image and succeed
+                paused = podman("exec", name, *hook, check=False)
+                assert paused.returncode == 0, paused.stderr
         finally:
             stop = podman("stop", "--time", "30", name, check=False)
             logs = podman("logs", name, check=False)

@@ -99,3 +99,32 @@ async def test_close_cancels_runs_and_pending_retries() -> None:
 )
 def test_status_merge_patch(current: dict, desired: dict, patch: dict) -> None:
     assert merge_patch(current, desired) == patch
+
+
+def test_a_key_left_by_a_stopped_run_does_not_block_the_next() -> None:
+    """An operator restarted in the same process (tests, `kerasop`): the first run's loop stopped with a
+    reconcile in flight, which will never finish; the next run must still reconcile that key."""
+    ran: list[str] = []
+    hang = asyncio.Event()
+
+    async def work(key: object) -> None:
+        ran.append(str(key))
+        if len(ran) == 1:
+            await hang.wait()  # the first run's reconcile never ends: its loop stops under it
+
+    queue = WorkQueue(work)
+    first = asyncio.new_event_loop()
+
+    async def start() -> None:
+        queue.enqueue("k")
+        await asyncio.sleep(0.01)
+
+    first.run_until_complete(start())
+    first.close()  # no cleanup: as when the first run's loop goes away
+
+    async def again() -> None:
+        queue.enqueue("k")
+        await asyncio.sleep(0.05)
+
+    asyncio.run(again())
+    assert ran == ["k", "k"]

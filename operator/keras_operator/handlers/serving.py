@@ -160,6 +160,7 @@ async def resync() -> None:
 @kopf.on.startup()
 async def start_resync(**_: Any) -> None:
     STATE.clear()
+    QUEUE.reset()
     asyncio.get_running_loop().create_task(resync(), name="serving-resync")
 
 

@@ -233,6 +233,7 @@ async def read_logs_of_silent_trainings() -> None:
 async def start_log_fallback(**_: Any) -> None:
     Current.settings = Settings.from_env()
     STATE.clear()
+    QUEUE.reset()
     asyncio.get_running_loop().create_task(read_logs_of_silent_trainings(), name="progress-log-fallback")
 
 

@@ -31,10 +31,14 @@ class WorkQueue:
                 old.cancel()
             self._timers[key] = asyncio.get_running_loop().call_later(delay, self._due, key)
             return
-        if key in self._running:
+        loop = asyncio.get_running_loop()
+        current = self._running.get(key)
+        # A task of another loop is an operator run that has stopped (a restart in the same process whose
+        # cleanup could not finish): it will never run again, and must not hold the key.
+        if current is not None and not current.done() and current.get_loop() is loop:
             self._again.add(key)  # one more run after the current one: it may have read older state
             return
-        self._running[key] = asyncio.get_running_loop().create_task(self._run(key))
+        self._running[key] = loop.create_task(self._run(key))
 
     def _due(self, key: Hashable) -> None:
         self._timers.pop(key, None)
@@ -73,6 +77,15 @@ class WorkQueue:
             return min(MAX_DELAY, self.base_delay * 2 ** (failures - 1))
         self._failures.pop(key, None)
         return None
+
+    def reset(self) -> None:
+        """Forget every key, as a new operator run starts: what an earlier run left is of a loop that is gone."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._running.clear()
+        self._timers.clear()
+        self._again.clear()
+        self._failures.clear()
 
     async def close(self) -> None:
         for timer in self._timers.values():
