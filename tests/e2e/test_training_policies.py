@@ -3,6 +3,7 @@ server refuses the Job: one documented answer each (README "Policies")."""
 
 from __future__ import annotations
 
+import urllib.request
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from kmock import action
 from cluster.emulator import Fault
 from cluster.harness import JOBS, KTJ, Cluster, operator
 from helpers.jobs import synthetic_job, tiny_job
+from helpers.server import OPERATOR_METRICS_PORT
 
 pytestmark = pytest.mark.e2e
 
@@ -21,6 +23,16 @@ def status(cluster: Cluster, name: str) -> dict[str, Any]:
 
 def condition(cluster: Cluster, name: str, kind: str) -> dict[str, Any]:
     return next((c for c in status(cluster, name).get("conditions") or [] if c["type"] == kind), {})
+
+
+def reconciles() -> float:
+    """How many KerasTrainingJob reconciles the operator has run, from its own metrics."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{OPERATOR_METRICS_PORT}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("keras_operator_reconciles_total{") and 'kind="KerasTrainingJob"' in line
+    )
 
 
 def epoch(cluster: Cluster, name: str) -> int:
@@ -87,6 +99,10 @@ def test_an_api_rejection_is_reported_not_retried_forever(cluster: Cluster, code
         cluster.wait_for(lambda: condition(cluster, "denied", "Failed").get("reason") == reason, 30, reason)
         hits = fault.hits
         cluster.wait_for(lambda: len(cluster.events_for("denied")) > 0, 10, "an Event")
+        # A watch event at the same generation (a label added) brings another reconcile: it must not ask again.
+        before = reconciles()
+        cluster.patch(KTJ, "denied", {"metadata": {"labels": {"team": "a"}}})
+        cluster.wait_for(lambda: reconciles() > before, 10, "a reconcile of the labelled resource")
     failed = condition(cluster, "denied", "Failed")
     assert f"refused to create Job denied-train ({code}" in failed["message"]
     assert status(cluster, "denied")["phase"] == "Failed"

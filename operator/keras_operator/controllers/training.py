@@ -132,6 +132,10 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
             )
             status = training_status.ended("Failed", "JobDeleted", message, previous, generation, now)
             return Outcome(status, transition_events(previous, status)), None
+        if previous.get("phase") == "Failed" and previous.get("observedGeneration") == generation:
+            # Refused at this very spec (the API server's 403/400/422, a name taken): asking again on the
+            # next watch event would get the same answer. A new generation (the fix) tries again.
+            return Outcome(previous), None
         if not previous.get("jobName"):
             # A spec that failed validation never ran: once fixed, its old failure no longer applies.
             previous["conditions"] = [c for c in previous.get("conditions") or [] if c.get("type") != "Failed"]
