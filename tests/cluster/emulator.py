@@ -4,8 +4,9 @@ Added here: uid / resourceVersion / generation (bumped on spec changes only) / c
 / names from generateName; the status subresource split; equality label selectors on lists;
 `pods/NAME/log` with tailLines; owner-reference garbage collection; TokenReview of the service-account
 tokens it minted (cluster/tokens.py; the fake kubelet mints them for projected volumes); hooks so a
-fake controller sees changes; a request log trimmed to what is in flight (kmock's full log makes routing
-quadratic, and no test here asserts on request history).
+fake controller sees changes; validating admission webhooks (cluster/admission.py); a request log
+trimmed to what is in flight (kmock's full log makes routing quadratic, and no test here asserts on
+request history).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import kmock
 from kmock._internal import dicts, enums, rendering
 
 from cluster import apply as server_side_apply
+from cluster.admission import WEBHOOKS, Admission
 from cluster.tokens import API_AUDIENCE, TokenIssuer
 
 Hook = Callable[[str, kmock.resource, dict[str, Any]], Awaitable[None] | None]
@@ -174,6 +176,7 @@ class Emulator(kmock.KubernetesEmulator):
     # counts in early_retries. Keyed by path, so only requests that name their object are followed.
     throttled: dict[tuple[str, str], float] = attrs.field(factory=dict)
     early_retries: list[tuple[str, str, float]] = attrs.field(factory=list)
+    admission: Admission = attrs.field(factory=Admission)  # the validating webhooks' calls (cluster/admission.py)
     _watch_drop: asyncio.Event = attrs.field(factory=asyncio.Event)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000))
 
@@ -289,6 +292,12 @@ class Emulator(kmock.KubernetesEmulator):
                 self._stamp_create(request)
             elif action == enums.action.UPDATE and request.name is not None:
                 self._stamp_update(request)
+        if resource is not None and resource != WEBHOOKS and (configurations := self.live(WEBHOOKS)):
+            try:
+                await self.admission.check(configurations, request, self._current(request))
+            except kmock.KubernetesError:
+                self._requests[:] = [r for r in self._requests if r is not request]
+                raise
         try:
             response = await super()._handle(request)
         finally:
@@ -302,6 +311,12 @@ class Emulator(kmock.KubernetesEmulator):
         if fault is not None:
             return self._fault_answer(fault, request)  # the change is stored; its answer is lost
         return response
+
+    def _current(self, request: rendering.Request) -> dict[str, Any] | None:
+        """The stored object a write names (a copy), if any: an update's oldObject."""
+        if request.name is None or request.resource is None:
+            return None
+        return self.find(request.resource, request.namespace or "", request.name)
 
     def _fault_answer(self, fault: Fault, request: rendering.Request) -> aiohttp.web.Response:
         key = self._retry_key(request)
@@ -522,6 +537,11 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
     verbs = {"list", "watch", "get", "create", "patch", "delete"}
     declared = {
         "v1/namespaces": {"namespaced": False},
+        "admissionregistration.k8s.io/v1/validatingwebhookconfigurations": {
+            "kind": "ValidatingWebhookConfiguration",
+            "singular": "validatingwebhookconfiguration",
+            "namespaced": False,
+        },
         "apiextensions.k8s.io/v1/customresourcedefinitions": {"namespaced": False},
         "v1/events": {"namespaced": True},
         "v1/pods": {"namespaced": True, "subresources": {"status", "log"}},

@@ -104,6 +104,11 @@ class Cluster:
         obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
         return dict(self.call(self._request("POST", self._path(resource, namespace), obj)))
 
+    def create_cluster_object(self, resource: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create a cluster-scoped object (a ValidatingWebhookConfiguration, ...)."""
+        base = f"/api/{resource.version}" if not resource.group else f"/apis/{resource.group}/{resource.version}"
+        return dict(self.call(self._request("POST", f"{base}/{resource.plural}", obj)))
+
     def patch(self, resource: kmock.resource, name: str, body: dict[str, Any], namespace: str = "default") -> None:
         self.call(self._request("PATCH", self._path(resource, namespace, name), body))
 

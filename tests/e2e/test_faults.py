@@ -18,7 +18,7 @@ from kmock import action
 from cluster.emulator import OPERATOR_AGENTS, Fault
 from cluster.harness import CONFIGMAPS, DEPLOYMENTS, HPAS, JOBS, KMS, KTJ, SERVICES, Cluster, operator
 from helpers.fast_trainer import MODEL_URI, fast_trainers
-from helpers.invalid_resources import Invalid, invalid_resources
+from helpers.invalid_resources import Invalid, invalid_resources, names_a_break
 from helpers.jobs import tiny_job
 
 pytestmark = pytest.mark.e2e
@@ -117,34 +117,21 @@ def test_100_trainings_while_the_api_fails_and_watches_drop(cluster: Cluster) ->
 def invalid_cases(seed: int, count: int) -> tuple[list[Invalid], list[list[str]]]:
     """The generated documents the operator's own API refuses (checked in this process), and the breaks
     of those it accepts (a gap in the API's types, which must then be one the tests know of)."""
-    from keras_operator.api.parse import InvalidResource, parse_serving_spec
-    from keras_operator.controllers.outcome import check_metadata
-    from keras_operator.controllers.training import validate
+    from keras_operator.api.parse import InvalidResource
+    from keras_operator.controllers import serving, training
 
     cases: list[Invalid] = []
     accepted: list[list[str]] = []
     for case in invalid_resources(seed, count):
         doc = case.doc
         try:
-            if doc["kind"] == "KerasTrainingJob":
-                validate({**doc, "metadata": {**doc["metadata"], "uid": "u", "namespace": "default"}})
-            else:
-                check_metadata(doc["metadata"])
-                parse_serving_spec(doc.get("spec"))
+            validate = training.validate if doc["kind"] == "KerasTrainingJob" else serving.validate
+            validate({**doc, "metadata": {**doc["metadata"], "uid": "u", "namespace": "default"}})
         except InvalidResource:
             cases.append(case)
             continue
         accepted.append(case.breaks)
     return cases, accepted
-
-
-def names_a_break(message: str, breaks: list[str]) -> bool:
-    """Whether the message starts with a field (spec.a.b[0]: ..., spec: ..., metadata.name: ...) and names one
-    that was broken: its first field under spec (spec.training for spec.training.epochs), or spec itself."""
-    if not message.startswith(("spec.", "spec:", "metadata.", "metadata:")):
-        return False
-    paths = [b.split(" ", 1)[1].split(".") for b in breaks]
-    return any((path[1] if len(path) > 1 else path[0]) in message for path in paths)
 
 
 @pytest.mark.timeout(600)

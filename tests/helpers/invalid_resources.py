@@ -277,3 +277,12 @@ def invalid_resources(seed: int, count: int, prefix: str = "bad") -> Iterator[In
         if not breaks:
             breaks.append(missing(rng, doc, kind) or "")
         yield Invalid(doc, breaks)
+
+
+def names_a_break(message: str, breaks: list[str]) -> bool:
+    """Whether the message starts with a field (spec.a.b[0]: ..., spec: ..., metadata.name: ...) and names one
+    that was broken: its first field under spec (spec.training for spec.training.epochs), or spec itself."""
+    if not message.startswith(("spec.", "spec:", "metadata.", "metadata:")):
+        return False
+    paths = [b.split(" ", 1)[1].split(".") for b in breaks]
+    return any((path[1] if len(path) > 1 else path[0]) in message for path in paths)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import queue
 import socket
@@ -17,11 +15,8 @@ from typing import Any
 
 import pytest
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from helpers.certs import CA
 from keras_operator.api.report import EpochReport, TrainingResult
 from keras_trainer.progress_push import CA_ENV, TOKEN_FILE_ENV, URL_ENV, Backoff, ProgressPusher
 from keras_trainer.reporting import PodReporter
@@ -345,87 +340,14 @@ def test_close_without_anything_queued_returns_at_once(make: Any) -> None:
 # --- TLS ---
 
 
-def _self_signed_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keras-operator progress CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def _server_cert(
-    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keras-operator-progress")]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("keras-operator-progress.keras-system.svc"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),  # type: ignore[arg-type]
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 @pytest.fixture
 def tls_endpoint(tmp_path: Path) -> Iterator[tuple[Endpoint, str]]:
-    ca_key, ca = _self_signed_ca()
-    key, cert = _server_cert(ca_key, ca)
-    (tmp_path / "tls.crt").write_text(_pem(cert))
-    (tmp_path / "tls.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    ca = CA.make("keras-operator progress CA")
+    ca.write_serving(tmp_path, "keras-operator-progress.keras-system.svc")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")
     ep = Endpoint(tls=context)
-    yield ep, _pem(ca)
+    yield ep, ca.pem
     ep.close()
 
 
@@ -447,7 +369,7 @@ def test_https_rejects_a_certificate_the_given_ca_did_not_sign(
     make: Any, tls_endpoint: tuple[Endpoint, str], trust: str
 ) -> None:
     endpoint, _ = tls_endpoint
-    ca_pem = None if trust == "system" else _pem(_self_signed_ca()[1])
+    ca_pem = None if trust == "system" else CA.make().pem
     pusher = make(url=endpoint.url, ca_pem=ca_pem)
     pusher.epoch(epoch(1))
     wait_until(lambda: pusher.stats.attempts >= 2)  # retried: it is a connection error, not an answer

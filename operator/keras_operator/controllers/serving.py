@@ -263,6 +263,15 @@ def _serves(deployment: dict[str, Any] | None, side: Side) -> bool:
     )
 
 
+def validate(body: dict[str, Any]) -> KerasModelServiceSpec:
+    """The spec, or InvalidResource naming the field: what the reconcile and the admission webhook refuse."""
+    check_metadata(body["metadata"])
+    spec = parse_serving_spec(body.get("spec"))
+    if problem := name_problem(body["metadata"]["name"]):
+        raise InvalidResource(problem)
+    return spec
+
+
 async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outcome:
     body = view.resource
     meta = body["metadata"]
@@ -271,11 +280,7 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
     generation = meta.get("generation")
     now = conditions.now_iso()
     try:
-        check_metadata(meta)
-        spec = parse_serving_spec(body.get("spec"))
-        problem = name_problem(meta["name"])
-        if problem:
-            raise InvalidResource(problem)
+        spec = validate(body)
     except InvalidResource as exc:
         status = serving_status.invalid(str(exc), previous, generation, now)
         return Outcome(status, transition_events(previous, status) or [("Warning", "InvalidSpec", str(exc))])

@@ -1,6 +1,7 @@
 """The operator process: `keras-operator` runs kopf with the handlers of every kind, and with leader
 election acts only while it holds the Lease (the other replicas wait to take over).
 
+Every replica serves the admission webhook (when configured) for as long as it runs.
 A standby replica answers its liveness probe from `StandbyHealth` until it leads; that server is closed
 before kopf serves /healthz on the same port. On a clean exit the leader releases the Lease; a leader
 that lost it exits 1 without touching it."""
@@ -20,6 +21,7 @@ from keras_operator.runtime import lifecycle
 from keras_operator.runtime.settings import Settings
 
 if TYPE_CHECKING:
+    from keras_operator.handlers.admission import WebhookServer
     from keras_operator.runtime.leader import Elector
 
 
@@ -39,9 +41,31 @@ def _signals_set(event: threading.Event) -> Iterator[None]:
 
 
 def main() -> None:
+    settings = Settings.from_env()
+    webhook = _start_webhook(settings)
+    try:
+        _run(settings)
+    finally:
+        if webhook is not None:
+            webhook.close()
+
+
+def _start_webhook(settings: Settings) -> WebhookServer | None:
+    """The admission webhook, served by every replica from the start (a standby answers as well as the leader)."""
+    if not settings.webhook_port:
+        return None
+    if not settings.webhook_cert_dir:
+        raise SystemExit("KERAS_OPERATOR_WEBHOOK_CERT_DIR: required with KERAS_OPERATOR_WEBHOOK_PORT (HTTPS only)")
+    from keras_operator.handlers.admission import WebhookServer
+    from keras_operator.runtime import logs
+
+    logs.configure(settings.log_format, settings.log_level)
+    return WebhookServer(settings.webhook_port, settings.webhook_cert_dir).start()
+
+
+def _run(settings: Settings) -> None:
     import kopf
 
-    settings = Settings.from_env()
     lost = threading.Event()
     stop = threading.Event()
     lifecycle.STOP.clear()

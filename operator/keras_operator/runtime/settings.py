@@ -70,6 +70,10 @@ class Settings:
     gateway: str | None = None
     """NAMESPACE/NAME of the Gateway canary HTTPRoutes attach to; without it they attach to the model's Service
     (Gateway API's mesh form, for a service mesh that implements it)."""
+    webhook_port: int = 0
+    """Port of the validating admission webhook (HTTPS, every replica); 0 turns it off."""
+    webhook_cert_dir: str | None = None
+    """A folder with the webhook's tls.crt and tls.key (read again when they change)."""
 
     def image_for(self, backend: str) -> str:
         return self.trainer_image if backend == "tensorflow" else self.backend_images.get(backend, self.trainer_image)
@@ -108,6 +112,8 @@ class Settings:
             lease_seconds=float(env.get("KERAS_OPERATOR_LEASE_SECONDS", "15")),
             traffic_split=traffic_split(env.get("KERAS_OPERATOR_TRAFFIC_SPLIT", "pods")),
             gateway=env.get("KERAS_OPERATOR_GATEWAY") or None,
+            webhook_port=int(env.get("KERAS_OPERATOR_WEBHOOK_PORT") or 0),
+            webhook_cert_dir=env.get("KERAS_OPERATOR_WEBHOOK_CERT_DIR") or None,
         )
 
 
