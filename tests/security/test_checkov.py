@@ -51,6 +51,13 @@ CHART_MODES: dict[str, tuple[str, ...]] = {
     "service-monitor": ("metrics.serviceMonitor.enabled=true",),
     "network-policy": ("networkPolicy.enabled=true",),
     "digest": ("image.digest=sha256:" + "0" * 64,),
+    "webhook-cert-manager": ("webhook.certificates=cert-manager",),
+    "webhook-off": ("webhook.enabled=false",),
+    "webhook-fail-namespaced": (
+        "webhook.failurePolicy=Fail",
+        "watchNamespaces={ml,team-b}",
+        "networkPolicy.enabled=true",
+    ),
 }
 
 

@@ -124,14 +124,21 @@ def test_the_chart_policy_selects_the_operator_and_lets_trainers_push() -> None:
     validate_k8s(netpol)
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     assert selects(netpol["spec"]["podSelector"], deployment["spec"]["template"])
-    progress, metrics = netpol["spec"]["ingress"]
+    progress, metrics, webhook = netpol["spec"]["ingress"]
     assert progress["ports"] == [{"port": "progress"}]
     (source,) = progress["from"]
     assert all(selects(source["podSelector"], pod) for pod in trainer_pods())
     assert not any(selects(source["podSelector"], pod) for pod in server_pods())
     assert metrics == {"ports": [{"port": "metrics"}], "from": [peer]}
+    # The API server's calls come from the control plane's addresses, which no pod selector names.
+    assert webhook == {"ports": [{"port": "webhook"}]}
     named = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
-    assert {"progress", "metrics"} <= named
+    assert {"progress", "metrics", "webhook"} <= named
+    # Without the webhook, its port is closed again.
+    (closed,) = [
+        o for o in render_chart("networkPolicy.enabled=true", "webhook.enabled=false") if o["kind"] == "NetworkPolicy"
+    ]
+    assert [r["ports"] for r in closed["spec"]["ingress"]] == [[{"port": "progress"}], [{"port": "metrics"}]]
     # Without metricsFrom the metrics port is open to any scraper.
     (default,) = [o for o in render_chart("networkPolicy.enabled=true") if o["kind"] == "NetworkPolicy"]
     assert "from" not in default["spec"]["ingress"][1]
