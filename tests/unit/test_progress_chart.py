@@ -38,7 +38,7 @@ def test_the_endpoint_has_a_service_and_a_certificate_for_its_name() -> None:
     assert env["KERAS_OPERATOR_PROGRESS_CERT_DIR"] == "/etc/keras-operator/progress-tls"
     (service,) = [s for s in by_kind(objects, "Service") if s["metadata"]["name"] == "ko-keras-operator-progress"]
     assert service["spec"]["ports"][0]["port"] == 8443
-    (secret,) = by_kind(objects, "Secret")
+    (secret,) = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"] == "ko-keras-operator-progress-tls"]
     cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert "ko-keras-operator-progress.keras-system.svc" in names
@@ -51,7 +51,7 @@ def test_the_endpoint_has_a_service_and_a_certificate_for_its_name() -> None:
 def test_without_tls_or_without_the_endpoint() -> None:
     plain = render("progress.tls=false")
     assert env_of(plain)["KERAS_OPERATOR_PROGRESS_URL"].startswith("http://")
-    assert not by_kind(plain, "Secret")
+    assert not [s for s in by_kind(plain, "Secret") if "progress" in s["metadata"]["name"]]
     off = render("progress.port=0")
     assert env_of(off)["KERAS_OPERATOR_PROGRESS_PORT"] == "0"
     assert "KERAS_OPERATOR_PROGRESS_URL" not in env_of(off)
