@@ -3,28 +3,20 @@ real helm, the rules of the roles bound to the operator's ServiceAccount, and ou
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
 import yaml
 
+from helpers.chart import render
 from helpers.manifests import ROOT
 
 Call = tuple[str, str, str]  # (API group, resource[/subresource], verb), as RBAC rules name them
 
-CHART = ROOT / "charts" / "keras-operator"
-HELM = ROOT / ".cache" / "bin" / "helm"  # scripts/setup.sh fetches it
 RELEASE_NAMESPACE = "keras-system"  # the operator's own namespace: its ServiceAccount and its Lease
 
 
 def render_chart(*sets: str) -> list[dict[str, Any]]:
-    assert HELM.exists(), "run scripts/setup.sh (it fetches helm into .cache/bin)"
-    args = [str(HELM), "template", "ko", str(CHART), "--namespace", RELEASE_NAMESPACE]
-    for s in sets:
-        args += ["--set", s]
-    result = subprocess.run(args, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    return [d for d in yaml.safe_load_all(result.stdout) if d]
+    return render(*sets)  # release "ko" in RELEASE_NAMESPACE
 
 
 def granted(objects: list[dict[str, Any]], namespaces: set[str]) -> set[Call]:

@@ -7,6 +7,7 @@ operator container shares the host network to reach it, as it would reach a real
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import ssl
@@ -53,8 +54,9 @@ def test_operator_image_runs_as_uid_1000_without_tensorflow(images) -> None:
     assert result.stdout.split() == ["1000", "1000"]
 
 
-def chart_pod_spec(name: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The operator's pod, as the chart renders it with its default values, and the Secrets it mounts."""
+def chart_pod_spec(name: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
+    """The operator's pod, as the chart renders it with its default values, the Secrets it mounts, and the
+    CA its ValidatingWebhookConfiguration trusts (PEM; one render, so it is the mounted Secret's)."""
     helm = shutil.which("helm") or str(ROOT / ".cache" / "bin" / "helm")
     rendered = subprocess.run(
         [helm, "template", name, str(ROOT / "charts" / "keras-operator"), "--namespace", "default"],
@@ -64,8 +66,27 @@ def chart_pod_spec(name: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]
     ).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (config,) = [d for d in docs if d["kind"] == "ValidatingWebhookConfiguration"]
     secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
-    return deployment["spec"]["template"]["spec"], secrets
+    bundle = base64.b64decode(config["webhooks"][0]["clientConfig"]["caBundle"]).decode()
+    return deployment["spec"]["template"]["spec"], secrets, bundle
+
+
+def admission_review(doc: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """What the API server sends the webhook for creating `doc` with `spec` changed."""
+    obj = {**doc, "spec": {**doc["spec"], **spec}}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "kerasoperator.dev", "version": "v1alpha1", "kind": doc["kind"]},
+            "operation": "CREATE",
+            "namespace": "default",
+            "name": doc["metadata"]["name"],
+            "object": obj,
+        },
+    }
 
 
 @pytest.mark.timeout(1800)
@@ -81,8 +102,8 @@ def test_operator_image_runs_the_charts_deployment_and_creates_the_job(images) -
         assert line.startswith("url="), line
         url = line.strip().removeprefix("url=")
         progress(f"operator image, as the chart's Deployment, against the emulated API at {url}")
-        health, metrics, progress_port = free_port(), free_port(), free_port()
-        pod_spec, secrets = chart_pod_spec("ko")
+        health, metrics, progress_port, webhook = free_port(), free_port(), free_port(), free_port()
+        pod_spec, secrets, bundle = chart_pod_spec("ko")
         with workdir("keras-operator-image-") as work:
             args, _ = podman_run_args(
                 pod_spec,
@@ -96,6 +117,7 @@ def test_operator_image_runs_the_charts_deployment_and_creates_the_job(images) -
                     "KERAS_OPERATOR_LIVENESS_PORT": str(health),
                     "KERAS_OPERATOR_METRICS_PORT": str(metrics),
                     "KERAS_OPERATOR_PROGRESS_PORT": str(progress_port),
+                    "KERAS_OPERATOR_WEBHOOK_PORT": str(webhook),
                 },
                 host_network=True,
             )
@@ -135,6 +157,20 @@ def test_operator_image_runs_the_charts_deployment_and_creates_the_job(images) -
                 urllib.request.urlopen(push, timeout=10, context=tls)
             assert refused.value.code == 401
             assert "error" in json.loads(refused.value.read())
+            # The admission webhook answers with the chart's certificate (its configuration's caBundle).
+            review = admission_review(doc, model={"inputShape": [64], "layers": [{"type": "SuperDense"}]})
+            tls = ssl.create_default_context(cadata=bundle)
+            tls.check_hostname = False  # the certificate names the webhook's Service; reached on 127.0.0.1
+            answer = urllib.request.Request(
+                f"https://127.0.0.1:{webhook}/validate",
+                data=json.dumps(review).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(answer, timeout=10, context=tls) as resp:
+                response = json.loads(resp.read())["response"]
+            assert response["allowed"] is False, response
+            assert "SuperDense" in response["status"]["message"]
             code, lease = request(f"{url}/apis/coordination.k8s.io/v1/namespaces/default/leases/ko-keras-operator")
             assert code == 200
             assert lease["spec"]["holderIdentity"] == name

@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-from typing import Any
 
 import pytest
-import yaml
 
+from helpers.chart import CHART, HELM, helm, render
 from helpers.manifests import ROOT, validate_k8s
-
-CHART = ROOT / "charts" / "keras-operator"
-HELM = ROOT / ".cache" / "bin" / "helm"  # scripts/setup.sh fetches it
-
-
-def helm(*args: str) -> str:
-    assert HELM.exists(), "run scripts/setup.sh (it fetches helm into .cache/bin)"
-    result = subprocess.run([str(HELM), *args], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def render(*sets: str) -> list[dict[str, Any]]:
-    args = ["template", "ko", str(CHART), "--namespace", "keras-system"]
-    for s in sets:
-        args += ["--set", s]
-    return [d for d in yaml.safe_load_all(helm(*args)) if d]
 
 
 def test_lint_strict() -> None:

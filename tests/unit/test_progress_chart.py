@@ -7,8 +7,8 @@ import base64
 
 import yaml
 from cryptography import x509
-from test_chart import render
 
+from helpers.chart import render
 from helpers.jobs import tiny_job
 from helpers.manifests import ROOT, validate_k8s
 from keras_operator.api.parse import parse

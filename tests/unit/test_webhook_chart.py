@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 from cryptography import x509
-from test_chart import CHART, HELM, render
 
+from helpers.chart import CHART, HELM, render
 from helpers.manifests import validate_k8s
 
 NAMESPACE = "keras-system"
