@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -270,3 +271,27 @@ def test_the_operator_will_not_serve_the_webhook_without_tls(monkeypatch: pytest
     monkeypatch.delenv("KERAS_OPERATOR_WEBHOOK_CERT_DIR", raising=False)
     with pytest.raises(SystemExit, match="KERAS_OPERATOR_WEBHOOK_CERT_DIR"):
         main._start_webhook(Settings.from_env())
+
+
+def test_connections_beyond_the_cap_are_closed_until_one_frees(server: WebhookServer, certs: tuple[CA, Path]) -> None:
+    """A flood of idle connections costs a bounded number of threads; the webhook serves again once they go."""
+    server.server.connections = threading.BoundedSemaphore(4)
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+    body = json.dumps(request(training())).encode()
+
+    def served() -> bool:
+        try:
+            return post(client(server, certs[0]), body)[0] == 200
+        except (OSError, http.client.HTTPException):
+            return False
+
+    try:
+        time.sleep(0.5)  # the four are accepted and hold their threads
+        assert not served()
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while not served():
+        assert time.monotonic() < deadline, "never served again"
+        time.sleep(0.1)

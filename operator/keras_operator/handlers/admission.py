@@ -28,8 +28,14 @@ log = structlog.get_logger("keras_operator.admission.server")
 PATH = "/validate"
 # An AdmissionReview holds the object and, on an update, its old version: the API server stores
 # objects of at most 1.5 MiB (etcd's default request limit), so twice that and a margin is plenty.
-MAX_BODY = 8 * 1024 * 1024
+MAX_BODY = 4 * 1024 * 1024
 REQUEST_TIMEOUT = 10.0  # seconds a connection may take to send its request (the API server's own limit is 30)
+# The webhook shares the operator pod's memory (256 MiB in the chart): a parsed body takes about ten
+# times its size, so only this many are read and checked at once; the others wait their turn (our
+# resources are a few KB: checking one takes milliseconds). Connections beyond MAX_CONNECTIONS are
+# closed at once rather than given a thread each.
+CONCURRENT_CHECKS = 2
+MAX_CONNECTIONS = 64
 
 
 class Certificate:
@@ -88,8 +94,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         try:
-            document = json.loads(self.rfile.read(length))
-            answer = review(document)
+            with self.server.checks:
+                document = json.loads(self.rfile.read(length))
+                answer = review(document)
         except (ValueError, BadReview) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             self._answer(400, {"error": str(exc) if isinstance(exc, BadReview) else "the body is not JSON"})
             return
@@ -124,6 +131,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     certificate: Certificate
+    checks: threading.BoundedSemaphore
+    connections: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.connections.acquire(blocking=False):
+            self.shutdown_request(request)  # the API server's call fails; its failurePolicy decides
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()
@@ -140,6 +161,8 @@ class WebhookServer:
     def __init__(self, port: int, cert_dir: str | Path, host: str = "0.0.0.0") -> None:
         self.server = _Server((host, port), _Handler, bind_and_activate=False)
         self.server.certificate = Certificate(cert_dir)
+        self.server.checks = threading.BoundedSemaphore(CONCURRENT_CHECKS)
+        self.server.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.server.allow_reuse_address = True
         self.server.server_bind()
         self.server.server_activate()
