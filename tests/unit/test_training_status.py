@@ -177,6 +177,24 @@ def test_the_trainer_result_is_found_beside_a_sidecar() -> None:
     assert status["message"] == "BackoffLimitExceeded: Killed: out of memory"
 
 
+def test_a_complete_job_waits_for_its_pods_final_state_to_say_the_result() -> None:
+    """The Job's Complete can reach the operator before the pod's end (two watches): Succeeded then had no
+    modelUri, and an operator that wrote it never looked again (seen in the faults test, 1 of 100)."""
+    result = TrainingResult(phase="Succeeded", message="done", epoch=5, epochs=5, model_uri="s3://b/model.keras")
+    complete = job({"conditions": [{"type": "Complete", "status": "True"}]})
+    stale = observe(Observation(complete, pod("Running", {"running": {}})), running_at_epoch(4), 1, NOW, 5)
+    assert stale["phase"] == "Running"
+    assert stale["progress"]["epoch"] == 4
+    assert "completionTime" not in stale
+    ended = pod("Succeeded", {"terminated": {"exitCode": 0, "message": result.to_termination_message()}})
+    status = observe(Observation(complete, ended), stale, 1, NOW, 5)
+    assert status["phase"] == "Succeeded"
+    assert status["modelUri"] == "s3://b/model.keras"
+    # A pod that ended without a result (a custom image), or one already gone, does not hold it up.
+    for silent in (pod("Succeeded", {"terminated": {"exitCode": 0}}), pod("Running", {"terminated": {}}), None):
+        assert observe(Observation(complete, silent), stale, 1, NOW, 5)["phase"] == "Succeeded"
+
+
 def test_completion_without_a_result_keeps_the_progress_shown() -> None:
     # The pod may be gone (or its message unreadable) by the time the Job completes.
     complete = job({"conditions": [{"type": "Complete", "status": "True"}]})

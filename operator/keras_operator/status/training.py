@@ -178,6 +178,16 @@ def _observe(
     # A result says nothing of the epochs when the trainer died before writing it: the last report does.
     shown = {**previous, "progress": progress[0], "metrics": progress[1] or None} if progress else previous
     if conditions.is_true(job_conditions, "Complete") or conditions.is_true(job_conditions, "SuccessCriteriaMet"):
+        pod_phase = (obs.pod or {}).get("status", {}).get("phase")
+        stale = pod_phase in ("Pending", "Running") and "terminated" not in trainer  # a sidecar may hold it up
+        if result is None and seen_end != "Succeeded" and stale:
+            # Two watches: the Job's Complete came before the pod's end, which carries the trainer's result
+            # (modelUri, metrics). The pod's own event follows; a Succeeded written now would lack them.
+            waiting = "training finished; reading the trainer's result"
+            status = _status(previous, generation, now, ("Running", "Finishing", waiting), [created])
+            if progress:
+                status["progress"], status["metrics"] = progress
+            return {**base, **status}
         if result is None or result.phase != "Succeeded":
             result = (
                 TrainingResult(
