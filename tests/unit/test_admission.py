@@ -295,3 +295,43 @@ def test_connections_beyond_the_cap_are_closed_until_one_frees(server: WebhookSe
     while not served():
         assert time.monotonic() < deadline, "never served again"
         time.sleep(0.1)
+
+
+def test_a_trickled_body_gets_a_408_and_frees_its_check_slot(
+    server: WebhookServer, certs: tuple[CA, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sending its body a byte at a time held one of the few check slots for as long as it kept
+    going (the socket's timeout bounds each read, not the body): with one slot, nobody else was answered."""
+    from keras_operator.handlers import admission as server_module
+
+    monkeypatch.setattr(server_module, "REQUEST_TIMEOUT", 1.0)
+    server.server.checks = threading.BoundedSemaphore(1)
+    slow = client(server, certs[0])
+    slow.putrequest("POST", PATH)
+    slow.putheader("Content-Length", "1000")
+    slow.endheaders()
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.is_set():
+            try:
+                slow.send(b" ")
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    try:
+        time.sleep(0.3)  # the slow request holds the slot
+        started = time.monotonic()
+        status, body = post(client(server, certs[0]), json.dumps(request(training())).encode())
+        assert status == 200
+        assert body["response"]["allowed"] is True
+        assert time.monotonic() - started < 5
+        response = slow.getresponse()
+        assert response.status == 408
+        assert "error" in json.loads(response.read())
+    finally:
+        stop.set()
+        feeder.join(5)

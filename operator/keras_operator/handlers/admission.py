@@ -30,6 +30,7 @@ PATH = "/validate"
 # objects of at most 1.5 MiB (etcd's default request limit), so twice that and a margin is plenty.
 MAX_BODY = 4 * 1024 * 1024
 REQUEST_TIMEOUT = 10.0  # seconds a connection may take to send its request (the API server's own limit is 30)
+READ_CHUNK = 64 * 1024
 # The webhook shares the operator pod's memory (256 MiB in the chart): a parsed body takes about ten
 # times its size, so only this many are read and checked at once; the others wait their turn (our
 # resources are a few KB: checking one takes milliseconds). Connections beyond MAX_CONNECTIONS are
@@ -95,7 +96,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         try:
             with self.server.checks:
-                document = json.loads(self.rfile.read(length))
+                body = self._read(length)
+                if body is None:
+                    self._answer(408, {"error": f"the body did not arrive within {REQUEST_TIMEOUT:g} s"})
+                    self.close_connection = True
+                    return
+                document = json.loads(body)
                 answer = review(document)
         except (ValueError, BadReview) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             self._answer(400, {"error": str(exc) if isinstance(exc, BadReview) else "the body is not JSON"})
@@ -112,6 +118,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 message=result["status"]["message"],
             )
         self._answer(200, answer)
+
+    def _read(self, length: int) -> bytes | None:
+        """The body, or None when it takes longer than REQUEST_TIMEOUT in all: the socket's timeout bounds
+        each read only, and a client trickling bytes would otherwise hold a check slot for ever."""
+        deadline = time.monotonic() + REQUEST_TIMEOUT
+        chunks: list[bytes] = []
+        left = length
+        try:
+            while left > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self.connection.settimeout(remaining)
+                chunk = self.rfile.read1(min(left, READ_CHUNK))
+                if not chunk:
+                    raise BadReview(f"the body ended before its Content-Length ({length} bytes)")
+                chunks.append(chunk)
+                left -= len(chunk)
+        except TimeoutError:
+            return None
+        finally:
+            self.connection.settimeout(REQUEST_TIMEOUT)
+        return b"".join(chunks)
 
     def do_GET(self) -> None:
         self._answer(405, {"error": f"the webhook answers POST {PATH}"})
