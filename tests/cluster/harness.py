@@ -87,9 +87,11 @@ class Cluster:
 
     # --- the API, as kubectl would use it ---
 
-    def _path(self, resource: kmock.resource, namespace: str, name: str | None = None) -> str:
+    def _path(self, resource: kmock.resource, namespace: str | None, name: str | None = None) -> str:
+        """The object's (or the collection's) URL path; namespace None: a cluster-scoped kind."""
         base = f"/api/{resource.version}" if not resource.group else f"/apis/{resource.group}/{resource.version}"
-        path = f"{base}/namespaces/{namespace}/{resource.plural}"
+        scope = f"/namespaces/{namespace}" if namespace is not None else ""
+        path = f"{base}{scope}/{resource.plural}"
         return f"{path}/{name}" if name else path
 
     async def _request(self, method: str, path: str, body: Any = None) -> Any:
@@ -106,8 +108,7 @@ class Cluster:
 
     def create_cluster_object(self, resource: kmock.resource, obj: dict[str, Any]) -> dict[str, Any]:
         """Create a cluster-scoped object (a ValidatingWebhookConfiguration, ...)."""
-        base = f"/api/{resource.version}" if not resource.group else f"/apis/{resource.group}/{resource.version}"
-        return dict(self.call(self._request("POST", f"{base}/{resource.plural}", obj)))
+        return dict(self.call(self._request("POST", self._path(resource, None), obj)))
 
     def patch(self, resource: kmock.resource, name: str, body: dict[str, Any], namespace: str = "default") -> None:
         self.call(self._request("PATCH", self._path(resource, namespace, name), body))
