@@ -96,17 +96,18 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 
 def check_transition_rules(schema: dict[str, Any], path: str = "", in_atomic_list: bool = False) -> None:
-    """Refuse a rule with oldSelf inside a list the API server cannot pair old and new items of (one
-    without x-kubernetes-list-type map or set): it would reject the CRD, so fail when generating it."""
+    """Refuse a rule with oldSelf inside a list the API server cannot pair old and new items of (any
+    list but x-kubernetes-list-type map: CEL does not pair the items of a set either): it would reject
+    the CRD, so fail when generating it."""
     for rule in schema.get("x-kubernetes-validations", []):
         if "oldSelf" in rule["rule"] and in_atomic_list:
-            raise ValueError(f"{path or '<root>'}: transition rule inside a list without a map or set list type")
+            raise ValueError(f"{path or '<root>'}: transition rule inside a list without x-kubernetes-list-type map")
     for key, sub in (schema.get("properties") or {}).items():
         check_transition_rules(sub, f"{path}.{key}", in_atomic_list)
     if isinstance(schema.get("additionalProperties"), dict):
         check_transition_rules(schema["additionalProperties"], f"{path}{{}}", in_atomic_list)
     if "items" in schema:
-        atomic = schema.get("x-kubernetes-list-type") not in ("map", "set")
+        atomic = schema.get("x-kubernetes-list-type") != "map"
         check_transition_rules(schema["items"], f"{path}[]", in_atomic_list or atomic)
 
 
@@ -121,13 +122,22 @@ def object_schema(spec: type[BaseModel], status: type[BaseModel], description: s
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"type": "object"},
+            # Declared so the rule below may name .metadata.name as its fieldPath: the API server checks a
+            # fieldPath against the schema. At the root, metadata may declare name and generateName only.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec_schema,
             "status": status_schema,
         },
         # Jobs, Deployments, Services and their pods derive their names and labels from this one.
+        # fieldPath and reason make the API server name the field (`metadata.name: Invalid value`) instead
+        # of `<nil>: Invalid value: "object"`. A rule at the root may read metadata.name and generateName only.
         "x-kubernetes-validations": [
-            {"rule": "self.metadata.name.size() <= 53", "message": "metadata.name must be at most 53 characters"}
+            {
+                "rule": "self.metadata.name.size() <= 53",
+                "message": "metadata.name must be at most 53 characters",
+                "fieldPath": ".metadata.name",
+                "reason": "FieldValueInvalid",
+            }
         ],
     }
 

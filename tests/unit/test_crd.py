@@ -10,7 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from helpers.manifests import ROOT, cel_errors, crd, crd_schema, validate_k8s
+from cluster.crdcheck import rules
+from helpers.manifests import ROOT, CelDisagreement, cel_errors, compile_rule, crd, crd_schema, rule_holds, validate_k8s
 from keras_operator import crdgen
 from keras_operator.api.parse import InvalidResource, parse
 
@@ -48,6 +49,54 @@ def test_committed_crds_match_the_types() -> None:
         assert (ROOT / "crds" / name).read_text() == crdgen.render(obj), (
             f"crds/{name} is out of date with operator/keras_operator/api: run python -m keras_operator.crdgen"
         )
+
+
+CRD_FILES = sorted((ROOT / "crds").glob("*.yaml")) + sorted(
+    (ROOT / "charts" / "keras-operator" / "crds").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_rule_compiles_as_the_api_server_compiles_it(path: Path) -> None:
+    """Go's CEL refuses a rule cel-python takes (a `\\.` in a single-quoted string), and with it the whole
+    CRD: every rule of both copies must pass the strict parser."""
+    found = list(rules(yaml.safe_load(path.read_text())))
+    assert len(found) >= 10, "the CRD has lost its rules"
+    for where, rule in found:
+        try:
+            compile_rule(rule["rule"])
+        except ValueError as exc:
+            pytest.fail(f"{path.name} {where}: {rule['rule']!r} would refuse the CRD: {exc}")
+
+
+def test_strict_cel_refuses_what_the_api_server_refused() -> None:
+    """The rule a real kube-apiserver refused (`Syntax error: token recognition error at: ''^pvc://...(\\.'`):
+    the strict parser refuses it too, and takes the same regex written as a raw string."""
+    bad = r"self.matches('^pvc://[a-z0-9]+(\.[a-z0-9]+)*$')"
+    with pytest.raises(ValueError, match="token recognition error"):
+        compile_rule(bad)
+    good = r"self.matches(r'^pvc://[a-z0-9]+(\.[a-z0-9]+)*$')"
+    compile_rule(good)
+    assert not cel_errors("pvc://a.b", {"x-kubernetes-validations": [{"rule": good, "message": "m"}]})
+    assert cel_errors("pvc://a..b", {"x-kubernetes-validations": [{"rule": good, "message": "m"}]}) == ["<root>: m"]
+    with pytest.raises(ValueError, match="Syntax error"):
+        cel_errors("pvc://a.b", {"x-kubernetes-validations": [{"rule": bad, "message": "m"}]})
+
+
+@pytest.mark.parametrize("plural", sorted(PLURALS.values()))
+def test_the_name_rule_names_its_field(plural: str) -> None:
+    """Without fieldPath a real API server answers `<nil>: Invalid value: "object": metadata.name must be …`;
+    the path must lead into the schema (it checks), so metadata declares name."""
+    schema = crd_schema(plural)
+    (rule,) = schema["x-kubernetes-validations"]
+    assert rule["fieldPath"] == ".metadata.name"
+    assert rule["reason"] == "FieldValueInvalid"
+    assert schema["properties"]["metadata"] == {"type": "object", "properties": {"name": {"type": "string"}}}
+    name = "n" * 54
+    assert cel_errors({"metadata": {"name": name}, "spec": {}}, {"x-kubernetes-validations": [rule]}) == [
+        "<root>: metadata.name must be at most 53 characters"
+    ]
+    assert cel_errors({"metadata": {"name": name[:53]}}, {"x-kubernetes-validations": [rule]}) == []
 
 
 def test_crd_is_valid_kubernetes() -> None:
@@ -218,3 +267,35 @@ def test_cel_rules_agree_with_python_rules_for_services(spec: dict[str, Any]) ->
     except InvalidResource:
         py_ok = False
     assert cel_ok == py_ok, spec
+
+
+def test_generator_refuses_transition_rules_inside_sets() -> None:
+    """The API server pairs old and new items for CEL only in map lists: oldSelf below a set refuses the CRD."""
+    items = {"type": "string", "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "immutable"}]}
+    in_set = {"type": "array", "x-kubernetes-list-type": "set", "items": items}
+    with pytest.raises(ValueError, match=re.escape("spec.tags[]: transition rule inside a list")):
+        crdgen.check_transition_rules({"type": "object", "properties": {"tags": in_set}}, "spec")
+
+
+def test_regexes_go_into_rules_as_raw_strings() -> None:
+    from keras_operator.api.base import cel_raw_string
+    from keras_operator.api.common import PVC_URI
+
+    compile_rule(f"self.matches({cel_raw_string(PVC_URI)})")
+    with pytest.raises(ValueError, match="raw string"):
+        cel_raw_string("it's")  # a raw string cannot hold its own quote: refused rather than a broken rule
+
+
+@pytest.mark.parametrize(
+    ("rule", "value"),
+    [
+        # Go's CEL has no double + int: an error, so refused; cel-python adds them.
+        ("self + 1 == 2", 1.0),
+        # Go's CEL counts a string's code points (1); the strict library counts UTF-8 bytes (2). No rule of
+        # ours takes the size of a string that may hold non-ASCII (metadata.name cannot).
+        ("self.size() == 1", "é"),
+    ],
+)
+def test_where_the_two_cel_implementations_disagree_the_test_fails(rule: str, value: Any) -> None:
+    with pytest.raises(CelDisagreement):
+        rule_holds(rule, {"self": value})

@@ -2,10 +2,11 @@
 
 The API server enforces it with CEL transition rules (`oldSelf`) in the generated CRD; the Python
 twins (keras_operator.api.base.transition_errors) answer the same question on parsed specs. Here
-both judge the same (old, new) updates: cel-python evaluates each rule with `self` and `oldSelf`
-bound, after the CRD's defaults are filled in on both sides, as the API server does.
+both judge the same (old, new) updates: each rule is evaluated with `self` and `oldSelf` bound, after
+the CRD's defaults are filled in on both sides, as the API server does (helpers.manifests.rule_holds:
+the strict CEL that parses like Go's, cross-checked with cel-python).
 
-What cel-python cannot show: Kubernetes compares objects with preserved unknown fields one way only
+What neither CEL here can show: Kubernetes compares objects with preserved unknown fields one way only
 (k8s.io/apiserver/pkg/cel/common/values.go, unstructuredMap.Equal skips an unknown key the other
 side lacks), so renaming a layer argument while keeping the count of arguments (units -> filters) gets
 past the API server. The operator still reports that edit as SpecApplied=False and leaves the Job.
@@ -19,11 +20,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import celpy
 import pytest
 import yaml
 
-from helpers.manifests import ROOT, crd_schema
+from helpers.manifests import ROOT, crd_schema, rule_holds
 from keras_operator import crdgen
 from keras_operator.api.base import transition_errors
 from keras_operator.api.training import MUTABLE_SPEC_FIELDS, KerasTrainingJobSpec, RunPolicy
@@ -83,10 +83,8 @@ def cel_transition_errors(old: Any, new: Any, schema: dict[str, Any]) -> list[st
     value exist, with self and oldSelf bound. Lists are not entered: the API server pairs items only
     in map and set lists, and the CRD has no transition rule below a list (crdgen checks)."""
     errors: list[str] = []
-    env = celpy.Environment()
     for rule in _transition_rules(schema):
-        program = env.program(env.compile(rule["rule"]))
-        if not program.evaluate({"self": celpy.json_to_cel(new), "oldSelf": celpy.json_to_cel(old)}):
+        if not rule_holds(rule["rule"], {"self": new, "oldSelf": old}):
             errors.append(rule["message"])
     if isinstance(old, dict) and isinstance(new, dict):
         for key, sub in (schema.get("properties") or {}).items():

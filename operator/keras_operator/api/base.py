@@ -32,6 +32,17 @@ class Rule:
     holds: Callable[[Any], bool]
 
 
+def cel_raw_string(text: str) -> str:
+    """`text` as a CEL raw string literal (r'...'), the way a regex must be written in a rule.
+
+    In a plain CEL string a backslash starts an escape, and CEL defines no `\\.` nor `\\d`: Go's CEL,
+    which the API server compiles rules with, refuses such a rule and with it the whole CRD. A raw
+    string has no escapes, so it cannot hold its own quote or a line break: refused here instead."""
+    if "'" in text or "\n" in text or "\r" in text:
+        raise ValueError(f"{text!r} cannot be written as a CEL raw string r'...'")
+    return f"r'{text}'"
+
+
 def exactly_one_of(*fields: str) -> Rule:
     cel_terms = ", ".join(f"has(self.{f})" for f in fields)
     return Rule(

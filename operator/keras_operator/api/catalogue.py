@@ -42,10 +42,39 @@ def keras_judges() -> Iterator[None]:
         _keras_judges.reset(token)
 
 
+# Names Keras resolves to an abstract base class: `keras.losses.get("Loss")` returns a Loss whose call()
+# raises NotImplementedError once training starts, and likewise Metric (update_state), Optimizer
+# (update_step), Initializer (__call__) and Layer (no call()). The catalogue lists them because get() takes
+# them; they are no usable choice, so they are refused and never suggested (`my_loss` must not get "did you
+# mean 'Loss'?"). Regularizer and Constraint are left: their base classes are working no-ops.
+ABSTRACT = {
+    "losses": frozenset({"Loss"}),
+    "metrics": frozenset({"Metric", "metric"}),
+    "optimizers": frozenset({"optimizer"}),
+    "initializers": frozenset({"Initializer", "initializer"}),
+    "layers": frozenset({"Layer"}),
+}
+
+
+def _without_abstract(cat: dict[str, Any]) -> dict[str, Any]:
+    def drop(value: Any, names: frozenset[str]) -> Any:
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if k not in names}
+        return [v for v in value if v not in names]
+
+    out = dict(cat)
+    for kind, names in ABSTRACT.items():
+        if kind == "losses":
+            out[kind] = {part: drop(value, names) for part, value in cat[kind].items()}
+        else:
+            out[kind] = drop(cat[kind], names)
+    return out
+
+
 @functools.cache
 def load() -> dict[str, Any]:
-    """The catalogue written by `python -m keras_trainer.catalogue`."""
-    return json.loads(resources.files("keras_operator.api").joinpath(CATALOGUE_FILE).read_text())
+    """The catalogue written by `python -m keras_trainer.catalogue`, without the abstract base classes."""
+    return _without_abstract(json.loads(resources.files("keras_operator.api").joinpath(CATALOGUE_FILE).read_text()))
 
 
 @functools.cache

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from keras_operator.api.base import ApiModel
+from keras_operator.api.base import ApiModel, cel_raw_string
 from keras_operator.api.limits import INT32_MAX
 
 GROUP = "kerasoperator.dev"
@@ -115,7 +115,11 @@ Uri = Annotated[
         max_length=4096,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": f"!self.matches('^[pP][vV][cC]:') || self.matches('{PVC_URI}')", "message": _PVC_MESSAGE}
+                {
+                    "rule": f"!self.matches({cel_raw_string('^[pP][vV][cC]:')}) "
+                    f"|| self.matches({cel_raw_string(PVC_URI)})",
+                    "message": _PVC_MESSAGE,
+                }
             ]
         },
     ),

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from keras_operator.api.base import ApiModel, Rule, at_most_one_of, exactly_one_of
+from keras_operator.api.base import ApiModel, Rule, at_most_one_of, cel_raw_string, exactly_one_of
 from keras_operator.api.common import (
     API_VERSION,
     DNS1123_LABEL,
@@ -86,7 +86,7 @@ class ModelSource(ApiModel):
             holds=_labels_in_policy,
         ),
         Rule(
-            cel=f"!has(self.versionLabels) || self.versionLabels.all(k, k.matches('{VERSION_LABEL}'))",
+            cel=f"!has(self.versionLabels) || self.versionLabels.all(k, k.matches({cel_raw_string(VERSION_LABEL)}))",
             message="versionLabels names are lowercase letters, digits, '-' and '_', starting with a letter",
             holds=lambda m: all(re.fullmatch(VERSION_LABEL, k) for k in m.version_labels or {}),
         ),
