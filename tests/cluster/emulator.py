@@ -2,11 +2,18 @@
 
 Added here: uid / resourceVersion / generation (bumped on spec changes only) / creationTimestamp
 / names from generateName; the status subresource split; equality label selectors on lists;
-`pods/NAME/log` with tailLines; owner-reference garbage collection; TokenReview of the service-account
-tokens it minted (cluster/tokens.py; the fake kubelet mints them for projected volumes); hooks so a
-fake controller sees changes; validating admission webhooks (cluster/admission.py); a request log
-trimmed to what is in flight (kmock's full log makes routing quadratic, and no test here asserts on
-request history).
+`pods/NAME/log` with tailLines and `container` (required when a pod has several); owner-reference
+garbage collection; TokenReview of the service-account tokens it minted (cluster/tokens.py; the fake
+kubelet mints them for projected volumes); hooks so a fake controller sees changes; validating admission
+webhooks (cluster/admission.py); the operator's namespace lists refused without a cluster-scoped grant
+(`cluster_scoped_grant`); the field manager of every write, as the API server records it
+(`write_managers`); what the API server fills into every built-in object it stores: defaults
+(cluster/defaults.py) and canonical quantities (cluster/quantity.py); server-side apply with per-manager
+field ownership in `metadata.managedFields`, lists merged by their schema's listType/listMapKeys
+(cluster/apply.py, cluster/schema.py), strategic merge patches (cluster/strategic.py); CRDs refused as
+apiextensions-apiserver refuses them, CEL compiled by a spec-conformant implementation
+(cluster/crdcheck.py); a request log trimmed to what is in flight (kmock's full log makes routing
+quadratic, and no test here asserts on request history).
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ import kmock
 from kmock._internal import dicts, enums, rendering
 
 from cluster import apply as server_side_apply
+from cluster import defaults as server_defaults
+from cluster import quantity, schema, strategic
 from cluster.admission import WEBHOOKS, Admission
+from cluster.crdcheck import crd_problems
 from cluster.tokens import API_AUDIENCE, TokenIssuer
 
 Hook = Callable[[str, kmock.resource, dict[str, Any]], Awaitable[None] | None]
@@ -42,6 +52,7 @@ EVENTS = kmock.resource("", "v1", "events")
 TOKENREVIEWS = kmock.resource("authentication.k8s.io", "v1", "tokenreviews")
 SERVICES = kmock.resource("", "v1", "services")
 HTTPROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "httproutes")
+CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 
 def _now() -> str:
@@ -136,7 +147,9 @@ class Fault:
 _REASONS = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
 
 
-OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")  # kopf itself, and the kubernetes client the operator uses
+# kopf itself (named "keras-operator/... kopf/..." by the operator's login), and the kubernetes client the
+# operator uses.
+OPERATOR_AGENTS = ("kopf/", "keras-operator/", "OpenAPI-Generator/")
 # (group, resource[/subresource], verb) of every call the operator made, across all tests of the session:
 # the chart's RBAC must cover these (tests/e2e/test_rbac.py records them for its own scenarios).
 OPERATOR_CALLS: set[tuple[str, str, str]] = set()
@@ -170,6 +183,11 @@ class Emulator(kmock.KubernetesEmulator):
     # (resource, namespace, name, field manager) -> that manager's last applied configuration.
     applied: dict[tuple[kmock.resource, str, str, str], dict[str, Any]] = attrs.field(factory=dict)
     applies: int = 0  # server-side apply requests that changed something
+    # (resource, namespace, name) -> server-side apply requests received, whether they changed anything or not.
+    apply_requests: collections.Counter[tuple[kmock.resource, str, str]] = attrs.field(factory=collections.Counter)
+    # (resource, namespace, name) -> (field manager, operation) -> the fields it owns (cluster/apply.py), as
+    # metadata.managedFields shows them.
+    owners: dict[tuple[kmock.resource, str, str], server_side_apply.Owners] = attrs.field(factory=dict)
     # (resource, namespace, name) -> how many times it was created (stored): what "created once" is checked by.
     creations: collections.Counter[tuple[kmock.resource, str, str]] = attrs.field(factory=collections.Counter)
     # Requests answered 429 with Retry-After: ((method, path), when it may come again); a retry sooner
@@ -177,6 +195,18 @@ class Emulator(kmock.KubernetesEmulator):
     throttled: dict[tuple[str, str], float] = attrs.field(factory=dict)
     early_retries: list[tuple[str, str, float]] = attrs.field(factory=list)
     admission: Admission = attrs.field(factory=Admission)  # the validating webhooks' calls (cluster/admission.py)
+    # Whether the operator holds a cluster-scoped grant to list and watch namespaces (the chart's ClusterRole
+    # mode); off, those requests are refused 403 as the chart's namespaced mode (a Role per namespace) has it.
+    # The harness turns it off for an operator run that watches named namespaces.
+    cluster_scoped_grant: bool = True
+    # (resource plural, verb) -> requests of the operator refused 403 for want of that grant.
+    forbidden: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter)
+    # (User-Agent's first word, resource[/subresource], field manager) -> writes (create, patch, update) made:
+    # the manager is the fieldManager parameter, else the User-Agent's first word, as the API server records it.
+    write_managers: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter)
+    # (namespace, pod, container) -> the log of a container other than the pod's first (an injected sidecar:
+    # the fake kubelets run only the first, whose log is pod_logs[(namespace, pod)]).
+    container_logs: dict[tuple[str, str, str], str] = attrs.field(factory=dict)
     _watch_drop: asyncio.Event = attrs.field(factory=asyncio.Event)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000))
 
@@ -257,6 +287,11 @@ class Emulator(kmock.KubernetesEmulator):
             OPERATOR_CALLS.add(
                 (resource.group or "", f"{resource.plural}/{sub}" if sub else resource.plural, _verb(request))
             )
+        if resource is not None and resource.plural and _verb(request) in ("create", "patch", "update"):
+            agent = (request.headers.get("User-Agent") or "").split("/")[0]
+            sub = (request.subresource or "").split("/")[0]
+            what = f"{resource.plural}/{sub}" if sub else resource.plural
+            self.write_managers[(agent, what, request.params.get("fieldManager") or agent)] += 1
         self._check_retry_after(request)
         fault = None
         for candidate in self.faults:
@@ -279,6 +314,8 @@ class Emulator(kmock.KubernetesEmulator):
             return review
         if resource == PODS and (request.subresource or "").startswith("proxy"):
             return await self._pod_proxy(request)
+        if resource == CRDS and action in (enums.action.CREATE, enums.action.UPDATE) and isinstance(request.data, dict):
+            self._check_crd(request)
         if (
             resource is not None
             and action == enums.action.UPDATE
@@ -311,6 +348,63 @@ class Emulator(kmock.KubernetesEmulator):
         if fault is not None:
             return self._fault_answer(fault, request)  # the change is stored; its answer is lost
         return response
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        refused = self._namespaces_refused(raw_request)
+        if refused is not None:
+            return refused
+        return await super().__call__(raw_request)
+
+    def _namespaces_refused(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.Response | None:
+        """The operator's list or watch of the cluster's namespaces: recorded as its call, and refused 403
+        without a cluster-scoped grant, as the API server answers the chart's namespaced mode. Decided on the
+        raw request: kmock reads /api/v1/namespaces as a namespace scope missing its name (a 500)."""
+        if raw_request.method != "GET" or raw_request.path.rstrip("/") != "/api/v1/namespaces":
+            return None
+        if not (raw_request.headers.get("User-Agent") or "").startswith(OPERATOR_AGENTS):
+            return None
+        verb = "watch" if raw_request.query.get("watch") in ("true", "1") else "list"
+        OPERATOR_CALLS.add(("", "namespaces", verb))
+        if self.cluster_scoped_grant:
+            return None
+        self.forbidden[("namespaces", verb)] += 1
+        user = "system:serviceaccount:keras-system:keras-operator"
+        body = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": f'namespaces is forbidden: User "{user}" cannot {verb} resource "namespaces" in API group ""'
+            " at the cluster scope",
+            "reason": "Forbidden",
+            "details": {"kind": "namespaces"},
+            "code": 403,
+        }
+        return aiohttp.web.json_response(body, status=403)
+
+    def _check_crd(self, request: rendering.Request) -> None:
+        """Refuse a CRD the API server would (cluster/crdcheck.py), with its 422, before anything is stored.
+        An update is judged as the merge of the stored CRD and the patch (an apply's configuration too: the
+        fields a manager drops by leaving them out are not modelled here)."""
+        # Keyed as kmock stores a cluster-scoped object: namespace None (find() looks under "").
+        key = (CRDS, request.namespace, request.name)
+        stored = self.objects[key] if request.name and key in self.objects and not self.objects[key].deleted else None
+        current = copy.deepcopy(stored.raw) if stored is not None and request.action == enums.action.UPDATE else None
+        if current is not None:
+            new: Any = dicts.patch_dict(current, copy.deepcopy(request.data))
+        elif request.action == enums.action.CREATE or "apply-patch" in (request.headers.get("Content-Type") or ""):
+            new = request.data  # a create, or an apply that creates the CRD from its configuration
+        else:
+            return  # a patch of nothing: kmock's 404
+        if isinstance(new, dict) and (problems := crd_problems(new)):
+            self._requests[:] = [r for r in self._requests if r is not request]
+            name = (new.get("metadata") or {}).get("name") or request.name
+            raise kmock.KubernetesError(
+                status=422,
+                reason="Invalid",
+                message=f'CustomResourceDefinition.apiextensions.k8s.io "{name}" is invalid: ' + "; ".join(problems),
+                details={"group": "apiextensions.k8s.io", "kind": "CustomResourceDefinition", "name": name},
+            )
 
     def _current(self, request: rendering.Request) -> dict[str, Any] | None:
         """The stored object a write names (a copy), if any: an update's oldObject."""
@@ -352,21 +446,37 @@ class Emulator(kmock.KubernetesEmulator):
 
     async def _apply(self, request: rendering.Request) -> Any:
         """Server-side apply (cluster/apply.py): a create when the object is absent, no write at all when
-        the configuration changes nothing, else the merge patch that makes the object what apply says
-        (sent on through the ordinary update path). -> a response when answered here, else None."""
+        the configuration changes nothing, a 409 when it would change fields another manager owns (unless
+        `force`), else the merge patch that makes the object what apply says (sent on through the ordinary
+        update path). -> a response when answered here, else None."""
         manager = request.params.get("fieldManager")
         if not manager or not isinstance(request.data, dict):
             raise kmock.KubernetesError(status=400, reason="BadRequest", message="apply needs a fieldManager")
         config = copy.deepcopy(request.data)
         config.pop("status", None)
-        namespace, name = request.namespace or "", request.name or ""
-        key = (request.resource, namespace, name, manager)
-        current = self.find(request.resource, namespace, name)
-        new = server_side_apply.apply(current, self.applied.get(key), config)
-        self.applied[key] = config
+        resource, namespace, name = request.resource, request.namespace or "", request.name or ""
+        self.apply_requests[(resource, namespace, name)] += 1
+        current = self.find(resource, namespace, name)
+        owners = self.owners.get((resource, namespace, name), {}) if current is not None else {}
+        try:
+            new, after = server_side_apply.apply(
+                current,
+                owners,
+                manager,
+                config,
+                schema.root(resource.group or "", resource.plural or ""),
+                # Go's ParseBool: the Python client sends "True"
+                force=(request.params.get("force") or "").lower() in ("1", "t", "true"),
+                finish=lambda obj: self._server_fills(resource, obj),
+            )
+        except server_side_apply.Conflicts as exc:
+            self._requests[:] = [r for r in self._requests if r is not request]
+            raise kmock.KubernetesError(status=409, reason="Conflict", message=str(exc)) from exc
+        self.applied[(resource, namespace, name, manager)] = config
         if current is None:
             self._requests[:] = [r for r in self._requests if r is not request]
-            return await self._create_applied(request.resource, namespace, name, new)
+            return await self._create_applied(resource, namespace, name, new, after)
+        self._record_owners(resource, new, after, current)
         patch = server_side_apply.merge_patch(current, new)
         patch.pop("status", None)
         if not patch:
@@ -377,7 +487,44 @@ class Emulator(kmock.KubernetesEmulator):
         request.data.update(patch)
         return None
 
-    async def _create_applied(self, resource: kmock.resource, namespace: str, name: str, new: dict[str, Any]) -> Any:
+    def _server_fills(self, resource: kmock.resource, obj: dict[str, Any]) -> None:
+        """What the API server fills into every written object (cluster/defaults.py): defaults, canonical
+        quantities (a malformed one is a 400, as the server's decoding answers)."""
+        group, plural = resource.group or "", resource.plural or ""
+        try:
+            server_defaults.canonicalize(group, plural, obj)
+        except quantity.QuantityError as exc:
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message=str(exc)) from exc
+        server_defaults.apply_defaults(group, plural, obj)
+
+    def _record_owners(
+        self,
+        resource: kmock.resource,
+        obj: dict[str, Any],
+        owners: server_side_apply.Owners,
+        previous: dict[str, Any] | None,
+    ) -> None:
+        """Keep `owners` for `obj` and show them in its metadata.managedFields."""
+        meta = obj.setdefault("metadata", {})
+        self.owners[(resource, meta.get("namespace") or "", meta.get("name") or "")] = owners
+        api_version = obj.get("apiVersion") or "/".join(filter(None, (resource.group, resource.version)))
+        before = (previous or {}).get("metadata", {}).get("managedFields") or []
+        meta["managedFields"] = server_side_apply.managed_fields(owners, api_version, _now(), before)
+
+    @staticmethod
+    def _field_manager(request: rendering.Request) -> str:
+        """The manager of a write, as the API server names it: the fieldManager parameter, else the
+        User-Agent up to its first '/' (the Python client's "OpenAPI-Generator", kubectl's "kubectl")."""
+        return request.params.get("fieldManager") or (request.headers.get("User-Agent") or "").split("/")[0][:128]
+
+    async def _create_applied(
+        self,
+        resource: kmock.resource,
+        namespace: str,
+        name: str,
+        new: dict[str, Any],
+        owners: server_side_apply.Owners,
+    ) -> Any:
         meta = new.setdefault("metadata", {})
         meta.update(
             name=name,
@@ -387,6 +534,7 @@ class Emulator(kmock.KubernetesEmulator):
             generation=1,
             creationTimestamp=_now(),
         )
+        self._record_owners(resource, new, owners, None)
         key = (resource, namespace, name)
         async with self._lock:
             if key not in self._objects:
@@ -410,6 +558,13 @@ class Emulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = str(next(self._versions))
         meta["generation"] = 1
         meta["creationTimestamp"] = _now()
+        resource = request.resource
+        if resource is None or resource == EVENTS or self.find(resource, meta.get("namespace") or "", meta["name"]):
+            return  # an Event's owners are of no interest; an existing object: kmock answers 409
+        self._server_fills(resource, request.data)
+        node = schema.root(resource.group or "", resource.plural or "")
+        owners = server_side_apply.update(None, request.data, {}, self._field_manager(request), node)
+        self._record_owners(resource, request.data, owners, None)
 
     def _stamp_update(self, request: rendering.Request) -> None:
         key = (request.resource, request.namespace, request.name)
@@ -428,12 +583,43 @@ class Emulator(kmock.KubernetesEmulator):
                     del patch[k]
         else:
             patch.pop("status", None)
+            if not (request.headers.get("Content-Type") or "").startswith("application/apply-patch"):
+                self._own_update(request, copy.deepcopy(current))  # an apply's owners are _apply's
         meta_patch = patch.setdefault("metadata", {})
         meta_patch["resourceVersion"] = str(next(self._versions))
         if "spec" in patch:
             new_spec = dicts.patch_dict(copy.deepcopy(current.get("spec") or {}), patch["spec"])
             if new_spec != current.get("spec"):
                 meta_patch["generation"] = int(current.get("metadata", {}).get("generation") or 1) + 1
+
+    def _own_update(self, request: rendering.Request, current: dict[str, Any]) -> None:
+        """A patch or update as the server stores it: the object it makes gets the server's defaults and
+        canonical quantities, and its manager owns the fields it changed; request.data becomes the merge
+        patch to that object (what kmock stores)."""
+        resource = request.resource
+        assert resource is not None
+        node = schema.root(resource.group or "", resource.plural or "")
+        if (request.headers.get("Content-Type") or "").startswith("application/strategic-merge-patch"):
+            if not schema.builtin(resource.group or "", resource.plural or ""):
+                raise kmock.KubernetesError(  # the server has no patch strategies for custom resources
+                    status=415,
+                    reason="UnsupportedMediaType",
+                    message="the body of the request was in an unknown format",
+                )
+            new = strategic.apply(copy.deepcopy(current), request.data, node)
+        else:
+            new = dicts.patch_dict(copy.deepcopy(current), request.data)
+        new["status"] = current.get("status")
+        if new["status"] is None:
+            del new["status"]
+        self._server_fills(resource, new)
+        owners = self.owners.get((resource, request.namespace or "", request.name or ""), {})
+        after = server_side_apply.update(current, new, owners, self._field_manager(request), node)
+        self._record_owners(resource, new, after, current)
+        patch = server_side_apply.merge_patch(current, new)
+        patch.pop("status", None)
+        request.data.clear()
+        request.data.update(patch)
 
     async def _after_change(self, action: enums.action, request: rendering.Request) -> None:
         name = request.name or (request.data or {}).get("metadata", {}).get("name")
@@ -510,11 +696,34 @@ class Emulator(kmock.KubernetesEmulator):
         self._watch_drop = asyncio.Event()
 
     def _pod_log(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        """GET pods/NAME/log: plain text, as the kubelet serves it, honouring tailLines."""
+        """GET pods/NAME/log: plain text, as the kubelet serves it, honouring tailLines and `container`,
+        which the API server requires of a pod with several containers (an injected sidecar makes two)."""
         self.log_reads += 1
-        if self.find(PODS, request.namespace or "", request.name or "") is None:
+        namespace, name = request.namespace or "", request.name or ""
+        pod = self.find(PODS, namespace, name)
+        if pod is None:
             raise kmock.KubernetesObjectNotFoundError()
-        text = self.pod_logs.get((request.namespace or "", request.name or ""), "")
+        spec = pod.get("spec") or {}
+        names = [c.get("name") for c in spec.get("containers") or []]
+        init_names = [c.get("name") for c in spec.get("initContainers") or []]
+        container = request.params.get("container")
+        if not container:
+            if len(names) != 1:
+                message = f"a container name must be specified for pod {name}"
+                if names:
+                    message += f", choose one of: [{' '.join(names)}]"
+                    if init_names:
+                        message += f" or one of the init containers: [{' '.join(init_names)}]"
+                raise kmock.KubernetesError(status=400, reason="BadRequest", message=message)
+            container = names[0]
+        elif container not in names + init_names:
+            raise kmock.KubernetesError(
+                status=400, reason="BadRequest", message=f"container {container} is not valid for pod {name}"
+            )
+        if names and container == names[0]:
+            text = self.pod_logs.get((namespace, name), "")
+        else:
+            text = self.container_logs.get((namespace, name, container), "")
         tail = request.params.get("tailLines")
         if tail:
             text = "".join(text.splitlines(keepends=True)[-int(tail) :])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -221,23 +222,42 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def operator(cluster: Cluster) -> Iterator[KopfRunner]:
-    """Run the real operator (keras_operator.runtime.main) against the emulated cluster until the block ends."""
+def operator(cluster: Cluster, namespaces: tuple[str, ...] = ()) -> Iterator[KopfRunner]:
+    """Run the real operator (keras_operator.runtime.main) against the emulated cluster until the block ends:
+    over the whole cluster, or, given `namespaces`, as the chart's watchNamespaces runs it (those namespaces
+    named to kopf and in KERAS_OPERATOR_NAMESPACES, and no cluster-scoped grant to list namespaces)."""
     assert cluster.emulator is not None
     emulator = cluster.emulator
     watches_before = emulator.watch_starts[KTJ]
-    runner = KopfRunner(["run", "--standalone", "--all-namespaces", "-m", "keras_operator.runtime.main"], timeout=60)
+    scope = [arg for namespace in namespaces for arg in ("--namespace", namespace)] or ["--all-namespaces"]
+    saved_env, saved_grant = os.environ.get("KERAS_OPERATOR_NAMESPACES"), emulator.cluster_scoped_grant
+    if namespaces:
+        os.environ["KERAS_OPERATOR_NAMESPACES"] = ",".join(namespaces)
+    else:
+        os.environ.pop("KERAS_OPERATOR_NAMESPACES", None)
+    emulator.cluster_scoped_grant = not namespaces
+    runner = KopfRunner(["run", "--standalone", *scope, "-m", "keras_operator.runtime.main"], timeout=60)
     runner.__enter__()
     try:
         # kmock re-sends every object on a new watch, but events between list and watch could be missed.
-        cluster.wait_for(
-            lambda: emulator.watch_starts[KTJ] > watches_before,
-            timeout=30,
-            message="the operator's watch on KerasTrainingJobs",
-        )
+        try:
+            cluster.wait_for(
+                lambda: emulator.watch_starts[KTJ] > watches_before,
+                timeout=30,
+                message="the operator's watch on KerasTrainingJobs",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the operator's requests refused 403: {dict(emulator.forbidden)}") from None
         yield runner
     finally:
-        runner.__exit__(None, None, None)
+        try:
+            runner.__exit__(None, None, None)
+        finally:
+            emulator.cluster_scoped_grant = saved_grant
+            if saved_env is None:
+                os.environ.pop("KERAS_OPERATOR_NAMESPACES", None)
+            else:
+                os.environ["KERAS_OPERATOR_NAMESPACES"] = saved_env
 
 
 __all__ = [

@@ -100,6 +100,10 @@ class Kubelet:
         # pod uid -> when SIGTERM and SIGKILL went to its process (loop time): what tests check grace by.
         self.signalled: dict[str, dict[str, float]] = {}
         self.terminations: set[asyncio.Task[None]] = set()
+        # Containers added to every pod created from now on, after the template's, as a mutating webhook
+        # injects a service mesh's proxy (istio-proxy): the pod then has several containers. Only the first
+        # runs; a sidecar's log is emulator.container_logs[(ns, pod, name)].
+        self.sidecars: list[dict[str, Any]] = []
         emulator.hooks.append(self._on_change)
 
     def port_of(self, namespace: str, pod: str, port: int) -> int | None:
@@ -230,6 +234,9 @@ class Kubelet:
         controller's own labels and annotations added and `spec` (when given) instead of the template's."""
         meta = owner["metadata"]
         ns = meta["namespace"]
+        spec = spec if spec is not None else template["spec"]
+        if self.sidecars:
+            spec = {**spec, "containers": [*spec["containers"], *(dict(c) for c in self.sidecars)]}
         pod = await self._api(
             "POST",
             f"/api/v1/namespaces/{ns}/pods",
@@ -251,11 +258,13 @@ class Kubelet:
                         }
                     ],
                 },
-                "spec": spec if spec is not None else template["spec"],
+                "spec": spec,
             },
         )
         self.pods_started += 1
         container = template["spec"]["containers"][0]
+        for sidecar in self.sidecars:
+            self.emulator.container_logs[(ns, pod["metadata"]["name"], sidecar["name"])] = f"{sidecar['name']} ready\n"
         await self._patch_status(
             "pods",
             ns,
@@ -267,11 +276,12 @@ class Kubelet:
                 "conditions": [{"type": "Ready", "status": "False"}],
                 "containerStatuses": [
                     {
-                        "name": container["name"],
+                        "name": name,
                         "ready": False,
                         "restartCount": 0,
                         "state": {"running": {"startedAt": _now()}},
                     }
+                    for name in [container["name"], *(c["name"] for c in self.sidecars)]
                 ],
             },
         )

@@ -21,7 +21,7 @@ from typing import Any
 import kmock
 import pytest
 
-from cluster.emulator import OPERATOR_CALLS
+from cluster.emulator import OPERATOR_AGENTS, OPERATOR_CALLS
 from cluster.harness import DEPLOYMENTS, HPAS, HTTPROUTES, JOBS, KMS, KTJ, LEASES, SERVICES, Cluster, operator
 from helpers.jobs import tiny_job
 from helpers.rbac import RELEASE_NAMESPACE, Call, crd_plurals, granted, render_chart
@@ -92,6 +92,12 @@ class Recorder:
     def calls(self) -> set[Call]:
         with self._lock:
             return set(OPERATOR_CALLS) | self.implied
+
+    def reset(self) -> None:
+        """Forget the calls so far (between operator runs only: none is in flight)."""
+        with self._lock:
+            OPERATOR_CALLS.clear()
+            self.implied.clear()
 
 
 @pytest.fixture
@@ -238,6 +244,43 @@ def elect_a_leader(cluster: Cluster) -> None:
     assert cluster.get(LEASES, "keras-operator", RELEASE_NAMESPACE) is not None
 
 
+def train_in_watched_namespaces(cluster: Cluster) -> None:
+    """The chart's watchNamespaces mode as it runs: the operator told its namespaces, and no cluster-scoped
+    grant to list namespaces (the emulator refuses that 403, as the API server does). A training created
+    suspended, queued, deleted."""
+    scoped = tiny_job("scoped", output={"uri": "pvc://models/scoped"}, runPolicy={"suspend": True})
+    with operator(cluster, namespaces=(WORK_NAMESPACE,)):
+        cluster.create(KTJ, scoped)
+        cluster.wait_for(lambda: status(cluster, KTJ, "scoped").get("phase") == "Queued", 60, "scoped: Queued")
+        cluster.delete(KTJ, "scoped")
+        cluster.wait_for(lambda: cluster.get(KTJ, "scoped") is None, 30, "scoped to go")
+
+
+# What the API server records as the manager of each field the operator writes (managedFields; what
+# `kubectl apply --server-side` conflicts name): the operator's own name, never its client library's.
+FIELD_MANAGER = "keras-operator"
+
+
+def assert_every_write_names_the_operator(cluster: Cluster) -> None:
+    """Creates, patches, status writes, Events, the Lease, TokenReviews, server-side applies: each names the
+    operator as its field manager. kopf's own writes carry no fieldManager: they count by the User-Agent the
+    operator gives kopf, whose first word the API server records instead."""
+    assert cluster.emulator is not None
+    agents = {agent.split("/")[0] for agent in OPERATOR_AGENTS}
+    writes = {(what, manager) for agent, what, manager in cluster.emulator.write_managers if agent in agents}
+    # The scenarios reached every kind of write: else a pass here would prove little.
+    assert {what for what, _ in writes} >= {
+        "jobs",
+        "kerastrainingjobs/status",
+        "kerasmodelservices/status",
+        "deployments",
+        "events",
+        "leases",
+        "tokenreviews",
+    }, sorted(writes)
+    assert {manager for _, manager in writes} == {FIELD_MANAGER}, sorted(w for w in writes if w[1] != FIELD_MANAGER)
+
+
 def test_chart_rbac_covers_every_call_and_grants_nothing_unexplained(
     cluster: Cluster, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -255,6 +298,12 @@ def test_chart_rbac_covers_every_call_and_grants_nothing_unexplained(
         "kerastrainingjobs/finalizers",
         "kerasmodelservices/finalizers",
     }, recorder.implied
+    recorder.reset()
+    train_in_watched_namespaces(cluster)
+    scoped = recorder.calls()
+    missing = scoped - granted(render_chart(*MODES["namespaced"]), {RELEASE_NAMESPACE, WORK_NAMESPACE})
+    assert not missing, f"watching named namespaces, the operator made calls the chart does not grant: {missing}"
+    assert_every_write_names_the_operator(cluster)
 
     for mode, sets in {**MODES, **ROUTE_MODES}.items():
         grants = granted(render_chart(*sets), {RELEASE_NAMESPACE, WORK_NAMESPACE})

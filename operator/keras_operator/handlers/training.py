@@ -20,6 +20,7 @@ import kopf
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.report import EpochReport, last_epoch
 from keras_operator.api.training import KIND, PLURAL
+from keras_operator.builders.training import CONTAINER as TRAINER_CONTAINER
 from keras_operator.controllers import training as training_controller
 from keras_operator.handlers.common import Current, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
@@ -222,7 +223,7 @@ async def read_logs_of_silent_trainings() -> None:
                 or now - STATE.silent_since.setdefault(key, now) < Current.settings.progress_fallback_after
             ):
                 continue
-            report = last_epoch(await kube.pod_log_tail(key[0], pod) or "")
+            report = last_epoch(await kube.pod_log_tail(key[0], pod, TRAINER_CONTAINER) or "")
             old = STATE.reports.get(key)
             if report is not None and (old is None or report.epoch > old.epoch):
                 STATE.reports[key] = report

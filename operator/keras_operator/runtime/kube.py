@@ -22,6 +22,7 @@ import structlog
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from keras_operator.runtime import quantity
 from keras_operator.runtime.settings import api_server
 
 log = structlog.get_logger("keras_operator.kube")
@@ -82,8 +83,19 @@ def api_client() -> kubernetes.client.ApiClient:
     return _api_client(api_server())
 
 
+def _read_through(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    result = fn(*args, **kwargs)
+    if kwargs.get("_preload_content") is False:
+        # Read here, in the worker thread, so the connection is back in the pool before the thread takes its
+        # next call. Read later on the event loop, a burst (the first sync) had more responses holding
+        # connections than the pool keeps: urllib3 opened extra ones, then discarded them with a warning
+        # ("Connection pool is full, discarding connection"). The body stays cached on the response.
+        result.data  # type: ignore[attr-defined]  # noqa: B018
+    return result
+
+
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    call = functools.partial(fn, *args, **kwargs)
+    call = functools.partial(_read_through, fn, *args, **kwargs)
     for attempt in range(1, THROTTLED_ATTEMPTS + 1):
         try:
             return await asyncio.get_running_loop().run_in_executor(_threads(), call)
@@ -225,7 +237,7 @@ async def create_or_adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
     create, read, _, _ = _calls(kind)
     try:
-        resp = await _call(create, namespace, obj, _preload_content=False)
+        resp = await _call(create, namespace, obj, field_manager=FIELD_MANAGER, _preload_content=False)
         return dict(json.loads(resp.data)), True
     except ApiException as exc:
         if exc.status != 409:
@@ -238,7 +250,7 @@ async def create_or_adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
 async def patch(kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """A merge patch of an object the operator owns; returns the object as patched."""
-    resp = await _call(_calls(kind)[2], name, namespace, body, _preload_content=False)
+    resp = await _call(_calls(kind)[2], name, namespace, body, field_manager=FIELD_MANAGER, _preload_content=False)
     return dict(json.loads(resp.data))
 
 
@@ -254,17 +266,69 @@ def _owned(obj: dict[str, Any], uid: str | None) -> bool:
     return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
-def _covers(actual: Any, wanted: Any) -> bool:
-    """Whether `actual` holds every field `wanted` sets, with the same value (fields the API server
-    defaulted or other controllers added do not count)."""
+# Lists Kubernetes merges by key (x-kubernetes-list-type: map): another manager's entries (an env var
+# `kubectl set env` added, an injected sidecar) stay in them, so only the entries the operator sets are
+# compared, each with the entry of the same key. Every other list is atomic: compared whole.
+_LIST_MAP_KEYS: dict[str, tuple[str, ...]] = {
+    "containers": ("name",),
+    "initContainers": ("name",),
+    "ephemeralContainers": ("name",),
+    "env": ("name",),
+    "volumes": ("name",),
+    "volumeMounts": ("mountPath",),
+    "volumeDevices": ("devicePath",),
+    "imagePullSecrets": ("name",),
+    "resourceClaims": ("name",),
+    "schedulingGates": ("name",),
+    "hostAliases": ("ip",),
+    "topologySpreadConstraints": ("topologyKey", "whenUnsatisfiable"),
+    "resizePolicy": ("resourceName",),
+    "ownerReferences": ("uid",),
+}
+_KEY_DEFAULTS = {"protocol": "TCP"}  # a key field the server defaults when it is left out
+
+
+def _list_keys(field: str, wanted: list[Any]) -> tuple[str, ...] | None:
+    if field == "ports":  # a container's ports, or a Service's
+        entries = [e for e in wanted if isinstance(e, dict)]
+        return ("containerPort", "protocol") if any("containerPort" in e for e in entries) else ("port", "protocol")
+    return _LIST_MAP_KEYS.get(field)
+
+
+def _is_quantity(path: tuple[str, ...]) -> bool:
+    """Whether the field at `path` is typed resource.Quantity in the objects the operator writes."""
+    if len(path) >= 3 and path[-2] in ("requests", "limits") and path[-3] == "resources":
+        return True
+    if path[-1:] == ("sizeLimit",):  # an emptyDir's
+        return True
+    return len(path) >= 2 and path[-2] == "target" and path[-1] in ("averageValue", "value")  # an HPA metric's
+
+
+def _key_of(entry: Any, keys: tuple[str, ...]) -> tuple[Any, ...]:
+    entry = entry if isinstance(entry, dict) else {}
+    return tuple(entry.get(k, _KEY_DEFAULTS.get(k)) for k in keys)
+
+
+def _covers(actual: Any, wanted: Any, path: tuple[str, ...] = ()) -> bool:
+    """Whether `actual` holds every field `wanted` sets, with the same value: quantities by amount (the
+    server stores them canonically), list-map entries by key (entries others added do not count), fields
+    the API server defaulted or other controllers added ignored."""
     if isinstance(wanted, dict):
-        return isinstance(actual, dict) and all(k in actual and _covers(actual[k], v) for k, v in wanted.items())
-    if isinstance(wanted, list):
-        return (
-            isinstance(actual, list)
-            and len(actual) == len(wanted)
-            and all(_covers(a, w) for a, w in zip(actual, wanted, strict=True))
+        return isinstance(actual, dict) and all(
+            k in actual and _covers(actual[k], v, (*path, k)) for k, v in wanted.items()
         )
+    if isinstance(wanted, list):
+        if not isinstance(actual, list):
+            return False
+        keys = _list_keys(path[-1], wanted) if path else None
+        if keys is not None:
+            by_key: dict[tuple[Any, ...], list[Any]] = {}
+            for entry in actual:
+                by_key.setdefault(_key_of(entry, keys), []).append(entry)
+            return all(any(_covers(a, w, path) for a in by_key.get(_key_of(w, keys), [])) for w in wanted)
+        return len(actual) == len(wanted) and all(_covers(a, w, path) for a, w in zip(actual, wanted, strict=True))
+    if path and _is_quantity(path) and quantity.equal(actual, wanted):
+        return True
     return bool(actual == wanted)
 
 
@@ -357,11 +421,18 @@ async def pod_proxy_get(namespace: str, pod: str, port: int, path: str) -> str |
     return _text(resp)
 
 
-async def pod_log_tail(namespace: str, pod_name: str, lines: int = 200) -> str | None:
-    """The last lines of the pod's log; None when it cannot be read now (not started, rotated, gone)."""
+async def pod_log_tail(namespace: str, pod_name: str, container: str, lines: int = 200) -> str | None:
+    """The last lines of the log of the pod's `container` (named always: a pod with an injected sidecar has
+    two, and the API server then refuses a request without one); None when it cannot be read now (not
+    started, rotated, gone)."""
     try:
         resp = await _call(
-            _core().read_namespaced_pod_log, pod_name, namespace, tail_lines=lines, _preload_content=False
+            _core().read_namespaced_pod_log,
+            pod_name,
+            namespace,
+            container=container,
+            tail_lines=lines,
+            _preload_content=False,
         )
     except (ApiException, Rejected, kopf.TemporaryError):
         return None
@@ -398,6 +469,7 @@ async def patch_status(
             plural,
             name,
             body,
+            field_manager=FIELD_MANAGER,
             _preload_content=False,
         )
     except ApiException as exc:
@@ -406,7 +478,6 @@ async def patch_status(
         if exc.status != 404:  # deleted meanwhile: nothing to report on
             raise
         return None
-    # Read to the end: an unread response keeps its connection out of the pool (a new one per write).
     return str(json.loads(resp.data).get("metadata", {}).get("resourceVersion") or "") or None
 
 
@@ -444,8 +515,13 @@ async def post_event(obj: dict[str, Any], type_: str, reason: str, message: str)
         "count": 1,
     }
     try:
-        resp = await _call(_core().create_namespaced_event, meta["namespace"], body, _preload_content=False)
-        resp.data  # noqa: B018  (read to the end: the connection goes back to the pool)
+        await _call(
+            _core().create_namespaced_event,
+            meta["namespace"],
+            body,
+            field_manager=FIELD_MANAGER,
+            _preload_content=False,  # the answer is not decoded: _call reads it, to free the connection
+        )
     except (ApiException, Rejected, kopf.TemporaryError) as exc:
         log.warning("event_not_posted", reason=reason, name=meta["name"], error=str(exc))
 
@@ -458,5 +534,5 @@ async def token_review(token: str, audience: str) -> dict[str, Any]:
         "kind": "TokenReview",
         "spec": {"token": token, "audiences": [audience]},
     }
-    resp = await _call(api.create_token_review, body, _preload_content=False)
+    resp = await _call(api.create_token_review, body, field_manager=FIELD_MANAGER, _preload_content=False)
     return dict(json.loads(resp.data).get("status") or {})

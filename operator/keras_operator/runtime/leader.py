@@ -42,6 +42,8 @@ import structlog
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from keras_operator.runtime.kube import FIELD_MANAGER
+
 log = structlog.get_logger("keras_operator.runtime.leader")
 
 # The client disables its timeout for a falsy `_request_timeout`: a deadline already due still waits this.
@@ -171,7 +173,7 @@ class Elector:
         API did not answer."""
         try:
             return self._coordination().patch_namespaced_lease(
-                self.name, self.namespace, body, _request_timeout=self._timeout()
+                self.name, self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=self._timeout()
             )
         except ApiException as exc:
             if exc.status != 409:
@@ -203,7 +205,9 @@ class Elector:
                 "spec": self._spec(0),
             }
             try:
-                created = api.create_namespaced_lease(self.namespace, body, _request_timeout=self._timeout())
+                created = api.create_namespaced_lease(
+                    self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=self._timeout()
+                )
             except ApiException as create_exc:
                 if create_exc.status == 409:
                     return False  # another replica created it first
@@ -331,7 +335,7 @@ class Elector:
             }
             try:
                 self._coordination().patch_namespaced_lease(
-                    self.name, self.namespace, body, _request_timeout=self.request_timeout
+                    self.name, self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=self.request_timeout
                 )
             except ApiException as exc:
                 if exc.status == 409:

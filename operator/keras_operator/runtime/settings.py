@@ -75,6 +75,13 @@ class Settings:
     webhook_cert_dir: str | None = None
     """A folder with the webhook's tls.crt and tls.key (read again when they change)."""
 
+    @property
+    def named_namespaces(self) -> bool:
+        """Whether the operator watches named namespaces only: some are set and none is one of kopf's patterns
+        (a glob `ml-*`, a negation `!kube-system`, a comma list), which kopf can resolve only by listing the
+        cluster's namespaces."""
+        return bool(self.namespaces) and not any(set(n) & set("*?!,") for n in self.namespaces)
+
     def image_for(self, backend: str) -> str:
         return self.trainer_image if backend == "tensorflow" else self.backend_images.get(backend, self.trainer_image)
 
