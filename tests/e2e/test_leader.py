@@ -6,15 +6,26 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+from pathlib import Path
 
 import kubernetes
 import pytest
+from kmock import action
 
-from cluster.harness import LEASES, Cluster
+from cluster.emulator import OPERATOR_AGENTS, Fault
+from cluster.harness import KTJ, LEASES, Cluster
 from helpers.blackhole import Blackhole
+from helpers.jobs import tiny_job
+from helpers.server import free_port, get_json
 from keras_operator.runtime import kube
 from keras_operator.runtime.leader import Elector, lease_client
 
@@ -445,3 +456,118 @@ def test_a_standby_process_exits_cleanly_on_sigterm_and_leaves_the_lease_alone(c
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def operator_process(name: str, lease_seconds: float, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The real `keras-operator` entry point with leader election on, its debug log (kopf's own lines too) in
+    `log`: (the process, its liveness port)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KERAS_OPERATOR_LEADER_ELECTION": "true",
+        "KERAS_OPERATOR_POD_NAME": name,
+        "KERAS_OPERATOR_POD_NAMESPACE": NAMESPACE,
+        "KERAS_OPERATOR_LEASE_SECONDS": str(lease_seconds),
+        "KERAS_OPERATOR_LIVENESS_PORT": str(port),
+        "KERAS_OPERATOR_METRICS_PORT": "0",
+        "KERAS_OPERATOR_LOG_LEVEL": "debug",
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "keras-operator")], env=env, stdout=out, stderr=out)
+    return proc, port
+
+
+def probe(port: int) -> tuple[int, dict] | None:
+    """The liveness probe of the chart: GET /healthz on the replica's health port."""
+    try:
+        return get_json(f"http://127.0.0.1:{port}/healthz")
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def log_events(log: Path) -> list[str]:
+    """The `event` of every JSON line of an operator's log, in order."""
+    return [json.loads(line)["event"] for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def holder(cluster: Cluster) -> str | None:
+    found = cluster.get(LEASES, NAME, NAMESPACE)
+    return found["spec"]["holderIdentity"] if found else None
+
+
+def failed(cluster: Cluster, name: str) -> bool:
+    obj = cluster.get(KTJ, name)
+    return bool(obj and (obj.get("status") or {}).get("phase") == "Failed")
+
+
+def stop_all(*procs: subprocess.Popen[bytes] | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+# kopf's run_tasks: once its own tasks are done, it gives whatever still runs 5 s, then cancels it and logs
+# "Hung tasks are stopped: ..."; with nothing left over past that wait it logs this instead.
+NO_HUNG_TASKS = "Hung tasks stopping is skipped: no tasks given."
+
+
+def test_sigterm_releases_the_lease_as_soon_as_kopf_is_done(cluster: Cluster, tmp_path: Path) -> None:
+    """A SIGTERM'd leader leaves kopf nothing to wait for (the resync and log-fallback loops once held every
+    hand-over 5 s: kopf's timeout for tasks it considers hung), then releases, and the standby acts."""
+    log = tmp_path / "operator-a.log"
+    first, _ = operator_process("operator-a", 2, log)
+    second = None
+    try:
+        cluster.wait_for(lambda: holder(cluster) == "operator-a", 60, "operator-a to lead")
+        cluster.create(KTJ, tiny_job("one", training__epochs=0))  # invalid: handled without a trainer
+        cluster.wait_for(lambda: failed(cluster, "one"), 60, "the leader to handle a resource")
+        second, port = operator_process("operator-b", 2, tmp_path / "operator-b.log")
+        cluster.wait_for(lambda: probe(port), 30, "the standby to answer /healthz")
+
+        sent = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        cluster.wait_for(lambda: holder(cluster) == "operator-b", 30, "operator-b to take over")
+        took_over = time.monotonic() - sent
+        cluster.create(KTJ, tiny_job("two", training__epochs=0))
+        cluster.wait_for(lambda: failed(cluster, "two"), 60, "the new leader to handle a resource")
+        print(f"hand-over: Lease {took_over:.2f} s, first act {time.monotonic() - sent:.2f} s after SIGTERM")
+        assert first.wait(timeout=20) == 0
+
+        events = log_events(log)
+        assert "Root tasks are stopped: finishing normally; tasks left: set()" in events  # kopf's debug lines
+        assert not [e for e in events if e.startswith("Hung tasks are")], "kopf waited out its hung-task timeout"
+        assert NO_HUNG_TASKS in events
+        assert events.index("lease_released") > events.index(NO_HUNG_TASKS)  # released once kopf is done
+    finally:
+        stop_all(first, second)
+
+
+def test_a_write_under_way_at_sigterm_lands_before_the_lease_is_released(cluster: Cluster, tmp_path: Path) -> None:
+    """kopf cancels the task awaiting an API call, but the call goes on in the client's thread: the Lease is
+    released only once it is done, so no write of the old leader follows the release."""
+    assert cluster.emulator is not None
+    first, _ = operator_process("operator-a", 4, tmp_path / "operator-a.log")
+    try:
+        cluster.wait_for(lambda: holder(cluster) == "operator-a", 60, "operator-a to lead")
+        # The status write of the next KerasTrainingJob is held 2 s by the API (less than the 4 s lease, the
+        # longest the leader waits for its calls before it leaves the Lease to expire instead).
+        slow = Fault(action.UPDATE, KTJ, None, delay=2.0, agents=OPERATOR_AGENTS)
+        cluster.emulator.faults.append(slow)
+        cluster.create(KTJ, tiny_job("one", training__epochs=0))
+        cluster.wait_for(lambda: slow.hits == 1, 60, "the leader's status write to reach the API")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0
+        lease_after = lease(cluster)
+        assert lease_after["spec"]["holderIdentity"] == ""  # released
+        assert failed(cluster, "one")  # the write under way went through...
+        written = cluster.get(KTJ, "one")
+        assert written is not None
+        # ...before the release (resourceVersions come from one counter, as etcd's revisions do).
+        assert int(written["metadata"]["resourceVersion"]) < int(lease_after["metadata"]["resourceVersion"])
+    finally:
+        stop_all(first)

@@ -3,6 +3,8 @@ client's timeouts against an API that never answers."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import socket
 import threading
@@ -90,3 +92,30 @@ def test_the_lease_client_does_not_retry_a_timed_out_read(blackhole: Blackhole) 
         api.read_namespaced_lease("lease", "ns", _request_timeout=0.3)
     assert time.monotonic() - started < 0.3 * 2
     assert shared.configuration.retries is None  # the operator's own client keeps its retries
+
+
+async def test_the_shutdown_ends_the_forever_loops_and_nothing_else() -> None:
+    """Left running, a resync loop made kopf wait 5 s for it (a hung task) before the Lease's release."""
+    from keras_operator.runtime import lifecycle
+
+    loops = [asyncio.create_task(asyncio.sleep(3600), name=name) for name in sorted(lifecycle.FOREVER_TASKS)]
+    work = asyncio.create_task(asyncio.sleep(3600), name="reconcile")
+    try:
+        await lifecycle.stop_forever_tasks()
+        assert all(task.cancelled() for task in loops)
+        assert not work.done()  # work under way is the work queues' to end, and kopf's to wait for
+    finally:
+        work.cancel()
+
+
+def test_the_release_waits_for_the_api_calls_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf cancels the task awaiting a call, not the call in the client's thread."""
+    from keras_operator.runtime import kube, main
+
+    monkeypatch.setattr(kube, "_executor", concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    answered = threading.Event()
+    call = kube._threads().submit(answered.wait)
+    assert main._api_calls_done(timeout=0.2) is False  # still under way: the Lease is left to expire
+    answered.set()
+    assert main._api_calls_done(timeout=10) is True
+    assert call.done()

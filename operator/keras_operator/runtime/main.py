@@ -3,8 +3,8 @@ election acts only while it holds the Lease (the other replicas wait to take ove
 
 Every replica serves the admission webhook (when configured) for as long as it runs.
 A standby replica answers its liveness probe from `StandbyHealth` until it leads; that server is closed
-before kopf serves /healthz on the same port. On a clean exit the leader releases the Lease; a leader
-that lost it exits 1 without touching it."""
+before kopf serves /healthz on the same port. On a clean exit the leader releases the Lease once kopf
+has returned and its API calls under way have ended; a leader that lost it exits 1 without touching it."""
 
 from __future__ import annotations
 
@@ -107,12 +107,26 @@ def _run(settings: Settings) -> None:
             stop_flag=lifecycle.STOP,
         )
     finally:
+        # kopf has returned, so no handler runs any more; but a call it cancelled may still be under way in
+        # the API client's threads. The Lease stays held (and renewed) until they are done: no write of
+        # this replica may follow the release.
+        idle = elector is not None and not lost.is_set() and _api_calls_done(timeout=elector.duration)
         stop.set()
-        # kopf has returned, so nothing acts any more: the next replica may take over at once.
-        if elector is not None and not lost.is_set():
-            elector.release()
+        if elector is not None and idle and not lost.is_set():
+            elector.release()  # the next replica may take over at its next attempt
     if lost.is_set():
         sys.exit(1)  # restarted by Kubernetes, it waits for the Lease again
+
+
+def _api_calls_done(timeout: float) -> bool:
+    """Wait for the calls in the API client's threads to end; False when one is still under way after
+    `timeout` (then the Lease is left to expire, as if this replica had died)."""
+    from keras_operator.runtime import kube
+
+    drain = threading.Thread(target=kube._threads().shutdown, kwargs={"wait": True}, daemon=True, name="api-drain")
+    drain.start()
+    drain.join(timeout)
+    return not drain.is_alive()
 
 
 if __name__ == "__main__":
