@@ -68,6 +68,10 @@ class View:
     canary_deployment: dict[str, Any] | None = None
     canary_training_job: dict[str, Any] | None = None
     window: Window | None = None
+    hpa_absent: bool = False
+    """No HPA of this resource exists: an earlier reconcile removed it or found none, and none was applied
+    since (the caller keeps it between reconciles, like `window`; unknown, so False, after a restart). HPAs
+    are not watched: without it, every resync of a service without autoscaling GETs its HPA to find none."""
 
 
 @dataclass
@@ -431,9 +435,11 @@ async def _apply(
         view.canary_deployment = None
     hpa = build_hpa(body, spec)
     if hpa is not None:
+        view.hpa_absent = False  # before the call: a failed apply may still have made it
         events += (await _ensure(hpa, uid))[1]
-    else:
+    elif not view.hpa_absent:
         events += await _remove("HorizontalPodAutoscaler", namespace, name, uid, "spec.autoscaling removed")
+        view.hpa_absent = True
     return deployment, events
 
 

@@ -62,6 +62,7 @@ class State:
     )
     scraped: dict[Key, float] = field(default_factory=dict)  # when each service's pods were last scraped
     windows: dict[Key, serving_controller.Window] = field(default_factory=dict)  # canary analysis under way
+    no_hpa: dict[Key, str] = field(default_factory=dict)  # the uid of each service known to have no HPA
 
     async def view(self, key: Key) -> serving_controller.View | None:
         assert self.indexes is not None
@@ -87,6 +88,7 @@ class State:
             canary_deployment=owned.get(serving_controller.canary_name(key[1])),
             canary_training_job=await kube.get_custom(TRAINING, key[0], canary_ref) if canary_ref else None,
             window=self.windows.get(key),
+            hpa_absent=self.no_hpa.get(key) == uid,  # by uid: one deleted and made again starts unknown
         )
 
     def services(self) -> list[Key]:
@@ -98,12 +100,14 @@ class State:
         self.status.forget(key)
         self.scraped.pop(key, None)
         self.windows.pop(key, None)
+        self.no_hpa.pop(key, None)
 
     def clear(self) -> None:
         self.indexes = None
         self.status.clear()
         self.scraped.clear()
         self.windows.clear()
+        self.no_hpa.clear()
 
 
 STATE = State()
@@ -118,7 +122,10 @@ async def _reconcile(key: Hashable) -> None:
         return
     now = time.monotonic()
     scrape = now - STATE.scraped.get(key, 0.0) >= Current.settings.sync_interval
+    STATE.no_hpa.pop(key, None)  # until this reconcile succeeds: one that fails half-way may have made an HPA
     outcome = await serving_controller.reconcile(view, Current.settings, scrape=scrape)
+    if view.hpa_absent:
+        STATE.no_hpa[key] = view.resource["metadata"]["uid"]
     if scrape:
         STATE.scraped[key] = now
     if view.window is None:
