@@ -3,6 +3,7 @@ health checks map every phase."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from typing import Any
 
@@ -82,3 +83,22 @@ def test_docs_carry_the_tested_health_checks() -> None:
 
 def test_kind_script_is_valid_bash() -> None:
     assert subprocess.run(["bash", "-n", str(ROOT / "hack" / "e2e-kind.sh")]).returncode == 0
+
+
+def test_each_kind_scenario_names_emulated_tests_that_exist() -> None:
+    """hack/e2e-kind.sh mirrors the emulated tests on a real cluster: a scenario that names a test which
+    was renamed or removed has drifted from what the emulated suite checks."""
+    script = (ROOT / "hack" / "e2e-kind.sh").read_text()
+    named = re.findall(r"^#(?: mirrors:|\s{9}) (tests/\S+)$", script, flags=re.MULTILINE)
+    scenarios = re.findall(r"^scenario_(\w+)\(\)", script, flags=re.MULTILINE)
+    assert len(scenarios) >= 8
+    assert len(named) >= len(scenarios)
+    for reference in named:
+        path, _, test = reference.partition("::")
+        assert (ROOT / path).is_file(), reference
+        if test:
+            assert re.search(rf"^def {test}\(", (ROOT / path).read_text(), flags=re.MULTILINE), reference
+    # Every scenario is run by default, and every default names a scenario.
+    default = re.search(r"SCENARIOS:-([a-z_ ]+)\}", script)
+    assert default is not None
+    assert set(default.group(1).split()) == set(scenarios) - {"install"}
