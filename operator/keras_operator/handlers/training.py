@@ -19,8 +19,7 @@ import kopf
 
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.report import EpochReport, last_epoch
-from keras_operator.api.training import KIND, PLURAL
-from keras_operator.builders.training import CONTAINER as TRAINER_CONTAINER
+from keras_operator.api.training import KIND, PLURAL, TRAINER_CONTAINER
 from keras_operator.controllers import training as training_controller
 from keras_operator.handlers.common import Current, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
