@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         "--run-id",
         default=jobfile.LOCAL_RUN_ID,
         help="the run's id: it writes under OUTPUT/runs/RUN_ID, and running the same id again resumes an "
-        f"interrupted run; give a new one to start afresh (default {jobfile.LOCAL_RUN_ID})",
+        "interrupted run of the same spec (an edited model, data or training starts afresh); give a new one "
+        f"to keep the old run's files (default {jobfile.LOCAL_RUN_ID})",
     )
     run.add_argument(
         "--pvc-root",

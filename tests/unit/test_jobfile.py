@@ -232,3 +232,44 @@ def test_a_huge_model_config_is_refused_naming_the_field() -> None:
     doc = resource(podTemplate={"metadata": {"annotations": {"big": "x" * (256 * 1024 - 200)}}})
     with pytest.raises(InvalidResource, match=r"^spec\.podTemplate\.metadata\.annotations: too large"):
         build_job(doc, parse(doc).spec, "img")
+
+
+def _hash(doc: dict[str, Any], run_id: str | None = None, output_uri: str | None = None) -> str:
+    return jobfile.from_resource(parse(doc), run_id=run_id, output_uri=output_uri).spec_hash()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"backend": "jax"},
+        {"model__layers": [{"type": "Dense", "units": 8, "activation": "relu"}, {"type": "Dense", "units": 3}]},
+        {"model__layers": [{"type": "Dense", "units": 16, "activation": "tanh"}, {"type": "Dense", "units": 3}]},
+        {"data__train": {"synthetic": {"samples": 512, "inputShape": [8], "classes": 3}}},
+        {"data__shuffle": False},
+        {"training__epochs": 3},
+        {"training__batchSize": 16},
+        {"training__seed": 2},
+        {"training__optimizer": {"name": "adam", "learningRate": 0.01}},
+        {"training__loss": "categorical_crossentropy"},
+        {"training__mixedPrecision": True},
+        {"training__earlyStopping": {"patience": 1}},
+    ],
+)
+def test_what_shapes_the_weights_changes_the_spec_hash(change: dict[str, Any]) -> None:
+    """A checkpoint is resumed only by a training of the same hash (keras_trainer.train.Workspace)."""
+    assert _hash(resource(**change)) != _hash(resource())
+
+
+def test_where_and_how_a_run_is_kept_leaves_the_spec_hash_alone() -> None:
+    base = _hash(resource())
+    assert len(base) == 16
+    assert _hash(resource(training__batchSize=32)) == base  # a default written out is the same spec
+    assert _hash(resource(output__uri="s3://b/m", output__formats=["savedmodel"], output__tensorboard=True)) == base
+    assert _hash(resource(output__checkpoints=False)) == base
+    assert _hash(resource(resources={"cpu": "2", "memory": "1Gi"}, runPolicy={"suspend": True})) == base
+    assert _hash(resource(), run_id="another", output_uri="/elsewhere") == base
+    renamed = resource()
+    renamed["metadata"].update(name="other", namespace="team-b", uid="u-2", generation=9)
+    assert _hash(renamed) == base
+    job, _ = jobfile.read(written(resource()))
+    assert job.spec_hash() == base  # the trainer, from the job file the operator wrote: the same hash

@@ -70,7 +70,8 @@ def test_a_retried_pod_resumes_its_own_run(tmp_path: Path) -> None:
     first = Recording(crash_after=2)
     assert train.run(job(out, "uid-1", 4), None, first).phase == "Failed"
     checkpoints = tmp_path / "out" / "runs" / "uid-1" / "checkpoints"
-    assert json.loads((checkpoints / "run.json").read_text()) == {"runId": "uid-1"}
+    record = {"runId": "uid-1", "specHash": job(out, "uid-1", 4).spec_hash()}
+    assert json.loads((checkpoints / "run.json").read_text()) == record
     assert not (checkpoints.parent / "model.keras").exists()
     again = Recording()
     result = train.run(job(out, "uid-1", 4), None, again)
@@ -185,3 +186,63 @@ def test_on_object_storage_the_marker_goes_up_after_the_model(tmp_path: Path, mo
     assert result.model_uri == "memory://bucket/m/runs/uid-9/model.keras"
     assert order[-3:] == ["savedmodel", "model.keras", "_COMPLETE.json"]
     assert set(order[:-3]) == {"checkpoints"}  # every epoch, before the model
+
+
+def test_kerasop_run_never_resumes_the_checkpoint_of_another_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every `kerasop run` is run `local`: a run stopped at epoch 3 of 400, then the spec edited to 2
+    epochs and run into the same output, must train its 2 epochs, not "succeed" at once with the first
+    spec's weights; and it says why it did not resume."""
+    from keras_operator import cli
+
+    out = tmp_path / "out"
+    first = job(str(out), jobfile.LOCAL_RUN_ID, 400)
+    assert train.run(first, None, Recording(crash_after=3)).phase == "Failed"
+    checkpoints = out / "runs" / "local" / "checkpoints"
+    assert (checkpoints / "training_metadata.json").exists()
+
+    edited = tiny_job("tiny", output={"uri": str(out)}, training__epochs=2)
+    path = tmp_path / "edited.yaml"
+    path.write_text(json.dumps(edited))
+    monkeypatch.setenv("KERAS_OPERATOR_PVC_ROOT", str(tmp_path / "pvc"))  # kerasop sets it for the process
+    capsys.readouterr()
+    assert cli.main(["run", str(path), "-o", "json"]) == 0
+    printed = capsys.readouterr()
+    status = json.loads(printed.out)["status"]
+    ours = jobfile.from_resource(parse(edited), output_uri=str(out)).spec_hash()
+    why = f"checkpoint from a different spec (hash {first.spec_hash()}, this run {ours})"
+    assert status["message"] == f"trained 2/2 epochs ({why}: started fresh)"
+    assert f"{why}: starting fresh" in printed.err  # the log line, as it happens
+    assert "resuming" not in printed.err
+    assert [line.split()[1] for line in printed.err.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+    assert not checkpoints.exists()  # finished: nothing left for a later run to mistake for its own
+
+
+def test_the_same_spec_still_resumes_whatever_its_output_settings(tmp_path: Path) -> None:
+    """Where and how the model is saved is no part of the spec's hash: changing it resumes as before."""
+    out = str(tmp_path / "out")
+    assert train.run(job(out, jobfile.LOCAL_RUN_ID, 4), None, Recording(crash_after=2)).phase == "Failed"
+    spec = tiny_job(
+        "renamed",
+        output={"uri": out, "formats": ["savedmodel"], "tensorboard": True},
+        training__epochs=4,
+        resources={"cpu": "2"},
+    )
+    again = Recording()
+    result = train.run(jobfile.from_resource(parse(spec), run_id=jobfile.LOCAL_RUN_ID), None, again)
+    assert result.phase == "Succeeded", result.message
+    assert (again.initial, again.epochs) == (2, [3, 4])
+    assert result.message == "trained 4/4 epochs"
+
+
+def test_a_checkpoint_recorded_before_specs_were_hashed_is_not_resumed(tmp_path: Path) -> None:
+    """Its record names the run but not the spec: it may be another spec's, so it is not trusted."""
+    out = str(tmp_path / "out")
+    assert train.run(job(out, "uid-1", 5), None, Recording(crash_after=3)).phase == "Failed"
+    record = tmp_path / "out" / "runs" / "uid-1" / "checkpoints" / "run.json"
+    record.write_text(json.dumps({"runId": "uid-1"}))
+    again = Recording()
+    result = train.run(job(out, "uid-1", 2), None, again)
+    assert (again.initial, again.epochs) == (0, [1, 2])
+    assert "checkpoint from a different spec (hash unrecorded, this run " in result.message

@@ -142,6 +142,42 @@ def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path, backend
     assert resumed
 
 
+def test_a_killed_run_is_not_resumed_by_an_edited_spec(tmp_path: Path) -> None:
+    """The pod's entrypoint, run `local` (no uid) as `kerasop run` is: killed at epoch 2 of 400, then the
+    spec edited to 3 epochs into the same output. Resuming would end at once with the first spec's weights
+    ("trained 2/3 epochs"); it trains its 3 epochs instead, and says why."""
+    import json
+    import subprocess
+
+    from keras_operator.api import jobfile
+    from keras_operator.api.parse import parse
+    from keras_operator.api.report import last_epoch
+
+    def spec(epochs: int) -> dict[str, Any]:
+        samples = {"synthetic": {"samples": 4000, "inputShape": [8], "classes": 3}}
+        return tiny_job(training__epochs=epochs, data__train=samples, training__batchSize=16)
+
+    config = tmp_path / "job.yaml"
+    env = {**os.environ, "KERAS_TRAINER_TERMINATION_LOG": str(tmp_path / "term"), "KERAS_OPERATOR_LOG_FORMAT": "json"}
+    cmd = train_command(config, str(tmp_path / "out"))
+    config.write_text(yaml.safe_dump(spec(400)))
+    assert kill_after_epoch(cmd, env, 2) == [1, 2]
+
+    config.write_text(yaml.safe_dump(spec(3)))
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    lines = second.stdout.splitlines()
+    assert [r.epoch for r in map(last_epoch, lines) if r] == [1, 2, 3]
+    hashes = [jobfile.from_resource(parse(spec(epochs))).spec_hash() for epochs in (400, 3)]
+    why = f"checkpoint from a different spec (hash {hashes[0]}, this run {hashes[1]})"
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [e["reason"] for e in events if e.get("event") == "checkpoint_not_resumed"] == [f"{why}: starting fresh"]
+    assert not [e for e in events if e.get("event") == "resumed"]
+    result = parse_termination_message((tmp_path / "term").read_text())
+    assert result is not None
+    assert result.message == f"trained 3/3 epochs ({why}: started fresh)"
+
+
 def test_data_from_a_remote_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Data at a fsspec URI (memory:// standing in for s3:// or gs://) is fetched before loading."""
     import fsspec

@@ -84,18 +84,22 @@ class Workspace:
     """One run's own output folder (OUTPUT/runs/RUN_ID) as a local folder; remote outputs are staged
     locally and uploaded.
 
-    What it holds is the run's alone: checkpoints are resumed only by the run that wrote them (their
-    RUN_RECORD says which), and a model counts as written only once COMPLETE_MARKER is there, written
-    after every file of the model is in place.
+    What it holds is the run's alone: checkpoints are resumed only by the run that wrote them, training
+    the same spec (their RUN_RECORD says which run and which TrainerJob.spec_hash), and a model counts as
+    written only once COMPLETE_MARKER is there, written after every file of the model is in place.
 
     A reader (a worker other than worker 0 of several) never writes to the output: its local folder is
     a private scratch folder, into which it copies worker 0's last checkpoint to resume from.
     """
 
-    def __init__(self, prefix: str, run_id: str, writer: bool = True) -> None:
+    def __init__(self, prefix: str, run_id: str, spec_hash: str, writer: bool = True) -> None:
         self.uri = prefix
         self.run_id = run_id
+        self.spec_hash = spec_hash
         self.writer = writer
+        # Why a checkpoint found in the run's folder was not resumed: the result says it, as a user who
+        # ran the same command again expects a resume.
+        self.not_resumed: str | None = None
         self.remote = storage.is_remote(prefix)
         private = self.remote or not writer
         self.local = Path(tempfile.mkdtemp(prefix="keras-out-")) if private else storage.local_path(prefix)
@@ -111,19 +115,31 @@ class Workspace:
             return self._copy_checkpoints(remote, folder)
         if self.remote and storage.exists(remote):
             storage.fetch(remote, self.local)
-        if folder.exists():
-            owner = _checkpoint_run(folder)
-            if owner != self.run_id:
-                # Copied from elsewhere, or written before runs had ids: resuming it would continue
-                # another training (and, past our epochs, "finish" without training at all).
-                log.warning("checkpoint_not_resumed", path=str(remote), checkpoint_run=owner, run=self.run_id)
-                shutil.rmtree(folder)
-                storage.remove(remote)
+        if folder.exists() and (why := self._foreign(folder)):
+            # Resuming it would continue another training (and, past our epochs, "finish" without
+            # training at all): the same output may hold another run's, or, under one run id (every
+            # `kerasop run` is `local`), an edited spec's.
+            if any(p.name != jobfile.RUN_RECORD for p in folder.iterdir()):  # more than a record: a checkpoint
+                self.not_resumed = why
+                log.warning("checkpoint_not_resumed", path=str(remote), reason=f"{why}: starting fresh")
+            shutil.rmtree(folder)
+            storage.remove(remote)
         folder.mkdir(parents=True, exist_ok=True)
         record = folder / jobfile.RUN_RECORD
         if not record.exists():  # written first, so it is also the first file uploaded
-            record.write_text(json.dumps({"runId": self.run_id}))
+            record.write_text(json.dumps({"runId": self.run_id, "specHash": self.spec_hash}))
         return folder
+
+    def _foreign(self, folder: Path) -> str | None:
+        """Why the checkpoint in `folder` is not this training's to resume, or None when it is."""
+        record = _checkpoint_record(folder)
+        owner = record.get("runId")
+        if owner != self.run_id:  # copied from elsewhere, or written before runs had ids
+            return f"checkpoint of another run ({owner or 'unrecorded'}, this run {self.run_id})"
+        theirs = record.get("specHash")
+        if theirs != self.spec_hash:  # also one written before specs were hashed: it may be another's
+            return f"checkpoint from a different spec (hash {theirs or 'unrecorded'}, this run {self.spec_hash})"
+        return None
 
     def _copy_checkpoints(self, source: str, folder: Path) -> Path:
         """A reader's copy of worker 0's checkpoint. Worker 0 decides the same way from the same files
@@ -134,7 +150,7 @@ class Workspace:
                 storage.fetch(source, self.local)
             else:
                 shutil.copytree(storage.local_path(source), folder, dirs_exist_ok=True)
-        if folder.exists() and _checkpoint_run(folder) != self.run_id:
+        if folder.exists() and self._foreign(folder):
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
@@ -212,11 +228,15 @@ class _SaveAlone(keras.callbacks.BackupAndRestore):
             super()._save_model()
 
 
-def _checkpoint_run(folder: Path) -> str | None:
+def _checkpoint_record(folder: Path) -> dict[str, str]:
+    """The checkpoint's RUN_RECORD ({} when there is none, or it is unreadable: then it vouches for nothing)."""
     try:
-        return str(json.loads((folder / jobfile.RUN_RECORD).read_text())["runId"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        record = json.loads((folder / jobfile.RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return {key: str(value) for key, value in record.items() if key in ("runId", "specHash") and value}
 
 
 def run(job: TrainerJob | KerasTrainingJob, output_uri: str | None, reporter: Reporter) -> TrainingResult:
@@ -302,7 +322,7 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
             optimizer=models.optimizer(training), loss=models.loss(training), metrics=models.metrics(training)
         )
 
-    workspace = Workspace(job.prefix(), job.run.id, writer=worker == 0)
+    workspace = Workspace(job.prefix(), job.run.id, job.spec_hash(), writer=worker == 0)
     try:
         return _fit(spec, model, train, validation, validation_split, batch_size, placement, workspace, reporter)
     finally:
@@ -395,10 +415,13 @@ def _fit(
     if workers == 1:
         # The saved weights may be the best epoch's (early stopping), not the last one's: report theirs.
         metrics.update(_evaluate(model, train, validation, validation_split, batch_size))
+    message = f"trained {epoch}/{training.epochs} epochs"
+    if workspace.not_resumed:  # the user may have expected a resume: say why this run started over
+        message += f" ({workspace.not_resumed}: started fresh)"
     return TrainingResult(
         phase="Succeeded",
         reason="Completed",
-        message=f"trained {epoch}/{training.epochs} epochs",
+        message=message,
         epoch=epoch,
         epochs=training.epochs,
         metrics=metrics,

@@ -20,6 +20,7 @@ Nothing here imports TensorFlow or Keras: the operator imports this module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import types
@@ -48,7 +49,8 @@ JOBFILE_KIND = "TrainerJob"
 # A run's outputs, under spec.output.uri: RUNS_DIR/RUN_ID/{model.keras, savedmodel/, checkpoints/, logs/}.
 RUNS_DIR = "runs"
 RUN_RECORD = "run.json"
-"""In a run's checkpoint folder: the run id the checkpoint belongs to (never resumed by another run)."""
+"""In a run's checkpoint folder: the run id and the spec hash (TrainerJob.spec_hash) the checkpoint belongs
+to; it is resumed only by the same run training the same spec."""
 COMPLETE_MARKER = "_COMPLETE.json"
 """Written last, once every file of the model is in place: a run's model is complete when it exists."""
 LOCAL_RUN_ID = "local"
@@ -111,6 +113,44 @@ class TrainerJob(ApiModel):
         """This run's own output folder (output.uri must be set)."""
         assert self.output.uri is not None
         return run_prefix(self.output.uri, self.run.id)
+
+    def spec_hash(self) -> str:
+        """A hash of what determines the trained weights: a checkpoint is resumed only by a training of
+        the same hash. The run id alone does not tell: every `kerasop run` is run `local`, so an edited
+        spec written to the same output would otherwise continue (or, past its epochs, "finish" with)
+        the previous spec's weights.
+
+        In, as the spec writes them with every default filled in:
+        - backend: another backend initialises, orders and rounds differently; it is another training.
+        - model: the architecture, its starting weights (uri, application weights), the callable and
+          ConfigMap that build it (their names: code changed in the same ConfigMap is not seen).
+        - data: what is trained on and how it is split and shuffled. The spec, not the bytes: a file
+          replaced under the same URI is not seen (hashing it would mean reading all the data first).
+        - training, all of it: epochs (a checkpoint at epoch 8 is no state of a 3-epoch training, and
+          resuming it would end at once), batch size, optimizer, loss and seed shape the weights; the
+          checkpoint holds the metrics' and optimizer's state, and mixed precision the variables' dtypes;
+          early stopping decides which weights are kept.
+        Out:
+        - output: where and in which formats the model is saved, whether checkpoints and TensorBoard logs
+          are written; none changes a weight (and the run's folder already depends on output.uri).
+        - distribution (gpus, workers) and the pod's resources: the same global batch spread over other
+          devices is the same training.
+        - run: its id is checked on its own, and its generation also moves with edits that train nothing
+          differently (runPolicy.suspend); apiVersion/kind: the file's format, not the training.
+
+        Not carried in the job file but computed from it, by the trainer: a hash written beside the spec
+        could disagree with it (a file edited by hand), and a pod's job file and trainer image are fixed
+        for its Job's life, so every retry of a run computes the same hash. A trainer release that adds a
+        defaulted field to these sections changes the hash: a run interrupted across such an upgrade
+        starts fresh, the safe side."""
+        sections = {
+            "backend": self.backend,
+            "model": self.model.dump(),
+            "data": self.data.dump(),
+            "training": self.training.dump(),
+        }
+        canonical = json.dumps(sections, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def text(self) -> str:
         # JSON, which a YAML reader also takes, and which keeps 1e-05 a number (YAML 1.1 would not).
