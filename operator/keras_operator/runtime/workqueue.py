@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Hashable
 
 import kopf
@@ -23,6 +24,7 @@ class WorkQueue:
         self._again: set[Hashable] = set()
         self._failures: dict[Hashable, int] = {}
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._attempt_started: dict[Hashable, float] = {}
 
     def enqueue(self, key: Hashable, delay: float = 0.0) -> None:
         if delay > 0:
@@ -48,14 +50,23 @@ class WorkQueue:
     def busy(self) -> int:
         return len(self._running)
 
+    def oldest_attempt(self) -> float | None:
+        """When (time.monotonic) the longest-running reconcile under way started; None when none runs. Read
+        from the Lease's thread: a work queue whose reconcile hangs is a leader that no longer works."""
+        started = tuple(self._attempt_started.values())  # one step under the GIL, safe from another thread
+        return min(started, default=None)
+
     async def _run(self, key: Hashable) -> None:
         try:
             while True:
                 self._again.discard(key)
                 retry = await self._attempt(key)
                 if retry is not None:
+                    # The retry stays scheduled, and the failure count stays until a run succeeds (client-go's
+                    # rate limiter until Forget)...
                     self.enqueue(key, retry)
-                    return
+                # ...but an event that came in during the run may carry the user's fix: it runs now, as in
+                # client-go's queue, not after a backoff of up to MAX_DELAY.
                 if key not in self._again:
                     return
         finally:
@@ -63,6 +74,7 @@ class WorkQueue:
 
     async def _attempt(self, key: Hashable) -> float | None:
         """Run the work once; None when done, else the delay before the next try."""
+        self._attempt_started[key] = time.monotonic()
         try:
             await self.work(key)
         except asyncio.CancelledError:
@@ -75,6 +87,8 @@ class WorkQueue:
             failures = self._failures[key] = self._failures.get(key, 0) + 1
             log.exception("reconcile_failed", key=repr(key), error=f"{type(exc).__name__}: {exc}")
             return min(MAX_DELAY, self.base_delay * 2 ** (failures - 1))
+        finally:
+            self._attempt_started.pop(key, None)
         self._failures.pop(key, None)
         return None
 
@@ -86,6 +100,7 @@ class WorkQueue:
         self._timers.clear()
         self._again.clear()
         self._failures.clear()
+        self._attempt_started.clear()
 
     async def close(self) -> None:
         for timer in self._timers.values():
@@ -99,3 +114,4 @@ class WorkQueue:
         self._timers.clear()
         self._again.clear()
         self._failures.clear()
+        self._attempt_started.clear()
