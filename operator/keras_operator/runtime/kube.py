@@ -20,10 +20,11 @@ import kopf
 import kubernetes
 import structlog
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, ReadTimeoutError
+from urllib3.util.retry import Retry
 
 from keras_operator.runtime import quantity
-from keras_operator.runtime.settings import api_server
+from keras_operator.runtime.settings import api_server, api_timeout
 
 log = structlog.get_logger("keras_operator.kube")
 T = TypeVar("T")
@@ -65,7 +66,19 @@ def _api_client(api_server: str | None) -> kubernetes.client.ApiClient:
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(client_configuration=config)
     config.connection_pool_maxsize = API_THREADS
+    config.retries = _NoRetryOnTimeout(3)
     return kubernetes.client.ApiClient(config)
+
+
+class _NoRetryOnTimeout(Retry):
+    """urllib3's default retries, except after a read timeout: urllib3 would send a GET that timed out
+    again (three times), making one call's timeout four; the work queue retries it instead."""
+
+    def increment(self, *args: Any, **kwargs: Any) -> Retry:
+        error = kwargs.get("error") if len(args) < 4 else args[3]
+        if isinstance(error, ReadTimeoutError):
+            raise error
+        return super().increment(*args, **kwargs)
 
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -94,7 +107,18 @@ def _read_through(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return result
 
 
+CONNECT_TIMEOUT_MAX = 10.0  # a TCP connect to a live API server takes milliseconds
+
+
+def request_timeout() -> tuple[float, float]:
+    """(connect, read) seconds for every call: without them, a call on a half-open connection holds its
+    key, and a thread of the pool, for as long as the kernel keeps the socket."""
+    read = api_timeout()
+    return min(read, CONNECT_TIMEOUT_MAX), read
+
+
 async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    kwargs.setdefault("_request_timeout", request_timeout())
     call = functools.partial(_read_through, fn, *args, **kwargs)
     for attempt in range(1, THROTTLED_ATTEMPTS + 1):
         try:
@@ -397,6 +421,25 @@ async def get_custom(resource: tuple[str, str, str], namespace: str, name: str) 
             return None
         raise
     return dict(json.loads(resp.data))
+
+
+async def find_custom(resource: tuple[str, str, str], namespace: str, name: str) -> dict[str, Any] | None:
+    """One of our custom resources by name, read with a list narrowed to that name: the operator may list
+    and watch its KerasModelServices, not get them (RBAC). None when there is none."""
+    group, version, plural = resource
+    api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
+    resp = await _call(
+        api.list_namespaced_custom_object,
+        group,
+        version,
+        namespace,
+        plural,
+        field_selector=f"metadata.name={name}",
+        _preload_content=False,
+    )
+    # Filtered here too: a proxy or an old API server may ignore the selector.
+    items = json.loads(resp.data).get("items") or []
+    return next((dict(i) for i in items if (i.get("metadata") or {}).get("name") == name), None)
 
 
 async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:

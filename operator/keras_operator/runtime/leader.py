@@ -280,9 +280,11 @@ class Elector:
         self._lead(written, started)
         return Renewal.RENEWED
 
-    def keep(self, stop: threading.Event, lost: threading.Event) -> None:
+    def keep(self, stop: threading.Event, lost: threading.Event, alive: Callable[[], bool] | None = None) -> None:
         """Renew until `stop`. Set `lost`, and return, as soon as another holder is seen, or when no
-        renewal succeeded within the renew deadline, even while a call still hangs."""
+        renewal succeeded within the renew deadline, even while a call still hangs, or when `alive` says
+        the work this replica leads for has stalled: renewing for a leader that does nothing would keep
+        every other replica from taking over."""
         if self._renewed_at is None:
             self._renewed_at = self.clock()
         ended = threading.Event()  # the renewer saw the Lease lost, or the watchdog gave up on it
@@ -300,6 +302,11 @@ class Elector:
                     return
                 if ended.is_set() and not stop.is_set():  # not the echo of our own release
                     log.error("leadership_lost", identity=self.identity, lease=self.name, holder=self.holder)
+                    lost.set()
+                    return
+                if alive is not None and not alive():
+                    # Not released: a stuck call may still land, so the Lease is left to expire first.
+                    log.error("leadership_lost", identity=self.identity, lease=self.name, reason="work_stalled")
                     lost.set()
                     return
                 # Wakes for the renewer's verdict at once; `stop` is seen within a retry period.

@@ -92,8 +92,12 @@ def _run(settings: Settings) -> None:
         if not leading:
             return  # stopped while standing by
 
+        from keras_operator.runtime.liveness import WorkLiveness
+
+        work = WorkLiveness.for_timeout((training.QUEUE, serving.QUEUE), settings.api_timeout)
+
         def keep() -> None:
-            held.keep(stop, lost)
+            held.keep(stop, lost, alive=work.alive)
             if lost.is_set():
                 lifecycle.STOP.set()  # a replica that lost the Lease stops acting at once
 

@@ -50,6 +50,10 @@ class Settings:
     api_server: str | None = None
     """Talk to this API URL without credentials (kubectl proxy, test clusters) instead of the
     in-cluster or kubeconfig login."""
+    api_timeout: float = 30.0
+    """Seconds any one API call may take before it fails and its reconcile is retried: a call on a
+    half-open connection would otherwise hold its resource (and a thread) for as long as the kernel keeps
+    the socket. A leader with a reconcile in flight for STALL_FACTOR times this steps down."""
     liveness_port: int = 8080
     """Port of the /healthz endpoint."""
     metrics_port: int = 9090
@@ -110,6 +114,7 @@ class Settings:
             progress_cert_dir=env.get("KERAS_OPERATOR_PROGRESS_CERT_DIR") or None,
             progress_fallback_after=float(env.get("KERAS_OPERATOR_PROGRESS_FALLBACK_AFTER", "60")),
             api_server=api_server(env),
+            api_timeout=api_timeout(env),
             liveness_port=int(env.get("KERAS_OPERATOR_LIVENESS_PORT", "8080")),
             metrics_port=int(env.get("KERAS_OPERATOR_METRICS_PORT", "9090")),
             leader_election=env.get("KERAS_OPERATOR_LEADER_ELECTION", "").lower() in ("1", "true", "yes"),
@@ -140,3 +145,14 @@ def _read_text(folder: str, name: str) -> str | None:
 def api_server(env: Mapping[str, str] | None = None) -> str | None:
     """KERAS_OPERATOR_API_SERVER alone, for the API client that reads it on every call."""
     return (os.environ if env is None else env).get("KERAS_OPERATOR_API_SERVER") or None
+
+
+DEFAULT_API_TIMEOUT = 30.0
+
+
+def api_timeout(env: Mapping[str, str] | None = None) -> float:
+    """KERAS_OPERATOR_API_TIMEOUT alone (seconds), for the API client that reads it on every call."""
+    value = float((os.environ if env is None else env).get("KERAS_OPERATOR_API_TIMEOUT") or DEFAULT_API_TIMEOUT)
+    if value <= 0:
+        raise ValueError(f"KERAS_OPERATOR_API_TIMEOUT must be a positive number of seconds, got {value}")
+    return value
