@@ -207,6 +207,11 @@ class Emulator(kmock.KubernetesEmulator):
     # (namespace, pod, container) -> the log of a container other than the pod's first (an injected sidecar:
     # the fake kubelets run only the first, whose log is pod_logs[(namespace, pod)]).
     container_logs: dict[tuple[str, str, str], str] = attrs.field(factory=dict)
+    # Seconds the garbage collector lags behind a deletion (0: at once). The real one works from its own
+    # watches, so an owner's dependents outlive it for a while: what a resource re-applied under the same
+    # name meets (its new Job's name still taken by the old one).
+    gc_delay: float = 0.0
+    _collections: set[asyncio.Task[None]] = attrs.field(factory=set)
     _watch_drop: asyncio.Event = attrs.field(factory=asyncio.Event)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000))
 
@@ -628,7 +633,10 @@ class Emulator(kmock.KubernetesEmulator):
         # Only a deletion (a DELETE, or the PATCH that drops the last finalizer) can orphan anything;
         # scanning on every write would make the emulator quadratic in the number of objects.
         if action == enums.action.DELETE or (key in self.objects and self.objects[key].deleted):
-            await self._collect_garbage()
+            if self.gc_delay > 0:
+                self._collect_garbage_later()
+            else:
+                await self._collect_garbage()
         if key not in self.objects:
             return
         obj = self.objects[key]
@@ -640,6 +648,15 @@ class Emulator(kmock.KubernetesEmulator):
             result = hook(event, resource, raw)
             if result is not None:
                 await result
+
+    def _collect_garbage_later(self) -> None:
+        async def later() -> None:
+            await asyncio.sleep(self.gc_delay)
+            await self._collect_garbage()
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._collections.add(task)  # a reference until it is done
+        task.add_done_callback(self._collections.discard)
 
     async def _collect_garbage(self) -> None:
         """Delete objects whose owners are all gone (foreground deletion is not emulated)."""
@@ -689,6 +706,19 @@ class Emulator(kmock.KubernetesEmulator):
                 yield item.result()
             except StopAsyncIteration:
                 return
+
+    async def delete_silently(self, resource: kmock.resource, namespace: str, name: str, collect: bool = True) -> None:
+        """Delete an object with no watch event of its own: what a client whose watch was re-listed after a
+        410 Gone never sees (the deletion fell in the gap, and the list simply lacks the object). The fake
+        controllers hear of it, and its dependents are collected with their own events, as in a cluster
+        (`collect=False`: not yet, as a garbage collector that lags)."""
+        obj = self.objects[(resource, namespace, name)]
+        async with self._lock:
+            raw = obj.raw
+            obj.delete()
+        await self._notify("DELETED", resource, copy.deepcopy(raw))
+        if collect:
+            await self._collect_garbage()
 
     def drop_watches(self) -> None:
         """End every open watch stream now; clients must notice and watch again."""

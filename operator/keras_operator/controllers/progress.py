@@ -2,7 +2,9 @@
 
 A trainer proves who it is with a projected service-account token whose audience is the operator's own
 (it opens nothing on the API server). The API server's TokenReview says which pod holds it; the pod
-must be one of the resource's own pods, as the operator's pod watch shows them. Verdicts are cached
+must be one of the resource's own pods, as the operator's pod watch shows them: owned by the Job the
+resource owns (by uid), not merely labelled with its name (anyone who may create pods can label one, and
+a deleted run's pods keep their labels while they are collected). Verdicts are cached
 per token until it expires (at most a few minutes): one TokenReview per token, not one per epoch.
 """
 
@@ -81,7 +83,8 @@ class Authenticator:
 
 
 def may_report(identity: Identity, namespace: str, pods: list[dict[str, Any]]) -> bool:
-    """Only a pod of this resource, in its namespace, the very pod (same uid) the token was made for."""
+    """Only a pod of this resource, in its namespace, the very pod (same uid) the token was made for.
+    `pods`: the pods of the resource's own Job (the caller proves the owner chain)."""
     return identity.namespace == namespace and any(
         p["metadata"].get("name") == identity.pod and p["metadata"].get("uid") == identity.pod_uid for p in pods
     )

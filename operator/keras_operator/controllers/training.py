@@ -11,9 +11,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from keras_operator.api.common import GROUP
+from keras_operator.api.jobfile import run_prefix
 from keras_operator.api.parse import InvalidResource, parse_training_spec
 from keras_operator.api.report import EpochReport
-from keras_operator.api.training import KerasTrainingJobSpec, worker_name_problem
+from keras_operator.api.training import KIND, KerasTrainingJobSpec, worker_name_problem
 from keras_operator.builders.common import MANAGED_BY
 from keras_operator.builders.training import OWNER_LABEL as OWNER_LABEL  # what the handlers select on
 from keras_operator.builders.training import (
@@ -150,6 +152,11 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
             ), None
         except NameTaken as exc:
             return _name_conflict(str(exc), previous, generation, now), None
+        except PreviousRunLeft as exc:
+            # Not a conflict: the resource deleted before this one was re-applied left it, and the garbage
+            # collector removes it shortly (its watch event, or this retry, brings the next attempt).
+            status = training_status.waiting("WaitingForPreviousRun", str(exc), previous, generation, now)
+            return Outcome(status, transition_events(previous, status), requeue_after=PREVIOUS_RUN_RETRY), None
     if not owned_by(job, meta.get("uid")):
         message = f"a Job named {name} already exists and belongs to something else; rename this resource"
         return _name_conflict(message, previous, generation, now), None
@@ -163,6 +170,7 @@ async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, 
         spec.training.epochs,
         checkpoints=spec.output.checkpoints,
         workers=spec.distribution.workers,
+        model_uri=_model_uri(spec, meta.get("uid")),
     )
     if tensorboard := training_status.tensorboard_uri(spec.output.uri, spec.output.tensorboard, meta.get("uid")):
         status["tensorboardUri"] = tensorboard
@@ -215,11 +223,18 @@ def newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not pods:
         return None
 
-    def key(pod: dict[str, Any]) -> tuple[bool, str, str]:
+    def key(pod: dict[str, Any]) -> tuple[bool, tuple[str, int, str]]:
         index = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX)
-        return index in (None, "0"), pod["metadata"].get("creationTimestamp") or "", pod["metadata"]["name"]
+        return index in (None, "0"), training_status.pod_order(pod)
 
     return max(pods, key=key)
+
+
+def _model_uri(spec: KerasTrainingJobSpec, uid: str | None) -> str | None:
+    """Where this run's trainer saves the model to serve (as the trainer names it in its result)."""
+    if not spec.output.uri or not uid:
+        return None
+    return f"{run_prefix(spec.output.uri, uid)}/{spec.output.model_path()}"
 
 
 async def _apply_suspend(
@@ -241,6 +256,28 @@ class NameTaken(Exception):
     """An object the training needs exists under its name and belongs to something else."""
 
 
+class PreviousRunLeft(Exception):
+    """An object the training needs exists under its name and belongs to the resource of the same name
+    deleted before this one: left for the garbage collector, which a resource without finalizer does not
+    wait for."""
+
+
+PREVIOUS_RUN_RETRY = 2.0  # seconds; the Job's deletion event usually brings the retry sooner
+
+
+def _left_by_previous_run(obj: dict[str, Any], owner: dict[str, Any]) -> bool:
+    """Whether `obj` belongs to a KerasTrainingJob of `owner`'s name and namespace but another uid: a resource
+    deleted (two cannot exist under one name at once), whose objects are being collected."""
+    meta = owner["metadata"]
+    return any(
+        ref.get("kind") == KIND
+        and str(ref.get("apiVersion") or "").split("/")[0] == GROUP
+        and ref.get("name") == meta["name"]
+        and ref.get("uid") != meta.get("uid")
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []
+    )
+
+
 def _name_conflict(message: str, previous: dict[str, Any], generation: int | None, now: str) -> Outcome:
     return Outcome(
         training_status.invalid(message, previous, generation, now, reason="NameConflict"),
@@ -258,6 +295,12 @@ async def _create(
         applied, change = await kube.apply(service, SPEC_HASH_ANNOTATION, body["metadata"].get("uid"))
         service_name = service["metadata"]["name"]
         if applied is None:
+            existing = await kube.get("Service", service["metadata"]["namespace"], service_name)
+            if existing is not None and _left_by_previous_run(existing, body):
+                raise PreviousRunLeft(
+                    f"waiting for the Service {service_name} of the deleted KerasTrainingJob of the same name "
+                    "to be garbage collected"
+                )
             raise NameTaken(
                 f"a Service named {service_name} already exists and belongs to something else; rename this resource"
             )
@@ -266,6 +309,11 @@ async def _create(
     job, created = await kube.create_or_adopt(
         build_job(body, spec, settings.image_for(spec.backend), progress_endpoint(settings))
     )
+    if not created and not owned_by(job, body["metadata"].get("uid")) and _left_by_previous_run(job, body):
+        raise PreviousRunLeft(
+            f"waiting for the Job {job['metadata']['name']} of the deleted KerasTrainingJob of the same name "
+            "to be garbage collected"
+        )
     if created:
         events.append(("Normal", "Created", f"created Job {job['metadata']['name']}"))
     return job, events

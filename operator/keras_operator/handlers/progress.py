@@ -2,7 +2,7 @@
 
 HTTPS when the operator has a certificate (KERAS_OPERATOR_PROGRESS_CERT_DIR), plain HTTP otherwise.
 Every answer is JSON; every refusal says why: 401 without a valid token, 403 when the token's pod is
-not one of this resource's pods, 400 for a body that is not a report, 503 while the operator starts.
+not one of the pods of this resource's own Job, 400 for a body that is not a report, 503 while the operator starts.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ async def receive(request: web.Request) -> web.Response:
         return _error(503, f"cannot check the token now: {exc}", **{"Retry-After": "5"})
     if identity is None:
         return _error(401, "the token is not valid for this endpoint", **{"WWW-Authenticate": "Bearer"})
-    _, _, pods = STATE.indexes
-    if not may_report(identity, namespace, list(pods.get((namespace, name), []))):
+    uid, pods = STATE.reporters((namespace, name))
+    if uid is None or not may_report(identity, namespace, pods):
         log.warning(
             "progress_refused", namespace=namespace, name=name, pod=identity.pod, pod_namespace=identity.namespace
         )
@@ -68,7 +68,7 @@ async def receive(request: web.Request) -> web.Response:
         report, final = _report(json.loads(await request.read()))
     except (ValueError, ValidationError) as exc:
         return _error(400, f"not a progress report: {str(exc).splitlines()[0]}")
-    report_pushed((namespace, name), report, newer_only=final)
+    report_pushed((namespace, name), uid, report, newer_only=final)
     return web.json_response({}, status=202)
 
 

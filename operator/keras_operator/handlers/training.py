@@ -21,6 +21,7 @@ from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.report import EpochReport, last_epoch
 from keras_operator.api.training import KIND, PLURAL, TRAINER_CONTAINER
 from keras_operator.controllers import training as training_controller
+from keras_operator.controllers.vanished import Vanished
 from keras_operator.handlers.common import Current, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import kube, metrics
@@ -61,8 +62,10 @@ def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
     meta, status = body["metadata"], body.get("status") or {}
     return {
         (namespace, labels[OWNER_LABEL]): {
-            "metadata": {k: meta.get(k) for k in ("name", "uid", "creationTimestamp")}
-            | {"annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k == COMPLETION_INDEX}},
+            "metadata": {k: meta.get(k) for k in ("name", "uid", "creationTimestamp", "deletionTimestamp")}
+            | {"annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k == COMPLETION_INDEX}}
+            # Labels anyone may set; the owner (the Job, by uid) is what makes a pod the training's.
+            | {"ownerReferences": [{"uid": ref.get("uid")} for ref in meta.get("ownerReferences") or []]},
             # reason and message: why a pod failed with no container to tell (Evicted, ...), for status.workers.
             "status": {
                 k: status.get(k)
@@ -80,10 +83,14 @@ class State:
     the status it last wrote."""
 
     indexes: tuple[kopf.Index, kopf.Index, kopf.Index] | None = None
-    reports: dict[Key, EpochReport] = field(default_factory=dict)
-    pushed: set[Key] = field(default_factory=set)  # trainings whose trainer reaches the endpoint
-    silent_since: dict[Key, float] = field(default_factory=dict)  # first seen running without a push
+    # Each keyed by name but held for one resource uid: a resource deleted and re-applied under the same
+    # name is another run, and nothing its predecessor's pods said applies to it.
+    reports: dict[Key, tuple[str, EpochReport]] = field(default_factory=dict)  # (uid, the latest epoch)
+    pushed: dict[Key, str] = field(default_factory=dict)  # uid of the run whose trainer reaches the endpoint
+    silent_since: dict[Key, tuple[str, float]] = field(default_factory=dict)  # (uid, first seen silent)
     created: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    seen: dict[Key, str] = field(default_factory=dict)  # the uid the last reconcile of the name saw
+    vanished: Vanished = field(default_factory=Vanished)  # Jobs deleted while a watch re-listed: still indexed
     status: StatusWriter = field(
         default_factory=lambda: StatusWriter(RESOURCE, KIND, training_controller.ACTION_REASONS)
     )
@@ -93,33 +100,69 @@ class State:
 
     def view(self, key: Key) -> training_controller.View | None:
         assert self.indexes is not None
-        resources, jobs, pods = self.indexes
+        resources, jobs, _ = self.indexes
         resource = next(iter(resources.get(key, [])), None)
         if resource is None:
             return None
-        resource = self.status.current(key, resource)
         uid = resource["metadata"]["uid"]
+        if self.seen.get(key) != uid:
+            # Re-applied under the same name before a reconcile saw the deletion: the status last written
+            # was the old resource's, and must not stand in for the new one's.
+            self.status.forget(key)
+            self.seen[key] = uid
+        resource = self.status.current(key, resource)
         job = next((j for j in jobs.get(key, []) if _owned(j, uid)), None)
         if job is not None:
             self.created.pop(key, None)  # the watch has caught up with our own create
         else:
-            job = self.created.get(key)
+            job = self._made(key, uid)
         return training_controller.View(
-            resource=resource, job=job, pods=list(pods.get(key, [])), report=self.reports.get(key)
+            resource=resource, job=job, pods=self._pods(key, job), report=self.report_of(key, uid)
         )
+
+    def _made(self, key: Key, uid: str) -> dict[str, Any] | None:
+        """The Job a reconcile of this very resource created, before its watch event."""
+        made = self.created.get(key)
+        return made if made is not None and _owned(made, uid) else None
+
+    def _own_job(self, key: Key, uid: str) -> dict[str, Any] | None:
+        assert self.indexes is not None
+        _, jobs, _ = self.indexes
+        return next((j for j in jobs.get(key, []) if _owned(j, uid)), None) or self._made(key, uid)
+
+    def _pods(self, key: Key, job: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The pods of the resource's own Job: a pod counts by its owner, never by its labels (anyone who
+        may create pods can copy them, and a deleted run's pods keep them while they are collected)."""
+        assert self.indexes is not None
+        _, _, pods = self.indexes
+        job_uid = (job or {}).get("metadata", {}).get("uid")
+        return [p for p in pods.get(key, []) if _owned(p, job_uid)] if job_uid else []
+
+    def report_of(self, key: Key, uid: str) -> EpochReport | None:
+        held = self.reports.get(key)
+        return held[1] if held is not None and held[0] == uid else None
+
+    def reporters(self, key: Key) -> tuple[str | None, list[dict[str, Any]]]:
+        """(the resource's uid, the pods that may report for it): those of its own Job."""
+        assert self.indexes is not None
+        resources, _, _ = self.indexes
+        resource = next(iter(resources.get(key, [])), None)
+        if resource is None:
+            return None, []
+        uid = resource["metadata"]["uid"]
+        return uid, self._pods(key, self._own_job(key, uid))
 
     def clear(self) -> None:
         """A new start (in tests, a new operator in the same process) knows nothing of the last one's cluster."""
         self.indexes = None
-        for store in (self.reports, self.silent_since, self.created):
+        for store in (self.reports, self.pushed, self.silent_since, self.created, self.seen):
             store.clear()
-        self.pushed.clear()
         self.status.clear()
+        self.vanished.clear()
 
     def forget(self, key: Key) -> None:
-        for store in (self.reports, self.silent_since, self.created):
+        for store in (self.reports, self.pushed, self.silent_since, self.created, self.seen):
             store.pop(key, None)
-        self.pushed.discard(key)
         self.status.forget(key)
 
     def own_job(self, key: Key, body: kopf.Body) -> bool:
@@ -127,16 +170,17 @@ class State:
         made = self.created.get(key)
         return made is not None and made["metadata"].get("uid") == body.get("metadata", {}).get("uid")
 
-    def running(self) -> list[tuple[Key, str]]:
-        """(key, pod name) of every training whose newest pod runs now."""
+    def running(self) -> list[tuple[Key, str, str]]:
+        """(key, resource uid, pod name) of every training whose newest pod of its own Job runs now."""
         if self.indexes is None:
             return []
         _, _, pods = self.indexes
         out = []
         for key in list(pods):
-            newest = training_controller.newest(list(pods.get(key, [])))
-            if newest is not None and (newest.get("status") or {}).get("phase") == "Running":
-                out.append((key, newest["metadata"]["name"]))
+            uid, own = self.reporters(key)
+            newest = training_controller.newest(own)
+            if uid is not None and newest is not None and (newest.get("status") or {}).get("phase") == "Running":
+                out.append((key, uid, newest["metadata"]["name"]))
         return out
 
 
@@ -154,7 +198,7 @@ async def _reconcile(key: Hashable) -> None:
     if view is None:  # deleted: its Job and pods go with it (owner references)
         STATE.forget(key)
         return
-    outcome, job = await training_controller.reconcile(view, Current.settings)
+    outcome, job, view = await STATE.vanished.reconcile_training(view, Current.settings)
     if job is not None and view.job is None:
         STATE.created[key] = job
     await STATE.status.write(key, view.resource, outcome)
@@ -196,13 +240,13 @@ async def pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> Non
     )
 
 
-def report_pushed(key: Key, report: EpochReport, newer_only: bool = False) -> None:
-    """A trainer's push (already authenticated): keep the newest epoch (a resent one replaces its twin,
-    `newer_only` does not), refresh the status."""
-    STATE.pushed.add(key)
-    old = STATE.reports.get(key)
+def report_pushed(key: Key, uid: str, report: EpochReport, newer_only: bool = False) -> None:
+    """A push from a pod of the run of resource `uid` (already authenticated and authorised): keep the
+    newest epoch (a resent one replaces its twin, `newer_only` does not), refresh the status."""
+    STATE.pushed[key] = uid
+    old = STATE.report_of(key, uid)
     if old is None or report.epoch > old.epoch or (report.epoch == old.epoch and not newer_only):
-        STATE.reports[key] = report
+        STATE.reports[key] = (uid, report)
         QUEUE.enqueue(key)
 
 
@@ -216,16 +260,16 @@ async def read_logs_of_silent_trainings() -> None:
     while True:
         await asyncio.sleep(Current.settings.sync_interval)
         now = time.monotonic()
-        for key, pod in STATE.running():
-            if (
-                key in STATE.pushed
-                or now - STATE.silent_since.setdefault(key, now) < Current.settings.progress_fallback_after
-            ):
+        for key, uid, pod in STATE.running():
+            if STATE.silent_since.get(key, ("", 0.0))[0] != uid:
+                STATE.silent_since[key] = (uid, now)
+            silent = now - STATE.silent_since[key][1]
+            if STATE.pushed.get(key) == uid or silent < Current.settings.progress_fallback_after:
                 continue
             report = last_epoch(await kube.pod_log_tail(key[0], pod, TRAINER_CONTAINER) or "")
-            old = STATE.reports.get(key)
+            old = STATE.report_of(key, uid)
             if report is not None and (old is None or report.epoch > old.epoch):
-                STATE.reports[key] = report
+                STATE.reports[key] = (uid, report)
                 QUEUE.enqueue(key)
 
 

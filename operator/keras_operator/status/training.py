@@ -125,13 +125,17 @@ def observe(
     epochs: int,
     checkpoints: bool = True,
     workers: int = 1,
+    model_uri: str | None = None,
 ) -> dict[str, Any]:
     """The full status for the current state of the Job.
 
     `checkpoints` is spec.output.checkpoints: whether a retried pod resumes the training or starts it over.
     `workers` is spec.distribution.workers: above 1, the status counts the workers and names a failed one.
+    `model_uri` is where this run's trainer saves the model: the status names it when the Job succeeded and
+    the trainer's own result is lost (its pod gone before its end was seen), as the trainer exits 0 only
+    once the model is saved there.
     """
-    status = _observe(obs, previous, generation, now, epochs, checkpoints, workers)
+    status = _observe(obs, previous, generation, now, epochs, checkpoints, workers, model_uri)
     if workers > 1 and obs.job is not None:
         status["workers"] = _workers(obs, previous, workers)
     return status
@@ -145,6 +149,7 @@ def _observe(
     epochs: int,
     checkpoints: bool,
     workers: int,
+    model_uri: str | None = None,
 ) -> dict[str, Any]:
     job = obs.job
     if job is None:
@@ -194,10 +199,10 @@ def _observe(
                     phase="Succeeded",
                     message=previous.get("message") or "training finished",
                     epochs=epochs,
-                    model_uri=previous.get("modelUri"),
+                    model_uri=previous.get("modelUri") or model_uri,
                 )
                 if seen_end == "Succeeded"
-                else TrainingResult(phase="Succeeded", message="training finished", epochs=epochs)
+                else TrainingResult(phase="Succeeded", message="training finished", epochs=epochs, model_uri=model_uri)
             )
         status = from_result(result, shown, generation, now)
         status["conditions"] = conditions.merge(status["conditions"], [created], generation, now)
@@ -287,6 +292,13 @@ def _observe(
     return {**base, **status}
 
 
+def waiting(reason: str, message: str, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
+    """Pending with no Job yet, for `reason` (e.g. WaitingForPreviousRun: the Job of the resource deleted
+    before this one, under the same name, is still being collected)."""
+    created = conditions.condition("Created", False, reason, message)
+    return _status(previous, generation, now, ("Pending", reason, message), [created])
+
+
 def ended(
     phase: str, reason: str, message: str, previous: dict[str, Any], generation: int | None, now: str
 ) -> dict[str, Any]:
@@ -333,9 +345,26 @@ def _newest_per_worker(pods: Sequence[dict[str, Any]]) -> dict[int, dict[str, An
     newest: dict[int, dict[str, Any]] = {}
     for pod in pods:
         index, old = _index(pod), newest.get(_index(pod))
-        if old is None or _created(pod) > _created(old):
+        if old is None or pod_order(pod) > pod_order(old):
             newest[index] = pod
     return newest
+
+
+def pod_order(pod: dict[str, Any]) -> tuple[str, int, str]:
+    """Sorts one worker's pods oldest first. Creation times count whole seconds, so a failed pod and its
+    replacement may share one; the Job makes a replacement only once a pod failed or is being deleted, and
+    none after a pod succeeded: of two pods created in the same second the later is told by its state, not
+    by its (random) name, which only makes the order total."""
+    meta, phase = pod["metadata"], (pod.get("status") or {}).get("phase")
+    if phase == "Failed":
+        rank = 0
+    elif meta.get("deletionTimestamp"):
+        rank = 1
+    elif phase == "Succeeded":
+        rank = 3
+    else:
+        rank = 2
+    return meta.get("creationTimestamp") or "", rank, meta.get("name") or ""
 
 
 def _created(pod: dict[str, Any]) -> tuple[str, str]:
