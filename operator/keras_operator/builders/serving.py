@@ -22,6 +22,9 @@ CANARY_LABEL = f"{GROUP}/canary"  # the canary pods' label, and their Deployment
 SERVING_LABEL = f"{GROUP}/serving"
 TRACK_LABEL = f"{GROUP}/track"  # stable | canary, for people and dashboards
 HASH_ANNOTATION = f"{GROUP}/spec-hash"
+# On the stable Deployment: the spec.model it was made for. A model resolved from a KerasTrainingJob stays
+# served across edits of anything else (the training may be gone or running again by then).
+MODEL_SOURCE_ANNOTATION = f"{GROUP}/model-source"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 DEFAULT_DRAIN_SECONDS = 20  # the server's own default for --drain-seconds
 
@@ -44,6 +47,12 @@ def stable_side(spec: KerasModelServiceSpec, model_uri: str) -> Side:
         model.version_policy.mode() if model.version_policy is not None else None,
         tuple(sorted((model.version_labels or {}).items())),
     )
+
+
+def model_source(spec: KerasModelServiceSpec) -> str:
+    """What spec.model names, as the stable Deployment records it: `trainingJobRef:NAME` or `uri:URI`."""
+    ref = spec.model.training_job_ref
+    return f"trainingJobRef:{ref.name}" if ref is not None else f"uri:{spec.model.uri}"
 
 
 def canary_name(name: str) -> str:
@@ -199,14 +208,10 @@ def build_deployment(
     elif spec.autoscaling is None:  # with an HPA, the HPA owns the replica count
         deployment_spec["replicas"] = spec.replicas
     object_labels = {**serving_labels(name), TRACK_LABEL: "canary" if side.canary else "stable"}
-    return _hashed(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": object_meta(owner, canary_name(name) if side.canary else name, object_labels),
-            "spec": deployment_spec,
-        }
-    )
+    metadata = object_meta(owner, canary_name(name) if side.canary else name, object_labels)
+    if not side.canary:
+        metadata.setdefault("annotations", {})[MODEL_SOURCE_ANNOTATION] = model_source(spec)
+    return _hashed({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec})
 
 
 Selects = Literal["stable", "both", "canary"]

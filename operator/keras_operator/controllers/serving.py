@@ -14,6 +14,7 @@ from keras_operator.builders.serving import (
     CANARY_LABEL,
     CONTAINER,
     HASH_ANNOTATION,
+    MODEL_SOURCE_ANNOTATION,
     SELECTOR_LABEL,
     Selects,
     Side,
@@ -23,6 +24,7 @@ from keras_operator.builders.serving import (
     build_service,
     canary_layout,
     canary_name,
+    model_source,
     selector_text,
     side_service_name,
     stable_side,
@@ -43,17 +45,35 @@ WATCHED_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 OWNER_LABEL = SELECTOR_LABEL
 
 
-Scraped = tuple[dict[str, str], dict[str, str]]  # /metrics texts of the (stable, canary) pods, by pod name
+@dataclass(frozen=True)
+class SidePods:
+    """One side's pods as a scrape found them."""
+
+    texts: dict[str, str | None]
+    """/metrics of each ready pod, by pod name; None when its scrape failed."""
+    listed: frozenset[str] = frozenset()
+    """Every pod of the side, ready or not."""
+
+    def scraped(self) -> list[str]:
+        return [t for t in self.texts.values() if t is not None]
+
+    def totals(self) -> dict[str, Totals | None]:
+        return {pod: None if text is None else serving_metrics.totals(text) for pod, text in self.texts.items()}
+
+
+Scraped = tuple[SidePods, SidePods]  # (stable, canary)
 
 
 @dataclass
 class Window:
-    """An analysis window under way: when it began, and each pod's counters then."""
+    """An analysis window under way: when it began, and each pod's counters then (None: scrape failed)."""
 
     comparing: str
     started: float  # time.monotonic()
-    stable: dict[str, Totals]
-    canary: dict[str, Totals]
+    stable: dict[str, Totals | None]
+    canary: dict[str, Totals | None]
+    listed: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+    """Every pod of each side then, ready or not."""
 
 
 @dataclass
@@ -85,6 +105,8 @@ class CanaryPlan:
     replicas: int
     selects: Selects
     windows: tuple[Totals, Totals] | None = None  # (stable, canary) of a window that just closed
+    decided_now: bool = False
+    """A window's verdict just decided a rollback or promotion: it is stored before it is carried out."""
 
 
 class NameConflict(Exception):
@@ -104,7 +126,7 @@ def resolve(view: View, spec: KerasModelServiceSpec) -> serving_status.Resolutio
         return serving_status.Resolution(
             status["modelUri"], "TrainingSucceeded", f"serving the model of KerasTrainingJob {ref.name}"
         )
-    served = _still_served(view)
+    served = _still_served(view, spec)
     if job is None:
         if served:  # the training's record is gone, its model is not: keep serving it
             return serving_status.Resolution(
@@ -130,18 +152,21 @@ def resolve(view: View, spec: KerasModelServiceSpec) -> serving_status.Resolutio
     )
 
 
-def _still_served(view: View) -> str | None:
-    """The model this spec (same generation) resolved to before, while the Deployment still serves it."""
-    meta, previous = view.resource["metadata"], view.resource.get("status") or {}
+def _still_served(view: View, spec: KerasModelServiceSpec) -> str | None:
+    """The model this spec.model resolved to before, while the stable Deployment still serves it. Compared by
+    the spec.model the Deployment was made for, not by generation: scaling or any other edit keeps it."""
+    previous = view.resource.get("status") or {}
     resolved = conditions.get(previous.get("conditions"), "ModelResolved") or {}
-    if (
-        view.deployment is not None
-        and previous.get("modelUri")
-        and resolved.get("status") == "True"
-        and resolved.get("observedGeneration", previous.get("observedGeneration")) == meta.get("generation")
-    ):
-        return str(previous["modelUri"])
-    return None
+    served = previous.get("modelUri")
+    if view.deployment is None or not served or resolved.get("status") != "True":
+        return None
+    if _server_arg(view.deployment, "--model-uri") != served:
+        return None
+    source = (view.deployment["metadata"].get("annotations") or {}).get(MODEL_SOURCE_ANNOTATION)
+    if source is None:  # a Deployment made before the annotation: only the same generation tells
+        seen = resolved.get("observedGeneration", previous.get("observedGeneration"))
+        return str(served) if seen == view.resource["metadata"].get("generation") else None
+    return str(served) if source == model_source(spec) else None
 
 
 def _describe(side: Side) -> str:
@@ -189,25 +214,46 @@ def _stable_replicas(spec: KerasModelServiceSpec, deployment: dict[str, Any] | N
     return int(((deployment or {}).get("spec") or {}).get("replicas") or spec.autoscaling.min_replicas)
 
 
+def _applies_replicas(deployment: dict[str, Any]) -> bool:
+    """Whether the operator's applies own the Deployment's spec.replicas (no one else has set it since)."""
+    return any(
+        entry.get("manager") == kube.FIELD_MANAGER
+        and entry.get("operation") == "Apply"
+        and "f:replicas" in ((entry.get("fieldsV1") or {}).get("f:spec") or {})
+        for entry in deployment["metadata"].get("managedFields") or []
+    )
+
+
+def handover_replicas(spec: KerasModelServiceSpec, deployment: dict[str, Any] | None) -> int | None:
+    """The stable Deployment's count to apply while autoscaling takes it over, None to leave it out.
+
+    An apply that leaves out a field its manager alone owned removes it, and the API server defaults it to 1
+    until the HPA first acts. So while the operator's applies still own `replicas`, they keep the current
+    count (at least minReplicas); once the HPA (or anyone) has set it, it is theirs and left out."""
+    if spec.autoscaling is None or deployment is None or not _applies_replicas(deployment):
+        return None
+    current = int((deployment.get("spec") or {}).get("replicas") or 0)
+    return max(current, spec.autoscaling.min_replicas)
+
+
 def _window_verdict(
     view: View, comparing: str, spec: KerasModelServiceSpec, pods: Scraped
 ) -> tuple[canary_status.Verdict | None, tuple[Totals, Totals] | None]:
     """Close the analysis window when its time is up (and open the next); the verdict of the one closed."""
     assert spec.canary is not None
-    now = {
-        side: {pod: serving_metrics.totals(text) for pod, text in texts.items()}
-        for side, texts in zip(("stable", "canary"), pods, strict=True)
-    }
+    now = (pods[0].totals(), pods[1].totals())
+    listed = (pods[0].listed, pods[1].listed)
     window, started = view.window, time.monotonic()
     if window is None or window.comparing != comparing:
-        view.window = Window(comparing, started, now["stable"], now["canary"])
+        view.window = Window(comparing, started, now[0], now[1], listed)
         return None, None
     if started - window.started < spec.canary.analysis.interval_seconds:
         return None, None
-    stable = sum((t.since(window.stable.get(pod)) for pod, t in now["stable"].items()), Totals())
-    canary = sum((t.since(window.canary.get(pod)) for pod, t in now["canary"].items()), Totals())
-    view.window = Window(comparing, started, now["stable"], now["canary"])
-    return canary_status.judge(stable, canary, spec.canary.analysis), (stable, canary)
+    stable, stable_missing = serving_metrics.window_totals(window.stable, window.listed[0], now[0])
+    canary, canary_missing = serving_metrics.window_totals(window.canary, window.listed[1], now[1])
+    view.window = Window(comparing, started, now[0], now[1], listed)
+    verdict = canary_status.judge(stable, canary, spec.canary.analysis, [*stable_missing, *canary_missing])
+    return verdict, (stable, canary)
 
 
 async def _plan_canary(
@@ -249,7 +295,8 @@ async def _plan_canary(
     split = "HTTPRoute" if settings.traffic_split == "httproute" else "Pods"
     share = step.canary_percent if step.canary_runs else 0
     replicas, selects = canary_layout(spec, split, _stable_replicas(spec, view.deployment), share)
-    return CanaryPlan(side, comparing, step, split, replicas, selects, windows)
+    decided_now = verdict is not None and step.state in canary_status.DECIDED
+    return CanaryPlan(side, comparing, step, split, replicas, selects, windows, decided_now)
 
 
 def _server_arg(deployment: dict[str, Any] | None, flag: str) -> str | None:
@@ -292,6 +339,7 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
     resolution = resolve(view, spec)
     events: list[Event] = []
     deployment, plan, pods = None, None, None
+    requeue: float | None = None
     if resolution.model_uri is not None:
         stable = stable_side(spec, resolution.model_uri)
         if scrape and view.deployment is not None:
@@ -300,7 +348,14 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
         if plan is not None and plan.step.stable_serves_canary and plan.side is not None:
             stable = Side(plan.side.model_uri, plan.side.versions)
         try:
-            deployment, events = await _apply(body, spec, stable, plan, settings, view)
+            if plan is not None and plan.decided_now:
+                # A verdict is stored before it is carried out: acting first, a failed status write would
+                # leave a retry with neither the decision nor its window. The next reconcile (requeued once
+                # this status is written, or the retry of a write that failed) acts on the stored decision.
+                deployment = view.deployment
+                requeue = 0.0
+            else:
+                deployment, events = await _apply(body, spec, stable, plan, settings, view)
         except kube.Rejected as exc:
             message = rejection(exc, f"the Services, Deployments, HPA or HTTPRoute of {name}")
             status = serving_status.invalid(message, previous, generation, now, reason=exc.reason)
@@ -315,7 +370,7 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
                 resolution.reason,
                 resolution.message + (" (the canary's model, promoted)" if plan.step.stable_serves_canary else ""),
             )
-    texts = [*pods[0].values(), *pods[1].values()] if pods is not None else []
+    texts = [*pods[0].scraped(), *pods[1].scraped()] if pods is not None else []
     metrics = serving_metrics.summarize(texts) if texts else None
     status = serving_status.observe(
         resolution=resolution,
@@ -329,7 +384,7 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
     )
     report = _canary_status(plan, deployment, view.canary_deployment, previous) if plan else None
     status = serving_status.with_canary(status, report, generation, now)
-    return Outcome(status, events + transition_events(previous, status))
+    return Outcome(status, events + transition_events(previous, status), requeue)
 
 
 def _canary_status(
@@ -412,7 +467,9 @@ async def _apply(
     # The Deployment as its watch shows it (no GET); Services, HPA and route are read (they are not watched).
     _, change = await _ensure(build_service(body, spec, plan.selects if plan else "stable"), uid)
     events += change
-    deployment, change = await _ensure(build_deployment(body, spec, stable, image), uid, view.deployment)
+    replicas = handover_replicas(spec, view.deployment)
+    built = build_deployment(body, spec, stable, image, replicas=replicas)
+    deployment, change = await _ensure(built, uid, view.deployment)
     events += change
     canary_side = plan.side if plan is not None and plan.step.canary_runs else None
     # The route first: a canary's weight goes to 0 before its pods go (else requests meet a backend without pods).
@@ -443,19 +500,19 @@ async def _apply(
     return deployment, events
 
 
-async def _scrape_pods(namespace: str, selector: str, port: int) -> dict[str, str]:
-    """/metrics of every ready pod the selector picks, by pod name."""
-    texts = {}
-    for pod in await kube.list_pods(namespace, selector):
+async def _scrape_pods(namespace: str, selector: str, port: int) -> SidePods:
+    """/metrics of every ready pod the selector picks (None for one whose scrape failed), and every pod."""
+    texts: dict[str, str | None] = {}
+    pods = await kube.list_pods(namespace, selector)
+    for pod in pods:
         ready = any(
             c.get("type") == "Ready" and c.get("status") == "True"
             for c in (pod.get("status") or {}).get("conditions") or []
         )
         if ready:
-            text = await kube.pod_proxy_get(namespace, pod["metadata"]["name"], port, "metrics")
-            if text:
-                texts[pod["metadata"]["name"]] = text
-    return texts
+            name = pod["metadata"]["name"]
+            texts[name] = await kube.pod_proxy_get(namespace, name, port, "metrics") or None
+    return SidePods(texts, frozenset(p["metadata"]["name"] for p in pods))
 
 
 async def _scrape(namespace: str, name: str, port: int) -> Scraped:

@@ -20,6 +20,7 @@ from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.serving import KIND, PLURAL
 from keras_operator.api.training import PLURAL as TRAINING_PLURAL
 from keras_operator.controllers import serving as serving_controller
+from keras_operator.controllers.vanished import Vanished
 from keras_operator.handlers.common import Current, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import kube, metrics
@@ -63,6 +64,7 @@ class State:
     scraped: dict[Key, float] = field(default_factory=dict)  # when each service's pods were last scraped
     windows: dict[Key, serving_controller.Window] = field(default_factory=dict)  # canary analysis under way
     no_hpa: dict[Key, str] = field(default_factory=dict)  # the uid of each service known to have no HPA
+    vanished: Vanished = field(default_factory=Vanished)  # deleted while a watch re-listed: still indexed
 
     async def view(self, key: Key) -> serving_controller.View | None:
         assert self.indexes is not None
@@ -108,6 +110,7 @@ class State:
         self.scraped.clear()
         self.windows.clear()
         self.no_hpa.clear()
+        self.vanished.clear()
 
 
 STATE = State()
@@ -116,7 +119,7 @@ STATE = State()
 @metrics.instrumented(KIND, "reconcile")
 async def _reconcile(key: Hashable) -> None:
     assert isinstance(key, tuple)
-    view = await STATE.view(key)
+    view = await STATE.vanished.serving_view(RESOURCE, await STATE.view(key))
     if view is None:  # deleted: its Deployment, Service and HPA go with it (owner references)
         STATE.forget(key)
         return
@@ -128,11 +131,15 @@ async def _reconcile(key: Hashable) -> None:
         STATE.no_hpa[key] = view.resource["metadata"]["uid"]
     if scrape:
         STATE.scraped[key] = now
+    await STATE.status.write(key, view.resource, outcome)
+    # The analysis window moves on only once the status written from it is stored: after a failed write
+    # (a 503, a 409), the retry closes the same window again and comes to the same decision.
     if view.window is None:
         STATE.windows.pop(key, None)
     else:
         STATE.windows[key] = view.window
-    await STATE.status.write(key, view.resource, outcome)
+    if outcome.requeue_after is not None:  # a decision stored: carry it out
+        QUEUE.enqueue(key, outcome.requeue_after)
 
 
 QUEUE = WorkQueue(_reconcile)

@@ -10,6 +10,7 @@ stay the same: only a new canary model (or its removal) starts over.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from keras_operator.status.serving_metrics import Totals
 
 Event = tuple[str, str, str]  # (type, reason, message), as controllers.outcome.Event
 DECIDED: frozenset[str] = frozenset({"RolledBack", "Promoting", "Promoted"})
+NO_TRAFFIC = "NoTraffic"  # CanaryHealthy's reason while trafficPercent is 0: paused, not judged
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,18 @@ def _percent(rate: float) -> str:
     return f"{rate * 100:.1f} %"
 
 
-def judge(stable: Totals, canary: Totals, analysis: CanaryAnalysis) -> Verdict:
-    """The canary against the stable side over one window, by the spec's thresholds."""
+def judge(stable: Totals, canary: Totals, analysis: CanaryAnalysis, missing: Sequence[str] = ()) -> Verdict:
+    """The canary against the stable side over one window, by the spec's thresholds. A window is judged only
+    on whole data: metrics of every pod (`missing`: pods whose share is unknown), and at least minRequests on
+    each side (a side with no requests has no error rate; taking it as 0 % would roll back a canary whose
+    clients err as often as the stable side's)."""
+    if missing:
+        return Verdict(
+            "inconclusive",
+            "MetricsMissing",
+            f"no metrics for the whole window from pod(s) {', '.join(missing)} (a failed scrape, or a pod "
+            "not ready at one end): not judged",
+        )
     if canary.requests < analysis.min_requests:
         return Verdict(
             "inconclusive",
@@ -43,8 +55,15 @@ def judge(stable: Totals, canary: Totals, analysis: CanaryAnalysis) -> Verdict:
             f"the canary answered {int(canary.requests)} requests in the last window, fewer than "
             f"{analysis.min_requests}: not judged",
         )
+    if stable.requests < analysis.min_requests:
+        return Verdict(
+            "inconclusive",
+            "TooFewStableRequests",
+            f"the stable side answered {int(stable.requests)} requests in the last window, fewer than "
+            f"{analysis.min_requests}: nothing to compare the canary with, not judged",
+        )
     canary_rate = canary.errors / canary.requests
-    stable_rate = stable.errors / stable.requests if stable.requests else 0.0
+    stable_rate = stable.errors / stable.requests
     if canary_rate - stable_rate > analysis.max_error_rate_increase:
         return Verdict(
             "unhealthy",
@@ -114,9 +133,14 @@ def step(
     def healthy(status: str, reason: str, message: str) -> dict[str, Any]:
         return conditions.condition("CanaryHealthy", status, reason, message)
 
-    if percent == 0:
+    # trafficPercent 0 pauses the canary (RolledBack, CanaryHealthy NoTraffic); a pause is no verdict, so a
+    # share given back starts the canary over. A rollback by a verdict holds through a pause and after it.
+    paused = state == "RolledBack" and (kept_healthy or {}).get("reason") == NO_TRAFFIC
+    if percent == 0 and (state != "RolledBack" or paused):
         message = "trafficPercent is 0: the canary takes no traffic and runs no pods"
-        return Step("RolledBack", False, False, 0, 0, message, healthy("Unknown", "NoTraffic", message))
+        return Step("RolledBack", False, False, 0, 0, message, healthy("Unknown", NO_TRAFFIC, message))
+    if paused:
+        state, intervals, kept_healthy = None, 0, None
     if state == "RolledBack":
         held = kept_healthy or healthy("False", "RolledBack", "rolled back")
         return Step("RolledBack", False, False, 0, intervals, str(previous.get("message") or ""), held)

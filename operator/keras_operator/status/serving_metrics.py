@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,26 @@ def totals(text: str) -> Totals:
         elif sample.name == "keras_server_request_duration_seconds_bucket":
             buckets[float(sample.labels["le"])] += sample.value
     return Totals(requests, errors, dict(buckets))
+
+
+def window_totals(
+    before: Mapping[str, Totals | None], listed_before: Set[str], now: Mapping[str, Totals | None]
+) -> tuple[Totals, list[str]]:
+    """What one side's pods answered over a window, from each ready pod's counters at its start (`before`)
+    and its end (`now`; None: the pod was ready but its scrape failed), and the pods whose share is unknown.
+
+    A pod's share is unknown when its scrape failed at either end, when it was ready at the start but not at
+    the end (unready, or gone: what it answered meanwhile was never read), or ready at the end after being
+    unready at the start (`listed_before`: its counters then were not read). Summing the others would judge
+    a part as the whole. A pod that did not exist at the start counts from zero."""
+    total, missing = Totals(), []
+    for pod in sorted(before.keys() | now.keys()):
+        start, end = before.get(pod), now.get(pod)
+        if end is None or (start is None and (pod in before or pod in listed_before)):
+            missing.append(pod)
+        else:
+            total += end.since(start)
+    return total, missing
 
 
 def summarize(texts: list[str]) -> dict[str, Any]:
