@@ -822,3 +822,13 @@ def declare_resources(emulator: kmock.KubernetesEmulator) -> None:
     }
     for key, info in declared.items():
         emulator.resources[key] = {"verbs": verbs, **info}
+
+
+ALWAYS = 10**9  # a fault's count: every matching request
+
+
+def counting(emulator: Emulator, verb: enums.action, resource: kmock.resource) -> Fault:
+    """A fault that changes nothing (no status, no delay): it counts the operator's matching requests."""
+    fault = Fault(verb, resource, None, count=ALWAYS, agents=OPERATOR_AGENTS)
+    emulator.faults.append(fault)
+    return fault

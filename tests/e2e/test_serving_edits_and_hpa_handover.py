@@ -3,31 +3,13 @@ served stays served and managed across edits, and the replica count passes to an
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from cluster.harness import DEPLOYMENTS, KMS, KTJ, Cluster, operator
 from helpers.jobs import tiny_job
+from helpers.services import condition, service, status
 
 pytestmark = pytest.mark.e2e
-
-
-def service(name: str, model: dict[str, Any], **spec: object) -> dict[str, Any]:
-    return {
-        "apiVersion": "kerasoperator.dev/v1alpha1",
-        "kind": "KerasModelService",
-        "metadata": {"name": name},
-        "spec": {"model": model, **spec},
-    }
-
-
-def status(cluster: Cluster, name: str) -> dict[str, Any]:
-    return (cluster.get(KMS, name) or {}).get("status") or {}
-
-
-def condition(cluster: Cluster, name: str, kind: str) -> dict[str, Any]:
-    return next((c for c in status(cluster, name).get("conditions") or [] if c["type"] == kind), {})
 
 
 def test_scaling_a_service_whose_training_was_deleted_keeps_serving_and_applies_the_scale(cluster: Cluster) -> None:

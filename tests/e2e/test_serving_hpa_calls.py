@@ -7,20 +7,10 @@ from __future__ import annotations
 import pytest
 from kmock import action
 
-from cluster.emulator import OPERATOR_AGENTS, PODS, Fault
+from cluster.emulator import ALWAYS, PODS, Fault, counting
 from cluster.harness import HPAS, KMS, SERVICES, Cluster, operator
 
 pytestmark = pytest.mark.e2e
-
-ALWAYS = 10**9  # a fault's count: every matching request
-
-
-def counting(cluster: Cluster, verb: action, resource: object) -> Fault:
-    """A fault that changes nothing (no status, no delay): it counts the operator's matching requests."""
-    assert cluster.emulator is not None
-    fault = Fault(verb, resource, None, count=ALWAYS, agents=OPERATOR_AGENTS)
-    cluster.emulator.faults.append(fault)
-    return fault
 
 
 def leftover_hpa(name: str, owner_uid: str) -> dict:
@@ -64,8 +54,8 @@ def test_resyncs_of_a_service_without_autoscaling_make_no_hpa_call(cluster: Clus
     )
     # What an earlier spec with autoscaling left, while no operator ran.
     cluster.create(HPAS, leftover_hpa("iris", made["metadata"]["uid"]))
-    hpa_reads = counting(cluster, action.FETCH, HPAS)
-    reconciles = counting(cluster, action.FETCH, SERVICES)  # every reconcile reads the Service once
+    hpa_reads = counting(cluster.emulator, action.FETCH, HPAS)
+    reconciles = counting(cluster.emulator, action.FETCH, SERVICES)  # every reconcile reads the Service once
 
     with operator(cluster):
         cluster.wait_for(lambda: cluster.get(HPAS, "iris") is None, 30, "the leftover HPA to go")

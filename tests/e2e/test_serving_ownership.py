@@ -9,25 +9,9 @@ import pytest
 
 from cluster.harness import DEPLOYMENTS, HPAS, KMS, KTJ, SERVICES, Cluster, operator
 from helpers.jobs import tiny_job
+from helpers.services import condition, service, status
 
 pytestmark = pytest.mark.e2e
-
-
-def service(name: str, model: dict[str, Any], **spec: object) -> dict[str, Any]:
-    return {
-        "apiVersion": "kerasoperator.dev/v1alpha1",
-        "kind": "KerasModelService",
-        "metadata": {"name": name},
-        "spec": {"model": model, **spec},
-    }
-
-
-def status(cluster: Cluster, name: str) -> dict[str, Any]:
-    return (cluster.get(KMS, name) or {}).get("status") or {}
-
-
-def condition(cluster: Cluster, name: str, kind: str) -> dict[str, Any]:
-    return next((c for c in status(cluster, name).get("conditions") or [] if c["type"] == kind), {})
 
 
 def container(cluster: Cluster, name: str) -> dict[str, Any]:

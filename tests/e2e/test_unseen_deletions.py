@@ -10,21 +10,11 @@ from typing import Any
 import pytest
 from kmock import action
 
-from cluster.emulator import OPERATOR_AGENTS, PODS, Fault
+from cluster.emulator import ALWAYS, PODS, Fault, counting
 from cluster.harness import DEPLOYMENTS, JOBS, KMS, KTJ, SERVICES, Cluster, operator
 from helpers.jobs import synthetic_job
 
 pytestmark = pytest.mark.e2e
-
-ALWAYS = 10**9  # a fault's count: every matching request
-
-
-def counting(cluster: Cluster, verb: action, resource: object) -> Fault:
-    """A fault that changes nothing: it counts the operator's matching requests."""
-    assert cluster.emulator is not None
-    fault = Fault(verb, resource, None, count=ALWAYS, agents=OPERATOR_AGENTS)
-    cluster.emulator.faults.append(fault)
-    return fault
 
 
 def model_service(name: str) -> dict[str, Any]:
@@ -60,7 +50,7 @@ def test_a_model_service_deleted_unseen_is_not_made_again_at_the_next_resyncs(cl
         # Its children are collected (their watch sees that): the trigger that would make them again.
         cluster.wait_for(lambda: cluster.get(DEPLOYMENTS, "ghost") is None, 30, "the Deployment collected")
         cluster.wait_for(lambda: cluster.get(SERVICES, "ghost") is None, 30, "the Service collected")
-        reconciles = counting(cluster, action.FETCH, SERVICES)  # each reconcile of "alive" reads its Service
+        reconciles = counting(cluster.emulator, action.FETCH, SERVICES)  # each reconcile of "alive" reads its Service
         cluster.wait_for(lambda: reconciles.hits >= 4, 60, "four more resyncs (every second)")
 
     assert cluster.get(DEPLOYMENTS, "ghost") is None
