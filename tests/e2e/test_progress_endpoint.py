@@ -7,7 +7,9 @@ import urllib.error
 import urllib.request
 
 import pytest
+from kmock import action
 
+from cluster.emulator import TOKENREVIEWS, Fault
 from cluster.harness import KTJ, PODS, Cluster, operator
 from helpers.jobs import synthetic_job
 
@@ -119,3 +121,25 @@ def test_only_a_pod_of_the_resource_may_report(cluster: Cluster, progress_endpoi
         assert code == 202
         cluster.wait_for(lambda: status(cluster, "mine")["progress"]["epoch"] >= 39, 30, "the accepted report")
         assert status(cluster, "other")["progress"]["epoch"] < 39
+
+
+def test_a_token_review_the_api_server_refuses_is_a_clear_answer_not_a_500(
+    cluster: Cluster, progress_endpoint: str
+) -> None:
+    """The operator's TokenReview refused (403: RBAC without tokenreviews; 400): the pod gets a 503 it retries,
+    or a 401, each with an error, never an internal error."""
+    assert cluster.emulator is not None
+    emulator = cluster.emulator
+    with operator(cluster):
+        cluster.create(KTJ, slow_job("mine", epochs=40))
+        cluster.wait_for(lambda: status(cluster, "mine").get("progress"), 120, "the first epoch")
+        mine = pod_of(cluster, "mine")
+        url = f"{progress_endpoint}/v1/namespaces/default/kerastrainingjobs/mine/progress"
+        report = {"type": "epoch", "epoch": 1, "epochs": 40, "metrics": {"loss": 1.0}}
+        for refused, answer in ((403, 503), (400, 401)):
+            emulator.faults.append(Fault(action.CREATE, TOKENREVIEWS, refused))
+            # A token never reviewed before: a cached verdict would not reach the API server.
+            token = emulator.mint_token("default", mine["metadata"]["name"], mine["metadata"]["uid"], AUDIENCE)
+            code, body = post(url, token, report)
+            assert code == answer, (refused, code, body)
+            assert body.get("error"), body

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from keras_operator.api.report import EpochReport, TrainingResult
 from keras_operator.controllers.progress import Authenticator, may_report
 from keras_operator.handlers.training import STATE, report_pushed
+from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 
 MAX_BODY = 64 * 1024  # an epoch report is a few hundred bytes
@@ -54,6 +55,13 @@ async def receive(request: web.Request) -> web.Response:
         identity = await AUTHENTICATOR.identify(token.strip())
     except kopf.TemporaryError as exc:  # the API server cannot review tokens right now
         return _error(503, f"cannot check the token now: {exc}", **{"Retry-After": "5"})
+    except kube.Rejected as exc:
+        # 403: the operator may not create TokenReviews (its RBAC), not the trainer's fault, and it may be
+        # fixed without the trainer knowing: a 5xx it retries. 400: the server could not review this token.
+        if exc.code == 400:
+            return _error(401, f"the token could not be reviewed: {exc}", **{"WWW-Authenticate": "Bearer"})
+        log.error("token_review_refused", code=exc.code, error=str(exc))
+        return _error(503, f"the operator may not review tokens: {exc}", **{"Retry-After": "30"})
     if identity is None:
         return _error(401, "the token is not valid for this endpoint", **{"WWW-Authenticate": "Bearer"})
     uid, pods = STATE.reporters((namespace, name))
