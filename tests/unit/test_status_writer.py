@@ -119,3 +119,17 @@ async def test_a_conflict_forgets_the_unseen_write(api: FakeApi) -> None:
     later = resource("500", phase="Running")
     assert w.current(KEY, later) is later
     assert await w.write(KEY, later, Outcome({"phase": "Succeeded"}))
+
+
+async def test_a_status_someone_else_edited_is_repaired(api: FakeApi) -> None:
+    """Suspected in #24: `kubectl edit --subresource=status` after the watch has shown our write. The
+    reconcile computes the same status as last written; it must be written again over the edit."""
+    w = writer()
+    await w.write(KEY, resource("7"), Outcome({"phase": "Running", "message": "training"}))
+    ours = api.rv
+    assert w.current(KEY, resource(ours, phase="Running", message="training"))["metadata"]["resourceVersion"] == ours
+    api.rv = "900"  # the hand edit
+    edited = resource("900", phase="Succeeded", message="edited by hand")
+    assert w.current(KEY, edited) is edited
+    assert await w.write(KEY, edited, Outcome({"phase": "Running", "message": "training"}))
+    assert api.patches[-1] == ("900", {"phase": "Running", "message": "training"})

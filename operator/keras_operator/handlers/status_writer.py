@@ -32,8 +32,8 @@ class StatusWriter:
     """Events that say what the operator did: posted whenever they happen. The others say how the status
     changed, and are posted only when it did (a level-triggered reconcile runs on every event)."""
     written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
-    """(the resourceVersion the last status write made, the status written): a status equal to the last
-    written is not written again, and the watch event of the write brings nothing new."""
+    """(the resourceVersion the last status write made, the status written): until the watch shows that
+    write, a status equal to it is not written again, and the watch event of the write brings nothing new."""
     _posting: set[asyncio.Task[None]] = field(default_factory=set)
     unseen: dict[Key, tuple[str, int | None]] = field(default_factory=dict)
     """(resourceVersion, generation) of a write the watch has not shown yet: until it does, the watched copy
@@ -69,8 +69,10 @@ class StatusWriter:
         """One status PATCH with what changed (none when nothing did), then the Events. -> whether it wrote."""
         current = resource.get("status") or {}
         changed = status_patch(current, outcome.status)
-        if changed and key in self.written and self.written[key][1] == outcome.status:
+        if changed and key in self.unseen and self.written[key][1] == outcome.status:
             changed = {}  # what the last write said already: the watch has not shown it yet
+        # Once the watch has shown our write, the watched status is the truth: one that differs was edited
+        # by someone else since, and is written over.
         meta = resource["metadata"]
         for kind, reason, message in outcome.events:
             if reason in self.action_reasons:  # done already, whatever becomes of the status write
