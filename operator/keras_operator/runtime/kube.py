@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from keras_operator.runtime import quantity
+from keras_operator.runtime import lifecycle, quantity
 from keras_operator.runtime.settings import api_server, api_timeout
 
 log = structlog.get_logger("keras_operator.kube")
@@ -256,8 +256,21 @@ async def _get(fn: Callable[..., Any], namespace: str, name: str) -> dict[str, A
     return dict(json.loads(obj.data))
 
 
+class NotLeading(kopf.TemporaryError):
+    """A write asked for after this replica lost the Lease: another replica may be acting already."""
+
+
+def _still_leading(what: str) -> None:
+    """Refuse a write once the Lease is lost. kopf stops at once, but reconciles under way run on to their
+    end, and only status writes are conditioned on a resourceVersion: a create or apply made after the
+    loss could race the new leader's."""
+    if lifecycle.LOST.is_set():
+        raise NotLeading(f"not {what}: this replica lost the Lease", delay=60)
+
+
 async def create_or_adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Create `obj`; when it exists already (a retry, a restart) return the existing one. -> (object, created)."""
+    _still_leading(f"creating {obj['kind']} {obj['metadata']['name']}")
     kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
     create, read, _, _ = _calls(kind)
     try:
@@ -274,6 +287,7 @@ async def create_or_adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
 async def patch(kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """A merge patch of an object the operator owns; returns the object as patched."""
+    _still_leading(f"patching {kind} {name}")
     resp = await _call(_calls(kind)[2], name, namespace, body, field_manager=FIELD_MANAGER, _preload_content=False)
     return dict(json.loads(resp.data))
 
@@ -365,6 +379,7 @@ async def apply(
     when not given). An object that exists without `owner_uid` among its owners is never touched.
     -> (the object, "created" | "updated" | None), or (None, None) when it belongs to something else."""
     kind, meta = obj["kind"], obj["metadata"]
+    _still_leading(f"applying {kind} {meta['name']}")
     if current is None:
         current = await get(kind, meta["namespace"], meta["name"])
     if current is not None and not _owned(current, owner_uid):
@@ -399,6 +414,7 @@ async def delete_owned(kind: str, namespace: str, name: str, owner_uid: str | No
 async def delete(kind: str, namespace: str, name: str) -> bool:
     """Delete if present, and what it owns in the background (a Job's default would orphan its pods);
     True when something was deleted."""
+    _still_leading(f"deleting {kind} {name}")
     try:
         await _call(_calls(kind)[3], name, namespace, propagation_policy="Background")
     except ApiException as exc:
@@ -498,6 +514,7 @@ async def patch_status(
     """A merge patch of a custom resource's status subresource (lists, e.g. conditions, are replaced
     whole), refused with Conflict when `resource_version` is given and the object has moved on.
     -> the resourceVersion it made, None when the resource is gone."""
+    _still_leading(f"writing the status of {name}")
     group, version, plural = resource
     api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
     body: dict[str, Any] = {"status": status}
@@ -533,6 +550,8 @@ async def post_event(obj: dict[str, Any], type_: str, reason: str, message: str)
     posted is logged, never fails the reconcile. Posted here rather than through kopf.event, which works
     only inside kopf's own per-object tasks (a reconcile started by a resync or a push is not one)."""
     meta = obj["metadata"]
+    if lifecycle.LOST.is_set():
+        return  # said by the replica that leads now, if it still holds
     if len(message) > EVENT_MESSAGE_MAX:
         message = message[: EVENT_MESSAGE_MAX - 3] + "..."
     now = datetime.datetime.now(tz=datetime.UTC).isoformat()

@@ -20,6 +20,10 @@ import kopf
 
 STOP = threading.Event()
 
+LOST = threading.Event()
+"""Set when this replica lost the Lease (never at a clean stop): from then on the API client refuses writes
+(runtime/kube.py), so a reconcile still under way cannot act beside the new leader."""
+
 FOREVER_TASKS = frozenset({"serving-resync", "progress-log-fallback"})
 """The names of the tasks that only the shutdown ends (started by handlers/serving.py and handlers/training.py)."""
 

@@ -69,6 +69,7 @@ def _run(settings: Settings) -> None:
     lost = threading.Event()
     stop = threading.Event()
     lifecycle.STOP.clear()
+    lifecycle.LOST.clear()
     elector: Elector | None = None
     if settings.leader_election:
         from keras_operator.runtime import kube, logs
@@ -99,6 +100,7 @@ def _run(settings: Settings) -> None:
         def keep() -> None:
             held.keep(stop, lost, alive=work.alive)
             if lost.is_set():
+                lifecycle.LOST.set()  # writes still asked for are refused (runtime/kube.py)
                 lifecycle.STOP.set()  # a replica that lost the Lease stops acting at once
 
         threading.Thread(target=keep, daemon=True, name="lease").start()
