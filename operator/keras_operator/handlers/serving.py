@@ -21,7 +21,7 @@ from keras_operator.api.serving import KIND, PLURAL
 from keras_operator.api.training import PLURAL as TRAINING_PLURAL
 from keras_operator.controllers import serving as serving_controller
 from keras_operator.controllers.vanished import Vanished
-from keras_operator.handlers.common import Current, plain, watched_resource
+from keras_operator.handlers.common import Current, being_deleted, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import kube, metrics
 from keras_operator.runtime.workqueue import WorkQueue
@@ -70,7 +70,7 @@ class State:
         assert self.indexes is not None
         resources, deployments = self.indexes
         resource = next(iter(resources.get(key, [])), None)
-        if resource is None:
+        if resource is None or being_deleted(resource):
             return None
         resource = self.status.current(key, resource)
         uid = resource["metadata"]["uid"]

@@ -22,7 +22,7 @@ from keras_operator.api.report import EpochReport, last_epoch
 from keras_operator.api.training import KIND, PLURAL, TRAINER_CONTAINER
 from keras_operator.controllers import training as training_controller
 from keras_operator.controllers.vanished import Vanished
-from keras_operator.handlers.common import Current, plain, watched_resource
+from keras_operator.handlers.common import Current, being_deleted, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import kube, metrics
 from keras_operator.runtime.settings import Settings
@@ -102,7 +102,7 @@ class State:
         assert self.indexes is not None
         resources, jobs, _ = self.indexes
         resource = next(iter(resources.get(key, [])), None)
-        if resource is None:
+        if resource is None or being_deleted(resource):
             return None
         uid = resource["metadata"]["uid"]
         if self.seen.get(key) != uid:
