@@ -7,24 +7,15 @@ the test writes what the API server would, then removes the children as the coll
 from __future__ import annotations
 
 import datetime
-from typing import Any
 
 import pytest
 from kmock import action
 
 from cluster.emulator import ALWAYS, PODS, Fault, counting
 from cluster.harness import DEPLOYMENTS, KMS, SERVICES, Cluster, operator
+from helpers.services import idle_service
 
 pytestmark = pytest.mark.e2e
-
-
-def model_service(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "kerasoperator.dev/v1alpha1",
-        "kind": "KerasModelService",
-        "metadata": {"name": name},
-        "spec": {"model": {"uri": f"pvc://models/{name}.keras"}, "replicas": 0},
-    }
 
 
 def test_a_service_deleted_in_the_foreground_gets_no_new_children(cluster: Cluster) -> None:
@@ -33,7 +24,7 @@ def test_a_service_deleted_in_the_foreground_gets_no_new_children(cluster: Clust
     emulator.faults.append(Fault(action.CREATE, PODS, 403, count=ALWAYS))  # no server process is needed
     with operator(cluster):
         for name in ("going", "alive"):  # the resyncs of "alive" show those of "going" have run too
-            cluster.create(KMS, model_service(name))
+            cluster.create(KMS, idle_service(name))
             cluster.wait_for(lambda n=name: cluster.get(DEPLOYMENTS, n) and cluster.get(SERVICES, n), 60, "children")
         now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         marked = {"metadata": {"deletionTimestamp": now, "finalizers": ["foregroundDeletion"]}}

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-
 import pytest
 from kmock import action
 
 from cluster.emulator import TOKENREVIEWS, Fault
 from cluster.harness import KTJ, PODS, Cluster, operator
 from helpers.jobs import synthetic_job
+from helpers.progress import post
 
 pytestmark = pytest.mark.e2e
 AUDIENCE = "kerasoperator.dev/progress"
@@ -19,18 +16,6 @@ AUDIENCE = "kerasoperator.dev/progress"
 
 def slow_job(name: str, epochs: int = 6) -> dict:
     return synthetic_job(name, epochs, samples=12000, batch_size=16)
-
-
-def post(url: str, token: str | None, body: dict) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def status(cluster: Cluster, name: str) -> dict:

@@ -5,14 +5,13 @@ was seen."""
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
 
 from cluster.harness import JOBS, KTJ, PODS, Cluster, operator
 from helpers.jobs import synthetic_job, tiny_job
+from helpers.progress import post
 
 pytestmark = pytest.mark.e2e
 AUDIENCE = "kerasoperator.dev/progress"
@@ -26,16 +25,6 @@ def status(cluster: Cluster, name: str) -> dict[str, Any]:
 
 def pods_of(cluster: Cluster, name: str) -> list[dict[str, Any]]:
     return [p for p in cluster.list(PODS) if (p["metadata"].get("labels") or {}).get(OWNER_LABEL) == name]
-
-
-def post(url: str, token: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 def patch_pod_status(cluster: Cluster, name: str, pod_status: dict[str, Any]) -> None:

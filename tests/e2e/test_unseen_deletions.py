@@ -13,17 +13,9 @@ from kmock import action
 from cluster.emulator import ALWAYS, PODS, Fault, counting
 from cluster.harness import DEPLOYMENTS, JOBS, KMS, KTJ, SERVICES, Cluster, operator
 from helpers.jobs import synthetic_job
+from helpers.services import idle_service
 
 pytestmark = pytest.mark.e2e
-
-
-def model_service(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "kerasoperator.dev/v1alpha1",
-        "kind": "KerasModelService",
-        "metadata": {"name": name},
-        "spec": {"model": {"uri": f"pvc://models/{name}.keras"}, "replicas": 0},
-    }
 
 
 def status(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -39,8 +31,8 @@ def test_a_model_service_deleted_unseen_is_not_made_again_at_the_next_resyncs(cl
     assert emulator is not None
     emulator.faults.append(Fault(action.CREATE, PODS, 403, count=ALWAYS))  # no server process is needed
     with operator(cluster):
-        cluster.create(KMS, model_service("ghost"))
-        cluster.create(KMS, model_service("alive"))  # its resyncs show the ghost's have run too
+        cluster.create(KMS, idle_service("ghost"))
+        cluster.create(KMS, idle_service("alive"))  # its resyncs show the ghost's have run too
         for name in ("ghost", "alive"):
             cluster.wait_for(lambda n=name: (cluster.get(KMS, n) or {}).get("status", {}).get("phase"), 60, "status")
             cluster.wait_for(lambda n=name: cluster.get(DEPLOYMENTS, n) and cluster.get(SERVICES, n), 60, "children")

@@ -22,3 +22,8 @@ def status(cluster: Cluster, name: str) -> dict[str, Any]:
 
 def condition(cluster: Cluster, name: str, kind: str) -> dict[str, Any]:
     return next((c for c in status(cluster, name).get("conditions") or [] if c["type"] == kind), {})
+
+
+def idle_service(name: str) -> dict[str, Any]:
+    """A service with no pods (replicas 0): its Deployment, Service and status, and nothing to serve."""
+    return service(name, {"uri": f"pvc://models/{name}.keras"}, replicas=0)
