@@ -40,7 +40,6 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from common import HERE, free_port, machine, machine_line, median, percentile, publish, table
-
 from helpers.jobs import tiny_job
 
 BIN = Path(sys.executable).parent

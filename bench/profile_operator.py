@@ -94,7 +94,7 @@ async def write_profile(**_: Any) -> None:
 
 if __name__ == "__main__":
     sys.argv = ["keras-operator"]
-    from keras_operator.runtime.main import main
+    from keras_operator.main import main
 
     if SAMPLE:
         SAMPLER.start()

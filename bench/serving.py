@@ -57,8 +57,7 @@ Command = Callable[[Path, int], list[str]]
 def ours(max_batch_size: int) -> Command:
     def command(model: Path, port: int) -> list[str]:
         return [
-            str(BIN / "keras-trainer"),
-            "serve",
+            str(BIN / "keras-server"),
             "--model-uri",
             str(model),
             "--model-name",

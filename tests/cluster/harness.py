@@ -223,7 +223,7 @@ class Cluster:
 
 @contextlib.contextmanager
 def operator(cluster: Cluster, namespaces: tuple[str, ...] = ()) -> Iterator[KopfRunner]:
-    """Run the real operator (keras_operator.runtime.main) against the emulated cluster until the block ends:
+    """Run the real operator (keras_operator.main) against the emulated cluster until the block ends:
     over the whole cluster, or, given `namespaces`, as the chart's watchNamespaces runs it (those namespaces
     named to kopf and in KERAS_OPERATOR_NAMESPACES, and no cluster-scoped grant to list namespaces)."""
     assert cluster.emulator is not None
@@ -236,7 +236,7 @@ def operator(cluster: Cluster, namespaces: tuple[str, ...] = ()) -> Iterator[Kop
     else:
         os.environ.pop("KERAS_OPERATOR_NAMESPACES", None)
     emulator.cluster_scoped_grant = not namespaces
-    runner = KopfRunner(["run", "--standalone", *scope, "-m", "keras_operator.runtime.main"], timeout=60)
+    runner = KopfRunner(["run", "--standalone", *scope, "-m", "keras_operator.main"], timeout=60)
     runner.__enter__()
     try:
         # kmock re-sends every object on a new watch, but events between list and watch could be missed.

@@ -1,4 +1,4 @@
-"""Start `keras-trainer serve` as a real process on a free local port."""
+"""Start `keras-server` as a real process on a free local port."""
 
 from __future__ import annotations
 
@@ -52,8 +52,7 @@ def model_server(
     than a pipe nobody reads can hold lines for (a full pipe blocks the server's event loop)."""
     port = free_port()
     cmd = [
-        str(Path(sys.executable).parent / "keras-trainer"),
-        "serve",
+        str(Path(sys.executable).parent / "keras-server"),
         "--model-uri",
         str(model),
         "--model-name",
@@ -88,9 +87,9 @@ def model_server(
 
 
 def captured_serve(monkeypatch: Any) -> list[Any]:
-    """Replace the model server's `serve` with one that records the ServerConfig `keras-trainer serve` built and
+    """Replace the model server's `serve` with one that records the ServerConfig `keras-server` built and
     returns 0: the flags' effect, without loading a model."""
-    from keras_trainer.serving import server
+    from keras_server import server
 
     seen: list[Any] = []
 

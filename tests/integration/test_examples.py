@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers.manifests import ROOT
-from keras_operator import cli
+from kerasop import cli
 
 ORDER = [
     "digits.yaml",

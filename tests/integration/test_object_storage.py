@@ -139,7 +139,7 @@ def test_killed_training_resumes_from_s3_checkpoints(tmp_path: Path, bucket: Buc
 @pytest.mark.parametrize("fmt", ["keras", "savedmodel"])
 def test_server_loads_a_model_from_s3(tmp_path: Path, bucket: Bucket, fmt: str) -> None:
     from helpers import models
-    from keras_trainer.serving.model import ServedModel
+    from keras_server.model import ServedModel
 
     model = models.load(models.single(tmp_path / "model.keras"))
     if fmt == "keras":
@@ -203,7 +203,7 @@ def test_the_s3_example_trains_against_an_s3_endpoint(
 ) -> None:
     """examples/s3-training.yaml as a user runs it locally (`kerasop run`, AWS_* from the shell), with its
     own bucket name, against moto instead of AWS (`bucket` put the AWS_* variables in the environment)."""
-    from keras_operator import cli as kerasop
+    from kerasop import cli as kerasop
 
     example = Bucket(s3_endpoint, "my-bucket")
     if "my-bucket" not in {b["Name"] for b in example.client().list_buckets()["Buckets"]}:
@@ -232,9 +232,9 @@ def test_gcs_data_model_and_serving_through_an_emulator(tmp_path: Path, monkeypa
 
     from helpers.server import free_port, get_json
     from keras_operator.api.parse import parse
+    from keras_server.model import ServedModel
     from keras_trainer import train as training
     from keras_trainer.reporting import PodReporter
-    from keras_trainer.serving.model import ServedModel
 
     port = free_port()
     server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="gcs-test")

@@ -143,8 +143,7 @@ def test_unloadable_model_exits_non_zero(tmp_path: Path) -> None:
 
     result = subprocess.run(
         [
-            str(Path(sys.executable).parent / "keras-trainer"),
-            "serve",
+            str(Path(sys.executable).parent / "keras-server"),
             "--model-uri",
             str(tmp_path / "missing.keras"),
             "--model-name",

@@ -10,11 +10,11 @@ import pytest
 
 from helpers import models
 from helpers.s3 import Bucket
-from keras_trainer.serving import discovery
-from keras_trainer.serving.model import ServedModel
-from keras_trainer.serving.repository import Repository
-from keras_trainer.serving.versions import parse_policy
-from keras_trainer.serving.watcher import Watcher
+from keras_server import discovery
+from keras_server.model import ServedModel
+from keras_server.repository import Repository
+from keras_server.versions import parse_policy
+from keras_server.watcher import Watcher
 
 
 @pytest.fixture(autouse=True)

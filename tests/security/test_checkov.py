@@ -34,10 +34,10 @@ import yaml
 
 from helpers.manifests import ROOT
 from helpers.rbac import render_chart
-from keras_operator import cli
 from keras_operator.api.parse import parse, read_documents
 from keras_operator.api.serving import KerasModelService
 from keras_operator.builders.serving import Side, build_deployment, build_route, build_service, side_service_name
+from kerasop import cli
 
 REQUIREMENTS = Path(__file__).with_name("checkov-requirements.txt")
 VENV = ROOT / ".cache" / "venv-checkov"

@@ -264,7 +264,7 @@ def test_a_renewed_certificate_is_served_without_a_restart(server: WebhookServer
 
 
 def test_the_operator_will_not_serve_the_webhook_without_tls(monkeypatch: pytest.MonkeyPatch) -> None:
-    from keras_operator.runtime import main
+    from keras_operator import main
     from keras_operator.runtime.settings import Settings
 
     monkeypatch.setenv("KERAS_OPERATOR_WEBHOOK_PORT", "9443")

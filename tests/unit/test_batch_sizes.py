@@ -15,8 +15,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import models
 from helpers.server import captured_serve
-from keras_trainer.serving.app import BATCHER, ServerConfig, Slot, create_app
-from keras_trainer.serving.model import ServedModel, bucket, default_batch_sizes
+from keras_server.app import BATCHER, Slot, create_app
+from keras_server.config import ServerConfig
+from keras_server.model import ServedModel, bucket, default_batch_sizes
 
 
 def test_default_sizes_are_powers_of_two_up_to_the_max_batch_size() -> None:
@@ -51,20 +52,20 @@ def test_bad_allowed_sizes_are_refused(sizes: tuple[int, ...], needle: str) -> N
 def test_the_flags_reach_the_server_and_a_mismatch_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from keras_trainer import cli as trainer_cli
+    from keras_server import cli as server_cli
 
     seen = captured_serve(monkeypatch)
-    base = ["serve", "--model-uri", "m.keras", "--model-name", "m"]
-    assert trainer_cli.main([*base, "--allowed-batch-sizes", "4,16,32", "--max-rows-per-request", "100"]) == 0
+    base = ["--model-uri", "m.keras", "--model-name", "m"]
+    assert server_cli.main([*base, "--allowed-batch-sizes", "4,16,32", "--max-rows-per-request", "100"]) == 0
     assert (seen[0].allowed_batch_sizes, seen[0].max_rows_per_request) == ((4, 16, 32), 100)
-    assert trainer_cli.main(base) == 0
+    assert server_cli.main(base) == 0
     assert (seen[1].allowed_batch_sizes, seen[1].max_rows_per_request) == (None, None)
 
-    assert trainer_cli.main([*base, "--allowed-batch-sizes", "4,16", "--max-batch-size", "32"]) == 2
+    assert server_cli.main([*base, "--allowed-batch-sizes", "4,16", "--max-batch-size", "32"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "error: --allowed-batch-sizes: the largest size (16) must equal --max-batch-size (32)"
     with pytest.raises(SystemExit) as exited:
-        trainer_cli.main([*base, "--allowed-batch-sizes", "4,x"])
+        server_cli.main([*base, "--allowed-batch-sizes", "4,x"])
     assert exited.value.code == 2
     assert "whole numbers >= 1 separated by commas" in capsys.readouterr().err
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from keras_trainer.serving.batching import Batcher, Overloaded
+from keras_server.batching import Batcher, Overloaded
 
 
 @pytest_asyncio.fixture

@@ -200,7 +200,7 @@ def test_the_route_weights_and_its_parent() -> None:
 def test_render_shows_both_sides(split: str, kinds: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """`kerasop render` of a canary: both Deployments, and the route and per-side Services when split by one."""
     from helpers.manifests import ROOT
-    from keras_operator.cli import load_resources, render_objects
+    from kerasop.cli import load_resources, render_objects
 
     monkeypatch.setenv("KERAS_OPERATOR_TRAFFIC_SPLIT", split)
     resources = load_resources(str(ROOT / "examples" / "digits-canary.yaml"))

@@ -15,10 +15,11 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import models
-from keras_trainer.serving import examples
-from keras_trainer.serving.app import BATCHER, ServerConfig, Slot, create_app
-from keras_trainer.serving.codec import RequestError
-from keras_trainer.serving.model import ServedModel, TensorSpec
+from keras_server import examples
+from keras_server.app import BATCHER, Slot, create_app
+from keras_server.codec import RequestError
+from keras_server.config import ServerConfig
+from keras_server.model import ServedModel, TensorSpec
 
 X = np.random.default_rng(5).normal(size=(3, 4)).astype("float32")
 F32 = np.dtype("float32")

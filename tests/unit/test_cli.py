@@ -11,7 +11,7 @@ import yaml
 
 from helpers.jobs import tiny_job
 from helpers.manifests import ROOT, validate_k8s
-from keras_operator import cli
+from kerasop import cli
 
 
 def write(tmp_path: Path, doc: dict[str, Any]) -> str:
@@ -126,7 +126,7 @@ def test_run_keeps_stdout_for_the_status_even_when_libraries_log(
 ) -> None:
     import logging
 
-    from keras_operator.runtime import logs
+    from keras_common import logs
 
     logs.configure("json", "info", stream="stdout", stdlib=True)  # as an operator in this process would
     try:

@@ -25,9 +25,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import models
-from keras_trainer.serving.app import REPOSITORY, ServerConfig, Slot, create_app
-from keras_trainer.serving.model import ServedModel
-from keras_trainer.serving.protocol import MAX_FIELD_SIZE, MAX_LINE_SIZE, Runner
+from keras_server.app import REPOSITORY, Slot, create_app
+from keras_server.config import ServerConfig
+from keras_server.model import ServedModel
+from keras_server.protocol import MAX_FIELD_SIZE, MAX_LINE_SIZE, Runner
 
 SEED = 20240613
 CASES = 2400  # body-level cases; the raw HTTP ones come on top
@@ -436,7 +437,7 @@ async def test_gzip_bodies_are_decoded_and_bounded(multi: TestClient) -> None:
 async def test_a_500_names_a_request_id_not_the_exception(
     multi: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from keras_trainer.serving import codec
+    from keras_server import codec
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internals /etc/passwd")

@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers.manifests import ROOT
-from keras_operator import cli
 from keras_operator.api import common
 from keras_operator.api.limits import INT32_MAX, MAX_ALIASES, MAX_DEPTH
 from keras_operator.api.parse import InvalidResource, parse, parse_serving_spec, parse_training_spec
 from keras_operator.builders.serving import build_deployment
 from keras_operator.builders.training import ProgressEndpoint, build_job
+from kerasop import cli
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
@@ -430,7 +430,7 @@ def test_every_command_refuses_without_a_traceback(command: str, tmp_path: Path)
     path = tmp_path / "bad.yaml"
     path.write_bytes(b"\xff\xfe" + _bomb(9).encode())
     done = subprocess.run(
-        [sys.executable, "-m", "keras_operator.cli", command, str(path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "kerasop.cli", command, str(path)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == cli.EXIT_INVALID, done.stderr
     assert "Traceback" not in done.stderr

@@ -52,7 +52,7 @@ def test_committed_catalogue_matches_the_pinned_keras() -> None:
     # imported Keras on another backend must not change what they see.
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     result = subprocess.run(
-        [sys.executable, "-m", "keras_trainer.catalogue", "--check"],
+        [sys.executable, "-m", "keras_trainer.catalogue", "--output", "operator/keras_operator/api/keras_catalogue.json", "--check"],
         capture_output=True,
         text=True,
         env=env,
@@ -177,7 +177,7 @@ def test_a_bug_in_the_check_never_refuses(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_render_refuses_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from keras_operator.cli import main
+    from kerasop.cli import main
 
     doc = {
         "apiVersion": "kerasoperator.dev/v1alpha1",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 
 from helpers.manifests import ROOT
 
-PACKAGES = {"keras_operator": ROOT / "operator" / "keras_operator", "keras_trainer": ROOT / "trainer" / "keras_trainer"}
+FOLDERS = {"common": "keras_common", "operator": "keras_operator", "trainer": "keras_trainer", "server": "keras_server"}
+FOLDERS["cli"] = "kerasop"
+PACKAGES = {package: ROOT / folder / package for folder, package in FOLDERS.items()}
 
 
 @pytest.mark.parametrize("how", ["-c", "-"])
@@ -35,9 +38,9 @@ def test_python_m_venv_works_from_the_root(tmp_path: Path) -> None:
 
 
 def test_the_top_folders_are_not_packages() -> None:
-    for folder in ("operator", "trainer"):
+    for folder, package in FOLDERS.items():
         assert not (ROOT / folder / "__init__.py").exists(), f"{folder}/__init__.py would shadow or mislead imports"
-        assert sorted(p.name for p in (ROOT / folder).iterdir() if p.name != "__pycache__") == [f"keras_{folder}"]
+        assert sorted(p.name for p in (ROOT / folder).iterdir() if p.name != "__pycache__") == [package]
 
 
 def _first_party_imports(path: Path) -> set[str]:
@@ -60,9 +63,7 @@ def _resolves_to_a_path(module: str) -> bool:
 def test_every_first_party_import_is_found_at_its_path() -> None:
     """`from keras_operator.x import y` means operator/keras_operator/x.py (or y inside it): a reader or a
     tool that follows paths finds every module."""
-    files = [
-        p for folder in ("operator", "trainer", "tests", "bench", "scripts") for p in (ROOT / folder).rglob("*.py")
-    ]
+    files = [p for folder in (*FOLDERS, "tests", "bench", "scripts") for p in (ROOT / folder).rglob("*.py")]
     missing = []
     for path in files:
         for name in _first_party_imports(path):
@@ -72,15 +73,8 @@ def test_every_first_party_import_is_found_at_its_path() -> None:
     assert not missing, missing
 
 
-# Imports run one way: a layer imports only the layers listed for it (and the outside world).
-LAYERS = {
-    "api": {"api"},
-    "builders": {"api", "builders"},
-    "status": {"api", "status"},
-    "controllers": {"api", "builders", "status", "controllers", "runtime"},
-    "handlers": {"api", "controllers", "status", "handlers", "runtime"},
-    "runtime": {"api", "runtime"},
-}
+# The operator's layers; which imports which is import-linter's contract (pyproject.toml), checked below.
+LAYERS = ("api", "builders", "status", "controllers", "handlers", "endpoints", "runtime")
 KINDS = ("training", "serving")
 
 
@@ -92,14 +86,32 @@ def _layer_imports() -> list[tuple[str, Path, list[str]]]:
     ]
 
 
-def test_operator_layers_import_one_way() -> None:
-    wrong = []
-    for layer, path, imports in _layer_imports():
-        allowed = LAYERS[layer] | ({"handlers"} if (layer, path.name) == ("runtime", "main.py") else set())
-        for parts in imports:
-            if parts[0] == "keras_trainer" or (len(parts) > 1 and parts[1] in LAYERS and parts[1] not in allowed):
-                wrong.append(f"{layer}/{path.name} imports {'.'.join(parts)}")
-    assert not wrong, wrong
+def _lint_imports(cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=120, env=env)
+
+
+def test_the_import_contracts_hold() -> None:
+    """The products import downward only (kerasop > server > trainer > operator api > common), and the
+    operator's layers one way: `lint-imports` reads the contracts in pyproject.toml."""
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_a_contract(tmp_path: Path) -> None:
+    """The contracts can fail: a copy of the packages where the trainer imports the operator's runtime."""
+    import shutil
+
+    for folder in FOLDERS:
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    planted = tmp_path / "trainer" / "keras_trainer" / "planted.py"
+    planted.write_text("from keras_operator.runtime import settings  # noqa: F401\n")
+    env_path = os.pathsep.join(str(tmp_path / folder) for folder in FOLDERS)
+    result = _lint_imports(tmp_path, {**os.environ, "PYTHONPATH": env_path})
+    assert result.returncode != 0
+    assert "keras_trainer.planted -> keras_operator.runtime.settings" in result.stdout, result.stdout[-2000:]
 
 
 def test_one_kind_never_imports_the_other_kinds_modules() -> None:

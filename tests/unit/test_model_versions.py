@@ -17,13 +17,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import models
 from helpers.server import captured_serve
+from keras_server import discovery
+from keras_server.app import create_app
+from keras_server.config import ServerConfig
+from keras_server.model import ServedModel
+from keras_server.repository import Repository
+from keras_server.versions import VersionPolicy, parse_labels, parse_policy, to_retire
+from keras_server.watcher import Watcher
 from keras_trainer import storage
-from keras_trainer.serving import discovery
-from keras_trainer.serving.app import ServerConfig, create_app
-from keras_trainer.serving.model import ServedModel
-from keras_trainer.serving.repository import Repository
-from keras_trainer.serving.versions import VersionPolicy, parse_labels, parse_policy, to_retire
-from keras_trainer.serving.watcher import Watcher
 
 ROW = [[0.5, 0.5, 0.5, 0.5]]
 
@@ -382,7 +383,7 @@ async def test_a_retiring_version_answers_the_requests_it_admitted(
 
 
 async def test_the_server_process_flow_exits_when_nothing_can_load(tmp_path: Path) -> None:
-    from keras_trainer.serving.server import serve
+    from keras_server.server import serve
 
     (tmp_path / "base" / "1").mkdir(parents=True)
     (tmp_path / "base" / "1" / "model.keras").write_bytes(b"broken")
@@ -395,23 +396,23 @@ async def test_the_server_process_flow_exits_when_nothing_can_load(tmp_path: Pat
 
 
 def test_version_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from keras_trainer import cli as trainer_cli
+    from keras_server import cli as server_cli
 
     seen = captured_serve(monkeypatch)
-    base = ["serve", "--model-uri", "base", "--model-name", "m"]
-    assert trainer_cli.main(base) == 0
+    base = ["--model-uri", "base", "--model-name", "m"]
+    assert server_cli.main(base) == 0
     assert (seen[0].model_versions, dict(seen[0].version_labels), seen[0].version_poll_seconds) == (
         VersionPolicy("latest", 1),
         {},
         10.0,
     )
     flags = ["--model-versions", "specific:1,3", "--version-label", "stable=1", "--version-label", "canary=3"]
-    assert trainer_cli.main([*base, *flags, "--version-poll-seconds", "0"]) == 0
+    assert server_cli.main([*base, *flags, "--version-poll-seconds", "0"]) == 0
     assert seen[1].model_versions == VersionPolicy("specific", versions=frozenset({1, 3}))
     assert dict(seen[1].version_labels) == {"stable": 1, "canary": 3}
     assert seen[1].version_poll_seconds == 0
 
-    assert trainer_cli.main([*base, "--model-versions", "newest"]) == 2
+    assert server_cli.main([*base, "--model-versions", "newest"]) == 2
     assert "latest:N, all or specific:A,B" in capsys.readouterr().err
-    assert trainer_cli.main([*base, "--version-label", "stable"]) == 2
+    assert server_cli.main([*base, "--version-label", "stable"]) == 2
     assert "NAME=VERSION" in capsys.readouterr().err

@@ -117,7 +117,7 @@ def test_workflows_pass_actionlint() -> None:
 
 def test_operator_imports_no_tensorflow() -> None:
     code = (
-        "import sys, keras_operator.runtime.main, keras_operator.cli; "
+        "import sys, keras_operator.main, kerasop.cli; "
         "bad = [m for m in ('tensorflow', 'keras', 'jax', 'torch') if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
@@ -131,7 +131,7 @@ def test_json_logs_for_libraries_too(capfd: pytest.CaptureFixture[str]) -> None:
 
     import structlog
 
-    from keras_operator.runtime import logs
+    from keras_common import logs
 
     logs.configure("json", "info", stdlib=True)
     try:

@@ -16,7 +16,7 @@ import pytest
 from helpers.jobs import tiny_job
 from helpers.rbac import Call, crd_plurals, granted, render_chart
 from keras_operator.api.parse import parse
-from keras_operator.cli import render_objects
+from kerasop.cli import render_objects
 
 NAMESPACE = "ml"  # where the resources live; the namespaced mode watches it
 MODES: dict[str, tuple[str, ...]] = {"cluster-wide": (), "namespaced": (f"watchNamespaces={{{NAMESPACE}}}",)}

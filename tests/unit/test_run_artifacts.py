@@ -194,7 +194,7 @@ def test_kerasop_run_never_resumes_the_checkpoint_of_another_spec(
     """Every `kerasop run` is run `local`: a run stopped at epoch 3 of 400, then the spec edited to 2
     epochs and run into the same output, must train its 2 epochs, not "succeed" at once with the first
     spec's weights; and it says why it did not resume."""
-    from keras_operator import cli
+    from kerasop import cli
 
     out = tmp_path / "out"
     first = job(str(out), jobfile.LOCAL_RUN_ID, 400)

@@ -17,10 +17,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import models
 from helpers.server import captured_serve
-from keras_trainer.serving import codec
-from keras_trainer.serving.app import BATCHER, ServerConfig, Slot, create_app
-from keras_trainer.serving.model import ServedModel
-from keras_trainer.serving.server import listen
+from keras_server import codec
+from keras_server.app import BATCHER, Slot, create_app
+from keras_server.config import ServerConfig
+from keras_server.model import ServedModel
+from keras_server.server import listen
 
 X = np.random.default_rng(11).normal(size=(5, 4)).astype("float32")
 PREDICT = "/v1/models/m:predict"
@@ -291,15 +292,15 @@ async def test_more_rows_than_max_batch_size_run_in_warmed_chunks(
 def test_the_budgets_are_flags_too_and_a_bad_environment_value_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from keras_trainer import cli as trainer_cli
+    from keras_server import cli as server_cli
 
     seen = captured_serve(monkeypatch)
-    base = ["serve", "--model-uri", "m.keras", "--model-name", "m"]
+    base = ["--model-uri", "m.keras", "--model-name", "m"]
     monkeypatch.setenv("KERAS_SERVER_MAX_QUEUED_ROWS", "77")
-    assert trainer_cli.main([*base, "--max-queued-bytes", "1024", "--offload-bytes", "0"]) == 0
+    assert server_cli.main([*base, "--max-queued-bytes", "1024", "--offload-bytes", "0"]) == 0
     assert (seen[0].max_queued_bytes, seen[0].max_queued_rows, seen[0].offload_bytes) == (1024, 77, 0)
 
     monkeypatch.setenv("KERAS_SERVER_MAX_QUEUED_ROWS", "lots")
-    assert trainer_cli.main(base) == 2
+    assert server_cli.main(base) == 2
     err = capsys.readouterr().err
     assert err.strip() == "error: KERAS_SERVER_MAX_QUEUED_ROWS must be a whole number, got 'lots'"

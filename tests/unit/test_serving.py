@@ -15,8 +15,9 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import models
-from keras_trainer.serving.app import BATCHER, ServerConfig, Slot, create_app
-from keras_trainer.serving.model import ServedModel
+from keras_server.app import BATCHER, Slot, create_app
+from keras_server.config import ServerConfig
+from keras_server.model import ServedModel
 
 X = np.random.default_rng(1).normal(size=(5, 4)).astype("float32")
 

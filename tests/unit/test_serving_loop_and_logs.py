@@ -11,9 +11,10 @@ import uvloop
 from aiohttp.test_utils import TestClient, TestServer
 
 from helpers import models
-from keras_trainer.serving import eventloop
-from keras_trainer.serving.app import ServerConfig, Slot, create_app
-from keras_trainer.serving.model import ServedModel
+from keras_server import eventloop
+from keras_server.app import Slot, create_app
+from keras_server.config import ServerConfig
+from keras_server.model import ServedModel
 
 
 def test_the_server_runs_on_uvloop_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,9 @@
 """Writes the catalogue of the installed Keras that the operator checks specs against without Keras.
 
-    python -m keras_trainer.catalogue            # rewrite operator/keras_operator/api/keras_catalogue.json
-    python -m keras_trainer.catalogue --check    # exit 1 when the committed file differs
+    python -m keras_trainer.catalogue --output operator/keras_operator/api/keras_catalogue.json
+    python -m keras_trainer.catalogue --output operator/keras_operator/api/keras_catalogue.json --check
+
+The output is named, not found: the trainer writes nothing inside another package by itself.
 
 The operator image has no TensorFlow, so a misspelt layer or argument would only fail in the trainer pod,
 maybe after a long queue for a GPU. The catalogue records what this Keras accepts, and for each claim the
@@ -26,10 +28,7 @@ from typing import Any
 
 import keras
 
-import keras_operator.api
-
-CATALOGUE_PATH = Path(keras_operator.api.__file__).parent / "keras_catalogue.json"
-GENERATED_BY = "python -m keras_trainer.catalogue"
+GENERATED_BY = "python -m keras_trainer.catalogue --output operator/keras_operator/api/keras_catalogue.json"
 BOGUS = "zz_not_a_keras_argument"
 
 # Values for required arguments, so each layer can be built once without and once with a made-up
@@ -234,7 +233,7 @@ def dumps(catalogue: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m keras_trainer.catalogue", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the file differs from this Keras")
-    parser.add_argument("--output", type=Path, default=CATALOGUE_PATH)
+    parser.add_argument("--output", type=Path, required=True, help="the JSON file to write (or check)")
     args = parser.parse_args(argv)
     text = dumps(generate())
     if args.check:

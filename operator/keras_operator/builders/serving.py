@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from keras_operator.api.common import GROUP
-from keras_operator.api.serving import KerasModelServiceSpec
+from keras_operator.api.serving import KerasModelServiceSpec, ServerSpec
 from keras_operator.builders.common import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
@@ -26,7 +26,6 @@ HASH_ANNOTATION = f"{GROUP}/spec-hash"
 # served across edits of anything else (the training may be gone or running again by then).
 MODEL_SOURCE_ANNOTATION = f"{GROUP}/model-source"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
-DEFAULT_DRAIN_SECONDS = 20  # the server's own default for --drain-seconds
 
 
 @dataclass(frozen=True)
@@ -91,39 +90,35 @@ def _hashed(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def server_args(name: str, spec: KerasModelServiceSpec, model: str | Side, port: int | None = None) -> list[str]:
-    """`keras-trainer` arguments that serve this spec: the Deployment's and `kerasop serve`'s."""
+    """`keras-server` arguments that serve this spec: the Deployment's and `kerasop serve`'s.
+
+    A setting equal to the API's default is left out: the server takes its defaults from the same API
+    types (keras_server.config), so a flag would only repeat it, and an older server image keeps working
+    for a spec that sets nothing new."""
     server = spec.server
+    defaults = ServerSpec()
     side = stable_side(spec, model) if isinstance(model, str) else model
-    args = [
-        "serve",
-        "--model-uri",
-        side.model_uri,
-        "--model-name",
-        name,
-        "--port",
-        str(port or server.port),
-        "--backend",
-        spec.backend,
-        "--max-batch-size",
-        str(server.batching.max_batch_size),
-        "--max-latency-ms",
-        str(server.batching.max_latency_ms),
-        "--max-request-bytes",
-        str(server.max_request_bytes),
-        "--max-queue",
-        str(server.max_queue),
-    ]
-    # Only what the spec sets: an older server image keeps working for a spec that uses none of these.
+    args = ["--model-uri", side.model_uri, "--model-name", name]
+    given = {
+        "--port": (port or server.port, defaults.port),
+        "--max-batch-size": (server.batching.max_batch_size, defaults.batching.max_batch_size),
+        "--max-latency-ms": (server.batching.max_latency_ms, defaults.batching.max_latency_ms),
+        "--max-request-bytes": (server.max_request_bytes, defaults.max_request_bytes),
+        "--max-queue": (server.max_queue, defaults.max_queue),
+        "--drain-seconds": (server.drain_seconds, defaults.drain_seconds),
+        "--max-rows-per-request": (server.batching.max_rows_per_request, defaults.batching.max_rows_per_request),
+    }
+    for flag, (value, default) in given.items():
+        if value is not None and value != default:
+            args += [flag, str(value)]
+    if spec.backend != "tensorflow":
+        args += ["--backend", spec.backend]
     if side.versions is not None:
         args += ["--model-versions", side.versions]
     for label, version in side.version_labels:
         args += ["--version-label", f"{label}={version}"]
     if server.batching.allowed_batch_sizes:
         args += ["--allowed-batch-sizes", ",".join(str(n) for n in sorted(server.batching.allowed_batch_sizes))]
-    if server.drain_seconds != DEFAULT_DRAIN_SECONDS:
-        args += ["--drain-seconds", str(server.drain_seconds)]
-    if server.batching.max_rows_per_request is not None:
-        args += ["--max-rows-per-request", str(server.batching.max_rows_per_request)]
     return args
 
 
@@ -153,7 +148,7 @@ def build_deployment(
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or default_image,
-        "command": ["keras-trainer"],
+        "command": ["keras-server"],
         "args": server_args(model_name(owner, spec), spec, side),
         "ports": [{"name": "http", "containerPort": server.port, "protocol": "TCP"}],
         "env": [

@@ -1,6 +1,6 @@
 """The admission webhook's HTTPS server: AdmissionReview in, AdmissionReview out (controllers/admission.py).
 
-Not a kopf handler: runtime/main.py serves it in every replica, leader or standby, from the process'
+Not a kopf handler: main.py serves it in every replica, leader or standby, from the process'
 start, for as long as it runs. The API server calls whichever replica its Service picks, and a standby's
 answer is as good as the leader's (the check reads nothing from the cluster). It runs in threads of its
 own, so a burst of applies never delays a reconcile's event loop. The certificate is read again when

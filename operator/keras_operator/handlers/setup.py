@@ -9,9 +9,9 @@ from typing import Any
 import kopf
 import structlog
 
-from keras_operator import __version__
+from keras_common import __version__, logs
 from keras_operator.api.common import GROUP
-from keras_operator.runtime import lifecycle, logs, metrics
+from keras_operator.runtime import lifecycle, metrics
 from keras_operator.runtime.settings import Settings
 
 # kopf's requests name the operator first: kopf's own writes (Events about failing handlers) carry no

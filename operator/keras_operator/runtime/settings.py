@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keras_operator import __version__
+from keras_common import __version__
 
 DEFAULT_IMAGE = f"ghcr.io/keras-operator/keras-trainer:{__version__}"
 

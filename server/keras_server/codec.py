@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from keras_trainer.serving.model import TensorSpec
+from keras_server.model import TensorSpec
 
 # A float too large for a narrower input becomes inf when cast, and is refused (checked): numpy's
 # warning about it says nothing more. Filtered here rather than with np.errstate around every cast,

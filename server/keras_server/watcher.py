@@ -17,12 +17,12 @@ from pathlib import Path
 
 import structlog
 
+from keras_server import discovery
+from keras_server.discovery import Found
+from keras_server.model import ModelLoadError, ServedModel
+from keras_server.repository import Repository, Version
+from keras_server.versions import VersionPolicy, to_retire
 from keras_trainer import storage
-from keras_trainer.serving import discovery
-from keras_trainer.serving.discovery import Found
-from keras_trainer.serving.model import ModelLoadError, ServedModel
-from keras_trainer.serving.repository import Repository, Version
-from keras_trainer.serving.versions import VersionPolicy, to_retire
 
 log = structlog.get_logger("keras_server")
 Loader = Callable[[str, str, Path | None], ServedModel]  # (model URI, version, staging) -> a warm model

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from keras_trainer.serving.codec import RequestError, to_array
-from keras_trainer.serving.model import TensorSpec
+from keras_server.codec import RequestError, to_array
+from keras_server.model import TensorSpec
 
 Task = Literal["classify", "regress"]
 

@@ -21,9 +21,9 @@ from typing import Literal
 import numpy as np
 import structlog
 
-from keras_trainer.serving.batching import Batcher
-from keras_trainer.serving.codec import RequestError
-from keras_trainer.serving.model import ServedModel
+from keras_server.batching import Batcher
+from keras_server.codec import RequestError
+from keras_server.model import ServedModel
 
 log = structlog.get_logger("keras_server")
 State = Literal["START", "LOADING", "AVAILABLE", "UNLOADING", "END"]

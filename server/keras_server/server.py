@@ -13,13 +13,13 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from keras_server.app import DRAIN, METRICS, REPOSITORY, Metrics, ServerConfig, create_app
+from keras_server.model import ServedModel
+from keras_server.protocol import Runner
+from keras_server.repository import Repository
+from keras_server.watcher import Loader, Watcher
 from keras_trainer import storage
 from keras_trainer.errors import TransientError
-from keras_trainer.serving.app import DRAIN, METRICS, REPOSITORY, Metrics, ServerConfig, create_app
-from keras_trainer.serving.model import ServedModel
-from keras_trainer.serving.protocol import Runner
-from keras_trainer.serving.repository import Repository
-from keras_trainer.serving.watcher import Loader, Watcher
 
 log = structlog.get_logger("keras_server")
 # What aiohttp's own shutdown may still take once the drain is over (answers being written, a 503 to a

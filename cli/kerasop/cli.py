@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    from keras_operator.runtime import logs
+    from keras_common import logs
     from keras_trainer import train
     from keras_trainer.reporting import ConsoleReporter
 
@@ -166,10 +166,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
-    from keras_trainer import cli as trainer_cli
+    from keras_server import cli as server_cli
 
     name = model_name({"metadata": {"name": service.metadata.name}}, service.spec)
-    return trainer_cli.main([*server_args(name, service.spec, uri, args.port), "--host", args.host])
+    return server_cli.main([*server_args(name, service.spec, uri, args.port), "--host", args.host])
 
 
 def render_objects(resource: Resource, resources: list[Resource], namespace: str | None) -> list[dict[str, Any]]:

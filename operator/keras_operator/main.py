@@ -56,8 +56,8 @@ def _start_webhook(settings: Settings) -> WebhookServer | None:
         return None
     if not settings.webhook_cert_dir:
         raise SystemExit("KERAS_OPERATOR_WEBHOOK_CERT_DIR: required with KERAS_OPERATOR_WEBHOOK_PORT (HTTPS only)")
+    from keras_common import logs
     from keras_operator.handlers.admission import WebhookServer
-    from keras_operator.runtime import logs
 
     logs.configure(settings.log_format, settings.log_level)
     return WebhookServer(settings.webhook_port, settings.webhook_cert_dir).start()
@@ -72,7 +72,8 @@ def _run(settings: Settings) -> None:
     lifecycle.LOST.clear()
     elector: Elector | None = None
     if settings.leader_election:
-        from keras_operator.runtime import kube, logs
+        from keras_common import logs
+        from keras_operator.runtime import kube
         from keras_operator.runtime.leader import Elector, StandbyHealth, lease_client
 
         logs.configure(settings.log_format, settings.log_level)

@@ -1,0 +1,3 @@
+from keras_server.cli import main
+
+raise SystemExit(main())
