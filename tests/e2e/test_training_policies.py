@@ -1,5 +1,5 @@
 """What happens to a KerasTrainingJob when its Job goes away, when a TTL is asked for, and when the API
-server refuses the Job: one documented answer each (README "Policies")."""
+server refuses the Job: one documented answer each (docs/training.md, "Policies")."""
 
 from __future__ import annotations
 
