@@ -1,6 +1,11 @@
 """The operator process: `keras-operator` runs kopf with the handlers of every kind, and with leader
 election acts only while it holds the Lease (the other replicas wait to take over).
 
+The composition root: the settings are read here once, logging is configured before anything logs, and
+each kind's object (its indexes' derived state, work queue and status writer) is made here and handed to
+the handlers in kopf's memo. Nothing of an operator run lives at module level, so a second run in the same
+process (the tests start several) starts from nothing.
+
 Every replica serves the admission webhook (when configured) for as long as it runs.
 A standby replica answers its liveness probe from `StandbyHealth` until it leads; that server is closed
 before kopf serves /healthz on the same port. On a clean exit the leader releases the Lease once kopf
@@ -8,21 +13,89 @@ has returned and its API calls under way have ended; a leader that lost it exits
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
+import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from keras_operator.handlers import progress, serving, setup, training  # noqa: F401  (importing registers the handlers)
-from keras_operator.runtime import lifecycle
+import kopf
+import structlog
+
+from keras_operator.endpoints.progress import ProgressEndpoint
+from keras_operator.handlers import serving, setup, training
+from keras_operator.runtime import lifecycle, metrics
 from keras_operator.runtime.settings import Settings
 
 if TYPE_CHECKING:
-    from keras_operator.handlers.admission import WebhookServer
+    from keras_operator.endpoints.webhook import WebhookServer
     from keras_operator.runtime.leader import Elector
+
+NO_CREDENTIALS = (
+    "no Kubernetes credentials: not in a cluster, no kubeconfig (KUBECONFIG / ~/.kube/config), "
+    "and KERAS_OPERATOR_API_SERVER unset"
+)
+
+INDENT = {"initial_indent": " " * 6, "subsequent_indent": " " * 6, "break_on_hyphens": False}
+
+
+def parser() -> argparse.ArgumentParser:
+    """No options: everything is set by the environment (the Helm chart sets it), listed in the help."""
+    variables = "\n".join(
+        f"  {name}\n" + textwrap.fill(doc + (f" (default: {default})" if default else ""), 100, **INDENT)
+        for name, doc, default in Settings.described()
+    )
+    return argparse.ArgumentParser(
+        prog="keras-operator",
+        description="The Keras Operator: trains (KerasTrainingJob) and serves (KerasModelService) Keras models "
+        "on Kubernetes. It takes no arguments; it reads its settings from the environment.",
+        epilog=f"environment variables:\n{variables}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def compose(settings: Settings, stop: threading.Event | None = None) -> kopf.Memo:
+    """Everything one operator run holds, made once: kopf hands it to every handler as `memo`."""
+    trainings = training.Training(settings)
+    return kopf.Memo(
+        settings=settings,
+        training=trainings,
+        serving=serving.Serving(settings),
+        progress=ProgressEndpoint(trainings, settings),
+        stop=stop if stop is not None else threading.Event(),
+    )
+
+
+@kopf.on.startup()
+async def on_startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
+    if "settings" not in memo:
+        # `kopf run -m keras_operator.main` (the tests' in-process operator): kopf brings an empty memo.
+        ours = Settings.from_env()
+        setup.configure_logging(ours)
+        memo.update(compose(ours))
+    ours = cast(Settings, memo["settings"])
+    setup.configure(settings, ours)
+    metrics.serve(ours.metrics_port)
+    training.of(memo).start()
+    serving.of(memo).start()
+    await cast(ProgressEndpoint, memo["progress"]).start()
+    structlog.get_logger("keras_operator").info(
+        "operator_started", namespaces=list(ours.namespaces) or "all", metrics_port=ours.metrics_port
+    )
+
+
+@kopf.on.cleanup()
+async def on_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    # kopf waits on its stop flag in an executor thread, which asyncio joins without a timeout at shutdown:
+    # a flag nobody sets would hold the process until SIGKILL (in a pod, the whole grace period).
+    cast(threading.Event, memo["stop"]).set()
+    await cast(ProgressEndpoint, memo["progress"]).close()
+    await training.of(memo).close()
+    await serving.of(memo).close()
 
 
 @contextmanager
@@ -40,8 +113,14 @@ def _signals_set(event: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def main() -> None:
-    settings = Settings.from_env()
+def main(argv: Sequence[str] | None = None) -> None:
+    parser().parse_args(argv)  # --help, or a usage error (exit 2) for any argument
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    setup.configure_logging(settings)  # first: every line of the process in one format
+    _check_credentials(settings)
     webhook = _start_webhook(settings)
     try:
         _run(settings)
@@ -50,33 +129,43 @@ def main() -> None:
             webhook.close()
 
 
+def _check_credentials(settings: Settings) -> None:
+    """Stop at once with why when there is nothing to log in with (kopf would retry every minute, forever)."""
+    if settings.api_server:
+        return
+    from kubernetes import client, config
+
+    for load in (config.load_incluster_config, config.load_kube_config):
+        try:
+            load(client_configuration=client.Configuration())
+            return
+        except (config.ConfigException, OSError):
+            continue
+    raise SystemExit(f"error: {NO_CREDENTIALS}")
+
+
 def _start_webhook(settings: Settings) -> WebhookServer | None:
     """The admission webhook, served by every replica from the start (a standby answers as well as the leader)."""
     if not settings.webhook_port:
         return None
     if not settings.webhook_cert_dir:
         raise SystemExit("KERAS_OPERATOR_WEBHOOK_CERT_DIR: required with KERAS_OPERATOR_WEBHOOK_PORT (HTTPS only)")
-    from keras_common import logs
-    from keras_operator.handlers.admission import WebhookServer
+    from keras_operator.endpoints.webhook import WebhookServer
 
-    logs.configure(settings.log_format, settings.log_level)
     return WebhookServer(settings.webhook_port, settings.webhook_cert_dir).start()
 
 
 def _run(settings: Settings) -> None:
-    import kopf
-
     lost = threading.Event()
     stop = threading.Event()
-    lifecycle.STOP.clear()
+    kopf_stop = threading.Event()  # kopf's stop flag: set when the Lease is lost, and at every shutdown
+    memo = compose(settings, kopf_stop)
     lifecycle.LOST.clear()
     elector: Elector | None = None
     if settings.leader_election:
-        from keras_common import logs
         from keras_operator.runtime import kube
         from keras_operator.runtime.leader import Elector, StandbyHealth, lease_client
 
-        logs.configure(settings.log_format, settings.log_level)
         held = elector = Elector(
             lease_client(kube.api_client()),
             settings.lease_namespace,
@@ -96,13 +185,13 @@ def _run(settings: Settings) -> None:
 
         from keras_operator.runtime.liveness import WorkLiveness
 
-        work = WorkLiveness.for_timeout((training.QUEUE, serving.QUEUE), settings.api_timeout)
+        work = WorkLiveness.for_timeout((training.of(memo).queue, serving.of(memo).queue), settings.api_timeout)
 
         def keep() -> None:
             held.keep(stop, lost, alive=work.alive)
             if lost.is_set():
                 lifecycle.LOST.set()  # writes still asked for are refused (runtime/kube.py)
-                lifecycle.STOP.set()  # a replica that lost the Lease stops acting at once
+                kopf_stop.set()  # a replica that lost the Lease stops acting at once
 
         threading.Thread(target=keep, daemon=True, name="lease").start()
     try:
@@ -111,7 +200,8 @@ def _run(settings: Settings) -> None:
             namespaces=settings.namespaces,
             liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
             standalone=True,  # exclusivity comes from the Lease (or a single replica), not kopf peering
-            stop_flag=lifecycle.STOP,
+            stop_flag=kopf_stop,
+            memo=memo,
         )
     finally:
         # kopf has returned, so no handler runs any more; but a call it cancelled may still be under way in

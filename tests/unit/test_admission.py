@@ -22,7 +22,7 @@ import pytest
 from helpers.certs import CA
 from helpers.invalid_resources import SERVING, TRAINING, invalid_resources, names_a_break
 from keras_operator.controllers import admission
-from keras_operator.handlers.admission import MAX_BODY, PATH, WebhookServer
+from keras_operator.endpoints.webhook import MAX_BODY, PATH, WebhookServer
 
 HOST = "ko-keras-operator-webhook.keras-system.svc"
 
@@ -302,7 +302,7 @@ def test_a_trickled_body_gets_a_408_and_frees_its_check_slot(
 ) -> None:
     """A client sending its body a byte at a time held one of the few check slots for as long as it kept
     going (the socket's timeout bounds each read, not the body): with one slot, nobody else was answered."""
-    from keras_operator.handlers import admission as server_module
+    from keras_operator.endpoints import webhook as server_module
 
     monkeypatch.setattr(server_module, "REQUEST_TIMEOUT", 1.0)
     server.server.checks = threading.BoundedSemaphore(1)

@@ -52,7 +52,14 @@ def test_committed_catalogue_matches_the_pinned_keras() -> None:
     # imported Keras on another backend must not change what they see.
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     result = subprocess.run(
-        [sys.executable, "-m", "keras_trainer.catalogue", "--output", "operator/keras_operator/api/keras_catalogue.json", "--check"],
+        [
+            sys.executable,
+            "-m",
+            "keras_trainer.catalogue",
+            "--output",
+            "operator/keras_operator/api/keras_catalogue.json",
+            "--check",
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -96,21 +96,29 @@ def test_the_lease_client_does_not_retry_a_timed_out_read(blackhole: Blackhole) 
 
 async def test_the_shutdown_ends_the_forever_loops_and_nothing_else() -> None:
     """Left running, a resync loop made kopf wait 5 s for it (a hung task) before the Lease's release."""
-    from keras_operator.runtime import lifecycle
+    from keras_operator.handlers.serving import Serving
+    from keras_operator.handlers.training import Training
+    from keras_operator.runtime.settings import Settings
 
-    loops = [asyncio.create_task(asyncio.sleep(3600), name=name) for name in sorted(lifecycle.FOREVER_TASKS)]
+    kinds = (Training(Settings(sync_interval=3600)), Serving(Settings(sync_interval=3600)))
     work = asyncio.create_task(asyncio.sleep(3600), name="reconcile")
     try:
-        await lifecycle.stop_forever_tasks()
+        for kind in kinds:
+            kind.start()
+        loops = [t for t in asyncio.all_tasks() if t.get_name() in ("serving-resync", "progress-log-fallback")]
+        assert len(loops) == 2
+        for kind in kinds:
+            await kind.close()
         assert all(task.cancelled() for task in loops)
-        assert not work.done()  # work under way is the work queues' to end, and kopf's to wait for
+        assert not work.done()  # other work is kopf's to wait for
     finally:
         work.cancel()
 
 
 def test_the_release_waits_for_the_api_calls_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
     """kopf cancels the task awaiting a call, not the call in the client's thread."""
-    from keras_operator.runtime import kube, main
+    from keras_operator import main
+    from keras_operator.runtime import kube
 
     monkeypatch.setattr(kube, "_executor", concurrent.futures.ThreadPoolExecutor(max_workers=2))
     answered = threading.Event()

@@ -32,14 +32,11 @@ from keras_operator.runtime.settings import Settings
         ("team-?", False),
     ],
 )
-def test_kopf_lists_no_namespaces_when_the_operator_watches_named_ones(
-    namespaces: str, scanning_off: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KERAS_OPERATOR_NAMESPACES", namespaces)
-    monkeypatch.setenv("KERAS_OPERATOR_METRICS_PORT", "0")
-    assert Settings.from_env().named_namespaces is scanning_off
+def test_kopf_lists_no_namespaces_when_the_operator_watches_named_ones(namespaces: str, scanning_off: bool) -> None:
+    ours = Settings.from_env({"KERAS_OPERATOR_NAMESPACES": namespaces})
+    assert ours.named_namespaces is scanning_off
     settings = kopf.OperatorSettings()
-    setup.configure(settings=settings)
+    setup.configure(settings, ours)
     assert settings.scanning.disabled is scanning_off
 
 

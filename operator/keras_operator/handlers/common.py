@@ -1,5 +1,4 @@
-"""What the handlers of every kind share: the settings of the running operator, and the trimmed copy of
-a watched resource that their indexes keep."""
+"""What the handlers of every kind share: the trimmed copy of a watched resource that their indexes keep."""
 
 from __future__ import annotations
 
@@ -10,13 +9,6 @@ from typing import Any
 import kopf
 
 from keras_operator.api.common import GROUP, VERSION
-from keras_operator.runtime.settings import Settings
-
-
-class Current:
-    """The settings of the running operator, read again at each start (tests start several in one process)."""
-
-    settings = Settings.from_env()
 
 
 def plain(value: Any) -> Any:

@@ -4,6 +4,9 @@ enqueues the resource's key, one worker per key reconciles and one writer writes
 Triggers: the resource, the Deployment it made, and a resync every sync_interval (readiness settles,
 serving figures move and the KerasTrainingJob it serves from finishes without any event of these). No kopf
 annotation, finalizer or diff-base is written on the resource.
+
+What the operator learns lives in one `Serving` object per operator run, made by main.py and handed to the
+handlers in kopf's memo (`memo["serving"]`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -21,9 +24,10 @@ from keras_operator.api.serving import KIND, PLURAL
 from keras_operator.api.training import PLURAL as TRAINING_PLURAL
 from keras_operator.controllers import serving as serving_controller
 from keras_operator.controllers.vanished import Vanished
-from keras_operator.handlers.common import Current, being_deleted, plain, watched_resource
+from keras_operator.handlers.common import being_deleted, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import kube, metrics
+from keras_operator.runtime.settings import Settings
 from keras_operator.runtime.workqueue import WorkQueue
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -56,7 +60,11 @@ def serving_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **
 
 
 @dataclass
-class State:
+class Serving:
+    """The kind in one operator run: its indexes, what the operator learnt (the status it last wrote, the
+    canary analysis under way, ...), its work queue and the settings it runs with."""
+
+    settings: Settings
     indexes: tuple[kopf.Index, kopf.Index] | None = None
     status: StatusWriter = field(
         default_factory=lambda: StatusWriter(RESOURCE, KIND, serving_controller.ACTION_REASONS)
@@ -65,6 +73,11 @@ class State:
     windows: dict[Key, serving_controller.Window] = field(default_factory=dict)  # canary analysis under way
     no_hpa: dict[Key, str] = field(default_factory=dict)  # the uid of each service known to have no HPA
     vanished: Vanished = field(default_factory=Vanished)  # deleted while a watch re-listed: still indexed
+    queue: WorkQueue = field(init=False)
+    _resync: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = WorkQueue(self.reconcile)
 
     async def view(self, key: Key) -> serving_controller.View | None:
         assert self.indexes is not None
@@ -104,80 +117,70 @@ class State:
         self.windows.pop(key, None)
         self.no_hpa.pop(key, None)
 
-    def clear(self) -> None:
-        self.indexes = None
-        self.status.clear()
-        self.scraped.clear()
-        self.windows.clear()
-        self.no_hpa.clear()
-        self.vanished.clear()
+    @metrics.instrumented(KIND, "reconcile")
+    async def reconcile(self, key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        view = await self.vanished.serving_view(RESOURCE, await self.view(key))
+        if view is None:  # deleted: its Deployment, Service and HPA go with it (owner references)
+            self.forget(key)
+            return
+        now = time.monotonic()
+        scrape = now - self.scraped.get(key, 0.0) >= self.settings.sync_interval
+        self.no_hpa.pop(key, None)  # until this reconcile succeeds: one that fails half-way may have made an HPA
+        outcome = await serving_controller.reconcile(view, self.settings, scrape=scrape)
+        if view.hpa_absent:
+            self.no_hpa[key] = view.resource["metadata"]["uid"]
+        if scrape:
+            self.scraped[key] = now
+        await self.status.write(key, view.resource, outcome)
+        # The analysis window moves on only once the status written from it is stored: after a failed write
+        # (a 503, a 409), the retry closes the same window again and comes to the same decision.
+        if view.window is None:
+            self.windows.pop(key, None)
+        else:
+            self.windows[key] = view.window
+        if outcome.requeue_after is not None:  # a decision stored: carry it out
+            self.queue.enqueue(key, outcome.requeue_after)
+
+    async def resync(self) -> None:
+        """Every sync_interval, every service once more: readiness and serving figures change without events."""
+        while True:
+            await asyncio.sleep(self.settings.sync_interval)
+            for key in self.services():
+                self.queue.enqueue(key)
+
+    def start(self) -> None:
+        """At kopf's startup (main.py): the resync loop."""
+        self._resync = asyncio.get_running_loop().create_task(self.resync(), name="serving-resync")
+
+    async def close(self) -> None:
+        """At kopf's cleanup (main.py): the loop ends, and so does the work under way."""
+        if self._resync is not None:
+            self._resync.cancel()
+            await asyncio.gather(self._resync, return_exceptions=True)
+            self._resync = None
+        await self.queue.close()
 
 
-STATE = State()
+def of(memo: kopf.Memo) -> Serving:
+    """The serving kind of this operator run (main.py puts it in kopf's memo)."""
+    return cast(Serving, memo["serving"])
 
 
-@metrics.instrumented(KIND, "reconcile")
-async def _reconcile(key: Hashable) -> None:
-    assert isinstance(key, tuple)
-    view = await STATE.vanished.serving_view(RESOURCE, await STATE.view(key))
-    if view is None:  # deleted: its Deployment, Service and HPA go with it (owner references)
-        STATE.forget(key)
-        return
-    now = time.monotonic()
-    scrape = now - STATE.scraped.get(key, 0.0) >= Current.settings.sync_interval
-    STATE.no_hpa.pop(key, None)  # until this reconcile succeeds: one that fails half-way may have made an HPA
-    outcome = await serving_controller.reconcile(view, Current.settings, scrape=scrape)
-    if view.hpa_absent:
-        STATE.no_hpa[key] = view.resource["metadata"]["uid"]
-    if scrape:
-        STATE.scraped[key] = now
-    await STATE.status.write(key, view.resource, outcome)
-    # The analysis window moves on only once the status written from it is stored: after a failed write
-    # (a 503, a 409), the retry closes the same window again and comes to the same decision.
-    if view.window is None:
-        STATE.windows.pop(key, None)
-    else:
-        STATE.windows[key] = view.window
-    if outcome.requeue_after is not None:  # a decision stored: carry it out
-        QUEUE.enqueue(key, outcome.requeue_after)
-
-
-QUEUE = WorkQueue(_reconcile)
-
-
-def _bind(kwargs: dict[str, Any]) -> None:
-    STATE.indexes = (kwargs["serving_resources"], kwargs["serving_deployments"])
+def _bound(memo: kopf.Memo, kwargs: dict[str, Any]) -> Serving:
+    serving = of(memo)
+    serving.indexes = (kwargs["serving_resources"], kwargs["serving_deployments"])
+    return serving
 
 
 @kopf.on.event(*RESOURCE)
-async def service_changed(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
-    _bind(kwargs)
-    if STATE.status.own_echo((namespace, name), body):
+async def service_changed(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    serving = _bound(memo, kwargs)
+    if serving.status.own_echo((namespace, name), body):
         return  # our own status write coming back: nothing to reconcile
-    QUEUE.enqueue((namespace, name))
+    serving.queue.enqueue((namespace, name))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-async def deployment_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    _bind(kwargs)
-    QUEUE.enqueue((namespace, labels[OWNER_LABEL]))
-
-
-async def resync() -> None:
-    """Every sync_interval, every service once more: readiness and serving figures change without events."""
-    while True:
-        await asyncio.sleep(Current.settings.sync_interval)
-        for key in STATE.services():
-            QUEUE.enqueue(key)
-
-
-@kopf.on.startup()
-async def start_resync(**_: Any) -> None:
-    STATE.clear()
-    QUEUE.reset()
-    asyncio.get_running_loop().create_task(resync(), name="serving-resync")
-
-
-@kopf.on.cleanup()
-async def stop_queue(**_: Any) -> None:
-    await QUEUE.close()
+async def deployment_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    _bound(memo, kwargs).queue.enqueue((namespace, labels[OWNER_LABEL]))

@@ -1,17 +1,17 @@
-"""Operator-wide kopf set-up: login, persistence under our own prefix, logging, health probe."""
+"""Operator-wide kopf set-up: login, persistence under our own prefix, logging, health probe.
+
+The settings are the ones main.py read once and put in kopf's memo (`memo["settings"]`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
-import structlog
 
 from keras_common import __version__, logs
 from keras_operator.api.common import GROUP
-from keras_operator.runtime import lifecycle, metrics
 from keras_operator.runtime.settings import Settings
 
 # kopf's requests name the operator first: kopf's own writes (Events about failing handlers) carry no
@@ -33,21 +33,24 @@ def _identified(info: kopf.ConnectionInfo | None) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    settings = Settings.from_env()
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    settings = cast(Settings, memo["settings"])
     if settings.api_server:
         return _identified(kopf.ConnectionInfo(server=settings.api_server, insecure=True, default_namespace="default"))
     return _identified(kopf.login_via_client(**kwargs))
 
 
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    ours = Settings.from_env()
+def configure_logging(ours: Settings) -> None:
+    """One log format for the whole process, kopf's and the libraries' records too: called first thing."""
     logs.configure(ours.log_format, ours.log_level, stdlib=True)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     # kopf logs a line per handler run (per watch event, per epoch of every training): debug only.
     if ours.log_level != "debug":
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
+def configure(settings: kopf.OperatorSettings, ours: Settings) -> None:
+    """kopf's own settings, at its startup (main.py)."""
     # kopf's bookkeeping lives under our own prefix, never in the public status.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -63,17 +66,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Scanning off, kopf watches exactly the named ones (and no longer watches CRDs: ours are installed
         # before the operator starts; a new CRD version is served after the rollout that ships it).
         settings.scanning.disabled = True
-    metrics.serve(ours.metrics_port)
-    structlog.get_logger("keras_operator").info(
-        "operator_started", namespaces=list(ours.namespaces) or "all", metrics_port=ours.metrics_port
-    )
 
 
 @kopf.on.probe(id="ready")
 def ready(**_: Any) -> bool:
     return True
-
-
-@kopf.on.cleanup()
-def release_stop_flag(**_: Any) -> None:
-    lifecycle.STOP.set()  # see runtime/lifecycle.py: otherwise the process waits for SIGKILL

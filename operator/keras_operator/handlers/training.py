@@ -5,6 +5,9 @@ and pods it made, each found by one label-selected watch); kopf fills them befor
 Every watch event, and every progress push from a trainer, enqueues the resource's key; the work
 queue runs the controller on the indexed state and writes one status PATCH when something changed.
 No per-resource timer, no GET, no kopf annotation or finalizer on the resource.
+
+What the operator learns lives in one `Training` object per operator run, made by main.py and handed to
+the handlers in kopf's memo (`memo["training"]`): no module-level state, so each run starts from nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -22,7 +25,7 @@ from keras_operator.api.report import EpochReport, last_epoch
 from keras_operator.api.training import KIND, PLURAL, TRAINER_CONTAINER
 from keras_operator.controllers import training as training_controller
 from keras_operator.controllers.vanished import Vanished
-from keras_operator.handlers.common import Current, being_deleted, plain, watched_resource
+from keras_operator.handlers.common import being_deleted, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import kube, metrics
 from keras_operator.runtime.settings import Settings
@@ -77,11 +80,12 @@ def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 
 
 @dataclass
-class State:
-    """The indexes (kopf hands them to handlers; the queue's workers and the progress endpoint read them
-    here) and what the operator itself learnt: pushed reports, Jobs it made before their watch event,
-    the status it last wrote."""
+class Training:
+    """The kind in one operator run: the indexes (kopf hands them to handlers; the queue's workers and the
+    progress endpoint read them here), what the operator itself learnt (pushed reports, Jobs it made before
+    their watch event, the status it last wrote), its work queue and the settings it runs with."""
 
+    settings: Settings
     indexes: tuple[kopf.Index, kopf.Index, kopf.Index] | None = None
     # Each keyed by name but held for one resource uid: a resource deleted and re-applied under the same
     # name is another run, and nothing its predecessor's pods said applies to it.
@@ -94,6 +98,15 @@ class State:
     status: StatusWriter = field(
         default_factory=lambda: StatusWriter(RESOURCE, KIND, training_controller.ACTION_REASONS)
     )
+    queue: WorkQueue = field(init=False)
+    _fallback: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = WorkQueue(self.reconcile)
+
+    @property
+    def started(self) -> bool:
+        return self.indexes is not None
 
     def bind(self, resources: kopf.Index, jobs: kopf.Index, pods: kopf.Index) -> None:
         self.indexes = (resources, jobs, pods)
@@ -152,14 +165,6 @@ class State:
         uid = resource["metadata"]["uid"]
         return uid, self._pods(key, self._own_job(key, uid))
 
-    def clear(self) -> None:
-        """A new start (in tests, a new operator in the same process) knows nothing of the last one's cluster."""
-        self.indexes = None
-        for store in (self.reports, self.pushed, self.silent_since, self.created, self.seen):
-            store.clear()
-        self.status.clear()
-        self.vanished.clear()
-
     def forget(self, key: Key) -> None:
         for store in (self.reports, self.pushed, self.silent_since, self.created, self.seen):
             store.pop(key, None)
@@ -183,104 +188,103 @@ class State:
                 out.append((key, uid, newest["metadata"]["name"]))
         return out
 
+    @metrics.instrumented(KIND, "reconcile")
+    async def reconcile(self, key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        view = self.view(key)
+        if view is None:  # deleted: its Job and pods go with it (owner references)
+            self.forget(key)
+            return
+        outcome, job, view = await self.vanished.reconcile_training(view, self.settings)
+        if job is not None and view.job is None:
+            self.created[key] = job
+        await self.status.write(key, view.resource, outcome)
+        if outcome.requeue_after is not None:
+            self.queue.enqueue(key, outcome.requeue_after)
+
+    def enqueue(self, key: Key, resources: kopf.Index, jobs: kopf.Index, pods: kopf.Index) -> None:
+        self.bind(resources, jobs, pods)
+        self.queue.enqueue(key)
+
+    def report_pushed(self, key: Key, uid: str, report: EpochReport, newer_only: bool = False) -> None:
+        """A push from a pod of the run of resource `uid` (already authenticated and authorised): keep the
+        newest epoch (a resent one replaces its twin, `newer_only` does not), refresh the status."""
+        self.pushed[key] = uid
+        old = self.report_of(key, uid)
+        if old is None or report.epoch > old.epoch or (report.epoch == old.epoch and not newer_only):
+            self.reports[key] = (uid, report)
+            self.queue.enqueue(key)
+
+    # --- the fallback: pod logs, only for trainings whose trainer has not been heard from ---
+
+    async def read_logs_of_silent_trainings(self) -> None:
+        """When a trainer cannot reach the progress endpoint (no endpoint configured, a NetworkPolicy, an
+        old trainer image), its epochs still reach the status from its log: one log read every sync_interval
+        for each training running for progress_fallback_after seconds without a push; none for the others."""
+        while True:
+            await asyncio.sleep(self.settings.sync_interval)
+            now = time.monotonic()
+            for key, uid, pod in self.running():
+                if self.silent_since.get(key, ("", 0.0))[0] != uid:
+                    self.silent_since[key] = (uid, now)
+                silent = now - self.silent_since[key][1]
+                if self.pushed.get(key) == uid or silent < self.settings.progress_fallback_after:
+                    continue
+                report = last_epoch(await kube.pod_log_tail(key[0], pod, TRAINER_CONTAINER) or "")
+                old = self.report_of(key, uid)
+                if report is not None and (old is None or report.epoch > old.epoch):
+                    self.reports[key] = (uid, report)
+                    self.queue.enqueue(key)
+
+    def start(self) -> None:
+        """At kopf's startup (main.py): the log fallback's loop."""
+        loop = asyncio.get_running_loop()
+        self._fallback = loop.create_task(self.read_logs_of_silent_trainings(), name="progress-log-fallback")
+
+    async def close(self) -> None:
+        """At kopf's cleanup (main.py): the loop ends (else kopf gives it 5 s before cancelling it, and the
+        leader releases the Lease only after that), and so does the work under way."""
+        if self._fallback is not None:
+            self._fallback.cancel()
+            await asyncio.gather(self._fallback, return_exceptions=True)
+            self._fallback = None
+        await self.queue.close()
+
 
 def _owned(obj: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
 
 
-STATE = State()
-
-
-@metrics.instrumented(KIND, "reconcile")
-async def _reconcile(key: Hashable) -> None:
-    assert isinstance(key, tuple)
-    view = STATE.view(key)
-    if view is None:  # deleted: its Job and pods go with it (owner references)
-        STATE.forget(key)
-        return
-    outcome, job, view = await STATE.vanished.reconcile_training(view, Current.settings)
-    if job is not None and view.job is None:
-        STATE.created[key] = job
-    await STATE.status.write(key, view.resource, outcome)
-    if outcome.requeue_after is not None:
-        QUEUE.enqueue(key, outcome.requeue_after)
-
-
-QUEUE = WorkQueue(_reconcile)
-
-
 # --- triggers ---
 
 
-def _enqueue(key: Key, training_resources: kopf.Index, training_jobs: kopf.Index, training_pods: kopf.Index) -> None:
-    STATE.bind(training_resources, training_jobs, training_pods)
-    QUEUE.enqueue(key)
+def of(memo: kopf.Memo) -> Training:
+    """The training kind of this operator run (main.py puts it in kopf's memo)."""
+    return cast(Training, memo["training"])
+
+
+def _enqueue(key: Key, memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
+    of(memo).enqueue(key, kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"])
 
 
 @kopf.on.event(*RESOURCE)
-async def resource_changed(namespace: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
-    if STATE.status.own_echo((namespace, name), body):
+async def resource_changed(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    if of(memo).status.own_echo((namespace, name), body):
         return  # our own status write coming back: the index has it, nothing to reconcile
-    _enqueue((namespace, name), kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"])
+    _enqueue((namespace, name), memo, kwargs)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED)
-async def job_changed(namespace: str, labels: kopf.Labels, body: kopf.Body, type: str, **kwargs: Any) -> None:
-    key = (namespace, labels[OWNER_LABEL])
-    if type == "ADDED" and STATE.own_job(key, body):
-        STATE.created.pop(key, None)  # the index has it now (and no reconcile may come to drop it)
+async def job_changed(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, type: str, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    key, training = (namespace, labels[OWNER_LABEL]), of(memo)
+    if type == "ADDED" and training.own_job(key, body):
+        training.created.pop(key, None)  # the index has it now (and no reconcile may come to drop it)
         return  # the Job the last reconcile created: it knew the Job
-    _enqueue(key, kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"])
+    _enqueue(key, memo, kwargs)
 
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)
-async def pod_changed(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    _enqueue(
-        (namespace, labels[OWNER_LABEL]), kwargs["training_resources"], kwargs["training_jobs"], kwargs["training_pods"]
-    )
-
-
-def report_pushed(key: Key, uid: str, report: EpochReport, newer_only: bool = False) -> None:
-    """A push from a pod of the run of resource `uid` (already authenticated and authorised): keep the
-    newest epoch (a resent one replaces its twin, `newer_only` does not), refresh the status."""
-    STATE.pushed[key] = uid
-    old = STATE.report_of(key, uid)
-    if old is None or report.epoch > old.epoch or (report.epoch == old.epoch and not newer_only):
-        STATE.reports[key] = (uid, report)
-        QUEUE.enqueue(key)
-
-
-# --- the fallback: pod logs, only for trainings whose trainer has not been heard from ---
-
-
-async def read_logs_of_silent_trainings() -> None:
-    """When a trainer cannot reach the progress endpoint (no endpoint configured, a NetworkPolicy, an
-    old trainer image), its epochs still reach the status from its log: one log read every sync_interval
-    for each training running for progress_fallback_after seconds without a push; none for the others."""
-    while True:
-        await asyncio.sleep(Current.settings.sync_interval)
-        now = time.monotonic()
-        for key, uid, pod in STATE.running():
-            if STATE.silent_since.get(key, ("", 0.0))[0] != uid:
-                STATE.silent_since[key] = (uid, now)
-            silent = now - STATE.silent_since[key][1]
-            if STATE.pushed.get(key) == uid or silent < Current.settings.progress_fallback_after:
-                continue
-            report = last_epoch(await kube.pod_log_tail(key[0], pod, TRAINER_CONTAINER) or "")
-            old = STATE.report_of(key, uid)
-            if report is not None and (old is None or report.epoch > old.epoch):
-                STATE.reports[key] = (uid, report)
-                QUEUE.enqueue(key)
-
-
-@kopf.on.startup()
-async def start_log_fallback(**_: Any) -> None:
-    Current.settings = Settings.from_env()
-    STATE.clear()
-    QUEUE.reset()
-    asyncio.get_running_loop().create_task(read_logs_of_silent_trainings(), name="progress-log-fallback")
-
-
-@kopf.on.cleanup()
-async def stop_queue(**_: Any) -> None:
-    await QUEUE.close()
+async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
+    _enqueue((namespace, labels[OWNER_LABEL]), memo, kwargs)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import functools
+import inspect
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from keras_common import __version__
 
@@ -18,6 +22,44 @@ def backend_images(trainer_image: str) -> dict[str, str]:
     """One trainer image per Keras backend (Dockerfile.trainer --build-arg BACKEND=...), named after the
     tensorflow one as the release workflow tags them."""
     return {"tensorflow": trainer_image, "jax": f"{trainer_image}-jax", "torch": f"{trainer_image}-torch"}
+
+
+PREFIX = "KERAS_OPERATOR_"
+
+ENV: Mapping[str, str] = MappingProxyType(
+    {
+        "namespaces": "NAMESPACES",
+        "trainer_image": "TRAINER_IMAGE",
+        "backend_images": "TRAINER_IMAGE_<BACKEND>",
+        "log_format": "LOG_FORMAT",
+        "log_level": "LOG_LEVEL",
+        "sync_interval": "SYNC_INTERVAL",
+        "progress_port": "PROGRESS_PORT",
+        "progress_address": "PROGRESS_ADDRESS",
+        "progress_url": "PROGRESS_URL",
+        "progress_cert_dir": "PROGRESS_CERT_DIR",
+        "progress_fallback_after": "PROGRESS_FALLBACK_AFTER",
+        "api_server": "API_SERVER",
+        "api_timeout": "API_TIMEOUT",
+        "liveness_port": "LIVENESS_PORT",
+        "metrics_port": "METRICS_PORT",
+        "leader_election": "LEADER_ELECTION",
+        "lease_namespace": "POD_NAMESPACE",
+        "lease_name": "LEASE_NAME",
+        "identity": "POD_NAME",
+        "lease_seconds": "LEASE_SECONDS",
+        "traffic_split": "TRAFFIC_SPLIT",
+        "gateway": "GATEWAY",
+        "webhook_port": "WEBHOOK_PORT",
+        "webhook_cert_dir": "WEBHOOK_CERT_DIR",
+    }
+)
+"""The environment variable (after PREFIX) of each Settings field: from_env reads these, `keras-operator
+--help` lists them."""
+
+
+def _var(field_name: str) -> str:
+    return PREFIX + ENV[field_name]
 
 
 @dataclass(frozen=True)
@@ -94,38 +136,65 @@ class Settings:
         return _read_text(self.progress_cert_dir, "ca.crt") if self.progress_cert_dir else None
 
     @classmethod
+    def described(cls) -> list[tuple[str, str, str]]:
+        """(environment variable, what it sets, its default) of every field, from the fields' docstrings."""
+        docs: dict[str, str] = {}
+        body = ast.parse(inspect.getsource(cls)).body[0]
+        assert isinstance(body, ast.ClassDef)
+        for node, after in zip(body.body, body.body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+            ):
+                docs[node.target.id] = " ".join(str(after.value.value).split())
+        defaults = cls()
+        out = []
+        for f in dataclasses.fields(cls):
+            default = getattr(defaults, f.name)
+            if f.name == "identity":
+                default = "the host name"
+            elif f.name == "backend_images":
+                default = ", ".join(f"{k}: {v}" for k, v in default.items())
+            elif isinstance(default, tuple):
+                default = ",".join(default) or "(all)"
+            out.append((_var(f.name), docs.get(f.name, ""), "" if default is None else str(default)))
+        return out
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        namespaces = tuple(n.strip() for n in env.get("KERAS_OPERATOR_NAMESPACES", "").split(",") if n.strip())
-        trainer_image = env.get("KERAS_OPERATOR_TRAINER_IMAGE") or DEFAULT_IMAGE
+        namespaces = tuple(n.strip() for n in env.get(_var("namespaces"), "").split(",") if n.strip())
+        trainer_image = env.get(_var("trainer_image")) or DEFAULT_IMAGE
         return cls(
             namespaces=namespaces,
             trainer_image=trainer_image,
             backend_images={
-                backend: env.get(f"KERAS_OPERATOR_TRAINER_IMAGE_{backend.upper()}") or default
+                backend: env.get(_var("backend_images").replace("<BACKEND>", backend.upper())) or default
                 for backend, default in backend_images(trainer_image).items()
             },
-            log_format=env.get("KERAS_OPERATOR_LOG_FORMAT", "auto"),
-            log_level=env.get("KERAS_OPERATOR_LOG_LEVEL", "info"),
-            sync_interval=float(env.get("KERAS_OPERATOR_SYNC_INTERVAL", "5")),
-            progress_port=int(env.get("KERAS_OPERATOR_PROGRESS_PORT", "8443")),
-            progress_address=env.get("KERAS_OPERATOR_PROGRESS_ADDRESS") or "0.0.0.0",
-            progress_url=env.get("KERAS_OPERATOR_PROGRESS_URL") or None,
-            progress_cert_dir=env.get("KERAS_OPERATOR_PROGRESS_CERT_DIR") or None,
-            progress_fallback_after=float(env.get("KERAS_OPERATOR_PROGRESS_FALLBACK_AFTER", "60")),
+            log_format=env.get(_var("log_format"), "auto"),
+            log_level=env.get(_var("log_level"), "info"),
+            sync_interval=float(env.get(_var("sync_interval"), "5")),
+            progress_port=int(env.get(_var("progress_port"), "8443")),
+            progress_address=env.get(_var("progress_address")) or "0.0.0.0",
+            progress_url=env.get(_var("progress_url")) or None,
+            progress_cert_dir=env.get(_var("progress_cert_dir")) or None,
+            progress_fallback_after=float(env.get(_var("progress_fallback_after"), "60")),
             api_server=api_server(env),
             api_timeout=api_timeout(env),
-            liveness_port=int(env.get("KERAS_OPERATOR_LIVENESS_PORT", "8080")),
-            metrics_port=int(env.get("KERAS_OPERATOR_METRICS_PORT", "9090")),
-            leader_election=env.get("KERAS_OPERATOR_LEADER_ELECTION", "").lower() in ("1", "true", "yes"),
-            lease_namespace=env.get("KERAS_OPERATOR_POD_NAMESPACE") or "default",
-            lease_name=env.get("KERAS_OPERATOR_LEASE_NAME") or "keras-operator",
-            identity=env.get("KERAS_OPERATOR_POD_NAME") or socket.gethostname(),
-            lease_seconds=float(env.get("KERAS_OPERATOR_LEASE_SECONDS", "15")),
-            traffic_split=traffic_split(env.get("KERAS_OPERATOR_TRAFFIC_SPLIT", "pods")),
-            gateway=env.get("KERAS_OPERATOR_GATEWAY") or None,
-            webhook_port=int(env.get("KERAS_OPERATOR_WEBHOOK_PORT") or 0),
-            webhook_cert_dir=env.get("KERAS_OPERATOR_WEBHOOK_CERT_DIR") or None,
+            liveness_port=int(env.get(_var("liveness_port"), "8080")),
+            metrics_port=int(env.get(_var("metrics_port"), "9090")),
+            leader_election=env.get(_var("leader_election"), "").lower() in ("1", "true", "yes"),
+            lease_namespace=env.get(_var("lease_namespace")) or "default",
+            lease_name=env.get(_var("lease_name")) or "keras-operator",
+            identity=env.get(_var("identity")) or socket.gethostname(),
+            lease_seconds=float(env.get(_var("lease_seconds"), "15")),
+            traffic_split=traffic_split(env.get(_var("traffic_split"), "pods")),
+            gateway=env.get(_var("gateway")) or None,
+            webhook_port=int(env.get(_var("webhook_port")) or 0),
+            webhook_cert_dir=env.get(_var("webhook_cert_dir")) or None,
         )
 
 
@@ -144,7 +213,7 @@ def _read_text(folder: str, name: str) -> str | None:
 
 def api_server(env: Mapping[str, str] | None = None) -> str | None:
     """KERAS_OPERATOR_API_SERVER alone, for the API client that reads it on every call."""
-    return (os.environ if env is None else env).get("KERAS_OPERATOR_API_SERVER") or None
+    return (os.environ if env is None else env).get(_var("api_server")) or None
 
 
 DEFAULT_API_TIMEOUT = 30.0
@@ -152,7 +221,7 @@ DEFAULT_API_TIMEOUT = 30.0
 
 def api_timeout(env: Mapping[str, str] | None = None) -> float:
     """KERAS_OPERATOR_API_TIMEOUT alone (seconds), for the API client that reads it on every call."""
-    value = float((os.environ if env is None else env).get("KERAS_OPERATOR_API_TIMEOUT") or DEFAULT_API_TIMEOUT)
+    value = float((os.environ if env is None else env).get(_var("api_timeout")) or DEFAULT_API_TIMEOUT)
     if value <= 0:
         raise ValueError(f"KERAS_OPERATOR_API_TIMEOUT must be a positive number of seconds, got {value}")
     return value
