@@ -156,9 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID_SPEC
     from keras_server import eventloop
-    from keras_server.server import serve
+    from keras_server.server import CannotListen, serve
 
-    return eventloop.run(serve(args.model_uri, args.model_name, args.host, args.port, config))
+    try:
+        return eventloop.run(serve(args.model_uri, args.model_name, args.host, args.port, config))
+    except CannotListen as exc:  # exit 1, not 2: the arguments were valid; the machine's state is not
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import signal
 import time
@@ -31,6 +32,10 @@ LINGER_SECONDS = 1.0
 POLL_SECONDS = 0.05
 
 
+class CannotListen(OSError):
+    """host:port cannot be had (in use, or not this process' to take): a setting to change, not a crash."""
+
+
 async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve `app` at host:port (port 0: any free port, then see `runner.addresses`)."""
     runner = Runner(
@@ -43,7 +48,13 @@ async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
         handler_cancellation=True,
     )
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise CannotListen(f"port {port} is in use on {host} (another server? choose one with --port)") from exc
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     return runner
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,3 +167,15 @@ def test_every_line_of_the_operator_is_json(tmp_path: Path) -> None:
         except ValueError:
             not_json.append(line)
     assert not not_json, not_json[:10]
+
+
+def test_the_model_server_on_a_port_in_use_says_so_in_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run("keras-server", "--model-uri", "x", "--model-name", "m", "--port", str(port))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert f"error: port {port} is in use on 0.0.0.0" in result.stderr
