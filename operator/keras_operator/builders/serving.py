@@ -98,9 +98,9 @@ def server_args(name: str, spec: KerasModelServiceSpec, model: str | Side, port:
     server = spec.server
     defaults = ServerSpec()
     side = stable_side(spec, model) if isinstance(model, str) else model
-    args = ["--model-uri", side.model_uri, "--model-name", name]
+    # The port is stated even at its default: it is the pod's contract with containerPort and the probes.
+    args = ["--model-uri", side.model_uri, "--model-name", name, "--port", str(port or server.port)]
     given = {
-        "--port": (port or server.port, defaults.port),
         "--max-batch-size": (server.batching.max_batch_size, defaults.batching.max_batch_size),
         "--max-latency-ms": (server.batching.max_latency_ms, defaults.batching.max_latency_ms),
         "--max-request-bytes": (server.max_request_bytes, defaults.max_request_bytes),
