@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Read when the operator's handlers are imported: a running training refreshes its status every second.
 os.environ["KERAS_OPERATOR_SYNC_INTERVAL"] = "1"
-# Unless a test serves the progress endpoint (tests/e2e/test_progress_push.py), epochs reach the status
+# Unless a test serves the progress endpoint (tests/e2e/test_progress_endpoint.py), epochs reach the status
 # from the pod log at once; several operators in one session must not share a port.
 os.environ.setdefault("KERAS_OPERATOR_PROGRESS_FALLBACK_AFTER", "0")
 os.environ.setdefault("KERAS_OPERATOR_PROGRESS_PORT", "0")
