@@ -20,6 +20,19 @@ os.environ.setdefault("KERAS_OPERATOR_PROGRESS_PORT", "0")
 
 K8S_VERSIONS = ("1.30", "1.33", "1.37")
 
+# --- the fast tier: `pytest -m "not slow"` ---
+
+# Folders whose every test starts processes (the operator, trainers, servers, podman, helm, kubectl, moto,
+# checkov): marked slow here, each test under tests/unit is marked in its own module.
+SLOW_FOLDERS = ("e2e", "images", "integration", "security")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.relative_to(ROOT / "tests").parts if item.path.is_relative_to(ROOT / "tests") else ()
+        if parts and parts[0] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def root() -> Path:

@@ -49,6 +49,7 @@ def test_bad_allowed_sizes_are_refused(sizes: tuple[int, ...], needle: str) -> N
     assert needle in str(caught.value)
 
 
+@pytest.mark.slow
 def test_the_flags_reach_the_server_and_a_mismatch_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -108,6 +109,7 @@ async def post(client: TestClient, path: str, body: Any) -> tuple[int, Any]:
         return resp.status, await resp.json()
 
 
+@pytest.mark.slow
 async def test_model_calls_only_ever_see_warmed_allowed_sizes(
     served: tuple[TestClient, Shapes], model_path: Path
 ) -> None:
@@ -127,6 +129,7 @@ async def test_model_calls_only_ever_see_warmed_allowed_sizes(
     assert 16 in served_shapes  # the last chunk of 45 rows, padded
 
 
+@pytest.mark.slow
 async def test_a_request_over_the_rows_cap_is_400_before_the_batcher(served: tuple[TestClient, Shapes]) -> None:
     client, shapes = served
     batcher = client.app[BATCHER]

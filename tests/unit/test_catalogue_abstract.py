@@ -98,6 +98,7 @@ def _uses(kind: str, name: str) -> Callable[[], Any]:
 @pytest.mark.parametrize(
     ("kind", "name"), sorted((kind, name) for kind, names in catalogue.ABSTRACT.items() for name in names)
 )
+@pytest.mark.slow
 def test_every_name_refused_fails_in_keras(kind: str, name: str) -> None:
     """Refusing is right only for what Keras cannot use: each abstract name fails once it is used."""
     with pytest.raises((NotImplementedError, TypeError)):

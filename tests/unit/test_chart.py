@@ -10,6 +10,7 @@ from helpers.chart import CHART, HELM, helm, render
 from helpers.manifests import ROOT, validate_k8s
 
 
+@pytest.mark.slow
 def test_lint_strict() -> None:
     helm("lint", "--strict", str(CHART))
 
@@ -47,6 +48,7 @@ def test_chart_crds_are_the_generated_ones() -> None:
     ],
     ids=["defaults", "namespaced", "options", "webhook-cert-manager", "webhook-issuer", "webhook-off", "webhook-fail"],
 )
+@pytest.mark.slow
 def test_rendered_objects_are_valid_kubernetes(sets: tuple[str, ...]) -> None:
     objects = render(*sets)
     assert objects
@@ -59,6 +61,7 @@ def test_rendered_objects_are_valid_kubernetes(sets: tuple[str, ...]) -> None:
     assert any(o["apiVersion"] not in others for o in objects)
 
 
+@pytest.mark.slow
 def test_operator_pod_is_restricted_and_probed() -> None:
     deployment = next(o for o in render() if o["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -73,6 +76,7 @@ def test_operator_pod_is_restricted_and_probed() -> None:
     assert env["KERAS_OPERATOR_NAMESPACES"] == ""
 
 
+@pytest.mark.slow
 def test_rbac_is_cluster_wide_by_default_and_per_namespace_when_asked() -> None:
     kinds = [(o["kind"], o["metadata"].get("namespace")) for o in render()]
     assert ("ClusterRole", None) in kinds
@@ -91,6 +95,7 @@ def test_rbac_is_cluster_wide_by_default_and_per_namespace_when_asked() -> None:
     assert env["KERAS_OPERATOR_NAMESPACES"] == "ml,team-b"
 
 
+@pytest.mark.slow
 def test_values_schema_rejects_typos() -> None:
     result = subprocess.run(
         [str(HELM), "template", "ko", str(CHART), "--set", "logLevl=debug"], capture_output=True, text=True
@@ -106,6 +111,7 @@ def test_every_value_is_documented() -> None:
             assert lines[index - 1].startswith("# --") or line.endswith(":"), f"undocumented value: {line}"
 
 
+@pytest.mark.slow
 def test_metrics_service_and_service_monitor() -> None:
     default = render()
     service = next(o for o in default if o["kind"] == "Service" and o["metadata"]["name"].endswith("-metrics"))

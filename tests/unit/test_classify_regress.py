@@ -139,6 +139,7 @@ def test_results_as_tf_serving_writes_them() -> None:
 # --- through the server ---
 
 
+@pytest.mark.slow
 async def test_classify_gives_each_example_its_class_scores(client_for: Any, saved: dict[str, Path]) -> None:
     client = await client_for("single")
     body = {"examples": [{"input": row.tolist()} for row in X]}
@@ -151,6 +152,7 @@ async def test_classify_gives_each_example_its_class_scores(client_for: Any, sav
     assert status == 200, got
 
 
+@pytest.mark.slow
 async def test_regress_gives_one_value_per_example(client_for: Any) -> None:
     client = await client_for("constant")
     status, got = await post(client, "/v1/models/m:regress", {"context": {"x": [0, 0, 0, 0]}, "examples": [{}, {}]})
@@ -165,6 +167,7 @@ async def test_regress_gives_one_value_per_example(client_for: Any) -> None:
         ("multi", "/v1/models/m:classify", "classify needs a model with one output; this one has 2"),
     ],
 )
+@pytest.mark.slow
 async def test_a_model_that_cannot_gets_a_400(client_for: Any, kind: str, path: str, needle: str) -> None:
     client = await client_for(kind)
     status, got = await post(client, path, {"examples": [{"input": [0.0] * 4}]})
@@ -172,6 +175,7 @@ async def test_a_model_that_cannot_gets_a_400(client_for: Any, kind: str, path: 
     assert needle in got["error"]
 
 
+@pytest.mark.slow
 async def test_bad_bodies_are_400_never_500(client_for: Any) -> None:
     client = await client_for("single")
     for body, needle in [
@@ -187,6 +191,7 @@ async def test_bad_bodies_are_400_never_500(client_for: Any) -> None:
         assert needle in got["error"]
 
 
+@pytest.mark.slow
 async def test_classify_shares_model_calls_with_predict(client_for: Any) -> None:
     client = await client_for("single", ServerConfig(max_batch_size=32, max_latency_ms=50))
     batcher = client.app[BATCHER]

@@ -26,6 +26,7 @@ def _local_pvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_run_prints_the_final_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["run", write(tmp_path, tiny_job("local")), "-o", "json"])
     out, err = capsys.readouterr()
@@ -40,6 +41,7 @@ def test_run_prints_the_final_status(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "epoch 2/2 " in err
 
 
+@pytest.mark.slow
 def test_run_maps_pvc_uris_to_the_local_pvc_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["run", write(tmp_path, tiny_job("p", output={"uri": "pvc://models/p"}))])
     out, _ = capsys.readouterr()
@@ -55,6 +57,7 @@ def test_run_invalid_resource_exits_2_naming_the_field(tmp_path: Path, capsys: p
     assert "spec.training.batchSize" in err
 
 
+@pytest.mark.slow
 def test_run_training_failure_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import numpy as np
 
@@ -121,6 +124,7 @@ def test_serve_without_a_trained_model_is_a_clear_error(capsys: pytest.CaptureFi
     assert "spec.model.trainingJobRef: no trained model found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_keeps_stdout_for_the_status_even_when_libraries_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

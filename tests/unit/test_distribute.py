@@ -68,6 +68,7 @@ def train(
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.slow
 def test_two_devices_train_as_one_with_the_same_global_batch(tmp_path: Path, backend: str) -> None:
     """TensorFlow: MirroredStrategy over two logical CPU devices; JAX: DataParallel over two host devices."""
     one, weights_one, _ = train(tmp_path, 1, backend)
@@ -90,6 +91,7 @@ def test_several_gpus_need_a_backend_that_uses_them() -> None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_a_jax_training_exports_both_formats_and_the_server_serves_it(tmp_path: Path) -> None:
     from helpers.server import model_server, post_json
 
@@ -112,6 +114,7 @@ def test_a_jax_training_exports_both_formats_and_the_server_serves_it(tmp_path: 
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_a_torch_training_saves_keras_and_the_server_serves_it_on_both_backends(tmp_path: Path) -> None:
     """torch trains with tf.data feeding fit (as every backend does), saves .keras, and the model server
     serves that file with the tensorflow backend and with torch itself, with the same predictions."""
@@ -145,6 +148,7 @@ def test_torch_refuses_a_savedmodel_naming_the_field() -> None:
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.slow
 def test_jax_devices_take_a_last_batch_that_does_not_split(tmp_path: Path) -> None:
     """515 examples in batches of 32 leave 3 for two devices: keras.distribution refused the uneven last
     batch (reported as a model that does not fit the data); it is now cut to what splits (one row)."""
@@ -154,6 +158,7 @@ def test_jax_devices_take_a_last_batch_that_does_not_split(tmp_path: Path) -> No
     assert len(weights) == 4
 
 
+@pytest.mark.slow
 def test_a_global_batch_that_does_not_split_over_the_devices_names_the_field(tmp_path: Path) -> None:
     result, _, _ = train(tmp_path, 2, "jax", batch=33)
     assert result["phase"] == "Failed"

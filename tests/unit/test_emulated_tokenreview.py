@@ -19,6 +19,8 @@ from cluster.emulator import PODS
 from cluster.harness import CONFIGMAPS, JOBS, Cluster
 from cluster.tokens import API_AUDIENCE, CREDENTIAL_ID_KEY, POD_NAME_KEY, POD_UID_KEY, token_claims
 
+pytestmark = pytest.mark.slow  # every test starts the emulated cluster (API server, kubelet)
+
 AUDIENCE = "kerasoperator.dev/progress"
 UID = "0b9f5b3c-1111-4222-8333-944455556666"
 

@@ -17,6 +17,7 @@ KUBECTL = ROOT / ".cache" / "bin" / "kubectl"  # scripts/setup.sh fetches it
 PLURALS = {"KerasTrainingJob": "kerastrainingjobs", "KerasModelService": "kerasmodelservices"}
 
 
+@pytest.mark.slow
 def test_kustomization_renders_valid_objects() -> None:
     rendered = subprocess.run(
         [str(KUBECTL), "kustomize", str(ROOT / "deploy" / "gitops")], capture_output=True, text=True, check=True
@@ -81,6 +82,7 @@ def test_docs_carry_the_tested_health_checks() -> None:
         assert "\n".join("    " + line for line in body) in docs, f"docs/gitops.md: {kind} check differs"
 
 
+@pytest.mark.slow
 def test_kind_script_is_valid_bash() -> None:
     assert subprocess.run(["bash", "-n", str(ROOT / "hack" / "e2e-kind.sh")]).returncode == 0
 

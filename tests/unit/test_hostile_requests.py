@@ -30,6 +30,8 @@ from keras_server.config import ServerConfig
 from keras_server.model import ServedModel
 from keras_server.protocol import MAX_FIELD_SIZE, MAX_LINE_SIZE, Runner
 
+pytestmark = pytest.mark.slow  # every test serves a Keras model (TensorFlow)
+
 SEED = 20240613
 CASES = 2400  # body-level cases; the raw HTTP ones come on top
 INFER = "/v2/models/multi/infer"

@@ -426,6 +426,7 @@ def test_bad_namespace_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.parametrize("command", ["run", "serve", "render"])
+@pytest.mark.slow
 def test_every_command_refuses_without_a_traceback(command: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_bytes(b"\xff\xfe" + _bomb(9).encode())

@@ -62,6 +62,7 @@ def _with_old_rule(crd: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("source", [chart_crds, repo_crds], ids=["helm install", "kubectl apply -f crds/"])
+@pytest.mark.slow
 async def test_the_crds_are_accepted(emulator: Emulator, source: Any) -> None:
     crds = source()
     assert sorted(c["metadata"]["name"] for c in crds) == [
@@ -142,6 +143,7 @@ def _path(obj: dict[str, Any], plural: str, namespaced: bool) -> str:
 
 
 @pytest.mark.parametrize("sets", [(), ("watchNamespaces={ml,team-b}",)], ids=["cluster-wide", "namespaced"])
+@pytest.mark.slow
 async def test_the_whole_chart_installs_and_is_stored_as_a_real_server_stores_it(
     emulator: Emulator, sets: tuple[str, ...]
 ) -> None:

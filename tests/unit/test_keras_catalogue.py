@@ -47,6 +47,7 @@ def refusal(spec: dict[str, Any]) -> str:
 
 
 @needs_keras
+@pytest.mark.slow
 def test_committed_catalogue_matches_the_pinned_keras() -> None:
     # A subprocess on the backend the file was written with: the probes build layers, and a test that
     # imported Keras on another backend must not change what they see.
@@ -70,6 +71,7 @@ def test_committed_catalogue_matches_the_pinned_keras() -> None:
 
 
 @needs_keras
+@pytest.mark.slow
 def test_catalogue_names_the_installed_keras() -> None:
     import keras
 
@@ -228,6 +230,7 @@ VALID_LAYERS: list[tuple[list[int], list[dict[str, Any]]]] = [
 
 @needs_keras
 @pytest.mark.parametrize(("input_shape", "layers"), VALID_LAYERS)
+@pytest.mark.slow
 def test_valid_layer_specs_pass_and_build_in_the_trainer(input_shape: list[int], layers: list[dict[str, Any]]) -> None:
     from keras_trainer import models
 
@@ -242,6 +245,7 @@ def _examples() -> list[Path]:
 
 @needs_keras
 @pytest.mark.parametrize("path", _examples(), ids=lambda p: p.name)
+@pytest.mark.slow
 def test_examples_pass_and_build_in_the_trainer(path: Path) -> None:
     from keras_trainer import models
 
@@ -264,6 +268,7 @@ def _layer_entries() -> list[tuple[str, dict[str, Any]]]:
 
 
 @needs_keras
+@pytest.mark.slow
 def test_every_probed_layer_builds_with_its_required_arguments_and_refuses_an_unknown_one() -> None:
     """The claims the operator refuses on, checked on every layer the generator could build: only the
     required arguments are needed; an argument outside the list fails in Keras too."""
@@ -295,6 +300,7 @@ def _trainer_builds(model: ModelSpec, training: TrainingSpec) -> None:
 
 
 @needs_keras
+@pytest.mark.slow
 def test_the_trainer_refuses_what_the_catalogue_refuses() -> None:
     """A sample through the trainer's own code: each refusal of the catalogue is a SpecError there."""
     from keras_trainer.errors import SpecError

@@ -18,6 +18,7 @@ PACKAGES = {package: ROOT / folder / package for folder, package in FOLDERS.item
 
 
 @pytest.mark.parametrize("how", ["-c", "-"])
+@pytest.mark.slow
 def test_stdlib_operator_is_not_shadowed_from_the_root(how: str) -> None:
     code = "import operator; from operator import eq; print(operator.__file__)"
     cmd = [sys.executable, "-c", code] if how == "-c" else [sys.executable, "-"]
@@ -26,6 +27,7 @@ def test_stdlib_operator_is_not_shadowed_from_the_root(how: str) -> None:
     assert not Path(result.stdout.strip()).is_relative_to(ROOT), result.stdout
 
 
+@pytest.mark.slow
 def test_python_m_venv_works_from_the_root(tmp_path: Path) -> None:
     """`python -m` puts the working directory first on sys.path: the step that broke the image builds."""
     result = subprocess.run(

@@ -204,6 +204,7 @@ def base(tmp_path: Path) -> Path:
     return tmp_path / "base"
 
 
+@pytest.mark.slow
 async def test_latest_follows_new_versions_and_unloads_the_old(
     base: Path, saved: dict[int, Path], server_for: Any
 ) -> None:
@@ -228,6 +229,7 @@ async def test_latest_follows_new_versions_and_unloads_the_old(
     assert [s["version"] for s in listing["model_version_status"]] == ["2", "1"]  # newest first
 
 
+@pytest.mark.slow
 async def test_policy_all_serves_every_version_and_unversioned_goes_to_the_highest(
     base: Path, saved: dict[int, Path], server_for: Any
 ) -> None:
@@ -263,6 +265,7 @@ async def test_policy_all_serves_every_version_and_unversioned_goes_to_the_highe
     assert await server.states() == {"2": ("AVAILABLE", "OK", ""), "1": ("END", "OK", "")}
 
 
+@pytest.mark.slow
 async def test_specific_versions_and_labels(base: Path, saved: dict[int, Path], server_for: Any) -> None:
     for n in (1, 2, 3):
         put(base, n, saved[n])
@@ -288,6 +291,7 @@ async def test_specific_versions_and_labels(base: Path, saved: dict[int, Path], 
     assert (status, meta["model_spec"]["version"]) == (200, "1")
 
 
+@pytest.mark.slow
 async def test_a_version_that_fails_to_load_is_reported_and_the_old_one_keeps_serving(
     base: Path, saved: dict[int, Path], server_for: Any
 ) -> None:
@@ -316,6 +320,7 @@ async def test_a_version_that_fails_to_load_is_reported_and_the_old_one_keeps_se
     assert (await server.states())["1"] == ("END", "OK", "")
 
 
+@pytest.mark.slow
 async def test_metrics_carry_the_version(base: Path, saved: dict[int, Path], server_for: Any) -> None:
     put(base, 1, saved[1])
     server = await server_for("latest:1")
@@ -337,6 +342,7 @@ async def test_metrics_carry_the_version(base: Path, saved: dict[int, Path], ser
     assert 'keras_server_model_version_state{state="AVAILABLE",version="2"} 1.0' in text
 
 
+@pytest.mark.slow
 async def test_an_unknown_method_is_404_and_classify_is_routed(
     base: Path, saved: dict[int, Path], server_for: Any
 ) -> None:
@@ -351,6 +357,7 @@ async def test_an_unknown_method_is_404_and_classify_is_routed(
     assert (status, body) == (200, {"result": [[["0", 1.0]]]})
 
 
+@pytest.mark.slow
 async def test_a_retiring_version_answers_the_requests_it_admitted(
     base: Path, saved: dict[int, Path], server_for: Any
 ) -> None:
@@ -382,6 +389,7 @@ async def test_a_retiring_version_answers_the_requests_it_admitted(
     assert old.state == "END"
 
 
+@pytest.mark.slow
 async def test_the_server_process_flow_exits_when_nothing_can_load(tmp_path: Path) -> None:
     from keras_server.server import serve
 
@@ -395,6 +403,7 @@ async def test_the_server_process_flow_exits_when_nothing_can_load(tmp_path: Pat
 # --- the flags ---
 
 
+@pytest.mark.slow
 def test_version_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from keras_server import cli as server_cli
 

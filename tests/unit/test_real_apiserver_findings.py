@@ -102,12 +102,14 @@ def make_pod(cluster: Cluster, name: str, *containers: str) -> None:
     cluster.emulator.pod_logs[("ml", name)] = "epoch 1\nepoch 2\n"
 
 
+@pytest.mark.slow
 def test_the_log_of_a_pod_with_one_container_needs_no_container_name(cluster: Cluster) -> None:
     make_pod(cluster, "single", "trainer")
     assert pod_log(cluster, "single") == (200, "epoch 1\nepoch 2\n")
     assert pod_log(cluster, "single", container="trainer", tailLines="1") == (200, "epoch 2\n")
 
 
+@pytest.mark.slow
 def test_the_log_of_a_pod_with_a_sidecar_needs_the_container_named(cluster: Cluster) -> None:
     make_pod(cluster, "meshed", "trainer", "istio-proxy")
     assert cluster.emulator is not None
@@ -121,6 +123,7 @@ def test_the_log_of_a_pod_with_a_sidecar_needs_the_container_named(cluster: Clus
     assert (code, body["message"]) == (400, "container nope is not valid for pod meshed")
 
 
+@pytest.mark.slow
 def test_the_lease_is_written_under_the_operators_field_manager(cluster: Cluster) -> None:
     import kubernetes
 

@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 
 from helpers.jobs import tiny_job
+from helpers.lazy import lazy
 from keras_operator.api import jobfile
 from keras_operator.api.parse import parse
 from keras_operator.api.report import EpochReport
-from keras_trainer import train
 from keras_trainer.reporting import PodReporter
+
+train = lazy("keras_trainer.train")  # Keras and TensorFlow load with the first test that trains
+pytestmark = pytest.mark.slow  # every test trains a model
 
 
 @pytest.fixture(autouse=True)

@@ -100,6 +100,7 @@ def releases() -> Iterator[list[Recorder]]:
 # --- 1. admission by bytes and rows ---
 
 
+@pytest.mark.slow
 async def test_bytes_budget_refuses_what_would_pass_it_with_503(
     model_path: Path, started: list[TestClient], releases: list[Recorder]
 ) -> None:
@@ -132,6 +133,7 @@ async def test_bytes_budget_refuses_what_would_pass_it_with_503(
     assert client.app[BATCHER].held_bytes == 0
 
 
+@pytest.mark.slow
 async def test_rows_budget_refuses_what_would_pass_it_with_503(
     model_path: Path, started: list[TestClient], releases: list[Recorder]
 ) -> None:
@@ -171,6 +173,7 @@ def test_budgets_are_set_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
 # --- 2. a client that leaves ---
 
 
+@pytest.mark.slow
 async def test_a_request_whose_client_left_never_reaches_the_model(model_path: Path, releases: list[Recorder]) -> None:
     slot = served(model_path, 8)
     recorder = Recorder(slot.model, hold=True)  # type: ignore[arg-type]
@@ -221,6 +224,7 @@ async def test_a_request_whose_client_left_never_reaches_the_model(model_path: P
 
 
 @pytest.mark.parametrize("stage", ["parse_tfs", "encode_tfs"])
+@pytest.mark.slow
 async def test_a_large_body_is_coded_off_the_event_loop(
     model_path: Path, started: list[TestClient], monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
@@ -265,6 +269,7 @@ async def test_a_large_body_is_coded_off_the_event_loop(
 # --- 4. more rows than max_batch_size ---
 
 
+@pytest.mark.slow
 async def test_more_rows_than_max_batch_size_run_in_warmed_chunks(
     model_path: Path, started: list[TestClient], releases: list[Recorder]
 ) -> None:
@@ -289,6 +294,7 @@ async def test_more_rows_than_max_batch_size_run_in_warmed_chunks(
     np.testing.assert_array_equal(np.concatenate(recorder.calls[:6]), rows)  # in order, each row once
 
 
+@pytest.mark.slow
 def test_the_budgets_are_flags_too_and_a_bad_environment_value_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -53,6 +53,7 @@ async def post(client: TestClient, path: str, body: Any) -> tuple[int, Any]:
         return resp.status, await resp.json()
 
 
+@pytest.mark.slow
 async def test_tfs_status_metadata_and_row_predict(single: tuple[TestClient, Any]) -> None:
     client, model = single
     async with client.get("/v1/models/iris") as resp:
@@ -69,6 +70,7 @@ async def test_tfs_status_metadata_and_row_predict(single: tuple[TestClient, Any
     np.testing.assert_allclose(body["outputs"], model.predict(X, verbose=0), rtol=1e-5)
 
 
+@pytest.mark.slow
 async def test_tfs_multi_input_multi_output(multi: tuple[TestClient, Any]) -> None:
     client, model = multi
     counts = np.array([[1, 2], [3, 4]], dtype="int32")
@@ -86,6 +88,7 @@ async def test_tfs_multi_input_multi_output(multi: tuple[TestClient, Any]) -> No
     np.testing.assert_allclose(body["outputs"]["score"], expected["score"], rtol=1e-5)
 
 
+@pytest.mark.slow
 async def test_v2_health_metadata_and_infer(multi: tuple[TestClient, Any]) -> None:
     client, model = multi
     for path, expected in [
@@ -131,6 +134,7 @@ async def test_v2_health_metadata_and_infer(multi: tuple[TestClient, Any]) -> No
     np.testing.assert_allclose(np.array(out["data"]).reshape(3, 1), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 async def test_bool_data_and_b64_values(single: tuple[TestClient, Any]) -> None:
     client, _ = single
     status, body = await post(
@@ -204,6 +208,7 @@ async def test_bool_data_and_b64_values(single: tuple[TestClient, Any]) -> None:
         ("/v2/models/iris/infer", {"inputs": "x"}, 400, "non-empty"),
     ],
 )
+@pytest.mark.slow
 async def test_bad_requests_get_4xx_with_an_error(
     single: tuple[TestClient, Any], path: str, body: Any, status: int, needle: str
 ) -> None:
@@ -213,6 +218,7 @@ async def test_bad_requests_get_4xx_with_an_error(
     assert needle in got["error"]
 
 
+@pytest.mark.slow
 async def test_oversized_body_is_413(tmp_path: Path) -> None:
     client = await client_for(models.single(tmp_path / "m.keras"), "m", ServerConfig(max_request_bytes=1000))
     try:
@@ -223,6 +229,7 @@ async def test_oversized_body_is_413(tmp_path: Path) -> None:
         await client.close()
 
 
+@pytest.mark.slow
 async def test_concurrent_requests_share_model_calls_and_get_their_own_rows(tmp_path: Path) -> None:
     path = models.single(tmp_path / "m.keras")
     client = await client_for(path, "m", ServerConfig(max_batch_size=64, max_latency_ms=50))
@@ -243,6 +250,7 @@ async def test_concurrent_requests_share_model_calls_and_get_their_own_rows(tmp_
         await client.close()
 
 
+@pytest.mark.slow
 async def test_batching_off_is_one_call_per_request(tmp_path: Path) -> None:
     client = await client_for(models.single(tmp_path / "m.keras"), "m", ServerConfig(max_batch_size=1))
     try:
@@ -255,6 +263,7 @@ async def test_batching_off_is_one_call_per_request(tmp_path: Path) -> None:
         await client.close()
 
 
+@pytest.mark.slow
 async def test_overload_sheds_with_503(tmp_path: Path) -> None:
     import time
 
@@ -282,6 +291,7 @@ async def test_overload_sheds_with_503(tmp_path: Path) -> None:
         await client.close()
 
 
+@pytest.mark.slow
 async def test_metrics(single: tuple[TestClient, Any]) -> None:
     client, _ = single
     await post(client, "/v1/models/iris:predict", {"instances": X.tolist()})
@@ -311,6 +321,7 @@ async def test_loading_model_is_not_ready(tmp_path: Path) -> None:
         await client.close()
 
 
+@pytest.mark.slow
 def test_saved_model_export_is_served(tmp_path: Path) -> None:
     model = models.load(models.single(tmp_path / "m.keras"))
     model.export(str(tmp_path / "exported"), verbose=False)
@@ -320,6 +331,7 @@ def test_saved_model_export_is_served(tmp_path: Path) -> None:
     np.testing.assert_allclose(next(iter(out.values())), model.predict(X, verbose=0), rtol=1e-5)
 
 
+@pytest.mark.slow
 async def test_string_inputs_as_b64_text_and_bytes(tmp_path: Path) -> None:
     client = await client_for(models.strings(tmp_path / "s.keras"), "words")
     try:
@@ -359,6 +371,7 @@ async def binary_post(client: TestClient, path: str, header: dict[str, Any], dat
         return resp.status, resp.headers, await resp.read()
 
 
+@pytest.mark.slow
 async def test_v2_binary_tensors_in_and_out(multi: tuple[TestClient, Any]) -> None:
     client, model = multi
     counts = np.array([[1, 2], [0, 0], [3, 1]], dtype="<i4")
@@ -392,6 +405,7 @@ async def test_v2_binary_tensors_in_and_out(multi: tuple[TestClient, Any]) -> No
         (-1, b"", None, "binary_data_size must be a number of bytes"),
     ],
 )
+@pytest.mark.slow
 async def test_v2_binary_mistakes_are_400(
     multi: tuple[TestClient, Any], size: int, data: bytes, length: str | None, message: str
 ) -> None:
@@ -407,6 +421,7 @@ async def test_v2_binary_mistakes_are_400(
     assert message in json.loads(raw)["error"]
 
 
+@pytest.mark.slow
 async def test_v2_binary_bytes_elements(tmp_path: Path) -> None:
     client = await client_for(models.strings(tmp_path / "s.keras"), "words")
     try:
@@ -423,6 +438,7 @@ async def test_v2_binary_bytes_elements(tmp_path: Path) -> None:
         await client.close()
 
 
+@pytest.mark.slow
 def test_models_run_xla_compiled_when_xla_can(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     served = ServedModel.load(str(models.single(tmp_path / "m.keras")), "m")
     served._try_xla()

@@ -40,6 +40,7 @@ def test_access_log_setting_comes_from_the_environment(monkeypatch: pytest.Monke
 @pytest.mark.parametrize(
     ("mode", "logged"), [("errors", [404]), ("all", [200, 404]), ("off", [])], ids=["errors", "all", "off"]
 )
+@pytest.mark.slow
 async def test_access_log_records_what_it_is_set_to(tmp_path: Path, mode: str, logged: list[int]) -> None:
     slot = Slot("iris")
     slot.model = ServedModel.load(str(models.single(tmp_path / "m.keras")), "iris")

@@ -25,6 +25,7 @@ def run_cli(tmp_path: Path, doc: dict[str, Any], monkeypatch: pytest.MonkeyPatch
     return code, parse_termination_message(term.read_text())
 
 
+@pytest.mark.slow
 def test_trains_saves_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import keras
 
@@ -61,6 +62,7 @@ def test_trains_saves_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         ({"training__epochs": 0}, "spec.training.epochs: Input should be greater than or equal to 1"),
     ],
 )
+@pytest.mark.slow
 def test_user_mistakes_fail_with_one_line_naming_the_field(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: dict[str, Any], expected: str
 ) -> None:
@@ -72,6 +74,7 @@ def test_user_mistakes_fail_with_one_line_naming_the_field(
     assert "\n" not in result.message
 
 
+@pytest.mark.slow
 def test_npz_and_csv_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     np.savez(tmp_path / "d.npz", features=np.zeros((10, 8)), y=np.zeros(10))
     code, result = run_cli(tmp_path, tiny_job(data={"train": {"uri": str(tmp_path / "d.npz")}}), monkeypatch)
@@ -83,6 +86,7 @@ def test_npz_and_csv_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.Mon
     assert "spec.data.train.labels: no column 'lable' in d.csv; did you mean 'label'?" in result.message
 
 
+@pytest.mark.slow
 def test_csv_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
     doc = tiny_job(
         model={"inputShape": [64], "layers": [{"type": "Dense", "units": 10, "activation": "softmax"}]},
@@ -93,6 +97,7 @@ def test_csv_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: Pat
     assert result.metrics["loss"] > 0
 
 
+@pytest.mark.slow
 def test_remote_output_through_fsspec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """memory:// stands in for s3:// and gs://: the same fsspec code path, no network."""
     import fsspec
@@ -123,6 +128,7 @@ def test_remote_output_through_fsspec(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+@pytest.mark.slow
 def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path, backend: str) -> None:
     doc = tiny_job(
         backend=backend,
@@ -142,6 +148,7 @@ def test_killed_trainer_resumes_from_last_finished_epoch(tmp_path: Path, backend
     assert resumed
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_not_resumed_by_an_edited_spec(tmp_path: Path) -> None:
     """The pod's entrypoint, run `local` (no uid) as `kerasop run` is: killed at epoch 2 of 400, then the
     spec edited to 3 epochs into the same output. Resuming would end at once with the first spec's weights
@@ -178,6 +185,7 @@ def test_a_killed_run_is_not_resumed_by_an_edited_spec(tmp_path: Path) -> None:
     assert result.message == f"trained 3/3 epochs ({why}: started fresh)"
 
 
+@pytest.mark.slow
 def test_data_from_a_remote_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Data at a fsspec URI (memory:// standing in for s3:// or gs://) is fetched before loading."""
     import fsspec
@@ -227,6 +235,7 @@ def _npz(path: Path) -> Path:
 
 
 @pytest.mark.usefixtures("quick_retries")
+@pytest.mark.slow
 def test_a_store_answering_503_is_retried_then_exits_1_not_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from helpers.flaky import flaky_http
 
@@ -243,6 +252,7 @@ def test_a_store_answering_503_is_retried_then_exits_1_not_2(tmp_path: Path, mon
 
 
 @pytest.mark.usefixtures("quick_retries")
+@pytest.mark.slow
 def test_a_store_that_fails_twice_is_retried_inside_the_trainer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -255,6 +265,7 @@ def test_a_store_that_fails_twice_is_retried_inside_the_trainer(
 
 
 @pytest.mark.usefixtures("quick_retries")
+@pytest.mark.slow
 def test_connection_resets_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from helpers.flaky import resetting_port
 
@@ -266,6 +277,7 @@ def test_connection_resets_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.usefixtures("quick_retries")
+@pytest.mark.slow
 def test_a_failed_dataset_download_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import keras
 
@@ -283,6 +295,7 @@ def test_a_failed_dataset_download_exits_1(tmp_path: Path, monkeypatch: pytest.M
     assert len(calls) == 3
 
 
+@pytest.mark.slow
 def test_deterministic_data_errors_stay_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from helpers.flaky import flaky_http
 

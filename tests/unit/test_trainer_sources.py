@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from helpers.jobs import tiny_job
+from helpers.lazy import lazy
 from keras_operator.api.parse import InvalidResource, parse
-from keras_trainer import train
+from keras_operator.api.report import TrainingResult
 from keras_trainer.reporting import PodReporter
+
+train = lazy("keras_trainer.train")  # Keras and TensorFlow load with the first test that trains
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +25,7 @@ def run(tmp_path: Path, **spec: object) -> train.TrainingResult:
     return train.run(parse(tiny_job(**spec)), str(tmp_path / "out"), PodReporter())
 
 
+@pytest.mark.slow
 def test_model_from_config(tmp_path: Path) -> None:
     import keras
 
@@ -32,6 +36,7 @@ def test_model_from_config(tmp_path: Path) -> None:
     assert result.phase == "Succeeded", result.message
 
 
+@pytest.mark.slow
 def test_model_from_callable_in_a_code_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code = tmp_path / "code"
     code.mkdir()
@@ -47,6 +52,7 @@ def test_model_from_callable_in_a_code_folder(tmp_path: Path, monkeypatch: pytes
     assert result.message == "spec.model.callable: my_models has no function 'nope'"
 
 
+@pytest.mark.slow
 def test_fine_tune_from_a_saved_model(tmp_path: Path) -> None:
     first = run(tmp_path, training__epochs=1)
     assert first.phase == "Succeeded"
@@ -60,6 +66,7 @@ def test_fine_tune_from_a_saved_model(tmp_path: Path) -> None:
     assert missing.message.startswith("spec.model.uri: not found")
 
 
+@pytest.mark.slow
 def test_model_from_keras_applications(tmp_path: Path) -> None:
     result = run(
         tmp_path,
@@ -75,6 +82,7 @@ def test_model_from_keras_applications(tmp_path: Path) -> None:
         run(tmp_path, model={"application": {"name": "MobileNetV9"}})
 
 
+@pytest.mark.slow
 def test_mixed_precision_keeps_float32_outputs(tmp_path: Path) -> None:
     import keras
 
@@ -88,6 +96,7 @@ def test_mixed_precision_keeps_float32_outputs(tmp_path: Path) -> None:
     assert model.layers[-1].dtype_policy.name == "float32"
 
 
+@pytest.mark.slow
 def test_tfrecord_data(tmp_path: Path) -> None:
     import tensorflow as tf
 
@@ -107,6 +116,7 @@ def test_tfrecord_data(tmp_path: Path) -> None:
     assert bad.message.startswith("spec.data.train.features: cannot read 'pixels'")
 
 
+@pytest.mark.slow
 def test_class_per_folder_images(tmp_path: Path) -> None:
     import keras
 
@@ -131,14 +141,15 @@ def test_class_per_folder_images(tmp_path: Path) -> None:
 
 
 def test_termination_message_stays_under_the_kubelet_limit() -> None:
-    result = train.TrainingResult(
+    result = TrainingResult(
         phase="Failed", reason="TrainingError", message="x" * 10000, metrics={f"m{i}": 0.5 for i in range(500)}
     )
     text = result.to_termination_message()
     assert len(text.encode()) <= 4096
-    assert train.TrainingResult.model_validate_json(text).phase == "Failed"
+    assert TrainingResult.model_validate_json(text).phase == "Failed"
 
 
+@pytest.mark.slow
 def test_early_stopping_reports_the_restored_weights_metrics(tmp_path: Path) -> None:
     """With restoreBestWeights the saved model is the best epoch's; the reported val_* is evaluated on it."""
     import keras

@@ -22,6 +22,8 @@ from cryptography import x509
 from helpers.chart import CHART, HELM, render
 from helpers.manifests import validate_k8s
 
+pytestmark = pytest.mark.slow  # every test renders the chart with helm
+
 NAMESPACE = "keras-system"
 SERVICE = "ko-keras-operator-webhook"
 SECRET = "ko-keras-operator-webhook-tls"
