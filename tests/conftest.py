@@ -22,9 +22,9 @@ K8S_VERSIONS = ("1.30", "1.33", "1.37")
 
 # --- the fast tier: `pytest -m "not slow"` ---
 
-# Folders whose every test starts processes (the operator, trainers, servers, podman, helm, kubectl, moto,
-# checkov): marked slow here, each test under tests/unit is marked in its own module.
-SLOW_FOLDERS = ("e2e", "images", "integration", "security")
+# Folders whose every test starts processes (the operator, trainers, servers, podman, helm, kubectl, moto):
+# marked slow here. Elsewhere (tests/unit, tests/security) each module marks its own tests.
+SLOW_FOLDERS = ("e2e", "images", "integration")
 HEAVY_MODULES = ("tensorflow", "keras", "jax", "torch")
 
 

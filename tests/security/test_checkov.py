@@ -39,6 +39,8 @@ from keras_operator.api.serving import KerasModelService
 from keras_operator.builders.serving import Side, build_deployment, build_route, build_service, side_service_name
 from kerasop import cli
 
+pytestmark = pytest.mark.slow  # checkov runs in its own venv, on what helm renders
+
 REQUIREMENTS = Path(__file__).with_name("checkov-requirements.txt")
 VENV = ROOT / ".cache" / "venv-checkov"
 NAMESPACE = "ml"

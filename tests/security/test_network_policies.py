@@ -113,6 +113,7 @@ def test_model_servers_accept_their_http_port_only() -> None:
     assert {53, 443} <= egress_ports
 
 
+@pytest.mark.slow  # helm
 def test_the_chart_policy_selects_the_operator_and_lets_trainers_push() -> None:
     assert not [o for o in render_chart() if o["kind"] == "NetworkPolicy"]  # off by default
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
