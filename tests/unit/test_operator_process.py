@@ -38,6 +38,7 @@ def test_every_settings_field_has_an_environment_variable() -> None:
     assert all(doc for _, doc, _ in described), [name for name, doc, _ in described if not doc]
 
 
+@pytest.mark.slow
 def test_keras_operator_help_prints_usage_and_the_environment_it_reads() -> None:
     """`--help` started the operator: it prints what it is and every setting, and starts nothing."""
     result = run("keras-operator", "--help", timeout=60)
@@ -50,6 +51,7 @@ def test_keras_operator_help_prints_usage_and_the_environment_it_reads() -> None
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_keras_operator_refuses_an_unknown_argument() -> None:
     result = run("keras-operator", "--frobnicate", timeout=60)
     assert result.returncode == 2
@@ -57,6 +59,7 @@ def test_keras_operator_refuses_an_unknown_argument() -> None:
     assert "unrecognized arguments: --frobnicate" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [(s,) for s in SCRIPTS] + [("kerasop", c) for c in KERASOP_COMMANDS], ids=" ".join)
 def test_every_console_script_answers_help(command: tuple[str, ...]) -> None:
     assert {"keras-operator", "keras-server", "keras-trainer", "kerasop"} <= set(SCRIPTS)  # read, not empty
@@ -70,6 +73,7 @@ def _without_credentials(home: Path) -> dict[str, str]:
     return {**env, "HOME": str(home), "KERAS_OPERATOR_METRICS_PORT": "0", "KERAS_OPERATOR_PROGRESS_PORT": "0"}
 
 
+@pytest.mark.slow
 def test_without_credentials_the_operator_stops_with_one_line(tmp_path: Path) -> None:
     """It retried the login every 60 s for ever, a traceback in each log line."""
     started = time.monotonic()
@@ -83,6 +87,7 @@ def test_without_credentials_the_operator_stops_with_one_line(tmp_path: Path) ->
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.slow
 def test_a_kubeconfig_counts_as_credentials(tmp_path: Path) -> None:
     """The check refuses only when there is nothing: a kubeconfig gets past it (the operator then runs, and
     is stopped here once it has logged that it started)."""
@@ -118,6 +123,7 @@ def test_a_kubeconfig_counts_as_credentials(tmp_path: Path) -> None:
             proc.kill()
 
 
+@pytest.mark.slow
 def test_every_line_of_the_operator_is_json(tmp_path: Path) -> None:
     """The first line came in the console format and the rest as JSON: logging is set up before anything logs,
     kopf's own records included."""
@@ -169,6 +175,7 @@ def test_every_line_of_the_operator_is_json(tmp_path: Path) -> None:
     assert not not_json, not_json[:10]
 
 
+@pytest.mark.slow
 def test_the_model_server_on_a_port_in_use_says_so_in_one_line() -> None:
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
