@@ -23,7 +23,6 @@ the same on every worker.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -173,21 +172,18 @@ def initialize_cluster() -> tuple[int, int]:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     import keras
 
-    # keras.distribution.initialize() (3.15) passes only the address, count and id on to
-    # jax.distributed.initialize: the timeouts are bound here for the length of that call.
-    original = jax.distributed.initialize
-    jax.distributed.initialize = functools.partial(
-        original,
+    from keras_trainer import keras_compat  # imports keras: not at the top of this module
+
+    timeouts = keras_compat.jax_initialize_options(
         initialization_timeout=INITIALIZATION_TIMEOUT_S,
         heartbeat_timeout_seconds=heartbeat_timeout(),
         shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S,
     )
     try:
-        keras.distribution.initialize()
+        with timeouts:
+            keras.distribution.initialize()
     except Exception as exc:
         raise ClusterError(f"could not join the workers at {os.environ[ADDRESS_ENV]}: {first_line(exc)}") from exc
-    finally:
-        jax.distributed.initialize = original
     _cluster = (jax.process_index(), jax.process_count())
     log.info("cluster_joined", worker=_cluster[0], workers=_cluster[1], devices=len(jax.devices()))
     return _cluster

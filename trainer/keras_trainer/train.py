@@ -27,7 +27,7 @@ from keras_operator.api.training import (
     OutputSpec,
 )
 from keras_trainer import data as data_mod
-from keras_trainer import distribute, models, storage
+from keras_trainer import distribute, keras_compat, models, storage
 from keras_trainer.errors import SpecError, TransientError, first_line
 from keras_trainer.reporting import Reporter
 
@@ -58,7 +58,7 @@ class _Progress(keras.callbacks.Callback):
         self._started = time.monotonic()
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        initial = int(getattr(self.model, "_initial_epoch", 0) or 0)  # set by BackupAndRestore on resume
+        initial = keras_compat.initial_epoch(self.model)  # past 0 when BackupAndRestore resumed
         self.initial = initial
         self.reporter.begin(epochs=self.epochs, initial_epoch=initial, steps=self.steps)
 
@@ -212,22 +212,6 @@ def _replace_folder(new: Path, target: Path) -> None:
     shutil.rmtree(old)
 
 
-class _RestoreOnly(keras.callbacks.BackupAndRestore):
-    """A reader's BackupAndRestore: resumes from the copied checkpoint, saves none (worker 0 does)."""
-
-    def _save_model(self) -> None:
-        pass
-
-
-class _SaveAlone(keras.callbacks.BackupAndRestore):
-    """Worker 0's BackupAndRestore, when other workers train too: it saves alone, out of the
-    distribution's reach (distribute.undistributed)."""
-
-    def _save_model(self) -> None:
-        with distribute.undistributed():
-            super()._save_model()
-
-
 def _checkpoint_record(folder: Path) -> dict[str, str]:
     """The checkpoint's RUN_RECORD ({} when there is none, or it is unreadable: then it vouches for nothing)."""
     try:
@@ -347,7 +331,7 @@ def _fit(
         checkpoints = workspace.restore_checkpoints()
         backup = keras.callbacks.BackupAndRestore
         if workers > 1:
-            backup = _SaveAlone if workspace.writer else _RestoreOnly
+            backup = keras_compat.SaveAlone if workspace.writer else keras_compat.RestoreOnly
         callbacks.append(backup(str(checkpoints), double_checkpoint=True))
     if training.early_stopping is not None:
         es = training.early_stopping
