@@ -256,7 +256,7 @@ def _hash(doc: dict[str, Any], run_id: str | None = None, output_uri: str | None
     ],
 )
 def test_what_shapes_the_weights_changes_the_spec_hash(change: dict[str, Any]) -> None:
-    """A checkpoint is resumed only by a training of the same hash (keras_trainer.train.Workspace)."""
+    """A checkpoint is resumed only by a training of the same hash (keras_trainer.runs.Workspace)."""
     assert _hash(resource(**change)) != _hash(resource())
 
 
