@@ -174,30 +174,7 @@ def _fit(
 ) -> TrainingResult:
     training = spec.training
     workers = distribute.process()[1]
-    callbacks: list[keras.callbacks.Callback] = []
-    if spec.output.checkpoints:
-        checkpoints = workspace.restore_checkpoints()
-        backup = keras.callbacks.BackupAndRestore
-        if workers > 1:
-            backup = keras_compat.SaveAlone if workspace.writer else keras_compat.RestoreOnly
-        callbacks.append(backup(str(checkpoints), double_checkpoint=True))
-    if training.early_stopping is not None:
-        es = training.early_stopping
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=es.monitor,
-                patience=es.patience,
-                min_delta=es.min_delta,
-                mode=es.mode,
-                restore_best_weights=es.restore_best_weights,
-            )
-        )
-    # What reaches a remote output every epoch, so a preempted run loses at most one epoch of either.
-    pushed = [CHECKPOINT_DIR]
-    if spec.output.tensorboard and workspace.writer:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(workspace.local / TENSORBOARD_DIR)))
-        pushed.append(TENSORBOARD_DIR)
-
+    callbacks, pushed = _callbacks(spec, workspace, workers)
     samples = _samples_per_epoch(train, validation_split)
     steps = int(np.ceil(samples / batch_size)) if samples is not None else None
     progress = _Progress(
@@ -210,15 +187,7 @@ def _fit(
     )
     callbacks.append(progress)
 
-    fit_args: dict[str, Any] = {"epochs": training.epochs, "callbacks": callbacks, "verbose": 0}
-    if train.x is not None:
-        fit_args.update(x=train.x, y=train.y, batch_size=batch_size, shuffle=spec.data.shuffle)
-        if validation_split is not None:
-            fit_args["validation_split"] = validation_split
-    else:
-        fit_args["x"] = train.dataset
-    if validation is not None:
-        fit_args["validation_data"] = (validation.x, validation.y) if validation.x is not None else validation.dataset
+    fit_args = _fit_args(spec, train, validation, validation_split, batch_size, callbacks)
     try:
         with placement.scope():
             model.fit(**fit_args)
@@ -260,6 +229,57 @@ def _fit(
         model_uri=model_uri,
         devices=len(placement.devices),
     )
+
+
+def _callbacks(
+    spec: TrainerJob, workspace: runs.Workspace, workers: int
+) -> tuple[list[keras.callbacks.Callback], list[str]]:
+    """-> (fit's callbacks but the progress one, the folders pushed to a remote output every epoch)."""
+    training = spec.training
+    callbacks: list[keras.callbacks.Callback] = []
+    if spec.output.checkpoints:
+        checkpoints = workspace.restore_checkpoints()
+        backup = keras.callbacks.BackupAndRestore
+        if workers > 1:
+            backup = keras_compat.SaveAlone if workspace.writer else keras_compat.RestoreOnly
+        callbacks.append(backup(str(checkpoints), double_checkpoint=True))
+    if training.early_stopping is not None:
+        es = training.early_stopping
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=es.monitor,
+                patience=es.patience,
+                min_delta=es.min_delta,
+                mode=es.mode,
+                restore_best_weights=es.restore_best_weights,
+            )
+        )
+    # What reaches a remote output every epoch, so a preempted run loses at most one epoch of either.
+    pushed = [CHECKPOINT_DIR]
+    if spec.output.tensorboard and workspace.writer:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(workspace.local / TENSORBOARD_DIR)))
+        pushed.append(TENSORBOARD_DIR)
+    return callbacks, pushed
+
+
+def _fit_args(
+    spec: TrainerJob,
+    train: data_mod.Data,
+    validation: data_mod.Data | None,
+    validation_split: float | None,
+    batch_size: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> dict[str, Any]:
+    fit_args: dict[str, Any] = {"epochs": spec.training.epochs, "callbacks": callbacks, "verbose": 0}
+    if train.x is not None:
+        fit_args.update(x=train.x, y=train.y, batch_size=batch_size, shuffle=spec.data.shuffle)
+        if validation_split is not None:
+            fit_args["validation_split"] = validation_split
+    else:
+        fit_args["x"] = train.dataset
+    if validation is not None:
+        fit_args["validation_data"] = (validation.x, validation.y) if validation.x is not None else validation.dataset
+    return fit_args
 
 
 def _evaluate(
