@@ -8,10 +8,8 @@ import pytest
 
 from helpers.manifests import validate_k8s
 from keras_operator.api.serving import CanaryAnalysis, KerasModelServiceSpec
+from keras_operator.api.wire import CANARY_LABEL, MODEL_SERVICE_LABEL, SERVING_LABEL
 from keras_operator.builders.serving import (
-    CANARY_LABEL,
-    SELECTOR_LABEL,
-    SERVING_LABEL,
     Side,
     build_deployment,
     build_route,
@@ -156,13 +154,13 @@ def test_the_two_deployments_never_select_each_others_pods() -> None:
     canary_dep = build_deployment(owner(), SPEC, side, "img", replicas=1)
     stable_pods = stable["spec"]["template"]["metadata"]["labels"]
     canary_pods = canary_dep["spec"]["template"]["metadata"]["labels"]
-    assert stable["spec"]["selector"]["matchLabels"] == {SELECTOR_LABEL: "digits"}
+    assert stable["spec"]["selector"]["matchLabels"] == {MODEL_SERVICE_LABEL: "digits"}
     assert canary_dep["spec"]["selector"]["matchLabels"] == {CANARY_LABEL: "digits"}
-    assert SELECTOR_LABEL not in canary_pods
+    assert MODEL_SERVICE_LABEL not in canary_pods
     assert CANARY_LABEL not in stable_pods
     assert stable_pods[SERVING_LABEL] == canary_pods[SERVING_LABEL] == "digits"
     # Both Deployments carry the resource's label: the operator's watch finds them.
-    assert canary_dep["metadata"]["labels"][SELECTOR_LABEL] == "digits"
+    assert canary_dep["metadata"]["labels"][MODEL_SERVICE_LABEL] == "digits"
     assert canary_dep["metadata"]["name"] == "digits-canary"
     assert canary_dep["spec"]["replicas"] == 1
     args = canary_dep["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -176,7 +174,7 @@ def test_the_two_deployments_never_select_each_others_pods() -> None:
 
 
 def test_service_selectors_follow_the_split() -> None:
-    assert build_service(owner(), SPEC)["spec"]["selector"] == {SELECTOR_LABEL: "digits"}
+    assert build_service(owner(), SPEC)["spec"]["selector"] == {MODEL_SERVICE_LABEL: "digits"}
     assert build_service(owner(), SPEC, "both")["spec"]["selector"] == {SERVING_LABEL: "digits"}
     side = build_service(owner(), SPEC, "canary", "digits-canary")
     assert side["metadata"]["name"] == "digits-canary"

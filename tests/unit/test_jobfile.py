@@ -16,7 +16,8 @@ from keras_operator.api import jobfile
 from keras_operator.api.parse import InvalidResource, parse, read_documents
 from keras_operator.api.report import parse_termination_message
 from keras_operator.api.training import OutputSpec, TrainingSpec
-from keras_operator.builders.training import CONFIG_ANNOTATION, build_job
+from keras_operator.api.wire import TRAINER_CONFIG_ANNOTATION
+from keras_operator.builders.training import build_job
 
 UID = "0f6c1d2e-8a41-4f0e-9d55-1e2b3c4d5e6f"
 
@@ -30,7 +31,7 @@ def resource(**spec: Any) -> dict[str, Any]:
 def written(doc: dict[str, Any]) -> dict[str, Any]:
     """The job file as the pod reads it: the annotation, mounted by the downward API."""
     job = build_job(doc, parse(doc).spec, "img")
-    (config,) = [json.loads(job["spec"]["template"]["metadata"]["annotations"][CONFIG_ANNOTATION])]
+    (config,) = [json.loads(job["spec"]["template"]["metadata"]["annotations"][TRAINER_CONFIG_ANNOTATION])]
     return config
 
 
@@ -70,7 +71,9 @@ def test_the_job_file_says_how_many_workers_train_together() -> None:
 def test_the_job_file_of_an_example_is_small(tmp_path: Path) -> None:
     doc = yaml.safe_load((ROOT / "examples" / "digits.yaml").read_text())
     doc["metadata"]["uid"] = UID
-    text = build_job(doc, parse(doc).spec, "img")["spec"]["template"]["metadata"]["annotations"][CONFIG_ANNOTATION]
+    text = build_job(doc, parse(doc).spec, "img")["spec"]["template"]["metadata"]["annotations"][
+        TRAINER_CONFIG_ANNOTATION
+    ]
     assert len(text.encode()) < 4 * 1024  # Kubernetes allows 256 KiB of annotations in all
     mounted = tmp_path / "job.yaml"
     mounted.write_text(text)

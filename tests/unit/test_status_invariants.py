@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keras_operator.api.report import TERMINATION_MESSAGE_LIMIT, EpochReport, TrainingResult
-from keras_operator.builders.training import CONTAINER
+from keras_operator.api.wire import TRAINER_CONTAINER as CONTAINER
 from keras_operator.status.training import Observation, observe
 
 PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed")

@@ -15,8 +15,9 @@ from helpers.manifests import ROOT, cel_errors, crd_schema, validate_k8s
 from keras_operator.api import jobfile
 from keras_operator.api.parse import InvalidResource, parse, read_documents
 from keras_operator.api.training import COORDINATOR_PORT
+from keras_operator.api.wire import SPEC_HASH_ANNOTATION
 from keras_operator.builders.common import spec_hash
-from keras_operator.builders.training import SPEC_HASH_ANNOTATION, build_job, build_worker_service
+from keras_operator.builders.training import build_job, build_worker_service
 
 IMAGE = "example.org/trainer:1"
 

@@ -29,6 +29,7 @@ from keras_operator.api.common import (
     Uri,
 )
 from keras_operator.api.limits import INT32_MAX
+from keras_operator.api.wire import TRAINER_CONTAINER as TRAINER_CONTAINER  # the handlers' import, one step
 
 KIND = "KerasTrainingJob"
 PLURAL = "kerastrainingjobs"
@@ -213,8 +214,6 @@ OutputFormat = Literal["keras", "savedmodel"]
 MODEL_FILE = "model.keras"
 SAVEDMODEL_DIR = "savedmodel"
 CHECKPOINT_DIR = "checkpoints"
-# The trainer container's name in the Job's pod: the status finds it by name among injected sidecars.
-TRAINER_CONTAINER = "trainer"
 TENSORBOARD_DIR = "logs"
 
 

@@ -6,18 +6,19 @@ import hashlib
 import json
 from typing import Any
 
-from keras_operator.api.common import GROUP, Resources
+from keras_operator.api.common import Resources
+from keras_operator.api.wire import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
 
-MANAGED_BY = "keras-operator"
 PVC_ROOT = "/mnt/pvc"
 
 
-def labels(component: str, instance: str, kind_label: str) -> dict[str, str]:
+def labels(component: str, instance: str, owner_label: str) -> dict[str, str]:
+    """The labels of an object made for the resource `instance`; `owner_label` names the resource."""
     return {
-        "app.kubernetes.io/name": component,
-        "app.kubernetes.io/instance": instance,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        f"{GROUP}/{kind_label}": instance,
+        NAME_LABEL: component,
+        INSTANCE_LABEL: instance,
+        MANAGED_BY_LABEL: MANAGED_BY,
+        owner_label: instance,
     }
 
 

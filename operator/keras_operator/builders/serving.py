@@ -7,24 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from keras_operator.api.common import GROUP
 from keras_operator.api.serving import KerasModelServiceSpec, ServerSpec
+from keras_operator.api.wire import (
+    CANARY_LABEL,
+    MODEL_SERVICE_LABEL,
+    MODEL_SOURCE_ANNOTATION,
+    SERVER_CONTAINER,
+    SERVING_LABEL,
+    SPEC_HASH_ANNOTATION,
+    TRACK_LABEL,
+)
 from keras_operator.builders.common import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
-CONTAINER = "server"
-# The stable pods' label and the stable Deployment's selector (immutable, so never widened). Every object the
-# operator makes for a KerasModelService carries it too: its watch maps them back to the resource.
-SELECTOR_LABEL = f"{GROUP}/model-service"
-CANARY_LABEL = f"{GROUP}/canary"  # the canary pods' label, and their Deployment's selector
-# On both sides' pods: the Service's selector while traffic is split by pods. The two Deployments' selectors
-# never overlap (an HPA averaging over the stable Deployment's selector would count canary pods).
-SERVING_LABEL = f"{GROUP}/serving"
-TRACK_LABEL = f"{GROUP}/track"  # stable | canary, for people and dashboards
-HASH_ANNOTATION = f"{GROUP}/spec-hash"
-# On the stable Deployment: the spec.model it was made for. A model resolved from a KerasTrainingJob stays
-# served across edits of anything else (the training may be gone or running again by then).
-MODEL_SOURCE_ANNOTATION = f"{GROUP}/model-source"
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 
 
@@ -63,11 +58,11 @@ def side_service_name(name: str, canary: bool) -> str:
 
 
 def serving_labels(name: str) -> dict[str, str]:
-    return labels("keras-model-server", name, "model-service")
+    return labels("keras-model-server", name, MODEL_SERVICE_LABEL)
 
 
 def selector(name: str) -> dict[str, str]:
-    return {SELECTOR_LABEL: name}
+    return {MODEL_SERVICE_LABEL: name}
 
 
 def selector_text(name: str) -> str:
@@ -85,7 +80,7 @@ def url(owner: dict[str, Any], spec: KerasModelServiceSpec) -> str:
 
 def _hashed(obj: dict[str, Any]) -> dict[str, Any]:
     """Stamp the object with a hash of itself, so the controller patches only what changed."""
-    obj["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = spec_hash(obj)
+    obj["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = spec_hash(obj)
     return obj
 
 
@@ -123,8 +118,8 @@ def server_args(name: str, spec: KerasModelServiceSpec, model: str | Side, port:
 
 
 def pod_labels(name: str, canary: bool) -> dict[str, str]:
-    own = {k: v for k, v in serving_labels(name).items() if k != SELECTOR_LABEL}
-    side = {CANARY_LABEL: name} if canary else {SELECTOR_LABEL: name}
+    own = {k: v for k, v in serving_labels(name).items() if k != MODEL_SERVICE_LABEL}
+    side = {CANARY_LABEL: name} if canary else {MODEL_SERVICE_LABEL: name}
     return {**own, **side, SERVING_LABEL: name, TRACK_LABEL: "canary" if canary else "stable"}
 
 
@@ -146,7 +141,7 @@ def build_deployment(
     volumes, mounts = pvc_volumes(claims)
     probe_port = "http"
     container: dict[str, Any] = {
-        "name": CONTAINER,
+        "name": SERVER_CONTAINER,
         "image": spec.image or default_image,
         "command": ["keras-server"],
         "args": server_args(model_name(owner, spec), spec, side),

@@ -12,25 +12,26 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from keras_operator.api import jobfile
-from keras_operator.api.common import GROUP
 from keras_operator.api.parse import InvalidResource
 from keras_operator.api.report import EXIT_INVALID_SPEC, TERMINATION_MESSAGE_PATH
-from keras_operator.api.training import COORDINATOR_PORT, TRAINER_CONTAINER, KerasTrainingJobSpec
+from keras_operator.api.training import COORDINATOR_PORT, KerasTrainingJobSpec
+from keras_operator.api.wire import (
+    COMPLETION_INDEX_ANNOTATION,
+    GENERATION_ANNOTATION,
+    KUEUE_PRIORITY_CLASS_LABEL,
+    KUEUE_QUEUE_LABEL,
+    PROGRESS_AUDIENCE,
+    SPEC_HASH_ANNOTATION,
+    TRAINER_CONFIG_ANNOTATION,
+    TRAINER_CONTAINER,
+    TRAINING_JOB_LABEL,
+)
 from keras_operator.builders.common import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
-CONTAINER = TRAINER_CONTAINER
 CONFIG_DIR = "/etc/keras-operator"
 CONFIG_KEY = "job.yaml"
 CODE_DIR = "/opt/keras-operator/code"
-SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
-CONFIG_ANNOTATION = f"{GROUP}/trainer-config"  # on the pod template; the downward API makes it CONFIG_KEY
-GENERATION_ANNOTATION = f"{GROUP}/generation"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"  # Kueue's WorkloadPriorityClass, read from the Job
-TRAINING_JOB_LABEL = "training-job"
-OWNER_LABEL = f"{GROUP}/{TRAINING_JOB_LABEL}"  # on the Job and its pods: the KerasTrainingJob's name
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"  # set by the Job controller
 COORDINATOR_PORT_NAME = "coordinator"
 
 
@@ -88,7 +89,7 @@ def check_job_file_size(text: str, spec: KerasTrainingJobSpec) -> None:
     """InvalidResource naming the field that makes the job file too big for the pod annotation."""
     user = (spec.pod_template.metadata.annotations or {}) if spec.pod_template and spec.pod_template.metadata else {}
     size = len(text.encode())
-    total = size + len(CONFIG_ANNOTATION) + sum(len(k.encode()) + len(v.encode()) for k, v in user.items())
+    total = size + len(TRAINER_CONFIG_ANNOTATION) + sum(len(k.encode()) + len(v.encode()) for k, v in user.items())
     if size <= JOB_FILE_LIMIT and total <= ANNOTATION_LIMIT:
         return
     model, data = spec.model, spec.data
@@ -138,7 +139,6 @@ def progress_endpoint(settings: ProgressSettings) -> ProgressEndpoint | None:
     return ProgressEndpoint(settings.progress_url, settings.progress_ca())
 
 
-PROGRESS_AUDIENCE = f"{GROUP}/progress"  # tokens for this audience open nothing on the API server
 PROGRESS_TOKEN_DIR = "/var/run/secrets/kerasoperator.dev/progress"
 PROGRESS_TOKEN_SECONDS = 3600  # the kubelet renews the file before it expires
 
@@ -189,7 +189,7 @@ def build_job(
     job_labels = training_labels(name)
     policy = spec.run_policy
     if policy.queue_name:
-        job_labels[QUEUE_LABEL] = policy.queue_name
+        job_labels[KUEUE_QUEUE_LABEL] = policy.queue_name
 
     claims = pvc_claims(
         [
@@ -207,7 +207,10 @@ def build_job(
             "name": "config",
             "downwardAPI": {
                 "items": [
-                    {"path": CONFIG_KEY, "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}
+                    {
+                        "path": CONFIG_KEY,
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{TRAINER_CONFIG_ANNOTATION}']"},
+                    }
                 ]
             },
         },
@@ -231,7 +234,7 @@ def build_job(
         env.append({"name": "KERAS_TRAINER_CODE_DIR", "value": CODE_DIR})
 
     container: dict[str, Any] = {
-        "name": CONTAINER,
+        "name": TRAINER_CONTAINER,
         "image": spec.image or default_image,
         "command": ["keras-trainer"],
         "args": ["train", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
@@ -258,13 +261,13 @@ def build_job(
     # Ours after the user's: the trainer must read the config the operator validated.
     template["metadata"]["annotations"] = {
         **template["metadata"].get("annotations", {}),
-        CONFIG_ANNOTATION: trainer_config_text(owner, spec),
+        TRAINER_CONFIG_ANNOTATION: trainer_config_text(owner, spec),
     }
 
     meta = object_meta(owner, job_name(name), job_labels)
     if policy.workload_priority_class:
         # On the Job only: Kueue takes the Workload's priority from its Job; the pods need none of it.
-        meta["labels"] = {**meta["labels"], PRIORITY_CLASS_LABEL: policy.workload_priority_class}
+        meta["labels"] = {**meta["labels"], KUEUE_PRIORITY_CLASS_LABEL: policy.workload_priority_class}
     meta["annotations"] = {SPEC_HASH_ANNOTATION: job_spec_hash(spec)}
     if owner["metadata"].get("generation") is not None:
         meta["annotations"][GENERATION_ANNOTATION] = str(owner["metadata"]["generation"])
@@ -277,7 +280,11 @@ def build_job(
                 # The trainer exits with this code for mistakes in the spec: retrying cannot help.
                 {
                     "action": "FailJob",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_SPEC]},
+                    "onExitCodes": {
+                        "containerName": TRAINER_CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_INVALID_SPEC],
+                    },
                 },
                 # Preemption and node drains are not the training's fault; checkpoints resume it.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
@@ -317,7 +324,7 @@ def _distribute(job_spec: dict[str, Any], name: str, namespace: str, workers: in
     pod = job_spec["template"]["spec"]
     service = worker_service_name(name)
     pod["subdomain"] = service
-    container = next(c for c in pod["containers"] if c["name"] == CONTAINER)
+    container = next(c for c in pod["containers"] if c["name"] == TRAINER_CONTAINER)
     coordinator = f"{job_name(name)}-0.{service}.{namespace}.svc:{COORDINATOR_PORT}"
     container["env"] = [
         *container["env"],

@@ -18,11 +18,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from keras_operator.builders.training import PROGRESS_AUDIENCE
+from keras_operator.api.wire import PROGRESS_AUDIENCE, TOKEN_POD_NAME, TOKEN_POD_UID
 from keras_operator.runtime import kube
 
-POD_NAME = "authentication.kubernetes.io/pod-name"
-POD_UID = "authentication.kubernetes.io/pod-uid"
 CACHE_SECONDS = 300.0
 CACHE_MAX = 50_000
 
@@ -41,7 +39,7 @@ def identity_of(review: dict[str, Any]) -> Identity | None:
     user = review.get("user") or {}
     parts = str(user.get("username") or "").split(":")
     extra = user.get("extra") or {}
-    pod, uid = (extra.get(POD_NAME) or [None])[0], (extra.get(POD_UID) or [None])[0]
+    pod, uid = (extra.get(TOKEN_POD_NAME) or [None])[0], (extra.get(TOKEN_POD_UID) or [None])[0]
     if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"] or not pod or not uid:
         return None
     return Identity(namespace=parts[2], pod=str(pod), pod_uid=str(uid))

@@ -9,13 +9,15 @@ from typing import Any
 
 from keras_operator.api.parse import InvalidResource, parse_serving_spec
 from keras_operator.api.serving import KerasModelServiceSpec, name_problem
-from keras_operator.builders.common import MANAGED_BY
-from keras_operator.builders.serving import (
+from keras_operator.api.wire import (
     CANARY_LABEL,
-    CONTAINER,
-    HASH_ANNOTATION,
+    MODEL_SERVICE_LABEL,
     MODEL_SOURCE_ANNOTATION,
-    SELECTOR_LABEL,
+    SERVER_CONTAINER,
+    SPEC_HASH_ANNOTATION,
+)
+from keras_operator.api.wire import WATCHED_LABELS as WATCHED_LABELS  # the handlers' import, one step
+from keras_operator.builders.serving import (
     Selects,
     Side,
     build_deployment,
@@ -40,9 +42,7 @@ from keras_operator.status.serving_metrics import Totals
 
 # Events that say what the operator did (posted whenever they happen; the others only with a status change).
 ACTION_REASONS = frozenset({"Created", "Updated", "Deleted"})
-# What the operator watches: the Deployments it made (the label names the KerasModelService).
-WATCHED_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
-OWNER_LABEL = SELECTOR_LABEL
+OWNER_LABEL = MODEL_SERVICE_LABEL  # the handlers' import, one step: its home is api.wire
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ async def _plan_canary(
 def _server_arg(deployment: dict[str, Any] | None, flag: str) -> str | None:
     """The value of one of the model server's flags in the Deployment's template."""
     containers = (deployment or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
-    args = next((c.get("args") or [] for c in containers if c.get("name") == CONTAINER), [])
+    args = next((c.get("args") or [] for c in containers if c.get("name") == SERVER_CONTAINER), [])
     return str(args[args.index(flag) + 1]) if flag in args[:-1] else None
 
 
@@ -437,7 +437,7 @@ def _conflict(obj: dict[str, Any]) -> NameConflict:
 async def _ensure(
     obj: dict[str, Any], uid: str | None, current: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], list[Event]]:
-    result, change = await kube.apply(obj, HASH_ANNOTATION, uid, current)
+    result, change = await kube.apply(obj, SPEC_HASH_ANNOTATION, uid, current)
     if result is None:
         raise _conflict(obj)
     kind, obj_name = obj["kind"], obj["metadata"]["name"]

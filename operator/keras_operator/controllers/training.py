@@ -16,10 +16,9 @@ from keras_operator.api.jobfile import run_prefix
 from keras_operator.api.parse import InvalidResource, parse_training_spec
 from keras_operator.api.report import EpochReport
 from keras_operator.api.training import KIND, KerasTrainingJobSpec, worker_name_problem
-from keras_operator.builders.common import MANAGED_BY
-from keras_operator.builders.training import OWNER_LABEL as OWNER_LABEL  # what the handlers select on
+from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, SPEC_HASH_ANNOTATION, TRAINING_JOB_LABEL
+from keras_operator.api.wire import WATCHED_LABELS as WATCHED_LABELS  # the handlers' import, one step
 from keras_operator.builders.training import (
-    SPEC_HASH_ANNOTATION,
     build_job,
     build_worker_service,
     desired_suspend,
@@ -69,9 +68,6 @@ class View:
     pods: list[dict[str, Any]] = field(default_factory=list)
     report: EpochReport | None = None
 
-
-# What the operator watches: the Jobs and pods it made, by their labels (OWNER_LABEL names the resource).
-WATCHED_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 # Events that say what the operator did; the others say how the status changed, and are posted
 # only when it did (a level-triggered reconcile runs on every event and must not repeat them).
@@ -214,7 +210,9 @@ async def _expire(job: dict[str, Any], status: dict[str, Any], ttl: int) -> tupl
     return None, []
 
 
-COMPLETION_INDEX = training_status.COMPLETION_INDEX
+# The handlers' imports, one step: their home is api.wire.
+OWNER_LABEL = TRAINING_JOB_LABEL
+COMPLETION_INDEX = COMPLETION_INDEX_ANNOTATION
 
 
 def newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -224,7 +222,7 @@ def newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
 
     def key(pod: dict[str, Any]) -> tuple[bool, tuple[str, int, str]]:
-        index = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX)
+        index = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
         return index in (None, "0"), training_status.pod_order(pod)
 
     return max(pods, key=key)

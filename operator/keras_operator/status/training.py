@@ -13,15 +13,13 @@ from typing import Any
 from keras_operator.api.jobfile import run_prefix
 from keras_operator.api.report import EpochReport, TrainingResult, parse_termination_message
 from keras_operator.api.training import TENSORBOARD_DIR
-from keras_operator.api.training import TRAINER_CONTAINER as CONTAINER
+from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, KUEUE_QUEUE_LABEL, TRAINER_CONTAINER
 from keras_operator.status import conditions
 
 TERMINAL = ("Succeeded", "Failed")
 # Each phase but Pending has a condition of its own name, True exactly while the status is in that phase:
 # a reader may trust either the phase or the conditions and never see them disagree.
 PHASE_CONDITIONS = ("Queued", "Running", *TERMINAL)
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # each pod's worker number, in an Indexed Job
 
 
 @dataclass(frozen=True)
@@ -232,7 +230,7 @@ def _observe(
     if job.get("spec", {}).get("suspend"):
         # Queued as soon as the Job is suspended, its pods still stopping or not: a pod killed by the suspension
         # is no failure to retry, and nothing trains until the Job is resumed.
-        queue = (job["metadata"].get("labels") or {}).get(QUEUE_LABEL)
+        queue = (job["metadata"].get("labels") or {}).get(KUEUE_QUEUE_LABEL)
         reason, message = "Suspended", "the Job is suspended (spec.runPolicy.suspend)"
         if queue and conditions.get(previous.get("conditions"), "Running") is not None:
             # It ran (Running is stated once it was True) and Kueue suspended it again: an eviction
@@ -333,7 +331,7 @@ def _preempted_message(queue: str, progress: tuple[dict[str, Any], Any] | None, 
 
 def _index(pod: dict[str, Any]) -> int:
     """The pod's worker number (the Indexed Job's completion index); a one-pod Job's pod is worker 0."""
-    text = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX)
+    text = (pod["metadata"].get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
     try:
         return int(text) if text is not None else 0
     except ValueError:
@@ -496,7 +494,7 @@ def _trainer(pod: dict[str, Any] | None) -> dict[str, Any]:
     """The trainer container's state. Found by name: an injected sidecar (istio-proxy, ...) may come first,
     and its message is no result. A pod with a single container has only the trainer to offer."""
     statuses = (pod or {}).get("status", {}).get("containerStatuses") or []
-    found = next((cs for cs in statuses if cs.get("name") == CONTAINER), None)
+    found = next((cs for cs in statuses if cs.get("name") == TRAINER_CONTAINER), None)
     if found is None and len(statuses) == 1:
         found = statuses[0]
     return (found or {}).get("state") or {}
