@@ -1,8 +1,7 @@
-"""What a controller decides for one resource, whatever its kind: the status to write and the Events to post."""
+"""What both controllers share: status patches, ownership, metadata checks, rejections, phase Events."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -11,16 +10,8 @@ from keras_operator.api.base import describe_errors
 from keras_operator.api.parse import InvalidResource
 from keras_operator.api.training import ObjectMeta
 from keras_operator.runtime.kube import Rejected
-
-Event = tuple[str, str, str]  # (type, reason, message)
-
-
-@dataclass
-class Outcome:
-    status: dict[str, Any]
-    events: list[Event] = field(default_factory=list)
-    requeue_after: float | None = None
-    """Seconds until the resource needs another look that no watch event will bring (a TTL to honour)."""
+from keras_operator.status.events import Event
+from keras_operator.status.events import Outcome as Outcome  # the status writer's import, one step
 
 
 def transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[Event]:

@@ -32,12 +32,13 @@ from keras_operator.builders.serving import (
     stable_side,
     url,
 )
-from keras_operator.controllers.outcome import Event, Outcome, check_metadata, rejection, transition_events
+from keras_operator.controllers.outcome import check_metadata, rejection, transition_events
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import canary as canary_status
 from keras_operator.status import conditions, serving_metrics
 from keras_operator.status import serving as serving_status
+from keras_operator.status.events import Event, Outcome
 from keras_operator.status.serving_metrics import Totals
 
 # Events that say what the operator did (posted whenever they happen; the others only with a status change).

@@ -27,18 +27,12 @@ from keras_operator.builders.training import (
     progress_endpoint,
     trainer_config_text,
 )
-from keras_operator.controllers.outcome import (
-    Event,
-    Outcome,
-    check_metadata,
-    owned_by,
-    rejection,
-    transition_events,
-)
+from keras_operator.controllers.outcome import check_metadata, owned_by, rejection, transition_events
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import conditions
 from keras_operator.status import training as training_status
+from keras_operator.status.events import Event, Outcome
 
 
 def _cluster_checks(spec: KerasTrainingJobSpec) -> None:

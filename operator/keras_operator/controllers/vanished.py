@@ -24,9 +24,9 @@ from kubernetes.client.exceptions import ApiException
 
 from keras_operator.controllers import serving as serving_controller
 from keras_operator.controllers import training as training_controller
-from keras_operator.controllers.outcome import Outcome
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
+from keras_operator.status.events import Outcome
 
 RECHECK_AFTER = 60.0
 """Seconds a resource found to exist while it has no Deployment is trusted to: one waiting for its training

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from keras_operator.api.serving import CanaryAnalysis, CanaryState
 from keras_operator.status import conditions
+from keras_operator.status.events import Event
 from keras_operator.status.serving_metrics import Totals
 
-Event = tuple[str, str, str]  # (type, reason, message), as controllers.outcome.Event
 DECIDED: frozenset[str] = frozenset({"RolledBack", "Promoting", "Promoted"})
 NO_TRAFFIC = "NoTraffic"  # CanaryHealthy's reason while trafficPercent is 0: paused, not judged
 
