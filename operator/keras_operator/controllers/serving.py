@@ -290,7 +290,7 @@ async def _plan_canary(
         verdict=verdict,
     )
     if side is None:
-        step = canary_status.Step("Starting", False, False, 0, 0, description, step.healthy)
+        step = canary_status.Step(state="Starting", message=description, healthy=step.healthy)
     if step.state in canary_status.DECIDED:
         view.window = None
     split = "HTTPRoute" if settings.traffic_split == "httproute" else "Pods"

@@ -93,21 +93,21 @@ def judge(stable: Totals, canary: Totals, analysis: CanaryAnalysis, missing: Seq
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Step:
     """What the rollout does now."""
 
     state: CanaryState
-    canary_runs: bool
-    """Whether the canary Deployment should exist."""
-    stable_serves_canary: bool
-    """Whether the stable Deployment runs the canary's model (Promoting, Promoted)."""
-    canary_percent: int
-    """The canary's share of the traffic to set (weights, or pods behind the Service)."""
-    healthy_intervals: int
     message: str
     healthy: dict[str, Any]
     """The CanaryHealthy condition."""
+    canary_runs: bool = False
+    """Whether the canary Deployment should exist."""
+    stable_serves_canary: bool = False
+    """Whether the stable Deployment runs the canary's model (Promoting, Promoted)."""
+    canary_percent: int = 0
+    """The canary's share of the traffic to set (weights, or pods behind the Service)."""
+    healthy_intervals: int = 0
     events: list[Event] = field(default_factory=list)
 
 
@@ -138,66 +138,89 @@ def step(
     paused = state == "RolledBack" and (kept_healthy or {}).get("reason") == NO_TRAFFIC
     if percent == 0 and (state != "RolledBack" or paused):
         message = "trafficPercent is 0: the canary takes no traffic and runs no pods"
-        return Step("RolledBack", False, False, 0, 0, message, healthy("Unknown", NO_TRAFFIC, message))
+        return Step(state="RolledBack", message=message, healthy=healthy("Unknown", NO_TRAFFIC, message))
     if paused:
         state, intervals, kept_healthy = None, 0, None
     if state == "RolledBack":
         held = kept_healthy or healthy("False", "RolledBack", "rolled back")
-        return Step("RolledBack", False, False, 0, intervals, str(previous.get("message") or ""), held)
+        return Step(
+            state="RolledBack", message=str(previous.get("message") or ""), healthy=held, healthy_intervals=intervals
+        )
+
+    def promoted(message: str, events: list[Event]) -> Step:
+        return Step(
+            state="Promoted",
+            message=message,
+            healthy=healthy("True", "Promoted", message),
+            stable_serves_canary=True,
+            healthy_intervals=intervals,
+            events=events,
+        )
+
     if state == "Promoted":
-        message = str(previous.get("message") or "promoted: the stable side serves the canary's model")
-        return Step("Promoted", False, True, 0, intervals, message, healthy("True", "Promoted", message))
+        return promoted(str(previous.get("message") or "promoted: the stable side serves the canary's model"), [])
     if state == "Promoting":
         if stable_on_canary:
             message = "promoted: the stable side serves the canary's model; the canary's pods are removed"
-            return Step(
-                "Promoted",
-                False,
-                True,
-                0,
-                intervals,
-                message,
-                healthy("True", "Promoted", message),
-                [("Normal", "CanaryPromoted", message)],
-            )
+            return promoted(message, [("Normal", "CanaryPromoted", message)])
         message = "promoting: the stable Deployment is rolling to the canary's model"
-        return Step("Promoting", True, True, percent, intervals, message, healthy("True", "Promoting", message))
+        return Step(
+            state="Promoting",
+            message=message,
+            healthy=healthy("True", "Promoting", message),
+            canary_runs=True,
+            stable_serves_canary=True,
+            canary_percent=percent,
+            healthy_intervals=intervals,
+        )
     if not canary_ready:
         message = "waiting for the canary's pods to be ready; it takes no traffic until then"
-        return Step("Starting", True, False, 0, 0, message, healthy("Unknown", "Starting", message))
+        return Step(
+            state="Starting", message=message, healthy=healthy("Unknown", "Starting", message), canary_runs=True
+        )
     if verdict is None or verdict.outcome == "inconclusive":
         current = kept_healthy or healthy("Unknown", "Waiting", "no analysis window has closed yet")
         if verdict is not None:
             current = healthy(current["status"], verdict.reason, verdict.message)
         message = f"taking {percent} % of the traffic; {intervals} healthy window(s) in a row"
-        return Step("Progressing", True, False, percent, intervals, message, current)
+        return Step(
+            state="Progressing",
+            message=message,
+            healthy=current,
+            canary_runs=True,
+            canary_percent=percent,
+            healthy_intervals=intervals,
+        )
     if verdict.outcome == "unhealthy":
         message = f"rolled back: {verdict.message}"
         return Step(
-            "RolledBack",
-            False,
-            False,
-            0,
-            0,
-            message,
-            healthy("False", verdict.reason, verdict.message),
-            [("Warning", "CanaryRolledBack", message)],
+            state="RolledBack",
+            message=message,
+            healthy=healthy("False", verdict.reason, verdict.message),
+            events=[("Warning", "CanaryRolledBack", message)],
         )
     intervals += 1
     if analysis.auto_promote and intervals >= analysis.successful_intervals:
         message = f"promoting after {intervals} healthy windows: {verdict.message}"
         return Step(
-            "Promoting",
-            True,
-            True,
-            percent,
-            intervals,
-            message,
-            healthy("True", "Healthy", verdict.message),
-            [("Normal", "CanaryPromoting", message)],
+            state="Promoting",
+            message=message,
+            healthy=healthy("True", "Healthy", verdict.message),
+            canary_runs=True,
+            stable_serves_canary=True,
+            canary_percent=percent,
+            healthy_intervals=intervals,
+            events=[("Normal", "CanaryPromoting", message)],
         )
     message = f"taking {percent} % of the traffic; {intervals} healthy window(s) in a row"
-    return Step("Progressing", True, False, percent, intervals, message, healthy("True", "Healthy", verdict.message))
+    return Step(
+        state="Progressing",
+        message=message,
+        healthy=healthy("True", "Healthy", verdict.message),
+        canary_runs=True,
+        canary_percent=percent,
+        healthy_intervals=intervals,
+    )
 
 
 def side(

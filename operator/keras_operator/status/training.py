@@ -179,7 +179,7 @@ def _observe(
     seen_end = previous.get("jobName") == name and previous.get("phase")
     progress = _progress(obs, previous)
     # A result says nothing of the epochs when the trainer died before writing it: the last report does.
-    shown = {**previous, "progress": progress[0], "metrics": progress[1] or None} if progress else previous
+    with_progress = {**previous, "progress": progress[0], "metrics": progress[1] or None} if progress else previous
     if conditions.is_true(job_conditions, "Complete") or conditions.is_true(job_conditions, "SuccessCriteriaMet"):
         pod_phase = (obs.pod or {}).get("status", {}).get("phase")
         stale = pod_phase in ("Pending", "Running") and "terminated" not in trainer  # a sidecar may hold it up
@@ -202,7 +202,7 @@ def _observe(
                 if seen_end == "Succeeded"
                 else TrainingResult(phase="Succeeded", message="training finished", epochs=epochs, model_uri=model_uri)
             )
-        status = from_result(result, shown, generation, now)
+        status = from_result(result, with_progress, generation, now)
         status["conditions"] = conditions.merge(status["conditions"], [created], generation, now)
         return {**base, **status, "completionTime": job_status.get("completionTime") or now}
 
@@ -222,8 +222,10 @@ def _observe(
                 )
         if first_failure is not None and first_failure["index"] != 0 and first_failure["pod"] not in result.message:
             # Worker 0's word is the result, but the cause may be another worker's (JAX ends the rest).
-            result = result.model_copy(update={"message": f"{result.message}; first to fail: {_told(first_failure)}"})
-        status = from_result(result, shown, generation, now)
+            result = result.model_copy(
+                update={"message": f"{result.message}; first to fail: {_failure_text(first_failure)}"}
+            )
+        status = from_result(result, with_progress, generation, now)
         status["conditions"] = conditions.merge(status["conditions"], [created], generation, now)
         return {**base, **status, "completionTime": failed.get("lastTransitionTime") or now}
 
@@ -253,7 +255,7 @@ def _observe(
     if pod_phase == "Failed":
         # The Job has not failed: it retries, and until the next pod runs nothing trains.
         if first_failure is not None:
-            message = f"{_told(first_failure)}; the Job restarts the workers, {_next_attempt(checkpoints)}"
+            message = f"{_failure_text(first_failure)}; the Job restarts the workers, {_next_attempt(checkpoints)}"
         else:
             detail = _raw_termination_message(trainer) or "no message"
             message = (
@@ -281,7 +283,7 @@ def _observe(
         reason = "Restarted"
     if first_failure is not None and _is_current(first_failure, obs.pods) and reason != "Finishing":
         # Worker 0 still runs, but a peer has failed: the group is about to restart (JAX ends the others).
-        message += f"; {_told(first_failure)}"
+        message += f"; {_failure_text(first_failure)}"
     status = _status(previous, generation, now, ("Running", reason, message), updates)
     if progress:
         status["progress"], status["metrics"] = progress
@@ -419,7 +421,7 @@ def _is_current(failure: dict[str, Any], pods: Sequence[dict[str, Any]]) -> bool
     return pod is not None and pod["metadata"]["name"] == failure["pod"]
 
 
-def _told(failure: dict[str, Any]) -> str:
+def _failure_text(failure: dict[str, Any]) -> str:
     return f"worker {failure['index']} (pod {failure['pod']}) failed ({failure['reason']}): {failure['message']}"
 
 
