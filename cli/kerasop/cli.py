@@ -21,8 +21,8 @@ from keras_operator.api.parse import InvalidResource, Resource, parse, read_docu
 from keras_operator.api.serving import KerasModelService
 from keras_operator.api.training import MODEL_FILE, SAVEDMODEL_DIR, KerasTrainingJob
 from keras_operator.builders.serving import (
-    Selects,
-    Side,
+    DeploymentModel,
+    ServiceTarget,
     build_deployment,
     build_hpa,
     build_route,
@@ -214,21 +214,21 @@ def render_objects(resource: Resource, resources: list[Resource], namespace: str
     return objects + ([hpa] if hpa else [])
 
 
-SIDES: tuple[Selects, Selects] = ("stable", "canary")
+SIDES: tuple[ServiceTarget, ServiceTarget] = ("stable", "canary")
 
 
-def render_canary_side(service: KerasModelService) -> Side | None:
+def render_canary_side(service: KerasModelService) -> DeploymentModel | None:
     """What the canary serves (a trainingJobRef's model is known only once that training succeeds)."""
     canary = service.spec.canary
     if canary is None:
         return None
     model = canary.model
     if model.uri is not None:
-        return Side(model.uri, canary=True)
+        return DeploymentModel(model.uri, canary=True)
     if model.version is not None and service.spec.model.uri is not None:
-        return Side(service.spec.model.uri, f"specific:{model.version}", canary=True)
+        return DeploymentModel(service.spec.model.uri, f"specific:{model.version}", canary=True)
     ref = model.training_job_ref.name if model.training_job_ref else "?"
-    return Side(f"<status.modelUri of KerasTrainingJob {ref}>", canary=True)
+    return DeploymentModel(f"<status.modelUri of KerasTrainingJob {ref}>", canary=True)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

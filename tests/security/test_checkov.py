@@ -36,7 +36,13 @@ from helpers.manifests import ROOT
 from helpers.rbac import render_chart
 from keras_operator.api.parse import parse, read_documents
 from keras_operator.api.serving import KerasModelService
-from keras_operator.builders.serving import Side, build_deployment, build_route, build_service, side_service_name
+from keras_operator.builders.serving import (
+    DeploymentModel,
+    build_deployment,
+    build_route,
+    build_service,
+    side_service_name,
+)
 from kerasop import cli
 
 pytestmark = pytest.mark.slow  # checkov runs in its own venv, on what helm renders
@@ -179,7 +185,11 @@ def canary_objects(service: KerasModelService, split: str) -> list[dict[str, Any
     owner["metadata"]["namespace"] = NAMESPACE
     name = service.metadata.name
     model = spec.canary.model
-    side = Side(model.uri, canary=True) if model.uri else Side(spec.model.uri, f"specific:{model.version}", canary=True)
+    side = (
+        DeploymentModel(model.uri, canary=True)
+        if model.uri
+        else DeploymentModel(spec.model.uri, f"specific:{model.version}", canary=True)
+    )
     objects = [
         build_deployment(owner, spec, spec.model.uri, "ghcr.io/keras-operator/keras-trainer:0.1.0"),
         build_deployment(owner, spec, side, "ghcr.io/keras-operator/keras-trainer:0.1.0", replicas=1),

@@ -13,7 +13,7 @@ import yaml
 from helpers.manifests import ROOT, validate_k8s
 from helpers.rbac import render_chart
 from keras_operator.api.parse import parse, read_documents
-from keras_operator.builders.serving import Side, build_deployment, stable_side
+from keras_operator.builders.serving import DeploymentModel, build_deployment, stable_side
 from keras_operator.builders.training import ProgressEndpoint, build_job
 
 POLICIES = ROOT / "deploy" / "networkpolicy"
@@ -47,7 +47,7 @@ def server_pods() -> list[dict[str, Any]]:
     service = _resource("digits-canary.yaml")
     spec = service.spec
     stable = build_deployment(_owner(service), spec, stable_side(spec, spec.model.uri), "img")
-    canary = build_deployment(_owner(service), spec, Side(spec.model.uri, "specific:2", canary=True), "img")
+    canary = build_deployment(_owner(service), spec, DeploymentModel(spec.model.uri, "specific:2", canary=True), "img")
     return [stable["spec"]["template"], canary["spec"]["template"]]
 
 

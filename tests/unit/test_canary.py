@@ -10,7 +10,7 @@ from helpers.manifests import validate_k8s
 from keras_operator.api.serving import CanaryAnalysis, KerasModelServiceSpec
 from keras_operator.api.wire import CANARY_LABEL, MODEL_SERVICE_LABEL, SERVING_LABEL
 from keras_operator.builders.serving import (
-    Side,
+    DeploymentModel,
     build_deployment,
     build_route,
     build_service,
@@ -150,7 +150,7 @@ SPEC = KerasModelServiceSpec.model_validate(
 
 def test_the_two_deployments_never_select_each_others_pods() -> None:
     stable = build_deployment(owner(), SPEC, stable_side(SPEC, "s3://models/digits"), "img")
-    side = Side("s3://models/digits", "specific:2", canary=True)
+    side = DeploymentModel("s3://models/digits", "specific:2", canary=True)
     canary_dep = build_deployment(owner(), SPEC, side, "img", replicas=1)
     stable_pods = stable["spec"]["template"]["metadata"]["labels"]
     canary_pods = canary_dep["spec"]["template"]["metadata"]["labels"]

@@ -56,7 +56,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     return fake
 
 
-def view(status: dict[str, Any], window: controller.Window | None, **analysis: Any) -> controller.View:
+def view(status: dict[str, Any], window: controller.Window | None, **analysis: Any) -> controller.ObservedService:
     resource = {
         "apiVersion": "kerasoperator.dev/v1alpha1",
         "kind": "KerasModelService",
@@ -70,7 +70,7 @@ def view(status: dict[str, Any], window: controller.Window | None, **analysis: A
     ready = {"status": {"replicas": 1, "readyReplicas": 1}}
     deployment = {"metadata": {"name": "digits", "generation": 1}, "spec": {"replicas": 1}, **ready}
     canary = {"metadata": {"name": "digits-canary", "generation": 1}, "spec": {"replicas": 1}, **ready}
-    return controller.View(
+    return controller.ObservedService(
         resource=resource, deployment=deployment, canary_deployment=canary, window=window, hpa_absent=True
     )
 

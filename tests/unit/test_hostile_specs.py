@@ -583,7 +583,7 @@ def test_the_controllers_check_names_that_depend_on_the_kind() -> None:
         "metadata": {"name": "1digits", "namespace": "ml", "uid": "u", "generation": 1},
         "spec": {"model": {"uri": "pvc://models/m.keras"}},
     }
-    outcome = asyncio.run(serving_controller.reconcile(serving_controller.View(resource=body), Settings()))
+    outcome = asyncio.run(serving_controller.reconcile(serving_controller.ObservedService(resource=body), Settings()))
     valid = next(c for c in outcome.status["conditions"] if c["type"] == "Valid")
     assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
     assert valid["message"].startswith("metadata.name: '1digits' must start with a letter")

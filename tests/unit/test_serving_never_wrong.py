@@ -86,6 +86,6 @@ def test_a_model_still_served_stays_served_across_edits_that_keep_spec_model(
     before = resource(made_for, generation=2, resolved_at=2)
     after = resource(made_for, generation=3, resolved_at=2)
     after["spec"].update(now)
-    view = controller.View(resource=after, deployment=deployment_for(before), training_job=job)
+    view = controller.ObservedService(resource=after, deployment=deployment_for(before), training_job=job)
     resolution = controller.resolve(view, parse_serving_spec(after["spec"]))
     assert (resolution.reason, resolution.model_uri) == (reason, served), scenario

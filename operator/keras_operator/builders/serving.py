@@ -24,7 +24,7 @@ GATEWAY_GROUP = "gateway.networking.k8s.io"
 
 
 @dataclass(frozen=True)
-class Side:
+class DeploymentModel:
     """What one Deployment serves: a model URI, with the versions and labels of a base folder."""
 
     model_uri: str
@@ -34,9 +34,9 @@ class Side:
     canary: bool = False
 
 
-def stable_side(spec: KerasModelServiceSpec, model_uri: str) -> Side:
+def stable_side(spec: KerasModelServiceSpec, model_uri: str) -> DeploymentModel:
     model = spec.model
-    return Side(
+    return DeploymentModel(
         model_uri,
         model.version_policy.mode() if model.version_policy is not None else None,
         tuple(sorted((model.version_labels or {}).items())),
@@ -84,7 +84,9 @@ def _hashed(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def server_args(name: str, spec: KerasModelServiceSpec, model: str | Side, port: int | None = None) -> list[str]:
+def server_args(
+    name: str, spec: KerasModelServiceSpec, model: str | DeploymentModel, port: int | None = None
+) -> list[str]:
     """`keras-server` arguments that serve this spec: the Deployment's and `kerasop serve`'s.
 
     A setting equal to the API's default is left out: the server takes its defaults from the same API
@@ -126,13 +128,13 @@ def pod_labels(name: str, canary: bool) -> dict[str, str]:
 def build_deployment(
     owner: dict[str, Any],
     spec: KerasModelServiceSpec,
-    model: str | Side,
+    model: str | DeploymentModel,
     default_image: str,
     *,
     replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The stable Deployment (`model` a URI or the stable Side), or the canary's (a Side with canary=True);
-    `replicas` overrides the spec's (a canary's count)."""
+    """The stable Deployment (`model` a URI or the stable DeploymentModel), or the canary's (a DeploymentModel
+    with canary=True); `replicas` overrides the spec's (a canary's count)."""
     name = owner["metadata"]["name"]
     side = stable_side(spec, model) if isinstance(model, str) else model
     canary = spec.canary if side.canary else None
@@ -204,7 +206,8 @@ def build_deployment(
     return _hashed({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": deployment_spec})
 
 
-Selects = Literal["stable", "both", "canary"]
+ServiceTarget = Literal["stable", "both", "canary"]
+"""What the Service NAME selects: the stable pods, both sides' (a canary splitting by pods), or the canary's."""
 
 
 def canary_pods(stable_replicas: int, percent: int) -> int:
@@ -214,7 +217,9 @@ def canary_pods(stable_replicas: int, percent: int) -> int:
     return max(1, round(stable_replicas * percent / (100 - percent)))
 
 
-def canary_layout(spec: KerasModelServiceSpec, split: str, stable_replicas: int, share: int) -> tuple[int, Selects]:
+def canary_layout(
+    spec: KerasModelServiceSpec, split: str, stable_replicas: int, share: int
+) -> tuple[int, ServiceTarget]:
     """(canary pods, what the Service NAME selects) for a canary taking `share` percent of the requests now:
     by an HTTPRoute, its own replica count and a Service of the stable side; by pods, pods in proportion to
     trafficPercent behind a Service over both sides (or the canary's alone at 100 %)."""
@@ -225,12 +230,15 @@ def canary_layout(spec: KerasModelServiceSpec, split: str, stable_replicas: int,
     return replicas, "stable" if share == 0 else "canary" if share >= 100 else "both"
 
 
-def _selector_of(name: str, selects: Selects) -> dict[str, str]:
+def _selector_of(name: str, selects: ServiceTarget) -> dict[str, str]:
     return {"stable": selector(name), "both": {SERVING_LABEL: name}, "canary": {CANARY_LABEL: name}}[selects]
 
 
 def build_service(
-    owner: dict[str, Any], spec: KerasModelServiceSpec, selects: Selects = "stable", service_name: str | None = None
+    owner: dict[str, Any],
+    spec: KerasModelServiceSpec,
+    selects: ServiceTarget = "stable",
+    service_name: str | None = None,
 ) -> dict[str, Any]:
     """The Service NAME (`selects` both sides while a canary shares traffic by pods), or a per-side Service
     (`service_name`) an HTTPRoute sends to."""

@@ -18,8 +18,8 @@ from keras_operator.api.wire import (
 )
 from keras_operator.api.wire import WATCHED_LABELS as WATCHED_LABELS  # the handlers' import, one step
 from keras_operator.builders.serving import (
-    Selects,
-    Side,
+    DeploymentModel,
+    ServiceTarget,
     build_deployment,
     build_hpa,
     build_route,
@@ -78,7 +78,7 @@ class Window:
 
 
 @dataclass
-class View:
+class ObservedService:
     """What the operator knows of one KerasModelService: the resource and the Deployments it made (from their
     watches), the KerasTrainingJobs its spec.model and spec.canary.model name (None when none), and the
     canary's analysis window (kept by the caller between reconciles; the reconcile replaces it)."""
@@ -95,16 +95,19 @@ class View:
     are not watched: without it, every resync of a service without autoscaling GETs its HPA to find none."""
 
 
+View = ObservedService  # the handlers' name for it, one step
+
+
 @dataclass
 class CanaryPlan:
     """The canary's part of one reconcile: the models, the step of the rollout, and how to split traffic."""
 
-    side: Side | None  # None while its KerasTrainingJob has not succeeded
+    side: DeploymentModel | None  # None while its KerasTrainingJob has not succeeded
     comparing: str
     step: canary_status.Step
     split: str  # HTTPRoute | Pods
     replicas: int
-    selects: Selects
+    selects: ServiceTarget
     windows: tuple[Totals, Totals] | None = None  # (stable, canary) of a window that just closed
     decided_now: bool = False
     """A window's verdict just decided a rollback or promotion: it is stored before it is carried out."""
@@ -114,7 +117,7 @@ class NameConflict(Exception):
     """An object the operator would create exists already and is not the resource's: never touched."""
 
 
-def resolve(view: View, spec: KerasModelServiceSpec) -> serving_status.Resolution:
+def resolve(view: ObservedService, spec: KerasModelServiceSpec) -> serving_status.Resolution:
     namespace = view.resource["metadata"]["namespace"]
     if spec.model.uri:
         return serving_status.Resolution(spec.model.uri, "ModelURI", f"serving {spec.model.uri}")
@@ -153,7 +156,7 @@ def resolve(view: View, spec: KerasModelServiceSpec) -> serving_status.Resolutio
     )
 
 
-def _still_served(view: View, spec: KerasModelServiceSpec) -> str | None:
+def _still_served(view: ObservedService, spec: KerasModelServiceSpec) -> str | None:
     """The model this spec.model resolved to before, while the stable Deployment still serves it. Compared by
     the spec.model the Deployment was made for, not by generation: scaling or any other edit keeps it."""
     previous = view.resource.get("status") or {}
@@ -170,24 +173,24 @@ def _still_served(view: View, spec: KerasModelServiceSpec) -> str | None:
     return str(served) if source == model_source(spec) else None
 
 
-def _describe(side: Side) -> str:
+def _describe(side: DeploymentModel) -> str:
     return side.model_uri + (f" ({side.versions})" if side.versions else "")
 
 
-def resolve_canary(view: View, spec: KerasModelServiceSpec) -> tuple[Side | None, str]:
+def resolve_canary(view: ObservedService, spec: KerasModelServiceSpec) -> tuple[DeploymentModel | None, str]:
     """The canary's model, or why there is none yet."""
     assert spec.canary is not None
     model = spec.canary.model
     if model.uri:
-        return Side(model.uri, canary=True), model.uri
+        return DeploymentModel(model.uri, canary=True), model.uri
     if model.version is not None:
         assert spec.model.uri is not None  # an API rule: a version needs a base folder
-        return Side(spec.model.uri, f"specific:{model.version}", canary=True), f"version {model.version}"
+        return DeploymentModel(spec.model.uri, f"specific:{model.version}", canary=True), f"version {model.version}"
     assert model.training_job_ref is not None
     ref = model.training_job_ref.name
     status = (view.canary_training_job or {}).get("status") or {}
     if status.get("phase") == "Succeeded" and status.get("modelUri"):
-        return Side(str(status["modelUri"]), canary=True), str(status["modelUri"])
+        return DeploymentModel(str(status["modelUri"]), canary=True), str(status["modelUri"])
     return None, f"waiting for KerasTrainingJob {ref} to succeed"
 
 
@@ -238,7 +241,7 @@ def handover_replicas(spec: KerasModelServiceSpec, deployment: dict[str, Any] | 
 
 
 def _window_verdict(
-    view: View, comparing: str, spec: KerasModelServiceSpec, pods: Scraped
+    view: ObservedService, comparing: str, spec: KerasModelServiceSpec, pods: Scraped
 ) -> tuple[canary_status.Verdict | None, tuple[Totals, Totals] | None]:
     """Close the analysis window when its time is up (and open the next); the verdict of the one closed."""
     assert spec.canary is not None
@@ -258,7 +261,11 @@ def _window_verdict(
 
 
 async def _plan_canary(
-    view: View, spec: KerasModelServiceSpec, stable: Side, settings: Settings, pods: Scraped | None
+    view: ObservedService,
+    spec: KerasModelServiceSpec,
+    stable: DeploymentModel,
+    settings: Settings,
+    pods: Scraped | None,
 ) -> CanaryPlan | None:
     if spec.canary is None:
         view.window = None
@@ -307,7 +314,7 @@ def _server_arg(deployment: dict[str, Any] | None, flag: str) -> str | None:
     return str(args[args.index(flag) + 1]) if flag in args[:-1] else None
 
 
-def _serves(deployment: dict[str, Any] | None, side: Side) -> bool:
+def _serves(deployment: dict[str, Any] | None, side: DeploymentModel) -> bool:
     """Whether the Deployment's template serves `side`'s model (as the stable side)."""
     return (
         _server_arg(deployment, "--model-uri") == side.model_uri
@@ -324,7 +331,7 @@ def validate(body: dict[str, Any]) -> KerasModelServiceSpec:
     return spec
 
 
-async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outcome:
+async def reconcile(view: ObservedService, settings: Settings, scrape: bool = True) -> Outcome:
     body = view.resource
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -347,7 +354,7 @@ async def reconcile(view: View, settings: Settings, scrape: bool = True) -> Outc
             pods = await _scrape(namespace, name, spec.server.port)
         plan = await _plan_canary(view, spec, stable, settings, pods)
         if plan is not None and plan.step.stable_serves_canary and plan.side is not None:
-            stable = Side(plan.side.model_uri, plan.side.versions)
+            stable = DeploymentModel(plan.side.model_uri, plan.side.versions)
         try:
             if plan is not None and plan.decided_now:
                 # A verdict is stored before it is carried out: acting first, a failed status write would
@@ -454,10 +461,10 @@ async def _remove(kind: str, namespace: str, name: str, uid: str | None, why: st
 async def _apply(
     body: dict[str, Any],
     spec: KerasModelServiceSpec,
-    stable: Side,
+    stable: DeploymentModel,
     plan: CanaryPlan | None,
     settings: Settings,
-    view: View,
+    view: ObservedService,
 ) -> tuple[dict[str, Any], list[Event]]:
     """Services, Deployments, HPA and HTTPRoute as the spec and the canary's step say, never touching one the
     resource does not own."""

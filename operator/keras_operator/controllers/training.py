@@ -53,7 +53,7 @@ def validate(body: dict[str, Any]) -> KerasTrainingJobSpec:
 
 
 @dataclass
-class View:
+class ObservedTraining:
     """What the operator knows of one KerasTrainingJob, all from its watches and the trainer's pushes:
     a reconcile reads no object from the API server, it only writes what must change."""
 
@@ -61,6 +61,9 @@ class View:
     job: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
     report: EpochReport | None = None
+
+
+View = ObservedTraining  # the handlers' name for it, one step
 
 
 # Events that say what the operator did; the others say how the status changed, and are posted
@@ -92,7 +95,7 @@ def _validated(body: dict[str, Any]) -> tuple[KerasTrainingJobSpec, str]:
     return found
 
 
-async def reconcile(view: View, settings: Settings) -> tuple[Outcome, dict[str, Any] | None]:
+async def reconcile(view: ObservedTraining, settings: Settings) -> tuple[Outcome, dict[str, Any] | None]:
     """Make sure the Job for the current spec exists (never a second one) and say what the status is.
     -> (outcome, the Job as this reconcile left it)."""
     body = view.resource

@@ -71,8 +71,8 @@ class Vanished:
     # --- KerasModelService ---
 
     async def serving_view(
-        self, resource: tuple[str, str, str], view: serving_controller.View | None
-    ) -> serving_controller.View | None:
+        self, resource: tuple[str, str, str], view: serving_controller.ObservedService | None
+    ) -> serving_controller.ObservedService | None:
         """The view, or None when its resource is gone. Checked only when the reconcile may make its
         Deployment (none in the index), and again once a Deployment it had is gone (the garbage collector
         removes a deleted resource's): never are children made for a uid found gone."""
@@ -97,7 +97,7 @@ class Vanished:
 
     # --- KerasTrainingJob ---
 
-    async def training_view(self, view: training_controller.View) -> training_controller.View:
+    async def training_view(self, view: training_controller.ObservedTraining) -> training_controller.ObservedTraining:
         """The view without its Job when that Job is gone. Checked when the index shows the Job with pods
         running while none of them exists any more (what a Job deleted, and its pods collected, looks like)."""
         job = view.job
@@ -110,8 +110,8 @@ class Vanished:
         return dataclasses.replace(view, job=None, pods=[])
 
     async def reconcile_training(
-        self, view: training_controller.View, settings: Settings
-    ) -> tuple[Outcome, dict[str, Any] | None, training_controller.View]:
+        self, view: training_controller.ObservedTraining, settings: Settings
+    ) -> tuple[Outcome, dict[str, Any] | None, training_controller.ObservedTraining]:
         """The training's reconcile on a view checked as above; a 404 from a PATCH of its Job means the Job
         is gone (not a failure to retry): the reconcile runs again without it. -> (outcome, Job, view)."""
         view = await self.training_view(view)
