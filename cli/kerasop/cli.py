@@ -27,12 +27,12 @@ from keras_operator.builders.serving import (
     build_hpa,
     build_route,
     build_service,
-    canary_layout,
     model_name,
     server_args,
     side_service_name,
 )
 from keras_operator.builders.training import build_job, build_worker_service, progress_endpoint
+from keras_operator.controllers.canary_plan import traffic_split
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import conditions
 from keras_operator.status import training as training_status
@@ -199,14 +199,14 @@ def render_objects(resource: Resource, resources: list[Resource], namespace: str
     else:
         # The canary as it runs once ready and taking its share (Progressing).
         assert spec.canary is not None
-        split = "HTTPRoute" if settings.traffic_split == "httproute" else "Pods"
-        replicas, selects = canary_layout(spec, split, spec.replicas, spec.canary.traffic_percent)
+        split = traffic_split(settings.traffic_split)
+        replicas, selects = split.layout(spec.canary, spec.replicas, spec.canary.traffic_percent)
         objects = [
             build_service(owner, spec, selects),
             build_deployment(owner, spec, uri, image),
             build_deployment(owner, spec, canary, image, replicas=replicas),
         ]
-        if split == "HTTPRoute":
+        if split.by_route:
             name = resource.metadata.name
             objects += [build_service(owner, spec, side, side_service_name(name, side == "canary")) for side in SIDES]
             objects.append(build_route(owner, spec, spec.canary.traffic_percent, settings.gateway))

@@ -14,9 +14,9 @@ from keras_operator.builders.serving import (
     build_deployment,
     build_route,
     build_service,
-    canary_pods,
     stable_side,
 )
+from keras_operator.controllers.canary_plan import canary_pods
 from keras_operator.status import canary
 from keras_operator.status.serving_metrics import Totals
 

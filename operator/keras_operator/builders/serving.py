@@ -210,26 +210,6 @@ ServiceTarget = Literal["stable", "both", "canary"]
 """What the Service NAME selects: the stable pods, both sides' (a canary splitting by pods), or the canary's."""
 
 
-def canary_pods(stable_replicas: int, percent: int) -> int:
-    """Canary pods giving about `percent` of the requests next to `stable_replicas` stable pods."""
-    if percent >= 100:
-        return max(stable_replicas, 1)
-    return max(1, round(stable_replicas * percent / (100 - percent)))
-
-
-def canary_layout(
-    spec: KerasModelServiceSpec, split: str, stable_replicas: int, share: int
-) -> tuple[int, ServiceTarget]:
-    """(canary pods, what the Service NAME selects) for a canary taking `share` percent of the requests now:
-    by an HTTPRoute, its own replica count and a Service of the stable side; by pods, pods in proportion to
-    trafficPercent behind a Service over both sides (or the canary's alone at 100 %)."""
-    assert spec.canary is not None
-    if split == "HTTPRoute":
-        return spec.canary.replicas, "stable"
-    replicas = canary_pods(stable_replicas, spec.canary.traffic_percent)
-    return replicas, "stable" if share == 0 else "canary" if share >= 100 else "both"
-
-
 def _selector_of(name: str, selects: ServiceTarget) -> dict[str, str]:
     return {"stable": selector(name), "both": {SERVING_LABEL: name}, "canary": {CANARY_LABEL: name}}[selects]
 

@@ -19,12 +19,10 @@ from keras_operator.api.wire import (
 from keras_operator.api.wire import WATCHED_LABELS as WATCHED_LABELS  # the handlers' import, one step
 from keras_operator.builders.serving import (
     DeploymentModel,
-    ServiceTarget,
     build_deployment,
     build_hpa,
     build_route,
     build_service,
-    canary_layout,
     canary_name,
     model_source,
     selector_text,
@@ -32,6 +30,8 @@ from keras_operator.builders.serving import (
     stable_side,
     url,
 )
+from keras_operator.controllers import canary_plan
+from keras_operator.controllers.canary_plan import CanaryPlan, ready_replicas
 from keras_operator.controllers.outcome import check_metadata, rejection, transition_events
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
@@ -96,21 +96,6 @@ class ObservedService:
 
 
 View = ObservedService  # the handlers' name for it, one step
-
-
-@dataclass
-class CanaryPlan:
-    """The canary's part of one reconcile: the models, the step of the rollout, and how to split traffic."""
-
-    side: DeploymentModel | None  # None while its KerasTrainingJob has not succeeded
-    comparing: str
-    step: canary_status.Step
-    split: str  # HTTPRoute | Pods
-    replicas: int
-    selects: ServiceTarget
-    windows: tuple[Totals, Totals] | None = None  # (stable, canary) of a window that just closed
-    decided_now: bool = False
-    """A window's verdict just decided a rollback or promotion: it is stored before it is carried out."""
 
 
 class NameConflict(Exception):
@@ -208,10 +193,6 @@ def _rolled_out(deployment: dict[str, Any] | None, replicas: int) -> bool:
     )
 
 
-def _ready(deployment: dict[str, Any] | None) -> int:
-    return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
-
-
 def _stable_replicas(spec: KerasModelServiceSpec, deployment: dict[str, Any] | None) -> int:
     if spec.autoscaling is None:
         return spec.replicas
@@ -260,51 +241,45 @@ def _window_verdict(
     return verdict, (stable, canary)
 
 
-async def _plan_canary(
+def _plan_canary(
     view: ObservedService,
     spec: KerasModelServiceSpec,
     stable: DeploymentModel,
     settings: Settings,
     pods: Scraped | None,
 ) -> CanaryPlan | None:
+    """The facts the canary's plan needs (its model, readiness, a closed window's verdict), then the plan."""
     if spec.canary is None:
         view.window = None
         return None
     previous = view.resource.get("status") or {}
-    side, description = resolve_canary(view, spec)
-    comparing = f"{_describe(stable)} => {_describe(side) if side else description}"
-    canary_ready = side is not None and _ready(view.canary_deployment) >= 1
+    canary_model, description = resolve_canary(view, spec)
+    comparing = f"{_describe(stable)} => {_describe(canary_model) if canary_model else description}"
+    canary_ready = canary_model is not None and ready_replicas(view.canary_deployment) >= 1
     stable_on_canary = (
-        side is not None
-        and _serves(view.deployment, side)
+        canary_model is not None
+        and _serves(view.deployment, canary_model)
         and _rolled_out(view.deployment, _stable_replicas(spec, view.deployment))
     )
     verdict, windows = None, None
-    previous_canary = previous.get("canary") or {}
-    undecided = previous_canary.get("comparing") != comparing or previous_canary.get("state") not in (
-        canary_status.DECIDED
-    )
-    if pods is not None and canary_ready and undecided:
+    if pods is not None and canary_ready and canary_plan.undecided(previous, comparing):
         verdict, windows = _window_verdict(view, comparing, spec, pods)
-    step = canary_status.step(
-        previous=previous_canary,
-        previous_healthy=conditions.get(previous.get("conditions"), "CanaryHealthy"),
+    plan = canary_plan.plan(
+        spec=spec,
+        previous=previous,
+        split=canary_plan.traffic_split(settings.traffic_split),
+        canary_model=canary_model,
         comparing=comparing,
-        percent=spec.canary.traffic_percent,
-        analysis=spec.canary.analysis,
+        waiting=description,
         canary_ready=canary_ready,
         stable_on_canary=stable_on_canary,
+        stable_replicas=_stable_replicas(spec, view.deployment),
         verdict=verdict,
+        windows=windows,
     )
-    if side is None:
-        step = canary_status.Step(state="Starting", message=description, healthy=step.healthy)
-    if step.state in canary_status.DECIDED:
+    if plan.step.state in canary_status.DECIDED:
         view.window = None
-    split = "HTTPRoute" if settings.traffic_split == "httproute" else "Pods"
-    share = step.canary_percent if step.canary_runs else 0
-    replicas, selects = canary_layout(spec, split, _stable_replicas(spec, view.deployment), share)
-    decided_now = verdict is not None and step.state in canary_status.DECIDED
-    return CanaryPlan(side, comparing, step, split, replicas, selects, windows, decided_now)
+    return plan
 
 
 def _server_arg(deployment: dict[str, Any] | None, flag: str) -> str | None:
@@ -352,9 +327,9 @@ async def reconcile(view: ObservedService, settings: Settings, scrape: bool = Tr
         stable = stable_side(spec, resolution.model_uri)
         if scrape and view.deployment is not None:
             pods = await _scrape(namespace, name, spec.server.port)
-        plan = await _plan_canary(view, spec, stable, settings, pods)
-        if plan is not None and plan.step.stable_serves_canary and plan.side is not None:
-            stable = DeploymentModel(plan.side.model_uri, plan.side.versions)
+        plan = _plan_canary(view, spec, stable, settings, pods)
+        if plan is not None:
+            stable = plan.stable_model(stable)
         try:
             if plan is not None and plan.decided_now:
                 # A verdict is stored before it is carried out: acting first, a failed status write would
@@ -400,21 +375,15 @@ def _canary_status(
 ) -> serving_status.CanaryReport:
     step = plan.step
     before = previous.get("canary") or {}
-    if plan.split == "HTTPRoute":
-        stable_share, canary_share = 100 - step.canary_percent, step.canary_percent
-    else:
-        shown = canary if step.canary_runs and plan.selects != "stable" else None
-        stable_share, canary_share = canary_status.pods_split(
-            0 if plan.selects == "canary" else _ready(stable), _ready(shown)
-        )
+    stable_share, canary_share = plan.split.shares(plan, stable, canary)
     windows = plan.windows or (None, None)
     stable_uri = _server_arg(stable, "--model-uri")
     report = {
         "state": step.state,
-        "split": plan.split,
+        "split": plan.split.name,
         "stable": canary_status.side(stable_uri, stable, stable_share, windows[0], before.get("stable")),
         "canary": canary_status.side(
-            plan.side.model_uri if plan.side else None,
+            plan.canary_model.model_uri if plan.canary_model else None,
             canary if step.canary_runs else None,
             canary_share,
             windows[1],
@@ -424,7 +393,7 @@ def _canary_status(
         "comparing": plan.comparing,
         "message": step.message,
     }
-    ready_count = _ready(canary) if step.canary_runs else 0
+    ready_count = ready_replicas(canary) if step.canary_runs else 0
     ready = conditions.condition(
         "CanaryReady",
         ready_count >= 1,
@@ -473,26 +442,24 @@ async def _apply(
     image = settings.image_for(spec.backend)
     events: list[Event] = []
     # The Deployment as its watch shows it (no GET); Services, HPA and route are read (they are not watched).
-    _, change = await _ensure(build_service(body, spec, plan.selects if plan else "stable"), uid)
+    _, change = await _ensure(build_service(body, spec, plan.service_target if plan else "stable"), uid)
     events += change
     replicas = handover_replicas(spec, view.deployment)
     built = build_deployment(body, spec, stable, image, replicas=replicas)
     deployment, change = await _ensure(built, uid, view.deployment)
     events += change
-    canary_side = plan.side if plan is not None and plan.step.canary_runs else None
     # The route first: a canary's weight goes to 0 before its pods go (else requests meet a backend without pods).
-    if plan is not None and plan.split == "HTTPRoute" and plan.side is not None:
+    if plan is not None and plan.routes_traffic:
         for canary in (False, True):
             service = build_service(body, spec, "canary" if canary else "stable", side_service_name(name, canary))
             events += (await _ensure(service, uid))[1]
-        percent = plan.step.canary_percent if canary_side is not None else 0
-        events += (await _ensure(build_route(body, spec, percent, settings.gateway), uid))[1]
+        events += (await _ensure(build_route(body, spec, plan.canary_share, settings.gateway), uid))[1]
     elif ((body.get("status") or {}).get("canary") or {}).get("split") == "HTTPRoute":
         events += await _remove("HTTPRoute", namespace, name, uid, "no canary split by HTTPRoute")
         for canary in (False, True):
             events += await _remove("Service", namespace, side_service_name(name, canary), uid, "no HTTPRoute")
-    if plan is not None and canary_side is not None:
-        built = build_deployment(body, spec, canary_side, image, replicas=plan.replicas)
+    if plan is not None and plan.canary_runs and plan.canary_model is not None:
+        built = build_deployment(body, spec, plan.canary_model, image, replicas=plan.canary_replicas)
         view.canary_deployment, change = await _ensure(built, uid, view.canary_deployment)
         events += change
     elif view.canary_deployment is not None:
