@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from keras_operator.api.jobfile import run_prefix
@@ -149,147 +150,241 @@ def _observe(
     workers: int,
     model_uri: str | None = None,
 ) -> dict[str, Any]:
-    job = obs.job
-    if job is None:
-        message = "creating the training Job"
-        return _status(
-            previous,
-            generation,
-            now,
-            ("Pending", "JobNotCreated", message),
-            [conditions.condition("Created", False, "JobNotCreated", message)],
+    """The status for the state the Job is in: one small function per state."""
+    if obs.job is None:
+        return _no_job(previous, generation, now)
+    seen = _SeenJob(obs, obs.job, previous, generation, now, epochs, checkpoints, workers, model_uri)
+    if seen.completed():
+        return _succeeded(seen)
+    failed = conditions.get(seen.job_conditions, "Failed") or conditions.get(seen.job_conditions, "FailureTarget")
+    if failed is not None and failed.get("status") == "True":
+        return _failed(seen, failed)
+    if seen.job.get("spec", {}).get("suspend"):
+        return _suspended(seen)
+    if seen.pod_phase == "Failed":
+        return _retrying(seen)
+    if seen.pod_phase not in ("Running", "Succeeded"):
+        return _pod_pending(seen)
+    return _running(seen)
+
+
+@dataclass(frozen=True)
+class _SeenJob:
+    """What every state of an existing Job reads: the inputs of `observe`, and what follows from them once
+    (the Job's status, worker 0's trainer, its result and the progress)."""
+
+    obs: Observation
+    job: dict[str, Any]
+    previous: dict[str, Any]
+    generation: int | None
+    now: str
+    epochs: int
+    checkpoints: bool
+    workers: int
+    model_uri: str | None
+
+    @cached_property
+    def job_status(self) -> dict[str, Any]:
+        return self.job.get("status") or {}
+
+    @cached_property
+    def job_conditions(self) -> list[dict[str, Any]]:
+        return self.job_status.get("conditions") or []
+
+    @cached_property
+    def name(self) -> str:
+        return str(self.job["metadata"]["name"])
+
+    @cached_property
+    def created(self) -> dict[str, Any]:
+        """The Created condition, True: the Job exists."""
+        return conditions.condition("Created", True, "JobCreated", f"Job {self.name} created")
+
+    @cached_property
+    def base(self) -> dict[str, Any]:
+        """jobName and startTime."""
+        base: dict[str, Any] = {"jobName": self.name}
+        # The first start stays: resuming a suspended Job resets its startTime (and Kueue clears it on eviction).
+        if start := self.previous.get("startTime") if self.previous.get("jobName") == self.name else None:
+            base["startTime"] = start
+        elif self.job_status.get("startTime"):
+            base["startTime"] = self.job_status["startTime"]
+        return base
+
+    @cached_property
+    def first_failure(self) -> dict[str, Any] | None:
+        """Above one worker, the first of them to fail in the latest group failure (the others end because
+        of it)."""
+        return _first_failure(self.obs.pods) if self.workers > 1 else None
+
+    @cached_property
+    def trainer(self) -> dict[str, Any]:
+        return _trainer(self.obs.pod)
+
+    @cached_property
+    def result(self) -> TrainingResult | None:
+        return parse_termination_message((self.trainer.get("terminated") or {}).get("message"))
+
+    @cached_property
+    def seen_end(self) -> str | None:
+        """The phase this Job was seen to end in before: seen again once the pod is gone (or its message
+        unreadable), a finished Job keeps what its result said."""
+        return self.previous.get("phase") if self.previous.get("jobName") == self.name else None
+
+    @cached_property
+    def progress(self) -> tuple[dict[str, Any], Any] | None:
+        return _progress(self.obs, self.previous)
+
+    @cached_property
+    def with_progress(self) -> dict[str, Any]:
+        """The previous status with the latest progress: a result says nothing of the epochs when the
+        trainer died before writing it, the last report does."""
+        if not self.progress:
+            return self.previous
+        return {**self.previous, "progress": self.progress[0], "metrics": self.progress[1] or None}
+
+    @property
+    def pod_phase(self) -> str | None:
+        return (self.obs.pod or {}).get("status", {}).get("phase")
+
+    def completed(self) -> bool:
+        return conditions.is_true(self.job_conditions, "Complete") or conditions.is_true(
+            self.job_conditions, "SuccessCriteriaMet"
         )
 
-    job_status = job.get("status") or {}
-    job_conditions = job_status.get("conditions") or []
-    name = job["metadata"]["name"]
-    created = conditions.condition("Created", True, "JobCreated", f"Job {name} created")
-    base: dict[str, Any] = {"jobName": name}
-    # The first start stays: resuming a suspended Job resets its startTime (and Kueue clears it on eviction).
-    if start := previous.get("startTime") if previous.get("jobName") == name else None:
-        base["startTime"] = start
-    elif job_status.get("startTime"):
-        base["startTime"] = job_status["startTime"]
-    # Above one worker, the first of them to fail in the latest group failure (the others end because of it).
-    first_failure = _first_failure(obs.pods) if workers > 1 else None
+    def status(self, phase: tuple[str, str, str], updates: list[dict[str, Any]]) -> dict[str, Any]:
+        """`_status` for this Job, with jobName and startTime."""
+        return {**self.base, **_status(self.previous, self.generation, self.now, phase, updates)}
 
-    trainer = _trainer(obs.pod)
-    result = parse_termination_message((trainer.get("terminated") or {}).get("message"))
-    # Seen again once the pod is gone (or its message unreadable), a finished Job keeps what its result said.
-    seen_end = previous.get("jobName") == name and previous.get("phase")
-    progress = _progress(obs, previous)
-    # A result says nothing of the epochs when the trainer died before writing it: the last report does.
-    with_progress = {**previous, "progress": progress[0], "metrics": progress[1] or None} if progress else previous
-    if conditions.is_true(job_conditions, "Complete") or conditions.is_true(job_conditions, "SuccessCriteriaMet"):
-        pod_phase = (obs.pod or {}).get("status", {}).get("phase")
-        stale = pod_phase in ("Pending", "Running") and "terminated" not in trainer  # a sidecar may hold it up
-        if result is None and seen_end != "Succeeded" and stale:
-            # Two watches: the Job's Complete came before the pod's end, which carries the trainer's result
-            # (modelUri, metrics). The pod's own event follows; a Succeeded written now would lack them.
-            waiting = "training finished; reading the trainer's result"
-            status = _status(previous, generation, now, ("Running", "Finishing", waiting), [created])
-            if progress:
-                status["progress"], status["metrics"] = progress
-            return {**base, **status}
-        if result is None or result.phase != "Succeeded":
-            result = (
-                TrainingResult(
-                    phase="Succeeded",
-                    message=previous.get("message") or "training finished",
-                    epochs=epochs,
-                    model_uri=previous.get("modelUri") or model_uri,
-                )
-                if seen_end == "Succeeded"
-                else TrainingResult(phase="Succeeded", message="training finished", epochs=epochs, model_uri=model_uri)
+    def ended(self, result: TrainingResult, completion_time: str) -> dict[str, Any]:
+        """The status of a finished Job, from its result."""
+        status = from_result(result, self.with_progress, self.generation, self.now)
+        status["conditions"] = conditions.merge(status["conditions"], [self.created], self.generation, self.now)
+        return {**self.base, **status, "completionTime": completion_time}
+
+    def running_updates(self) -> list[dict[str, Any]]:
+        """Created, and Queued set False once the Job was admitted."""
+        queued = conditions.get(self.previous.get("conditions"), "Queued")
+        return [self.created, *([conditions.condition("Queued", False, "Admitted")] if queued else [])]
+
+
+def _no_job(previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
+    message = "creating the training Job"
+    created = conditions.condition("Created", False, "JobNotCreated", message)
+    return _status(previous, generation, now, ("Pending", "JobNotCreated", message), [created])
+
+
+def _succeeded(seen: _SeenJob) -> dict[str, Any]:
+    stale = seen.pod_phase in ("Pending", "Running") and "terminated" not in seen.trainer  # a sidecar may hold it up
+    if seen.result is None and seen.seen_end != "Succeeded" and stale:
+        # Two watches: the Job's Complete came before the pod's end, which carries the trainer's result
+        # (modelUri, metrics). The pod's own event follows; a Succeeded written now would lack them.
+        status = seen.status(
+            ("Running", "Finishing", "training finished; reading the trainer's result"), [seen.created]
+        )
+        if seen.progress:
+            status["progress"], status["metrics"] = seen.progress
+        return status
+    result = seen.result
+    if result is None or result.phase != "Succeeded":
+        result = (
+            TrainingResult(
+                phase="Succeeded",
+                message=seen.previous.get("message") or "training finished",
+                epochs=seen.epochs,
+                model_uri=seen.previous.get("modelUri") or seen.model_uri,
             )
-        status = from_result(result, with_progress, generation, now)
-        status["conditions"] = conditions.merge(status["conditions"], [created], generation, now)
-        return {**base, **status, "completionTime": job_status.get("completionTime") or now}
-
-    failed = conditions.get(job_conditions, "Failed") or conditions.get(job_conditions, "FailureTarget")
-    if failed is not None and failed.get("status") == "True":
-        if result is None or result.phase != "Failed":
-            detail = _raw_termination_message(trainer)
-            if detail is None and seen_end == "Failed":
-                result = TrainingResult(phase="Failed", reason="TrainingError", message=previous.get("message", ""))
-            else:
-                detail = detail or failed.get("message") or failed.get("reason", "")
-                result = TrainingResult(
-                    phase="Failed",
-                    reason="TrainingError",
-                    message=f"{failed.get('reason', 'Failed')}: {detail}".strip(),
-                    epochs=epochs,
-                )
-        if first_failure is not None and first_failure["index"] != 0 and first_failure["pod"] not in result.message:
-            # Worker 0's word is the result, but the cause may be another worker's (JAX ends the rest).
-            result = result.model_copy(
-                update={"message": f"{result.message}; first to fail: {_failure_text(first_failure)}"}
+            if seen.seen_end == "Succeeded"
+            else TrainingResult(
+                phase="Succeeded", message="training finished", epochs=seen.epochs, model_uri=seen.model_uri
             )
-        status = from_result(result, with_progress, generation, now)
-        status["conditions"] = conditions.merge(status["conditions"], [created], generation, now)
-        return {**base, **status, "completionTime": failed.get("lastTransitionTime") or now}
+        )
+    return seen.ended(result, seen.job_status.get("completionTime") or seen.now)
 
-    if job.get("spec", {}).get("suspend"):
-        # Queued as soon as the Job is suspended, its pods still stopping or not: a pod killed by the suspension
-        # is no failure to retry, and nothing trains until the Job is resumed.
-        queue = (job["metadata"].get("labels") or {}).get(KUEUE_QUEUE_LABEL)
-        reason, message = "Suspended", "the Job is suspended (spec.runPolicy.suspend)"
-        if queue and conditions.get(previous.get("conditions"), "Running") is not None:
-            # It ran (Running is stated once it was True) and Kueue suspended it again: an eviction
-            # (preemption by a higher priority workload, reclaimed quota, a stopped queue), not a failure.
-            reason, message = "Preempted", _preempted_message(queue, progress, checkpoints)
-        elif queue:
-            message = f"waiting for Kueue to admit the Job (queue {queue})"
-        if job_status.get("active"):
-            message += "; its pods are stopping"
-        return {**base, **_status(previous, generation, now, ("Queued", reason, message), [created])}
 
-    queued_done = (
-        [conditions.condition("Queued", False, "Admitted")]
-        if conditions.get(previous.get("conditions"), "Queued")
-        else []
-    )
-    updates = [created, *queued_done]
-    pod_phase = (obs.pod or {}).get("status", {}).get("phase")
-    failures = job_status.get("failed") or 0
-    if pod_phase == "Failed":
-        # The Job has not failed: it retries, and until the next pod runs nothing trains.
-        if first_failure is not None:
-            message = f"{_failure_text(first_failure)}; the Job restarts the workers, {_next_attempt(checkpoints)}"
+def _failed(seen: _SeenJob, failed: dict[str, Any]) -> dict[str, Any]:
+    result = seen.result
+    if result is None or result.phase != "Failed":
+        detail = _raw_termination_message(seen.trainer)
+        if detail is None and seen.seen_end == "Failed":
+            result = TrainingResult(phase="Failed", reason="TrainingError", message=seen.previous.get("message", ""))
         else:
-            detail = _raw_termination_message(trainer) or "no message"
-            message = (
-                f"pod {obs.pod['metadata']['name']} failed ({detail}); the Job retries it, {_next_attempt(checkpoints)}"
+            detail = detail or failed.get("message") or failed.get("reason", "")
+            result = TrainingResult(
+                phase="Failed",
+                reason="TrainingError",
+                message=f"{failed.get('reason', 'Failed')}: {detail}".strip(),
+                epochs=seen.epochs,
             )
-        return {**base, **_status(previous, generation, now, ("Pending", "Retrying", message), updates)}
-    if pod_phase not in ("Running", "Succeeded"):
-        message = _pending_message(obs.pod, trainer)
-        if failures:
-            message += f" ({_attempt(failures, workers)}, {_next_attempt(checkpoints)})"
-        return {**base, **_status(previous, generation, now, ("Pending", "PodPending", message), updates)}
+    first = seen.first_failure
+    if first is not None and first["index"] != 0 and first["pod"] not in result.message:
+        # Worker 0's word is the result, but the cause may be another worker's (JAX ends the rest).
+        result = result.model_copy(update={"message": f"{result.message}; first to fail: {_failure_text(first)}"})
+    return seen.ended(result, failed.get("lastTransitionTime") or seen.now)
 
+
+def _suspended(seen: _SeenJob) -> dict[str, Any]:
+    # Queued as soon as the Job is suspended, its pods still stopping or not: a pod killed by the suspension
+    # is no failure to retry, and nothing trains until the Job is resumed.
+    queue = (seen.job["metadata"].get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+    reason, message = "Suspended", "the Job is suspended (spec.runPolicy.suspend)"
+    if queue and conditions.get(seen.previous.get("conditions"), "Running") is not None:
+        # It ran (Running is stated once it was True) and Kueue suspended it again: an eviction
+        # (preemption by a higher priority workload, reclaimed quota, a stopped queue), not a failure.
+        reason, message = "Preempted", _preempted_message(queue, seen.progress, seen.checkpoints)
+    elif queue:
+        message = f"waiting for Kueue to admit the Job (queue {queue})"
+    if seen.job_status.get("active"):
+        message += "; its pods are stopping"
+    return seen.status(("Queued", reason, message), [seen.created])
+
+
+def _retrying(seen: _SeenJob) -> dict[str, Any]:
+    # The Job has not failed: it retries, and until the next pod runs nothing trains.
+    then = _next_attempt(seen.checkpoints)
+    if seen.first_failure is not None:
+        message = f"{_failure_text(seen.first_failure)}; the Job restarts the workers, {then}"
+    else:
+        detail = _raw_termination_message(seen.trainer) or "no message"
+        pod = (seen.obs.pod or {}).get("metadata", {}).get("name")
+        message = f"pod {pod} failed ({detail}); the Job retries it, {then}"
+    return seen.status(("Pending", "Retrying", message), seen.running_updates())
+
+
+def _pod_pending(seen: _SeenJob) -> dict[str, Any]:
+    message = _pending_message(seen.obs.pod, seen.trainer)
+    if failures := seen.job_status.get("failed") or 0:
+        message += f" ({_attempt(failures, seen.workers)}, {_next_attempt(seen.checkpoints)})"
+    return seen.status(("Pending", "PodPending", message), seen.running_updates())
+
+
+def _running(seen: _SeenJob) -> dict[str, Any]:
+    progress, trainer = seen.progress, seen.trainer
     message = f"epoch {progress[0]['epoch']}/{progress[0]['epochs']}" if progress else "training started"
     reason = "Training"
-    if pod_phase == "Succeeded" or "terminated" in trainer:
+    if seen.pod_phase == "Succeeded" or "terminated" in trainer:
         # The trainer is done (a sidecar may still hold the pod up) and the Job has yet to say how it ended:
         # still Running, as Pending would tell of a training yet to start.
         code = (trainer.get("terminated") or {}).get("exitCode", 0)
         message = "training finished" if code == 0 else f"the trainer exited with code {code}"
         message += "; waiting for the Job to end"
         reason = "Finishing"
-    elif failures:
-        resumed = "resumed from the last checkpoint" if checkpoints else "started over: spec.output.checkpoints is off"
-        message += f" ({_attempt(failures, workers)}, {resumed})"
+    elif failures := seen.job_status.get("failed") or 0:
+        resumed = (
+            "resumed from the last checkpoint" if seen.checkpoints else "started over: spec.output.checkpoints is off"
+        )
+        message += f" ({_attempt(failures, seen.workers)}, {resumed})"
         reason = "Restarted"
-    if first_failure is not None and _is_current(first_failure, obs.pods) and reason != "Finishing":
+    first = seen.first_failure
+    if first is not None and _is_current(first, seen.obs.pods) and reason != "Finishing":
         # Worker 0 still runs, but a peer has failed: the group is about to restart (JAX ends the others).
-        message += f"; {_failure_text(first_failure)}"
-    status = _status(previous, generation, now, ("Running", reason, message), updates)
+        message += f"; {_failure_text(first)}"
+    status = seen.status(("Running", reason, message), seen.running_updates())
     if progress:
         status["progress"], status["metrics"] = progress
-    if obs.report is not None and obs.report.devices:
-        status["devices"] = obs.report.devices
-    return {**base, **status}
+    if seen.obs.report is not None and seen.obs.report.devices:
+        status["devices"] = seen.obs.report.devices
+    return status
 
 
 def waiting(reason: str, message: str, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
