@@ -6,6 +6,7 @@ The same `from_result` gives `kerasop run` the status a cluster would show.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,7 +14,7 @@ from typing import Any
 
 from keras_operator.api.jobfile import run_prefix
 from keras_operator.api.report import EpochReport, TrainingResult, parse_termination_message
-from keras_operator.api.training import TENSORBOARD_DIR
+from keras_operator.api.training import TENSORBOARD_DIR, KerasTrainingJobStatus, WorkersStatus
 from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, KUEUE_QUEUE_LABEL, TRAINER_CONTAINER
 from keras_operator.status import conditions
 
@@ -136,8 +137,16 @@ def observe(
     """
     status = _observe(obs, previous, generation, now, epochs, checkpoints, workers, model_uri)
     if workers > 1 and obs.job is not None:
-        status["workers"] = _workers(obs, previous, workers)
-    return status
+        status = status.model_copy(update={"workers": WorkersStatus.model_validate(_workers(obs, previous, workers))})
+    return status.model_dump(by_alias=True, exclude_none=True)
+
+
+def _typed(status: dict[str, Any]) -> KerasTrainingJobStatus:
+    """The status as the API's typed model. A metric that is no finite number (NaN, infinity: only a
+    hand-made report has one, the trainer drops them) is left out, as JSON and the API server have none."""
+    if metrics := status.get("metrics"):
+        status = {**status, "metrics": {k: v for k, v in metrics.items() if math.isfinite(v)}}
+    return KerasTrainingJobStatus.model_validate(status)
 
 
 def _observe(
@@ -149,7 +158,7 @@ def _observe(
     checkpoints: bool,
     workers: int,
     model_uri: str | None = None,
-) -> dict[str, Any]:
+) -> KerasTrainingJobStatus:
     """The status for the state the Job is in: one small function per state."""
     if obs.job is None:
         return _no_job(previous, generation, now)
@@ -252,15 +261,21 @@ class _SeenJob:
             self.job_conditions, "SuccessCriteriaMet"
         )
 
-    def status(self, phase: tuple[str, str, str], updates: list[dict[str, Any]]) -> dict[str, Any]:
-        """`_status` for this Job, with jobName and startTime."""
-        return {**self.base, **_status(self.previous, self.generation, self.now, phase, updates)}
+    def status(
+        self, phase: tuple[str, str, str], updates: list[dict[str, Any]], *, progress: bool = False
+    ) -> dict[str, Any]:
+        """`_status` for this Job, with jobName and startTime; with `progress`, the latest progress and
+        metrics."""
+        status = {**self.base, **_status(self.previous, self.generation, self.now, phase, updates)}
+        if progress and self.progress:
+            status["progress"], status["metrics"] = self.progress
+        return status
 
-    def ended(self, result: TrainingResult, completion_time: str) -> dict[str, Any]:
+    def ended(self, result: TrainingResult, completion_time: str) -> KerasTrainingJobStatus:
         """The status of a finished Job, from its result."""
         status = from_result(result, self.with_progress, self.generation, self.now)
         status["conditions"] = conditions.merge(status["conditions"], [self.created], self.generation, self.now)
-        return {**self.base, **status, "completionTime": completion_time}
+        return _typed({**self.base, **status, "completionTime": completion_time})
 
     def running_updates(self) -> list[dict[str, Any]]:
         """Created, and Queued set False once the Job was admitted."""
@@ -268,23 +283,19 @@ class _SeenJob:
         return [self.created, *([conditions.condition("Queued", False, "Admitted")] if queued else [])]
 
 
-def _no_job(previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
+def _no_job(previous: dict[str, Any], generation: int | None, now: str) -> KerasTrainingJobStatus:
     message = "creating the training Job"
     created = conditions.condition("Created", False, "JobNotCreated", message)
-    return _status(previous, generation, now, ("Pending", "JobNotCreated", message), [created])
+    return _typed(_status(previous, generation, now, ("Pending", "JobNotCreated", message), [created]))
 
 
-def _succeeded(seen: _SeenJob) -> dict[str, Any]:
+def _succeeded(seen: _SeenJob) -> KerasTrainingJobStatus:
     stale = seen.pod_phase in ("Pending", "Running") and "terminated" not in seen.trainer  # a sidecar may hold it up
     if seen.result is None and seen.seen_end != "Succeeded" and stale:
         # Two watches: the Job's Complete came before the pod's end, which carries the trainer's result
         # (modelUri, metrics). The pod's own event follows; a Succeeded written now would lack them.
-        status = seen.status(
-            ("Running", "Finishing", "training finished; reading the trainer's result"), [seen.created]
-        )
-        if seen.progress:
-            status["progress"], status["metrics"] = seen.progress
-        return status
+        waiting = ("Running", "Finishing", "training finished; reading the trainer's result")
+        return _typed(seen.status(waiting, [seen.created], progress=True))
     result = seen.result
     if result is None or result.phase != "Succeeded":
         result = (
@@ -302,7 +313,7 @@ def _succeeded(seen: _SeenJob) -> dict[str, Any]:
     return seen.ended(result, seen.job_status.get("completionTime") or seen.now)
 
 
-def _failed(seen: _SeenJob, failed: dict[str, Any]) -> dict[str, Any]:
+def _failed(seen: _SeenJob, failed: dict[str, Any]) -> KerasTrainingJobStatus:
     result = seen.result
     if result is None or result.phase != "Failed":
         detail = _raw_termination_message(seen.trainer)
@@ -323,7 +334,7 @@ def _failed(seen: _SeenJob, failed: dict[str, Any]) -> dict[str, Any]:
     return seen.ended(result, failed.get("lastTransitionTime") or seen.now)
 
 
-def _suspended(seen: _SeenJob) -> dict[str, Any]:
+def _suspended(seen: _SeenJob) -> KerasTrainingJobStatus:
     # Queued as soon as the Job is suspended, its pods still stopping or not: a pod killed by the suspension
     # is no failure to retry, and nothing trains until the Job is resumed.
     queue = (seen.job["metadata"].get("labels") or {}).get(KUEUE_QUEUE_LABEL)
@@ -336,10 +347,10 @@ def _suspended(seen: _SeenJob) -> dict[str, Any]:
         message = f"waiting for Kueue to admit the Job (queue {queue})"
     if seen.job_status.get("active"):
         message += "; its pods are stopping"
-    return seen.status(("Queued", reason, message), [seen.created])
+    return _typed(seen.status(("Queued", reason, message), [seen.created]))
 
 
-def _retrying(seen: _SeenJob) -> dict[str, Any]:
+def _retrying(seen: _SeenJob) -> KerasTrainingJobStatus:
     # The Job has not failed: it retries, and until the next pod runs nothing trains.
     then = _next_attempt(seen.checkpoints)
     if seen.first_failure is not None:
@@ -348,17 +359,17 @@ def _retrying(seen: _SeenJob) -> dict[str, Any]:
         detail = _raw_termination_message(seen.trainer) or "no message"
         pod = (seen.obs.pod or {}).get("metadata", {}).get("name")
         message = f"pod {pod} failed ({detail}); the Job retries it, {then}"
-    return seen.status(("Pending", "Retrying", message), seen.running_updates())
+    return _typed(seen.status(("Pending", "Retrying", message), seen.running_updates()))
 
 
-def _pod_pending(seen: _SeenJob) -> dict[str, Any]:
+def _pod_pending(seen: _SeenJob) -> KerasTrainingJobStatus:
     message = _pending_message(seen.obs.pod, seen.trainer)
     if failures := seen.job_status.get("failed") or 0:
         message += f" ({_attempt(failures, seen.workers)}, {_next_attempt(seen.checkpoints)})"
-    return seen.status(("Pending", "PodPending", message), seen.running_updates())
+    return _typed(seen.status(("Pending", "PodPending", message), seen.running_updates()))
 
 
-def _running(seen: _SeenJob) -> dict[str, Any]:
+def _running(seen: _SeenJob) -> KerasTrainingJobStatus:
     progress, trainer = seen.progress, seen.trainer
     message = f"epoch {progress[0]['epoch']}/{progress[0]['epochs']}" if progress else "training started"
     reason = "Training"
@@ -379,12 +390,10 @@ def _running(seen: _SeenJob) -> dict[str, Any]:
     if first is not None and _is_current(first, seen.obs.pods) and reason != "Finishing":
         # Worker 0 still runs, but a peer has failed: the group is about to restart (JAX ends the others).
         message += f"; {_failure_text(first)}"
-    status = seen.status(("Running", reason, message), seen.running_updates())
-    if progress:
-        status["progress"], status["metrics"] = progress
+    status = seen.status(("Running", reason, message), seen.running_updates(), progress=True)
     if seen.obs.report is not None and seen.obs.report.devices:
         status["devices"] = seen.obs.report.devices
-    return status
+    return _typed(status)
 
 
 def waiting(reason: str, message: str, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
