@@ -20,9 +20,9 @@ import kopf
 import pytest
 
 from helpers.fake_api import FakeApi, install
+from keras_operator.api.wire import CANARY_LABEL
 from keras_operator.builders.serving import (
-    CANARY_LABEL,
-    Side,
+    DeploymentModel,
     build_deployment,
     build_hpa,
     build_route,
@@ -84,7 +84,7 @@ def ready_status(replicas: int) -> dict[str, Any]:
 class Deployment:
     """A Deployment the resource made: the real builder's for `spec` (the resource's own when None)."""
 
-    model: str | Side = STABLE
+    model: str | DeploymentModel = STABLE
     ready: int = 1
     status: dict[str, Any] | None = None  # instead of ready_status(ready)
     spec: dict[str, Any] | None = None
@@ -200,11 +200,11 @@ class Row:
     events: list[str] = field(default_factory=list)  # reasons, in order
     requeue: float | None = None
     raises: type[BaseException] | None = None
-    check: Callable[[dict[str, Any], FakeApi, controller.View], object] | None = None
+    check: Callable[[dict[str, Any], FakeApi, controller.ObservedService], object] | None = None
 
 
 WITH_SERVICE: list[Setup] = [service]
-CANARY_DEPLOYMENT = Deployment(model=Side(CANARY, canary=True), spec={"canary": CANARY_SPEC})
+CANARY_DEPLOYMENT = Deployment(model=DeploymentModel(CANARY, canary=True), spec={"canary": CANARY_SPEC})
 CREATED = [("created", "Service", "digits"), ("created", "Deployment", "digits")]
 
 
@@ -573,7 +573,7 @@ def test_serving_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
     api.metrics.update(row.metrics)
     if row.fail is not None:
         api.fail(*row.fail)
-    view = controller.View(
+    view = controller.ObservedService(
         resource=body,
         deployment=deployment,
         training_job=row.training_job,

@@ -8,10 +8,11 @@ from typing import Any
 import kopf
 import pytest
 
-from keras_operator.controllers.outcome import Outcome, status_patch
+from keras_operator.controllers.outcome import status_patch
 from keras_operator.handlers import status_writer
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import kube
+from keras_operator.status.events import Outcome
 
 KEY = ("default", "job")
 

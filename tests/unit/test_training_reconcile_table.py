@@ -562,7 +562,7 @@ def test_training_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
         api.add(obj)
     if row.fail is not None:
         api.fail(*row.fail)
-    view = controller.View(resource=body, job=job, pods=row.pods)
+    view = controller.ObservedTraining(resource=body, job=job, pods=row.pods)
 
     if row.raises is not None:
         with pytest.raises(row.raises):
@@ -591,7 +591,7 @@ def test_the_job_created_is_the_builders() -> None:
     spec = controller.validate(body)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(controller, "kube", api)
-        asyncio.run(controller.reconcile(controller.View(resource=body), SETTINGS))
+        asyncio.run(controller.reconcile(controller.ObservedTraining(resource=body), SETTINGS))
     stored = api.stored("Job", "tiny-train")
     assert stored is not None
     expected = build_job(body, spec, SETTINGS.image_for(spec.backend), progress_endpoint(SETTINGS))

@@ -29,7 +29,6 @@ from keras_operator.api.common import (
     Uri,
 )
 from keras_operator.api.limits import INT32_MAX
-from keras_operator.api.wire import TRAINER_CONTAINER as TRAINER_CONTAINER  # the handlers' import, one step
 
 KIND = "KerasTrainingJob"
 PLURAL = "kerastrainingjobs"

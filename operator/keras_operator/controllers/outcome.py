@@ -11,7 +11,6 @@ from keras_operator.api.parse import InvalidResource
 from keras_operator.api.training import ObjectMeta
 from keras_operator.runtime.kube import Rejected
 from keras_operator.status.events import Event
-from keras_operator.status.events import Outcome as Outcome  # the status writer's import, one step
 
 
 def transition_events(previous: dict[str, Any], status: dict[str, Any]) -> list[Event]:

@@ -11,12 +11,10 @@ from keras_operator.api.parse import InvalidResource, parse_serving_spec
 from keras_operator.api.serving import KerasModelServiceSpec, name_problem
 from keras_operator.api.wire import (
     CANARY_LABEL,
-    MODEL_SERVICE_LABEL,
     MODEL_SOURCE_ANNOTATION,
     SERVER_CONTAINER,
     SPEC_HASH_ANNOTATION,
 )
-from keras_operator.api.wire import WATCHED_LABELS as WATCHED_LABELS  # the handlers' import, one step
 from keras_operator.builders.serving import (
     DeploymentModel,
     build_deployment,
@@ -43,7 +41,6 @@ from keras_operator.status.serving_metrics import Totals
 
 # Events that say what the operator did (posted whenever they happen; the others only with a status change).
 ACTION_REASONS = frozenset({"Created", "Updated", "Deleted"})
-OWNER_LABEL = MODEL_SERVICE_LABEL  # the handlers' import, one step: its home is api.wire
 
 
 @dataclass(frozen=True)
@@ -93,9 +90,6 @@ class ObservedService:
     """No HPA of this resource exists: an earlier reconcile removed it or found none, and none was applied
     since (the caller keeps it between reconciles, like `window`; unknown, so False, after a restart). HPAs
     are not watched: without it, every resync of a service without autoscaling GETs its HPA to find none."""
-
-
-View = ObservedService  # the handlers' name for it, one step
 
 
 class NameConflict(Exception):

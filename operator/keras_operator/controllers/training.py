@@ -16,8 +16,7 @@ from keras_operator.api.jobfile import run_prefix
 from keras_operator.api.parse import InvalidResource, parse_training_spec
 from keras_operator.api.report import EpochReport
 from keras_operator.api.training import KIND, KerasTrainingJobSpec, worker_name_problem
-from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, SPEC_HASH_ANNOTATION, TRAINING_JOB_LABEL
-from keras_operator.api.wire import WATCHED_LABELS as WATCHED_LABELS  # the handlers' import, one step
+from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, SPEC_HASH_ANNOTATION
 from keras_operator.builders.training import (
     build_job,
     build_worker_service,
@@ -61,9 +60,6 @@ class ObservedTraining:
     job: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
     report: EpochReport | None = None
-
-
-View = ObservedTraining  # the handlers' name for it, one step
 
 
 # Events that say what the operator did; the others say how the status changed, and are posted
@@ -208,8 +204,6 @@ async def _expire(job: dict[str, Any], status: dict[str, Any], ttl: int) -> tupl
 
 
 # The handlers' imports, one step: their home is api.wire.
-OWNER_LABEL = TRAINING_JOB_LABEL
-COMPLETION_INDEX = COMPLETION_INDEX_ANNOTATION
 
 
 def newest(pods: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ import kopf
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.serving import KIND, PLURAL
 from keras_operator.api.training import PLURAL as TRAINING_PLURAL
+from keras_operator.api.wire import MODEL_SERVICE_LABEL, WATCHED_LABELS
 from keras_operator.controllers import serving as serving_controller
 from keras_operator.controllers.vanished import Vanished
 from keras_operator.handlers.common import being_deleted, plain, watched_resource
@@ -32,8 +33,7 @@ from keras_operator.runtime.workqueue import WorkQueue
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 TRAINING = (GROUP, VERSION, TRAINING_PLURAL)
-OWNER_LABEL = serving_controller.OWNER_LABEL
-OWNED = {**serving_controller.WATCHED_LABELS, OWNER_LABEL: kopf.PRESENT}
+OWNED = {**WATCHED_LABELS, MODEL_SERVICE_LABEL: kopf.PRESENT}
 
 Key = tuple[str, str]  # (namespace, KerasModelService name)
 
@@ -53,7 +53,7 @@ def _training_ref(spec: Any, *path: str) -> str | None:
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
 def serving_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {
-        (namespace, labels[OWNER_LABEL]): {
+        (namespace, labels[MODEL_SERVICE_LABEL]): {
             k: plain(body.get(k)) for k in ("apiVersion", "kind", "metadata", "spec", "status")
         }
     }
@@ -79,7 +79,7 @@ class Serving:
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self.reconcile)
 
-    async def view(self, key: Key) -> serving_controller.View | None:
+    async def view(self, key: Key) -> serving_controller.ObservedService | None:
         assert self.indexes is not None
         resources, deployments = self.indexes
         resource = next(iter(resources.get(key, [])), None)
@@ -96,7 +96,7 @@ class Serving:
         # event (each epoch of thousands of trainings) would cost more than one GET per service per resync.
         spec = resource.get("spec")
         ref, canary_ref = _training_ref(spec), _training_ref(spec, "canary")
-        return serving_controller.View(
+        return serving_controller.ObservedService(
             resource=resource,
             deployment=owned.get(key[1]),
             training_job=await kube.get_custom(TRAINING, key[0], ref) if ref else None,
@@ -183,4 +183,4 @@ async def service_changed(namespace: str, name: str, body: kopf.Body, memo: kopf
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 async def deployment_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _bound(memo, kwargs).queue.enqueue((namespace, labels[OWNER_LABEL]))
+    _bound(memo, kwargs).queue.enqueue((namespace, labels[MODEL_SERVICE_LABEL]))

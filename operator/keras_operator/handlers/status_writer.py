@@ -15,8 +15,9 @@ from typing import Any
 import kopf
 import structlog
 
-from keras_operator.controllers.outcome import Outcome, status_patch
+from keras_operator.controllers.outcome import status_patch
 from keras_operator.runtime import kube, metrics
+from keras_operator.status.events import Outcome
 
 log = structlog.get_logger("keras_operator.status")
 

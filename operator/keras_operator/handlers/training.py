@@ -22,7 +22,8 @@ import kopf
 
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.report import EpochReport, last_epoch
-from keras_operator.api.training import KIND, PLURAL, TRAINER_CONTAINER
+from keras_operator.api.training import KIND, PLURAL
+from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, TRAINER_CONTAINER, TRAINING_JOB_LABEL, WATCHED_LABELS
 from keras_operator.controllers import training as training_controller
 from keras_operator.controllers.vanished import Vanished
 from keras_operator.handlers.common import being_deleted, plain, watched_resource
@@ -32,14 +33,18 @@ from keras_operator.runtime.settings import Settings
 from keras_operator.runtime.workqueue import WorkQueue
 
 RESOURCE = (GROUP, VERSION, PLURAL)
-OWNER_LABEL = training_controller.OWNER_LABEL
-COMPLETION_INDEX = training_controller.COMPLETION_INDEX
-OWNED = {**training_controller.WATCHED_LABELS, OWNER_LABEL: kopf.PRESENT}
+OWNED = {**WATCHED_LABELS, TRAINING_JOB_LABEL: kopf.PRESENT}
 
 Key = tuple[str, str]  # (namespace, KerasTrainingJob name)
 
 
 # --- what the watches show, trimmed to what the controller reads (memory at thousands of resources) ---
+
+
+def _completion_index(meta: dict[str, Any]) -> dict[str, str]:
+    """A pod's completion-index annotation alone (the worker's rank in an Indexed Job)."""
+    annotations = meta.get("annotations") or {}
+    return {k: v for k, v in annotations.items() if k == COMPLETION_INDEX_ANNOTATION}
 
 
 @kopf.index(*RESOURCE)
@@ -51,7 +56,7 @@ def training_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> 
 def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     meta = body["metadata"]
     return {
-        (namespace, labels[OWNER_LABEL]): {
+        (namespace, labels[TRAINING_JOB_LABEL]): {
             "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "labels", "annotations")}
             | {"ownerReferences": meta.get("ownerReferences") or []},
             "spec": {"suspend": bool((body.get("spec") or {}).get("suspend"))},
@@ -64,9 +69,13 @@ def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     meta, status = body["metadata"], body.get("status") or {}
     return {
-        (namespace, labels[OWNER_LABEL]): {
+        (namespace, labels[TRAINING_JOB_LABEL]): {
             "metadata": {k: meta.get(k) for k in ("name", "uid", "creationTimestamp", "deletionTimestamp")}
-            | {"annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k == COMPLETION_INDEX}}
+            | {
+                "annotations": {
+                    k: v for k, v in (meta.get("annotations") or {}).items() if k == COMPLETION_INDEX_ANNOTATION
+                }
+            }
             # Labels anyone may set; the owner (the Job, by uid) is what makes a pod the training's.
             | {"ownerReferences": [{"uid": ref.get("uid")} for ref in meta.get("ownerReferences") or []]},
             # reason and message: why a pod failed with no container to tell (Evicted, ...), for status.workers.
@@ -111,7 +120,7 @@ class Training:
     def bind(self, resources: kopf.Index, jobs: kopf.Index, pods: kopf.Index) -> None:
         self.indexes = (resources, jobs, pods)
 
-    def view(self, key: Key) -> training_controller.View | None:
+    def view(self, key: Key) -> training_controller.ObservedTraining | None:
         assert self.indexes is not None
         resources, jobs, _ = self.indexes
         resource = next(iter(resources.get(key, [])), None)
@@ -129,7 +138,7 @@ class Training:
             self.created.pop(key, None)  # the watch has caught up with our own create
         else:
             job = self._made(key, uid)
-        return training_controller.View(
+        return training_controller.ObservedTraining(
             resource=resource, job=job, pods=self._pods(key, job), report=self.report_of(key, uid)
         )
 
@@ -278,7 +287,7 @@ async def resource_changed(namespace: str, name: str, body: kopf.Body, memo: kop
 async def job_changed(
     namespace: str, labels: kopf.Labels, body: kopf.Body, type: str, memo: kopf.Memo, **kwargs: Any
 ) -> None:
-    key, training = (namespace, labels[OWNER_LABEL]), of(memo)
+    key, training = (namespace, labels[TRAINING_JOB_LABEL]), of(memo)
     if type == "ADDED" and training.own_job(key, body):
         training.created.pop(key, None)  # the index has it now (and no reconcile may come to drop it)
         return  # the Job the last reconcile created: it knew the Job
@@ -287,4 +296,4 @@ async def job_changed(
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)
 async def pod_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kwargs: Any) -> None:
-    _enqueue((namespace, labels[OWNER_LABEL]), memo, kwargs)
+    _enqueue((namespace, labels[TRAINING_JOB_LABEL]), memo, kwargs)
