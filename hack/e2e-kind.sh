@@ -6,8 +6,8 @@
 #   SCENARIOS="train serve" bash hack/e2e-kind.sh   # only these (after the install)
 #
 # Each scenario is a function `scenario_NAME` whose `# mirrors:` line names the emulated tests
-# (tests/e2e, tests/unit) that check the same behaviour on the emulated API server; a unit test
-# (tests/unit/test_gitops.py) fails when a named test no longer exists. The real API server is where
+# (tests/e2e and the folders that mirror the code) that check the same behaviour on the emulated API server; a unit test
+# (tests/chart/test_gitops.py) fails when a named test no longer exists. The real API server is where
 # the emulator's leniency shows: canonical quantities, defaults, server-side apply ownership, CEL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ OPERATOR_NS=keras-system
 say() { printf '\n=== %s\n' "$*"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
 
-# mirrors: tests/unit/test_install_checks.py (the chart's CRDs accepted by a strict API server)
+# mirrors: tests/chart/test_install_checks.py (the chart's CRDs accepted by a strict API server)
 scenario_install() {
   # The CRDs go in first and alone: a CEL rule the API server cannot compile refuses them here.
   kubectl apply --server-side -f crds/

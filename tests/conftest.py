@@ -23,7 +23,7 @@ K8S_VERSIONS = ("1.30", "1.33", "1.37")
 # --- the fast tier: `pytest -m "not slow"` ---
 
 # Folders whose every test starts processes (the operator, trainers, servers, podman, helm, kubectl, moto):
-# marked slow here. Elsewhere (tests/unit, tests/security) each module marks its own tests.
+# marked slow here. Elsewhere (the folders that mirror the code, tests/security) each module marks its own.
 SLOW_FOLDERS = ("e2e", "images", "integration")
 HEAVY_MODULES = ("tensorflow", "keras", "jax", "torch")
 

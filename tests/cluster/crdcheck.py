@@ -8,7 +8,7 @@ server refuses the whole CRD for any of these, so `helm install` fails before th
 Where this is weaker than the server, on purpose: CEL is parsed by `common-expression-language` (its
 grammar is Go's, so a bad escape or token fails here too), but has no type checker; in its place
 `self.a.b` selections are looked up in the schema, and at the root only metadata.name and
-metadata.generateName may be read. CEL cost estimates are left to tests/unit/test_immutable_spec.py.
+metadata.generateName may be read. CEL cost estimates are left to tests/operator/api/test_immutable_spec.py.
 Regexes (`pattern`, CEL `matches`) are compiled by Python's `re`, not RE2.
 """
 

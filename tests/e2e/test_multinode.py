@@ -127,7 +127,7 @@ needs_cluster = pytest.mark.skipif(
 )
 
 # What two processes reach against one with the same global batch: the same float32 sums in another
-# order (tests/unit/test_multiworker.py measures the same bound without the operator).
+# order (tests/trainer/test_multiworker.py measures the same bound without the operator).
 ATOL = 1e-5
 
 

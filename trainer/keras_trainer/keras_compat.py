@@ -1,7 +1,7 @@
 """Every use of a Keras private member (and every patch around Keras) the trainer makes, in one place.
 
 Each shim leans on something Keras does not promise to keep. They were written against Keras 3.15
-(KERAS_VERSIONS); tests/unit/test_keras_compat.py fails when the installed Keras is outside that range
+(KERAS_VERSIONS); tests/trainer/test_keras_compat.py fails when the installed Keras is outside that range
 or when a private member named in PRIVATE_MEMBERS is gone, so an upgrade is checked here first rather
 than found by a training that silently resumes at epoch 0 or saves from every worker.
 

@@ -209,7 +209,7 @@ class PodSpecOverrides(ApiModel):
 
 
 # The volumes and mount paths the operator adds to every pod (builders/pod.py, training.py, serving.py;
-# tests/unit/test_hostile_specs.py checks they are all listed here).
+# tests/operator/api/test_hostile_specs.py checks they are all listed here).
 RESERVED_VOLUMES = frozenset({"config", "scratch", "progress-token", "code"})
 RESERVED_MOUNT_PATHS = frozenset(
     {"/etc/keras-operator", "/tmp", "/var/run/secrets/kerasoperator.dev/progress", "/opt/keras-operator/code"}

@@ -21,7 +21,7 @@ PLURALS = {"KerasTrainingJob": "kerastrainingjobs", "KerasModelService": "kerasm
 
 def create_schema(plural: str) -> dict[str, Any]:
     """The schema as the API server applies it on create: without the transition rules (`oldSelf`),
-    which it evaluates on updates only (tests/unit/test_immutable_spec.py evaluates those)."""
+    which it evaluates on updates only (tests/operator/api/test_immutable_spec.py evaluates those)."""
 
     def strip(node: Any) -> Any:
         if isinstance(node, list):

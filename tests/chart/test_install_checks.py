@@ -4,7 +4,7 @@ refused (a rule with `\\.` in a single-quoted CEL string) is refused 422 here to
 
 Then the whole chart, as `helm install` sends it: every object is accepted, stored with the server's defaults
 and canonical quantities (which must still validate against the official schemas) and owned by helm's field
-manager. The rendered objects themselves are validated in tests/unit/test_chart.py.
+manager. The rendered objects themselves are validated in tests/chart/test_chart.py.
 """
 
 from __future__ import annotations
