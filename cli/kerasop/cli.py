@@ -17,10 +17,10 @@ import yaml
 
 from keras_operator.api import jobfile
 from keras_operator.api.common import DNS1123_LABEL
+from keras_operator.api.model_service import KerasModelService
 from keras_operator.api.parse import InvalidResource, Resource, parse, read_documents
-from keras_operator.api.serving import KerasModelService
-from keras_operator.api.training import MODEL_FILE, SAVEDMODEL_DIR, KerasTrainingJob
-from keras_operator.builders.serving import (
+from keras_operator.api.training_job import MODEL_FILE, SAVEDMODEL_DIR, KerasTrainingJob
+from keras_operator.builders.serving_manifests import (
     DeploymentModel,
     ServiceTarget,
     build_deployment,
@@ -31,11 +31,10 @@ from keras_operator.builders.serving import (
     server_args,
     side_service_name,
 )
-from keras_operator.builders.training import build_job, build_worker_service, progress_endpoint
+from keras_operator.builders.training_manifests import build_job, build_worker_service, progress_endpoint
 from keras_operator.controllers.canary_plan import traffic_split
 from keras_operator.runtime.settings import Settings
-from keras_operator.status import conditions
-from keras_operator.status import training as training_status
+from keras_operator.status import conditions, training_status
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 DEFAULT_PVC_ROOT = "runs/pvc"

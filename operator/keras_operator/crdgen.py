@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from keras_operator.api import serving, training
+from keras_operator.api import model_service, training_job
 from keras_operator.api.common import GROUP, VERSION
 
 ROOT = Path(__file__).resolve().parents[2]  # operator/keras_operator/crdgen.py -> the repository
@@ -144,13 +144,13 @@ def object_schema(spec: type[BaseModel], status: type[BaseModel], description: s
 
 def training_job_crd() -> dict[str, Any]:
     schema = object_schema(
-        training.KerasTrainingJobSpec,
-        training.KerasTrainingJobStatus,
+        training_job.KerasTrainingJobSpec,
+        training_job.KerasTrainingJobStatus,
         "KerasTrainingJob trains a Keras model in a batch/v1 Job running the generic Keras trainer.",
     )
     return crd(
-        kind=training.KIND,
-        plural=training.PLURAL,
+        kind=training_job.KIND,
+        plural=training_job.PLURAL,
         short_names=["ktj"],
         schema=schema,
         columns=[
@@ -172,13 +172,13 @@ def training_job_crd() -> dict[str, Any]:
 
 def model_service_crd() -> dict[str, Any]:
     schema = object_schema(
-        serving.KerasModelServiceSpec,
-        serving.KerasModelServiceStatus,
+        model_service.KerasModelServiceSpec,
+        model_service.KerasModelServiceStatus,
         "KerasModelService serves a saved Keras model over TF Serving REST and the Open Inference Protocol.",
     )
     return crd(
-        kind=serving.KIND,
-        plural=serving.PLURAL,
+        kind=model_service.KIND,
+        plural=model_service.PLURAL,
         short_names=["kms"],
         schema=schema,
         columns=[

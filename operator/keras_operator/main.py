@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, cast
 import kopf
 import structlog
 
-from keras_operator.endpoints.progress import ProgressEndpoint
-from keras_operator.handlers import serving, setup, training
+from keras_operator.endpoints.progress_server import ProgressEndpoint
+from keras_operator.handlers import serving_handlers, setup, training_handlers
 from keras_operator.runtime import lifecycle, metrics
 from keras_operator.runtime.settings import Settings
 
@@ -60,11 +60,11 @@ def parser() -> argparse.ArgumentParser:
 
 def compose(settings: Settings, stop: threading.Event | None = None) -> kopf.Memo:
     """Everything one operator run holds, made once: kopf hands it to every handler as `memo`."""
-    trainings = training.Training(settings)
+    trainings = training_handlers.Training(settings)
     return kopf.Memo(
         settings=settings,
         training=trainings,
-        serving=serving.Serving(settings),
+        serving=serving_handlers.Serving(settings),
         progress=ProgressEndpoint(trainings, settings),
         stop=stop if stop is not None else threading.Event(),
     )
@@ -80,8 +80,8 @@ async def on_startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any)
     ours = cast(Settings, memo["settings"])
     setup.configure(settings, ours)
     metrics.serve(ours.metrics_port)
-    training.of(memo).start()
-    serving.of(memo).start()
+    training_handlers.of(memo).start()
+    serving_handlers.of(memo).start()
     await cast(ProgressEndpoint, memo["progress"]).start()
     structlog.get_logger("keras_operator").info(
         "operator_started", namespaces=list(ours.namespaces) or "all", metrics_port=ours.metrics_port
@@ -94,8 +94,8 @@ async def on_cleanup(memo: kopf.Memo, **_: Any) -> None:
     # a flag nobody sets would hold the process until SIGKILL (in a pod, the whole grace period).
     cast(threading.Event, memo["stop"]).set()
     await cast(ProgressEndpoint, memo["progress"]).close()
-    await training.of(memo).close()
-    await serving.of(memo).close()
+    await training_handlers.of(memo).close()
+    await serving_handlers.of(memo).close()
 
 
 @contextmanager
@@ -185,7 +185,9 @@ def _run(settings: Settings) -> None:
 
         from keras_operator.runtime.liveness import WorkLiveness
 
-        work = WorkLiveness.for_timeout((training.of(memo).queue, serving.of(memo).queue), settings.api_timeout)
+        work = WorkLiveness.for_timeout(
+            (training_handlers.of(memo).queue, serving_handlers.of(memo).queue), settings.api_timeout
+        )
 
         def keep() -> None:
             held.keep(stop, lost, alive=work.alive)

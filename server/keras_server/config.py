@@ -1,5 +1,5 @@
 """The model server's settings: the flags of `keras-server` and the environment, over the defaults of
-the KerasModelService API (`keras_operator.api.serving`), so the operator omits a flag that would repeat
+the KerasModelService API (`keras_operator.api.model_service`), so the operator omits a flag that would repeat
 the server's own default and the two cannot drift apart."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from keras_operator.api.serving import ServerSpec
+from keras_operator.api.model_service import ServerSpec
 from keras_server.model import default_batch_sizes
 from keras_server.versions import VersionPolicy
 

@@ -13,7 +13,7 @@ from helpers.chart import render
 from helpers.jobs import tiny_job
 from helpers.manifests import ROOT, validate_k8s
 from keras_operator.api.parse import parse
-from keras_operator.builders.training import build_job
+from keras_operator.builders.training_manifests import build_job
 
 pytestmark = pytest.mark.slow  # every test renders the chart with helm
 

@@ -118,14 +118,16 @@ def invalid_cases(seed: int, count: int) -> tuple[list[Invalid], list[list[str]]
     """The generated documents the operator's own API refuses (checked in this process), and the breaks
     of those it accepts (a gap in the API's types, which must then be one the tests know of)."""
     from keras_operator.api.parse import InvalidResource
-    from keras_operator.controllers import serving, training
+    from keras_operator.controllers import serving_reconciler, training_reconciler
 
     cases: list[Invalid] = []
     accepted: list[list[str]] = []
     for case in invalid_resources(seed, count):
         doc = case.doc
         try:
-            validate = training.validate if doc["kind"] == "KerasTrainingJob" else serving.validate
+            validate = (
+                training_reconciler.validate if doc["kind"] == "KerasTrainingJob" else serving_reconciler.validate
+            )
             validate({**doc, "metadata": {**doc["metadata"], "uid": "u", "namespace": "default"}})
         except InvalidResource:
             cases.append(case)

@@ -24,8 +24,8 @@ from podrun import ROOT, free_port, host_dir, podman, podman_run_args, pre_stop,
 
 from helpers.server import get_json, post_json
 from keras_operator.api.parse import parse
-from keras_operator.builders.serving import build_deployment
-from keras_operator.builders.training import build_job
+from keras_operator.builders.serving_manifests import build_deployment
+from keras_operator.builders.training_manifests import build_job
 
 pytestmark = [pytest.mark.images]
 

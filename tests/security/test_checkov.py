@@ -34,9 +34,9 @@ import yaml
 
 from helpers.manifests import ROOT
 from helpers.rbac import render_chart
+from keras_operator.api.model_service import KerasModelService
 from keras_operator.api.parse import parse, read_documents
-from keras_operator.api.serving import KerasModelService
-from keras_operator.builders.serving import (
+from keras_operator.builders.serving_manifests import (
     DeploymentModel,
     build_deployment,
     build_route,
@@ -176,7 +176,7 @@ def rendered(example: Path, cert_dir: Path) -> list[dict[str, Any]]:
 
 
 def canary_objects(service: KerasModelService, split: str) -> list[dict[str, Any]]:
-    """What the operator adds for a canary (controllers/serving.py): by pods, one Service over both sides'
+    """What the operator adds for a canary (controllers/serving_reconciler.py): by pods, one Service over both sides'
     pods; by HTTPRoute, a Service per side and the route."""
     spec = service.spec
     assert spec.canary is not None

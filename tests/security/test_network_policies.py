@@ -13,8 +13,8 @@ import yaml
 from helpers.manifests import ROOT, validate_k8s
 from helpers.rbac import render_chart
 from keras_operator.api.parse import parse, read_documents
-from keras_operator.builders.serving import DeploymentModel, build_deployment, stable_side
-from keras_operator.builders.training import ProgressEndpoint, build_job
+from keras_operator.builders.serving_manifests import DeploymentModel, build_deployment, stable_side
+from keras_operator.builders.training_manifests import ProgressEndpoint, build_job
 
 POLICIES = ROOT / "deploy" / "networkpolicy"
 

@@ -25,7 +25,7 @@ import yaml
 
 from helpers.jobs import tiny_job
 from helpers.weights import epoch_lines, log_lines, weights_of
-from keras_operator.api.training import TENSORBOARD_DIR
+from keras_operator.api.training_job import TENSORBOARD_DIR
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]  # every test runs trainer processes
 

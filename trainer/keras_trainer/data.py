@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_operator.api.training import DataSource
+from keras_operator.api.training_job import DataSource
 from keras_trainer import storage
 from keras_trainer.errors import SpecError, TransientError, suggestion
 

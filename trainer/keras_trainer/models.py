@@ -9,7 +9,7 @@ from typing import Any
 
 import keras
 
-from keras_operator.api.training import ModelSpec, TrainingSpec
+from keras_operator.api.training_job import ModelSpec, TrainingSpec
 from keras_trainer import storage
 from keras_trainer.errors import SpecError, TransientError, first_line, suggestion
 

@@ -16,7 +16,7 @@ import keras
 import structlog
 
 from keras_operator.api import jobfile
-from keras_operator.api.training import CHECKPOINT_DIR, MODEL_FILE, SAVEDMODEL_DIR, OutputSpec
+from keras_operator.api.training_job import CHECKPOINT_DIR, MODEL_FILE, SAVEDMODEL_DIR, OutputSpec
 from keras_trainer import storage
 
 log = structlog.get_logger("keras_trainer")

@@ -12,7 +12,7 @@ import structlog
 from keras_operator.api import jobfile
 from keras_operator.api.jobfile import TrainerJob
 from keras_operator.api.report import EpochReport, TrainingResult, clean_metrics
-from keras_operator.api.training import (
+from keras_operator.api.training_job import (
     CHECKPOINT_DIR,
     TENSORBOARD_DIR,
     KerasTrainingJob,

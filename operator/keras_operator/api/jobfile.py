@@ -1,6 +1,6 @@
 """The trainer's job file: what one training run needs, versioned on its own, apart from the CRD.
 
-The operator writes it (builders/training.py) into the pod template, the trainer reads it, and the two
+The operator writes it (builders/training_manifests.py) into the pod template, the trainer reads it, and the two
 may be different releases: a pinned trainer image outlives operator upgrades. So the file has its own
 `apiVersion: kerasoperator.dev/trainer/vN`, `kind: TrainerJob`, and these rules:
 
@@ -31,8 +31,8 @@ from pydantic import BaseModel, Field, ValidationError
 from keras_operator.api.base import ApiModel, field_path
 from keras_operator.api.common import API_VERSION, GROUP, Backend
 from keras_operator.api.parse import InvalidResource, parse
-from keras_operator.api.training import KIND as TRAINING_KIND
-from keras_operator.api.training import (
+from keras_operator.api.training_job import KIND as TRAINING_KIND
+from keras_operator.api.training_job import (
     DataSpec,
     KerasTrainingJob,
     KerasTrainingJobSpec,

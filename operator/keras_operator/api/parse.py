@@ -13,10 +13,10 @@ from keras_operator.api import catalogue
 from keras_operator.api.base import describe_errors
 from keras_operator.api.common import API_VERSION
 from keras_operator.api.limits import MAX_DEPTH, MAX_DOCUMENT_BYTES, TooLarge, check_tree, json_size, load_yaml
-from keras_operator.api.serving import KIND as SERVING_KIND
-from keras_operator.api.serving import KerasModelService, KerasModelServiceSpec
-from keras_operator.api.training import KIND as TRAINING_KIND
-from keras_operator.api.training import KerasTrainingJob, KerasTrainingJobSpec
+from keras_operator.api.model_service import KIND as SERVING_KIND
+from keras_operator.api.model_service import KerasModelService, KerasModelServiceSpec
+from keras_operator.api.training_job import KIND as TRAINING_KIND
+from keras_operator.api.training_job import KerasTrainingJob, KerasTrainingJobSpec
 
 Resource = KerasTrainingJob | KerasModelService
 KINDS: dict[str, type[KerasTrainingJob] | type[KerasModelService]] = {

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from keras_operator.api.common import PodTemplate
-from keras_operator.builders.common import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, PVC_ROOT
+from keras_operator.builders.metadata import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, PVC_ROOT
 
 SCRATCH_DIR = "/tmp"  # the root filesystem is read-only; Keras, TF and Python caches write here
 

@@ -15,16 +15,16 @@ from typing import Any
 import structlog
 
 from keras_operator.api.common import GROUP
+from keras_operator.api.model_service import KIND as SERVICE_KIND
 from keras_operator.api.parse import InvalidResource
-from keras_operator.api.serving import KIND as SERVICE_KIND
-from keras_operator.api.training import KIND as TRAINING_KIND
-from keras_operator.controllers import serving, training
+from keras_operator.api.training_job import KIND as TRAINING_KIND
+from keras_operator.controllers import serving_reconciler, training_reconciler
 
 log = structlog.get_logger("keras_operator.admission")
 
 VALIDATORS: dict[str, Callable[[dict[str, Any]], object]] = {
-    TRAINING_KIND: training.validate,
-    SERVICE_KIND: serving.validate,
+    TRAINING_KIND: training_reconciler.validate,
+    SERVICE_KIND: serving_reconciler.validate,
 }
 CHECKED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 

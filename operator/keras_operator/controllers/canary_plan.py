@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol
 
-from keras_operator.api.serving import Canary, KerasModelServiceSpec
-from keras_operator.builders.serving import DeploymentModel, ServiceTarget
+from keras_operator.api.model_service import Canary, KerasModelServiceSpec
+from keras_operator.builders.serving_manifests import DeploymentModel, ServiceTarget
 from keras_operator.status import canary as canary_status
 from keras_operator.status import conditions
 from keras_operator.status.serving_metrics import Totals

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from keras_operator.api.base import describe_errors
 from keras_operator.api.parse import InvalidResource
-from keras_operator.api.training import ObjectMeta
+from keras_operator.api.training_job import ObjectMeta
 from keras_operator.runtime.kube import Rejected
 from keras_operator.status.events import Event
 

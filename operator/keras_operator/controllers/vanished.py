@@ -22,8 +22,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from keras_operator.controllers import serving as serving_controller
-from keras_operator.controllers import training as training_controller
+from keras_operator.controllers import serving_reconciler, training_reconciler
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 from keras_operator.status.events import Outcome
@@ -71,8 +70,8 @@ class Vanished:
     # --- KerasModelService ---
 
     async def serving_view(
-        self, resource: tuple[str, str, str], view: serving_controller.ObservedService | None
-    ) -> serving_controller.ObservedService | None:
+        self, resource: tuple[str, str, str], view: serving_reconciler.ObservedService | None
+    ) -> serving_reconciler.ObservedService | None:
         """The view, or None when its resource is gone. Checked only when the reconcile may make its
         Deployment (none in the index), and again once a Deployment it had is gone (the garbage collector
         removes a deleted resource's): never are children made for a uid found gone."""
@@ -97,7 +96,7 @@ class Vanished:
 
     # --- KerasTrainingJob ---
 
-    async def training_view(self, view: training_controller.ObservedTraining) -> training_controller.ObservedTraining:
+    async def training_view(self, view: training_reconciler.ObservedTraining) -> training_reconciler.ObservedTraining:
         """The view without its Job when that Job is gone. Checked when the index shows the Job with pods
         running while none of them exists any more (what a Job deleted, and its pods collected, looks like)."""
         job = view.job
@@ -110,19 +109,19 @@ class Vanished:
         return dataclasses.replace(view, job=None, pods=[])
 
     async def reconcile_training(
-        self, view: training_controller.ObservedTraining, settings: Settings
-    ) -> tuple[Outcome, dict[str, Any] | None, training_controller.ObservedTraining]:
+        self, view: training_reconciler.ObservedTraining, settings: Settings
+    ) -> tuple[Outcome, dict[str, Any] | None, training_reconciler.ObservedTraining]:
         """The training's reconcile on a view checked as above; a 404 from a PATCH of its Job means the Job
         is gone (not a failure to retry): the reconcile runs again without it. -> (outcome, Job, view)."""
         view = await self.training_view(view)
         try:
-            outcome, job = await training_controller.reconcile(view, settings)
+            outcome, job = await training_reconciler.reconcile(view, settings)
         except ApiException as exc:
             if exc.status != 404 or view.job is None:
                 raise
             self.mark(view.job)
             view = dataclasses.replace(view, job=None, pods=[])
-            outcome, job = await training_controller.reconcile(view, settings)
+            outcome, job = await training_reconciler.reconcile(view, settings)
         return outcome, job, view
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from keras_operator.api.serving import CanaryAnalysis, CanaryState
+from keras_operator.api.model_service import CanaryAnalysis, CanaryState
 from keras_operator.status import conditions
 from keras_operator.status.events import Event
 from keras_operator.status.serving_metrics import Totals

@@ -26,8 +26,8 @@ from helpers.manifests import ROOT
 from keras_operator.api import common
 from keras_operator.api.limits import INT32_MAX, MAX_ALIASES, MAX_DEPTH
 from keras_operator.api.parse import InvalidResource, parse, parse_serving_spec, parse_training_spec
-from keras_operator.builders.serving import build_deployment
-from keras_operator.builders.training import ProgressEndpoint, build_job
+from keras_operator.builders.serving_manifests import build_deployment
+from keras_operator.builders.training_manifests import ProgressEndpoint, build_job
 from kerasop import cli
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -564,18 +564,17 @@ def test_the_controllers_check_names_that_depend_on_the_kind() -> None:
     import asyncio
 
     from helpers.jobs import tiny_job
-    from keras_operator.controllers import serving as serving_controller
-    from keras_operator.controllers import training as training_controller
+    from keras_operator.controllers import serving_reconciler, training_reconciler
     from keras_operator.runtime.settings import Settings
 
     job = tiny_job("9lives", distribution={"workers": 2}, backend="jax")
     with pytest.raises(InvalidResource, match=r"^metadata\.name: '9lives' must start with a letter"):
-        training_controller.validate(job)
+        training_reconciler.validate(job)
     output = {"uri": "pvc://models/m"}
     long_name = "a" * 53  # the longest the CRD allows; its 10,000th pod's hostname would be 64 characters
     with pytest.raises(InvalidResource, match=r"^metadata\.name: too long for 10000 workers"):
-        training_controller.validate(tiny_job(long_name, distribution={"workers": 10000}, backend="jax", output=output))
-    training_controller.validate(tiny_job("9lives", output=output))  # one worker: no Service, any DNS label
+        training_reconciler.validate(tiny_job(long_name, distribution={"workers": 10000}, backend="jax", output=output))
+    training_reconciler.validate(tiny_job("9lives", output=output))  # one worker: no Service, any DNS label
 
     body = {
         "apiVersion": "kerasoperator.dev/v1alpha1",
@@ -583,7 +582,7 @@ def test_the_controllers_check_names_that_depend_on_the_kind() -> None:
         "metadata": {"name": "1digits", "namespace": "ml", "uid": "u", "generation": 1},
         "spec": {"model": {"uri": "pvc://models/m.keras"}},
     }
-    outcome = asyncio.run(serving_controller.reconcile(serving_controller.ObservedService(resource=body), Settings()))
+    outcome = asyncio.run(serving_reconciler.reconcile(serving_reconciler.ObservedService(resource=body), Settings()))
     valid = next(c for c in outcome.status["conditions"] if c["type"] == "Valid")
     assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
     assert valid["message"].startswith("metadata.name: '1digits' must start with a letter")

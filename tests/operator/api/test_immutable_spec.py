@@ -26,7 +26,7 @@ import yaml
 from helpers.manifests import ROOT, crd_schema, rule_holds
 from keras_operator import crdgen
 from keras_operator.api.base import transition_errors
-from keras_operator.api.training import MUTABLE_SPEC_FIELDS, KerasTrainingJobSpec, RunPolicy
+from keras_operator.api.training_job import MUTABLE_SPEC_FIELDS, KerasTrainingJobSpec, RunPolicy
 
 Spec = dict[str, Any]
 

@@ -15,9 +15,9 @@ from helpers.manifests import ROOT
 from keras_operator.api import jobfile
 from keras_operator.api.parse import InvalidResource, parse, read_documents
 from keras_operator.api.report import parse_termination_message
-from keras_operator.api.training import OutputSpec, TrainingSpec
+from keras_operator.api.training_job import OutputSpec, TrainingSpec
 from keras_operator.api.wire import TRAINER_CONFIG_ANNOTATION
-from keras_operator.builders.training import build_job
+from keras_operator.builders.training_manifests import build_job
 
 UID = "0f6c1d2e-8a41-4f0e-9d55-1e2b3c4d5e6f"
 

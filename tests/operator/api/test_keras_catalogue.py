@@ -17,7 +17,7 @@ import yaml
 from helpers.manifests import ROOT
 from keras_operator.api import catalogue
 from keras_operator.api.parse import InvalidResource, parse, parse_training_spec
-from keras_operator.api.training import KerasTrainingJob, ModelSpec, TrainingSpec
+from keras_operator.api.training_job import KerasTrainingJob, ModelSpec, TrainingSpec
 
 HAS_KERAS = importlib.util.find_spec("keras") is not None
 needs_keras = pytest.mark.skipif(not HAS_KERAS, reason="Keras is not installed: the catalogue is generated from it")

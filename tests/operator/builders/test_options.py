@@ -17,10 +17,10 @@ from test_cli import _local_pvc_root, write  # noqa: F401  (the fixture applies 
 from helpers.jobs import tiny_job
 from helpers.manifests import ROOT
 from keras_operator.api import jobfile
+from keras_operator.api.model_service import KerasModelService
 from keras_operator.api.parse import InvalidResource, parse
-from keras_operator.api.serving import KerasModelService
-from keras_operator.builders.training import build_job, desired_suspend, job_spec_hash
-from keras_operator.status.training import tensorboard_uri
+from keras_operator.builders.training_manifests import build_job, desired_suspend, job_spec_hash
+from keras_operator.status.training_status import tensorboard_uri
 from kerasop import cli
 
 

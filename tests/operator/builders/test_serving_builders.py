@@ -9,7 +9,7 @@ import yaml
 
 from helpers.manifests import ROOT, validate_k8s
 from keras_operator.api.parse import parse
-from keras_operator.builders.serving import build_deployment, build_hpa, build_service, url
+from keras_operator.builders.serving_manifests import build_deployment, build_hpa, build_service, url
 
 
 def owner(**spec: Any) -> tuple[dict[str, Any], Any]:

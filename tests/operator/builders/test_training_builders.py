@@ -14,10 +14,10 @@ import yaml
 from helpers.manifests import ROOT, cel_errors, crd_schema, validate_k8s
 from keras_operator.api import jobfile
 from keras_operator.api.parse import InvalidResource, parse, read_documents
-from keras_operator.api.training import COORDINATOR_PORT
+from keras_operator.api.training_job import COORDINATOR_PORT
 from keras_operator.api.wire import SPEC_HASH_ANNOTATION
-from keras_operator.builders.common import spec_hash
-from keras_operator.builders.training import build_job, build_worker_service
+from keras_operator.builders.metadata import spec_hash
+from keras_operator.builders.training_manifests import build_job, build_worker_service
 
 IMAGE = "example.org/trainer:1"
 
@@ -97,7 +97,7 @@ def test_run_policy_and_queue() -> None:
     job = build_job(doc, spec, IMAGE)
     assert job["spec"]["backoffLimit"] == 0
     assert job["spec"]["activeDeadlineSeconds"] == 60
-    # The operator deletes the Job itself once the status holds the result (controllers/training.py).
+    # The operator deletes the Job itself once the status holds the result (controllers/training_reconciler.py).
     assert "ttlSecondsAfterFinished" not in job["spec"]
     assert job["spec"]["suspend"] is True  # Kueue admits it, not us
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"

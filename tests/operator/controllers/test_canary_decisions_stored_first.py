@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from keras_operator.controllers import serving as controller
+from keras_operator.controllers import serving_reconciler
 from keras_operator.runtime.settings import Settings
 from keras_operator.status.serving_metrics import Totals
 
@@ -52,11 +52,13 @@ class FakeApi:
 def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
     fake = FakeApi()
     for call in ("list_pods", "pod_proxy_get", "apply", "delete_owned"):
-        monkeypatch.setattr(controller.kube, call, getattr(fake, call))
+        monkeypatch.setattr(serving_reconciler.kube, call, getattr(fake, call))
     return fake
 
 
-def view(status: dict[str, Any], window: controller.Window | None, **analysis: Any) -> controller.ObservedService:
+def view(
+    status: dict[str, Any], window: serving_reconciler.Window | None, **analysis: Any
+) -> serving_reconciler.ObservedService:
     resource = {
         "apiVersion": "kerasoperator.dev/v1alpha1",
         "kind": "KerasModelService",
@@ -70,15 +72,15 @@ def view(status: dict[str, Any], window: controller.Window | None, **analysis: A
     ready = {"status": {"replicas": 1, "readyReplicas": 1}}
     deployment = {"metadata": {"name": "digits", "generation": 1}, "spec": {"replicas": 1}, **ready}
     canary = {"metadata": {"name": "digits-canary", "generation": 1}, "spec": {"replicas": 1}, **ready}
-    return controller.ObservedService(
+    return serving_reconciler.ObservedService(
         resource=resource, deployment=deployment, canary_deployment=canary, window=window, hpa_absent=True
     )
 
 
-def open_window() -> controller.Window:
+def open_window() -> serving_reconciler.Window:
     """A window opened long enough ago to close now, every pod read at its start."""
     started = time.monotonic() - 60
-    return controller.Window(
+    return serving_reconciler.Window(
         COMPARING, started, {"digits-0": Totals()}, {"digits-canary-0": Totals()}, (frozenset(), frozenset())
     )
 
@@ -88,20 +90,20 @@ def test_a_rollback_is_stored_before_the_canary_is_deleted_and_a_failed_write_de
     window = open_window()
 
     deciding = view(progressing, window)
-    decided = asyncio.run(controller.reconcile(deciding, Settings()))
+    decided = asyncio.run(serving_reconciler.reconcile(deciding, Settings()))
     assert api.deleted == []
     assert api.applied == []
     assert decided.status["canary"]["state"] == "RolledBack"
     assert decided.requeue_after == 0  # carried out by the next reconcile, once stored
 
     # The status write failed: the handler keeps the status and the window it had; the retry decides again.
-    retried = asyncio.run(controller.reconcile(view(progressing, window), Settings()))
+    retried = asyncio.run(serving_reconciler.reconcile(view(progressing, window), Settings()))
     assert retried.status["canary"]["state"] == "RolledBack"
     assert api.deleted == []
 
     # Stored: the next reconcile carries it out from the stored decision (and again after a failure).
     for _ in range(2):
-        acting = asyncio.run(controller.reconcile(view(decided.status, None), Settings()))
+        acting = asyncio.run(serving_reconciler.reconcile(view(decided.status, None), Settings()))
         assert acting.status["canary"]["state"] == "RolledBack"
         assert acting.requeue_after is None
     assert api.deleted == [("Deployment", "digits-canary"), ("Deployment", "digits-canary")]
@@ -111,9 +113,9 @@ def test_a_promotion_is_stored_before_the_stable_deployment_rolls(api: FakeApi) 
     api.canary_code = "200"
     progressing = {"modelUri": STABLE, "canary": {"state": "Progressing", "comparing": COMPARING}}
     promote = {"autoPromote": True, "successfulIntervals": 1}
-    decided = asyncio.run(controller.reconcile(view(progressing, open_window(), **promote), Settings()))
+    decided = asyncio.run(serving_reconciler.reconcile(view(progressing, open_window(), **promote), Settings()))
     assert api.applied == []
     assert decided.status["canary"]["state"] == "Promoting"
-    acting = asyncio.run(controller.reconcile(view(decided.status, None, **promote), Settings()))
+    acting = asyncio.run(serving_reconciler.reconcile(view(decided.status, None, **promote), Settings()))
     assert acting.status["canary"]["state"] == "Promoting"
     assert ("Deployment", "digits") in api.applied

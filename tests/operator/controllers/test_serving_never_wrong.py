@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from keras_operator.api.parse import parse_serving_spec
-from keras_operator.builders.serving import build_deployment
-from keras_operator.controllers import serving as controller
+from keras_operator.builders.serving_manifests import build_deployment
+from keras_operator.controllers import serving_reconciler
 
 SERVED = "pvc://models/digits/runs/u1/model.keras"
 
@@ -86,6 +86,6 @@ def test_a_model_still_served_stays_served_across_edits_that_keep_spec_model(
     before = resource(made_for, generation=2, resolved_at=2)
     after = resource(made_for, generation=3, resolved_at=2)
     after["spec"].update(now)
-    view = controller.ObservedService(resource=after, deployment=deployment_for(before), training_job=job)
-    resolution = controller.resolve(view, parse_serving_spec(after["spec"]))
+    view = serving_reconciler.ObservedService(resource=after, deployment=deployment_for(before), training_job=job)
+    resolution = serving_reconciler.resolve(view, parse_serving_spec(after["spec"]))
     assert (resolution.reason, resolution.model_uri) == (reason, served), scenario

@@ -21,7 +21,7 @@ import pytest
 
 from helpers.fake_api import FakeApi, install
 from keras_operator.api.wire import CANARY_LABEL
-from keras_operator.builders.serving import (
+from keras_operator.builders.serving_manifests import (
     DeploymentModel,
     build_deployment,
     build_hpa,
@@ -30,7 +30,7 @@ from keras_operator.builders.serving import (
     selector,
     side_service_name,
 )
-from keras_operator.controllers import serving as controller
+from keras_operator.controllers import serving_reconciler
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 from keras_operator.status.serving_metrics import Totals
@@ -93,7 +93,7 @@ class Deployment:
 
 def built_deployment(body: dict[str, Any], dep: Deployment) -> dict[str, Any]:
     source = resource(**dep.spec) if dep.spec is not None else body
-    spec = controller.validate(source)
+    spec = serving_reconciler.validate(source)
     made = build_deployment(source, spec, dep.model, SETTINGS.image_for(spec.backend))
     made["metadata"].update(uid=f"{made['metadata']['name']}-uid", generation=1)
     made["status"] = copy.deepcopy(dep.status if dep.status is not None else ready_status(dep.ready))
@@ -101,13 +101,13 @@ def built_deployment(body: dict[str, Any], dep: Deployment) -> dict[str, Any]:
 
 
 def service(body: dict[str, Any]) -> dict[str, Any]:
-    return build_service(body, controller.validate(body))
+    return build_service(body, serving_reconciler.validate(body))
 
 
 def hpa_of(max_replicas: int) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
     def made(body: dict[str, Any]) -> dict[str, Any] | None:
         source = resource(autoscaling={"minReplicas": 1, "maxReplicas": max_replicas})
-        return build_hpa({**source, "metadata": body["metadata"]}, controller.validate(source))
+        return build_hpa({**source, "metadata": body["metadata"]}, serving_reconciler.validate(source))
 
     return made
 
@@ -115,7 +115,7 @@ def hpa_of(max_replicas: int) -> Callable[[dict[str, Any]], dict[str, Any] | Non
 def route_objects(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The HTTPRoute and per-side Services a canary split by HTTPRoute made."""
     source = resource(canary={"model": {"uri": CANARY}})
-    spec = controller.validate(source)
+    spec = serving_reconciler.validate(source)
     sides = [build_service(source, spec, "stable", side_service_name("digits", c)) for c in (False, True)]
     return [build_route(source, spec, 10, None), *sides]
 
@@ -139,9 +139,9 @@ def requests(count: int, code: str) -> str:
     )
 
 
-def old_window() -> controller.Window:
+def old_window() -> serving_reconciler.Window:
     """An analysis window opened long enough ago to close now, each pod read at its start."""
-    return controller.Window(
+    return serving_reconciler.Window(
         COMPARING,
         time.monotonic() - 600,
         {"digits-0": Totals()},
@@ -183,7 +183,7 @@ class Row:
     canary_deployment: Deployment | None = None
     training_job: dict[str, Any] | None = None
     canary_training_job: dict[str, Any] | None = None
-    window: controller.Window | None = None
+    window: serving_reconciler.Window | None = None
     hpa_absent: bool = True
     existing: list[Setup] = field(default_factory=list)  # objects in the cluster, made from the resource
     metrics: dict[str, str | None] = field(default_factory=dict)
@@ -200,7 +200,7 @@ class Row:
     events: list[str] = field(default_factory=list)  # reasons, in order
     requeue: float | None = None
     raises: type[BaseException] | None = None
-    check: Callable[[dict[str, Any], FakeApi, controller.ObservedService], object] | None = None
+    check: Callable[[dict[str, Any], FakeApi, serving_reconciler.ObservedService], object] | None = None
 
 
 WITH_SERVICE: list[Setup] = [service]
@@ -562,7 +562,7 @@ def _check(status: dict[str, Any], row: Row) -> None:
 
 @pytest.mark.parametrize("row", ROWS)
 def test_serving_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
-    api = install(monkeypatch, controller)
+    api = install(monkeypatch, serving_reconciler)
     body = resource(row.status, **row.spec)
     deployment = api.add(built_deployment(body, row.deployment)) if row.deployment is not None else None
     canary = built_deployment(body, row.canary_deployment) if row.canary_deployment is not None else None
@@ -573,7 +573,7 @@ def test_serving_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
     api.metrics.update(row.metrics)
     if row.fail is not None:
         api.fail(*row.fail)
-    view = controller.ObservedService(
+    view = serving_reconciler.ObservedService(
         resource=body,
         deployment=deployment,
         training_job=row.training_job,
@@ -585,10 +585,10 @@ def test_serving_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
 
     if row.raises is not None:
         with pytest.raises(row.raises):
-            asyncio.run(controller.reconcile(view, row.settings, scrape=row.scrape))
+            asyncio.run(serving_reconciler.reconcile(view, row.settings, scrape=row.scrape))
         assert api.changes == row.writes
         return
-    outcome = asyncio.run(controller.reconcile(view, row.settings, scrape=row.scrape))
+    outcome = asyncio.run(serving_reconciler.reconcile(view, row.settings, scrape=row.scrape))
 
     assert api.changes == row.writes
     assert set(row.tried) <= set(api.called()), api.called()

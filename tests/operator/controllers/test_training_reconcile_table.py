@@ -20,8 +20,8 @@ from kubernetes.client.exceptions import ApiException
 
 from helpers.fake_api import FakeApi, install
 from helpers.jobs import tiny_job
-from keras_operator.builders.training import build_job, build_worker_service, progress_endpoint
-from keras_operator.controllers import training as controller
+from keras_operator.builders.training_manifests import build_job, build_worker_service, progress_endpoint
+from keras_operator.controllers import training_reconciler
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 
@@ -62,8 +62,8 @@ def built_job(body: dict[str, Any], job: Job) -> dict[str, Any]:
     source = resource(**job.spec) if job.spec is not None else body
     made = build_job(
         source,
-        controller.validate(source),
-        SETTINGS.image_for(controller.validate(source).backend),
+        training_reconciler.validate(source),
+        SETTINGS.image_for(training_reconciler.validate(source).backend),
         progress_endpoint(SETTINGS),
     )
     made["metadata"]["uid"] = "job-uid"
@@ -76,7 +76,7 @@ def built_job(body: dict[str, Any], job: Job) -> dict[str, Any]:
 
 
 def indexed(job: dict[str, Any]) -> dict[str, Any]:
-    """The Job as the handlers' index keeps it (handlers/training.py training_jobs)."""
+    """The Job as the handlers' index keeps it (handlers/training_handlers.py training_jobs)."""
     meta = job["metadata"]
     return {
         "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "labels", "annotations")}
@@ -445,7 +445,7 @@ ROWS = [
             tried=[TRY_JOB],
             phase="Pending",
             conditions={"Created": ("False", "WaitingForPreviousRun")},
-            requeue=lambda r: r == controller.PREVIOUS_RUN_RETRY,
+            requeue=lambda r: r == training_reconciler.PREVIOUS_RUN_RETRY,
             returns_job=False,
         ),
         id="job-of-a-previous-run-waits",
@@ -457,7 +457,7 @@ ROWS = [
             tried=[TRY_SERVICE],
             phase="Pending",
             conditions={"Created": ("False", "WaitingForPreviousRun")},
-            requeue=lambda r: r == controller.PREVIOUS_RUN_RETRY,
+            requeue=lambda r: r == training_reconciler.PREVIOUS_RUN_RETRY,
             returns_job=False,
         ),
         id="service-of-a-previous-run-waits",
@@ -551,8 +551,8 @@ def _check(outcome_status: dict[str, Any], row: Row) -> None:
 
 @pytest.mark.parametrize("row", ROWS)
 def test_training_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
-    controller._parsed.clear()  # the parse cache is keyed by uid and generation, which rows share
-    api = install(monkeypatch, controller)
+    training_reconciler._parsed.clear()  # the parse cache is keyed by uid and generation, which rows share
+    api = install(monkeypatch, training_reconciler)
     body = resource(row.generation, row.status, **row.spec)
     job = None
     if row.job is not None:
@@ -562,15 +562,15 @@ def test_training_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
         api.add(obj)
     if row.fail is not None:
         api.fail(*row.fail)
-    view = controller.ObservedTraining(resource=body, job=job, pods=row.pods)
+    view = training_reconciler.ObservedTraining(resource=body, job=job, pods=row.pods)
 
     if row.raises is not None:
         with pytest.raises(row.raises):
-            asyncio.run(controller.reconcile(view, SETTINGS))
+            asyncio.run(training_reconciler.reconcile(view, SETTINGS))
         assert api.changes == row.writes
         assert set(row.tried) <= set(api.called()), api.called()
         return
-    outcome, returned = asyncio.run(controller.reconcile(view, SETTINGS))
+    outcome, returned = asyncio.run(training_reconciler.reconcile(view, SETTINGS))
 
     assert api.changes == row.writes
     assert set(row.tried) <= set(api.called()), api.called()
@@ -587,11 +587,11 @@ def test_the_job_created_is_the_builders() -> None:
     """The fake stores what the reconcile sent: the builder's Job, owned by the resource (not a stub)."""
     api = FakeApi()
     body = resource()
-    controller._parsed.clear()
-    spec = controller.validate(body)
+    training_reconciler._parsed.clear()
+    spec = training_reconciler.validate(body)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(controller, "kube", api)
-        asyncio.run(controller.reconcile(controller.ObservedTraining(resource=body), SETTINGS))
+        mp.setattr(training_reconciler, "kube", api)
+        asyncio.run(training_reconciler.reconcile(training_reconciler.ObservedTraining(resource=body), SETTINGS))
     stored = api.stored("Job", "tiny-train")
     assert stored is not None
     expected = build_job(body, spec, SETTINGS.image_for(spec.backend), progress_endpoint(SETTINGS))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from helpers.jobs import tiny_job
-from keras_operator.controllers import training as controller
+from keras_operator.controllers import training_reconciler
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 
@@ -34,18 +34,18 @@ def test_a_failed_pod_and_its_replacement_of_the_same_second_the_replacement_is_
     failed: str, replacement: str
 ) -> None:
     pods = [pod(failed, "Failed"), pod(replacement, "Pending")]
-    assert controller.newest(pods)["metadata"]["name"] == replacement
-    assert controller.newest(list(reversed(pods)))["metadata"]["name"] == replacement
+    assert training_reconciler.newest(pods)["metadata"]["name"] == replacement
+    assert training_reconciler.newest(list(reversed(pods)))["metadata"]["name"] == replacement
 
 
 def test_a_pod_being_deleted_is_older_than_its_replacement_of_the_same_second() -> None:
     pods = [pod("tiny-train-zzzzz", "Running", deletionTimestamp=STAMP), pod("tiny-train-aaaaa", "Running")]
-    assert controller.newest(pods)["metadata"]["name"] == "tiny-train-aaaaa"
+    assert training_reconciler.newest(pods)["metadata"]["name"] == "tiny-train-aaaaa"
 
 
 def test_a_later_creation_time_wins_whatever_the_state() -> None:
     pods = [pod("tiny-train-aaaaa", "Succeeded"), pod("tiny-train-zzzzz", "Failed", "2026-01-01T00:00:01Z")]
-    assert controller.newest(pods)["metadata"]["name"] == "tiny-train-zzzzz"
+    assert training_reconciler.newest(pods)["metadata"]["name"] == "tiny-train-zzzzz"
 
 
 def test_only_a_same_named_training_of_another_uid_is_a_previous_run() -> None:
@@ -61,13 +61,13 @@ def test_only_a_same_named_training_of_another_uid_is_a_previous_run() -> None:
     }
     for what, (refs, expected) in cases.items():
         obj = {"metadata": {**job["metadata"], "ownerReferences": refs}}
-        assert controller._left_by_previous_run(obj, body) is expected, what
+        assert training_reconciler._left_by_previous_run(obj, body) is expected, what
 
 
 async def test_a_previous_runs_worker_service_is_waited_for_not_a_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
     """Several workers: the headless Service comes first, and the deleted run's may still be there."""
     body = resource(backend="jax", distribution={"workers": 2})
-    spec = controller.validate(body)
+    spec = training_reconciler.validate(body)
 
     async def apply(*_: Any, **__: Any) -> tuple[None, None]:
         return None, None  # exists and is not this resource's
@@ -81,13 +81,13 @@ async def test_a_previous_runs_worker_service_is_waited_for_not_a_conflict(monke
     monkeypatch.setattr(kube, "apply", apply)
     monkeypatch.setattr(kube, "get", get)
     monkeypatch.setattr(kube, "create_or_adopt", no_job)
-    with pytest.raises(controller.PreviousRunLeft, match="tiny-workers"):
-        await controller._create(body, spec, Settings.from_env())
+    with pytest.raises(training_reconciler.PreviousRunLeft, match="tiny-workers"):
+        await training_reconciler._create(body, spec, Settings.from_env())
 
 
 async def test_a_foreign_worker_service_is_a_name_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
     body = resource(backend="jax", distribution={"workers": 2})
-    spec = controller.validate(body)
+    spec = training_reconciler.validate(body)
 
     async def apply(*_: Any, **__: Any) -> tuple[None, None]:
         return None, None
@@ -97,15 +97,15 @@ async def test_a_foreign_worker_service_is_a_name_conflict(monkeypatch: pytest.M
 
     monkeypatch.setattr(kube, "apply", apply)
     monkeypatch.setattr(kube, "get", get)
-    with pytest.raises(controller.NameTaken):
-        await controller._create(body, spec, Settings.from_env())
+    with pytest.raises(training_reconciler.NameTaken):
+        await training_reconciler._create(body, spec, Settings.from_env())
 
 
 async def test_a_previous_runs_job_is_waited_for_and_a_foreign_one_is_a_conflict(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     body = resource()
-    spec = controller.validate(body)
+    spec = training_reconciler.validate(body)
     existing: dict[str, Any] = {}
 
     async def adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -113,8 +113,8 @@ async def test_a_previous_runs_job_is_waited_for_and_a_foreign_one_is_a_conflict
 
     monkeypatch.setattr(kube, "create_or_adopt", adopt)
     existing["ownerReferences"] = [owner_ref("KerasTrainingJob", "tiny", "old-uid")]
-    with pytest.raises(controller.PreviousRunLeft, match="tiny-train"):
-        await controller._create(body, spec, Settings.from_env())
+    with pytest.raises(training_reconciler.PreviousRunLeft, match="tiny-train"):
+        await training_reconciler._create(body, spec, Settings.from_env())
     existing["ownerReferences"] = []
-    job, _ = await controller._create(body, spec, Settings.from_env())
-    assert not controller.owned_by(job, "new-uid")  # reconcile then reports NameConflict
+    job, _ = await training_reconciler._create(body, spec, Settings.from_env())
+    assert not training_reconciler.owned_by(job, "new-uid")  # reconcile then reports NameConflict

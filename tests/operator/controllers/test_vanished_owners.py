@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from keras_operator.controllers import serving as serving_controller
-from keras_operator.controllers import training as training_controller
+from keras_operator.controllers import serving_reconciler, training_reconciler
 from keras_operator.controllers import vanished as vanished_module
 from keras_operator.controllers.vanished import RECHECK_AFTER, Vanished
 
@@ -47,7 +46,7 @@ async def test_a_service_waiting_without_a_deployment_is_read_once_a_minute_not_
     vanished = Vanished(clock=clock)
     kms = obj("a", "u1")
     reads["a"] = kms
-    view = serving_controller.ObservedService(resource=kms)
+    view = serving_reconciler.ObservedService(resource=kms)
     for _ in range(5):  # resyncs
         assert await vanished.serving_view(RESOURCE, view) is view
     assert reads["count"] == 1
@@ -62,17 +61,17 @@ async def test_a_service_whose_deployment_went_is_checked_at_once_and_dropped_wh
     vanished = Vanished(clock=Clock())
     kms = obj("a", "u1")
     reads["a"] = kms
-    assert await vanished.serving_view(RESOURCE, serving_controller.ObservedService(resource=kms)) is not None
-    with_deployment = serving_controller.ObservedService(resource=kms, deployment=obj("a", "d1"))
+    assert await vanished.serving_view(RESOURCE, serving_reconciler.ObservedService(resource=kms)) is not None
+    with_deployment = serving_reconciler.ObservedService(resource=kms, deployment=obj("a", "d1"))
     assert await vanished.serving_view(RESOURCE, with_deployment) is with_deployment
     del reads["a"]  # deleted unseen: the garbage collector then removes its Deployment
-    assert await vanished.serving_view(RESOURCE, serving_controller.ObservedService(resource=kms)) is None
+    assert await vanished.serving_view(RESOURCE, serving_reconciler.ObservedService(resource=kms)) is None
     count = reads["count"]
-    assert await vanished.serving_view(RESOURCE, serving_controller.ObservedService(resource=kms)) is None
+    assert await vanished.serving_view(RESOURCE, serving_reconciler.ObservedService(resource=kms)) is None
     assert reads["count"] == count  # known gone: no read at the next resyncs
     reads["a"] = obj("a", "u2")  # re-applied under the same name: another uid, another resource
     assert (
-        await vanished.serving_view(RESOURCE, serving_controller.ObservedService(resource=obj("a", "u2"))) is not None
+        await vanished.serving_view(RESOURCE, serving_reconciler.ObservedService(resource=obj("a", "u2"))) is not None
     )
 
 
@@ -80,10 +79,10 @@ async def test_a_job_is_read_only_when_it_shows_pods_that_no_longer_exist(reads:
     vanished = Vanished()
     job = obj("t-train", "j1", active=1)
     pod = obj("t-train-x", "p1")
-    running = training_controller.ObservedTraining(resource=obj("t", "u1"), job=job, pods=[pod])
+    running = training_reconciler.ObservedTraining(resource=obj("t", "u1"), job=job, pods=[pod])
     assert (await vanished.training_view(running)).job is job
     assert reads["count"] == 0  # its pods are there: nothing to check
-    alone = training_controller.ObservedTraining(resource=obj("t", "u1"), job=job)
+    alone = training_reconciler.ObservedTraining(resource=obj("t", "u1"), job=job)
     assert (await vanished.training_view(alone)).job is None  # not found: gone
     assert reads["count"] == 1
     assert (await vanished.training_view(running)).job is None  # known gone, whatever the index still shows

@@ -96,8 +96,8 @@ def test_the_lease_client_does_not_retry_a_timed_out_read(blackhole: Blackhole) 
 
 async def test_the_shutdown_ends_the_forever_loops_and_nothing_else() -> None:
     """Left running, a resync loop made kopf wait 5 s for it (a hung task) before the Lease's release."""
-    from keras_operator.handlers.serving import Serving
-    from keras_operator.handlers.training import Training
+    from keras_operator.handlers.serving_handlers import Serving
+    from keras_operator.handlers.training_handlers import Training
     from keras_operator.runtime.settings import Settings
 
     kinds = (Training(Settings(sync_interval=3600)), Serving(Settings(sync_interval=3600)))

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from helpers.manifests import validate_k8s
-from keras_operator.api.serving import CanaryAnalysis, KerasModelServiceSpec
+from keras_operator.api.model_service import CanaryAnalysis, KerasModelServiceSpec
 from keras_operator.api.wire import CANARY_LABEL, MODEL_SERVICE_LABEL, SERVING_LABEL
-from keras_operator.builders.serving import (
+from keras_operator.builders.serving_manifests import (
     DeploymentModel,
     build_deployment,
     build_route,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from keras_operator.api.serving import CanaryAnalysis
+from keras_operator.api.model_service import CanaryAnalysis
 from keras_operator.status import canary, serving_metrics
 from keras_operator.status.serving_metrics import Totals
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from keras_operator.status.serving import Resolution, observe
 from keras_operator.status.serving_metrics import quantile, summarize
+from keras_operator.status.serving_status import Resolution, observe
 
 NOW = "2026-01-01T00:00:00Z"
 RESOLVED = Resolution("s3://b/m.keras", "ModelURI", "serving s3://b/m.keras")

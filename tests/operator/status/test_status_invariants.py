@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 from keras_operator.api.report import TERMINATION_MESSAGE_LIMIT, EpochReport, TrainingResult
 from keras_operator.api.wire import TRAINER_CONTAINER as CONTAINER
-from keras_operator.status.training import Observation, observe
+from keras_operator.status.training_status import Observation, observe
 
 PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed")
 PHASE_CONDITIONS = ("Queued", "Running", "Succeeded", "Failed")

@@ -7,7 +7,7 @@ from typing import Any
 from keras_operator.api.report import EpochReport, TrainingResult, last_epoch
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import conditions
-from keras_operator.status.training import Observation, invalid, observe
+from keras_operator.status.training_status import Observation, invalid, observe
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -406,7 +406,7 @@ def test_a_failed_multi_worker_training_names_the_first_worker_to_fail() -> None
 
 def test_a_group_restart_is_counted_in_failed_worker_pods_not_attempts() -> None:
     """One group restart of two workers fails two pods: "attempt 3" would be wrong."""
-    from keras_operator.status.training import Observation, observe
+    from keras_operator.status.training_status import Observation, observe
 
     job = {"metadata": {"name": "t-train"}, "spec": {}, "status": {"active": 2, "failed": 2}}
     pod = {

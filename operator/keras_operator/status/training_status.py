@@ -14,7 +14,7 @@ from typing import Any
 
 from keras_operator.api.jobfile import run_prefix
 from keras_operator.api.report import EpochReport, TrainingResult, parse_termination_message
-from keras_operator.api.training import TENSORBOARD_DIR, KerasTrainingJobStatus, WorkersStatus
+from keras_operator.api.training_job import TENSORBOARD_DIR, KerasTrainingJobStatus, WorkersStatus
 from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, KUEUE_QUEUE_LABEL, TRAINER_CONTAINER
 from keras_operator.status import conditions
 

@@ -20,13 +20,13 @@ from typing import Any, cast
 import kopf
 
 from keras_operator.api.common import GROUP, VERSION
-from keras_operator.api.serving import KIND, PLURAL
-from keras_operator.api.training import PLURAL as TRAINING_PLURAL
+from keras_operator.api.model_service import KIND, PLURAL
+from keras_operator.api.training_job import PLURAL as TRAINING_PLURAL
 from keras_operator.api.wire import MODEL_SERVICE_LABEL, WATCHED_LABELS
-from keras_operator.controllers import serving as serving_controller
+from keras_operator.controllers import serving_reconciler
 from keras_operator.controllers.vanished import Vanished
-from keras_operator.handlers.common import being_deleted, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
+from keras_operator.handlers.watched_objects import being_deleted, plain, watched_resource
 from keras_operator.runtime import kube, metrics
 from keras_operator.runtime.settings import Settings
 from keras_operator.runtime.workqueue import WorkQueue
@@ -67,10 +67,10 @@ class Serving:
     settings: Settings
     indexes: tuple[kopf.Index, kopf.Index] | None = None
     status: StatusWriter = field(
-        default_factory=lambda: StatusWriter(RESOURCE, KIND, serving_controller.ACTION_REASONS)
+        default_factory=lambda: StatusWriter(RESOURCE, KIND, serving_reconciler.ACTION_REASONS)
     )
     scraped: dict[Key, float] = field(default_factory=dict)  # when each service's pods were last scraped
-    windows: dict[Key, serving_controller.Window] = field(default_factory=dict)  # canary analysis under way
+    windows: dict[Key, serving_reconciler.Window] = field(default_factory=dict)  # canary analysis under way
     no_hpa: dict[Key, str] = field(default_factory=dict)  # the uid of each service known to have no HPA
     vanished: Vanished = field(default_factory=Vanished)  # deleted while a watch re-listed: still indexed
     queue: WorkQueue = field(init=False)
@@ -79,7 +79,7 @@ class Serving:
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self.reconcile)
 
-    async def view(self, key: Key) -> serving_controller.ObservedService | None:
+    async def view(self, key: Key) -> serving_reconciler.ObservedService | None:
         assert self.indexes is not None
         resources, deployments = self.indexes
         resource = next(iter(resources.get(key, [])), None)
@@ -96,11 +96,11 @@ class Serving:
         # event (each epoch of thousands of trainings) would cost more than one GET per service per resync.
         spec = resource.get("spec")
         ref, canary_ref = _training_ref(spec), _training_ref(spec, "canary")
-        return serving_controller.ObservedService(
+        return serving_reconciler.ObservedService(
             resource=resource,
             deployment=owned.get(key[1]),
             training_job=await kube.get_custom(TRAINING, key[0], ref) if ref else None,
-            canary_deployment=owned.get(serving_controller.canary_name(key[1])),
+            canary_deployment=owned.get(serving_reconciler.canary_name(key[1])),
             canary_training_job=await kube.get_custom(TRAINING, key[0], canary_ref) if canary_ref else None,
             window=self.windows.get(key),
             hpa_absent=self.no_hpa.get(key) == uid,  # by uid: one deleted and made again starts unknown
@@ -127,7 +127,7 @@ class Serving:
         now = time.monotonic()
         scrape = now - self.scraped.get(key, 0.0) >= self.settings.sync_interval
         self.no_hpa.pop(key, None)  # until this reconcile succeeds: one that fails half-way may have made an HPA
-        outcome = await serving_controller.reconcile(view, self.settings, scrape=scrape)
+        outcome = await serving_reconciler.reconcile(view, self.settings, scrape=scrape)
         if view.hpa_absent:
             self.no_hpa[key] = view.resource["metadata"]["uid"]
         if scrape:

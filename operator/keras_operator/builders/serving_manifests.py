@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from keras_operator.api.serving import KerasModelServiceSpec, ServerSpec
+from keras_operator.api.model_service import KerasModelServiceSpec, ServerSpec
 from keras_operator.api.wire import (
     CANARY_LABEL,
     MODEL_SERVICE_LABEL,
@@ -17,7 +17,7 @@ from keras_operator.api.wire import (
     SPEC_HASH_ANNOTATION,
     TRACK_LABEL,
 )
-from keras_operator.builders.common import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
+from keras_operator.builders.metadata import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"

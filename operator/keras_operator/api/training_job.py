@@ -349,9 +349,10 @@ class KerasTrainingJobSpec(ApiModel):
 
 
 # What may change on a created training: only what the operator applies to a running Job in place
-# (controllers/training.py flips the Job's suspend; builders/training.py leaves suspend out of the spec
-# hash). Everything else is built into the Job and its pods once; changing it would only be reported
-# as SpecApplied=False, so the API server refuses it at apply time instead. queueName stays fixed:
+# (controllers/training_reconciler.py flips the Job's suspend; builders/training_manifests.py leaves
+# suspend out of the spec hash). Everything else is built into the Job and its pods once; changing
+# it would only be reported as SpecApplied=False, so the API server refuses it at apply time instead.
+# queueName stays fixed:
 # Kueue would take a new queue label on a suspended Job, but the operator never relabels the Job.
 # The controller's SpecApplied=False stays the backstop for what CEL misses: Kubernetes compares
 # unknown fields (layer arguments, model.config) one way only, so renaming one can get through.

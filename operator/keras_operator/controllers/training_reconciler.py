@@ -15,9 +15,9 @@ from keras_operator.api.common import GROUP
 from keras_operator.api.jobfile import run_prefix
 from keras_operator.api.parse import InvalidResource, parse_training_spec
 from keras_operator.api.report import EpochReport
-from keras_operator.api.training import KIND, KerasTrainingJobSpec, worker_name_problem
+from keras_operator.api.training_job import KIND, KerasTrainingJobSpec, worker_name_problem
 from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, SPEC_HASH_ANNOTATION
-from keras_operator.builders.training import (
+from keras_operator.builders.training_manifests import (
     build_job,
     build_worker_service,
     desired_suspend,
@@ -29,8 +29,7 @@ from keras_operator.builders.training import (
 from keras_operator.controllers.outcome import check_metadata, owned_by, rejection, transition_events
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
-from keras_operator.status import conditions
-from keras_operator.status import training as training_status
+from keras_operator.status import conditions, training_status
 from keras_operator.status.events import Event, Outcome
 
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from keras_operator.api.report import EpochReport, TrainingResult
-from keras_operator.controllers.progress import Authenticator, may_report
+from keras_operator.controllers.progress_auth import Authenticator, may_report
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 
@@ -33,7 +33,7 @@ Key = tuple[str, str]  # (namespace, KerasTrainingJob name)
 
 
 class Reports(Protocol):
-    """What the endpoint needs of the trainings (handlers/training.py's `Training`)."""
+    """What the endpoint needs of the trainings (handlers/training_handlers.py's `Training`)."""
 
     @property
     def started(self) -> bool:

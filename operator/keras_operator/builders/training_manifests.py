@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from keras_operator.api import jobfile
 from keras_operator.api.parse import InvalidResource
 from keras_operator.api.report import EXIT_INVALID_SPEC, TERMINATION_MESSAGE_PATH
-from keras_operator.api.training import COORDINATOR_PORT, KerasTrainingJobSpec
+from keras_operator.api.training_job import COORDINATOR_PORT, KerasTrainingJobSpec
 from keras_operator.api.wire import (
     COMPLETION_INDEX_ANNOTATION,
     GENERATION_ANNOTATION,
@@ -26,7 +26,7 @@ from keras_operator.api.wire import (
     TRAINER_CONTAINER,
     TRAINING_JOB_LABEL,
 )
-from keras_operator.builders.common import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
+from keras_operator.builders.metadata import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
 CONFIG_DIR = "/etc/keras-operator"

@@ -7,15 +7,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from keras_operator.api.model_service import KerasModelServiceSpec, name_problem
 from keras_operator.api.parse import InvalidResource, parse_serving_spec
-from keras_operator.api.serving import KerasModelServiceSpec, name_problem
 from keras_operator.api.wire import (
     CANARY_LABEL,
     MODEL_SOURCE_ANNOTATION,
     SERVER_CONTAINER,
     SPEC_HASH_ANNOTATION,
 )
-from keras_operator.builders.serving import (
+from keras_operator.builders.serving_manifests import (
     DeploymentModel,
     build_deployment,
     build_hpa,
@@ -34,8 +34,7 @@ from keras_operator.controllers.outcome import check_metadata, rejection, transi
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import canary as canary_status
-from keras_operator.status import conditions, serving_metrics
-from keras_operator.status import serving as serving_status
+from keras_operator.status import conditions, serving_metrics, serving_status
 from keras_operator.status.events import Event, Outcome
 from keras_operator.status.serving_metrics import Totals
 

@@ -19,7 +19,7 @@ from keras_operator.api.common import (
     Resources,
     Uri,
 )
-from keras_operator.api.training import ObjectMeta
+from keras_operator.api.training_job import ObjectMeta
 
 KIND = "KerasModelService"
 PLURAL = "kerasmodelservices"

@@ -22,12 +22,12 @@ import kopf
 
 from keras_operator.api.common import GROUP, VERSION
 from keras_operator.api.report import EpochReport, last_epoch
-from keras_operator.api.training import KIND, PLURAL
+from keras_operator.api.training_job import KIND, PLURAL
 from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, TRAINER_CONTAINER, TRAINING_JOB_LABEL, WATCHED_LABELS
-from keras_operator.controllers import training as training_controller
+from keras_operator.controllers import training_reconciler
 from keras_operator.controllers.vanished import Vanished
-from keras_operator.handlers.common import being_deleted, plain, watched_resource
 from keras_operator.handlers.status_writer import StatusWriter
+from keras_operator.handlers.watched_objects import being_deleted, plain, watched_resource
 from keras_operator.runtime import kube, metrics
 from keras_operator.runtime.settings import Settings
 from keras_operator.runtime.workqueue import WorkQueue
@@ -105,7 +105,7 @@ class Training:
     seen: dict[Key, str] = field(default_factory=dict)  # the uid the last reconcile of the name saw
     vanished: Vanished = field(default_factory=Vanished)  # Jobs deleted while a watch re-listed: still indexed
     status: StatusWriter = field(
-        default_factory=lambda: StatusWriter(RESOURCE, KIND, training_controller.ACTION_REASONS)
+        default_factory=lambda: StatusWriter(RESOURCE, KIND, training_reconciler.ACTION_REASONS)
     )
     queue: WorkQueue = field(init=False)
     _fallback: asyncio.Task[None] | None = field(default=None, init=False)
@@ -120,7 +120,7 @@ class Training:
     def bind(self, resources: kopf.Index, jobs: kopf.Index, pods: kopf.Index) -> None:
         self.indexes = (resources, jobs, pods)
 
-    def view(self, key: Key) -> training_controller.ObservedTraining | None:
+    def view(self, key: Key) -> training_reconciler.ObservedTraining | None:
         assert self.indexes is not None
         resources, jobs, _ = self.indexes
         resource = next(iter(resources.get(key, [])), None)
@@ -138,7 +138,7 @@ class Training:
             self.created.pop(key, None)  # the watch has caught up with our own create
         else:
             job = self._made(key, uid)
-        return training_controller.ObservedTraining(
+        return training_reconciler.ObservedTraining(
             resource=resource, job=job, pods=self._pods(key, job), report=self.report_of(key, uid)
         )
 
@@ -192,7 +192,7 @@ class Training:
         out = []
         for key in list(pods):
             uid, own = self.reporters(key)
-            newest = training_controller.newest(own)
+            newest = training_reconciler.newest(own)
             if uid is not None and newest is not None and (newest.get("status") or {}).get("phase") == "Running":
                 out.append((key, uid, newest["metadata"]["name"]))
         return out
