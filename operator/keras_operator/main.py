@@ -14,6 +14,7 @@ has returned and its API calls under way have ended; a leader that lost it exits
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import textwrap
@@ -163,11 +164,10 @@ def _run(settings: Settings) -> None:
     lifecycle.LOST.clear()
     elector: Elector | None = None
     if settings.leader_election:
-        from keras_operator.runtime import kube
         from keras_operator.runtime.leader import Elector, StandbyHealth, lease_client
 
         held = elector = Elector(
-            lease_client(kube.api_client()),
+            lease_client(),
             settings.lease_namespace,
             settings.lease_name,
             settings.identity,
@@ -196,8 +196,12 @@ def _run(settings: Settings) -> None:
                 kopf_stop.set()  # a replica that lost the Lease stops acting at once
 
         threading.Thread(target=keep, daemon=True, name="lease").start()
+    # kopf runs on a loop that outlives kopf.run (which would close a loop of its own making): the writes its
+    # shutdown left under way are awaited on it before the Lease is released.
+    runner = asyncio.Runner()
     try:
         kopf.run(
+            loop=runner.get_loop(),
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
             liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz",
@@ -206,26 +210,26 @@ def _run(settings: Settings) -> None:
             memo=memo,
         )
     finally:
-        # kopf has returned, so no handler runs any more; but a call it cancelled may still be under way in
-        # the API client's threads. The Lease stays held (and renewed) until they are done: no write of
-        # this replica may follow the release.
-        idle = elector is not None and not lost.is_set() and _api_calls_done(timeout=elector.duration)
-        stop.set()
-        if elector is not None and idle and not lost.is_set():
-            elector.release()  # the next replica may take over at its next attempt
+        # kopf has returned, so no handler runs any more; but a write whose reconcile it cancelled may still
+        # be under way. The Lease stays held (and renewed) until they are done: no write of this replica may
+        # follow the release.
+        try:
+            idle = elector is not None and not lost.is_set() and _api_calls_done(runner, timeout=elector.duration)
+            if elector is not None and idle and not lost.is_set():
+                elector.release()  # the next replica may take over at its next attempt
+        finally:
+            stop.set()
+            runner.close()
     if lost.is_set():
         sys.exit(1)  # restarted by Kubernetes, it waits for the Lease again
 
 
-def _api_calls_done(timeout: float) -> bool:
-    """Wait for the calls in the API client's threads to end; False when one is still under way after
-    `timeout` (then the Lease is left to expire, as if this replica had died)."""
+def _api_calls_done(runner: asyncio.Runner, timeout: float) -> bool:
+    """Wait on kopf's loop for the API writes still under way to end; False when one still is after
+    `timeout`, or one was cut off half-way (then the Lease is left to expire, as if this replica had died)."""
     from keras_operator.runtime import kube
 
-    drain = threading.Thread(target=kube._threads().shutdown, kwargs={"wait": True}, daemon=True, name="api-drain")
-    drain.start()
-    drain.join(timeout)
-    return not drain.is_alive()
+    return runner.run(kube.settle(timeout))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,7 @@ from cluster.harness import KTJ, LEASES, Cluster
 from helpers.blackhole import Blackhole
 from helpers.jobs import tiny_job
 from helpers.server import free_port, get_json
-from keras_operator.runtime import kube
-from keras_operator.runtime.leader import Elector, lease_client
+from keras_operator.runtime.leader import Elector, api_configuration, lease_client
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +34,7 @@ NAMESPACE, NAME = "keras-system", "keras-operator"
 
 
 def elector(cluster: Cluster, identity: str, duration: float = 2.0) -> Elector:
-    return Elector(lease_client(kube.api_client()), NAMESPACE, NAME, identity, duration)
+    return Elector(lease_client(), NAMESPACE, NAME, identity, duration)
 
 
 def lease(cluster: Cluster) -> dict:
@@ -90,7 +89,7 @@ def test_one_leader_then_takeover_a_lease_after_the_last_change_seen(cluster: Cl
 def test_a_write_based_on_a_stale_read_loses(cluster: Cluster) -> None:
     a = elector(cluster, "pod-a")
     assert a.try_acquire()
-    api = kubernetes.client.CoordinationV1Api(kube.api_client())
+    api = kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(api_configuration()))
     stale = api.read_namespaced_lease(NAME, NAMESPACE).metadata.resource_version
     assert a.renew()  # the lease moves on
     with pytest.raises(kubernetes.client.exceptions.ApiException) as err:

@@ -234,10 +234,9 @@ def canary_by_httproute(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> No
 def elect_a_leader(cluster: Cluster) -> None:
     """The operator's leader election (what runtime.main runs before kopf when the chart has replicas > 1;
     the harness runs kopf alone): take the Lease, renew it, hand it back."""
-    from keras_operator.runtime import kube
     from keras_operator.runtime.leader import Elector, lease_client
 
-    elector = Elector(lease_client(kube.api_client()), RELEASE_NAMESPACE, "keras-operator", "rbac-test", 2.0)
+    elector = Elector(lease_client(), RELEASE_NAMESPACE, "keras-operator", "rbac-test", 2.0)
     assert elector.acquire(threading.Event())
     assert elector.renew()
     assert elector.release()

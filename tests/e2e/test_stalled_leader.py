@@ -10,7 +10,6 @@ import threading
 import pytest
 
 from cluster.harness import LEASES, Cluster
-from keras_operator.runtime import kube
 from keras_operator.runtime.leader import Elector, lease_client
 from keras_operator.runtime.liveness import WorkLiveness
 from keras_operator.runtime.workqueue import WorkQueue
@@ -21,7 +20,7 @@ NAMESPACE, NAME = "keras-system", "keras-operator"
 
 
 def elector(identity: str) -> Elector:
-    return Elector(lease_client(kube.api_client()), NAMESPACE, NAME, identity, 2.0)
+    return Elector(lease_client(), NAMESPACE, NAME, identity, 2.0)
 
 
 class HangingWork:

@@ -4,7 +4,7 @@ The controllers reach the API server only through the async functions of `kube` 
 keras_operator.runtime import kube`). `install` puts a `FakeApi` in place of that module attribute on the
 controller modules: the calls they make land in a dict of objects, every call is recorded (`calls`), and a
 call can be told to raise (`fail`) what the real one raises: `kube.Rejected`, `kube.Conflict`,
-`kopf.TemporaryError`, or the `ApiException` 404 that `patch` lets through. Everything else (`Rejected`,
+`kopf.TemporaryError`, or the `kube.ApiError` 404 that `patch` lets through. Everything else (`Rejected`,
 `FIELD_MANAGER`, ...) is the real module's.
 
 Kept in this one module so that a change of how controllers reach the API (an `api` argument instead of the
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from keras_operator.runtime import kube
 
@@ -137,7 +136,7 @@ class FakeApi:
         self._record("patch", kind, namespace, name, body)
         existing = self.objects.get((kind, namespace, name))
         if existing is None:
-            raise ApiException(status=404, reason="Not Found")
+            raise kube.ApiError(404, "Not Found")
         _merge(existing, body)
         self.changes.append(("patched", kind, name))
         return copy.deepcopy(existing)

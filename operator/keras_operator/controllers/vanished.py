@@ -20,8 +20,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from keras_operator.controllers import serving_reconciler, training_reconciler
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
@@ -116,7 +114,7 @@ class Vanished:
         view = await self.training_view(view)
         try:
             outcome, job = await training_reconciler.reconcile(view, settings)
-        except ApiException as exc:
+        except kube.ApiError as exc:
             if exc.status != 404 or view.job is None:
                 raise
             self.mark(view.job)

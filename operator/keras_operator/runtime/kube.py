@@ -1,39 +1,54 @@
 """The operator's own calls to the Kubernetes API (kopf does the watching and the status patches).
 
-Every call maps API errors the same way: 404 -> None, 409 on create -> adopt the existing
-object, 400/403/422 -> Rejected (refused for good: reported on the resource, not retried), a 429 -> the
-same call again after its Retry-After, anything else (5xx, timeouts, connection errors, a 429 throttled
-too long) -> kopf.TemporaryError, retried with a growing delay.
+Every call maps API errors the same way: 404 -> None, 409 on create -> adopt the existing object,
+400/403/422 -> Rejected (refused for good: reported on the resource, not retried), a 429 -> the same call
+again after its Retry-After, anything else (5xx, timeouts, connection errors, a 429 throttled too long)
+-> kopf.TemporaryError, retried with a growing delay.
+
+The calls are plain HTTP on the event loop that awaits them (aiohttp, one session per loop), JSON dicts
+end to end: no worker thread per call trading the GIL with the event loop, no model (de)serialisation.
+A write, once started, is seen through even when the task awaiting it is cancelled (kopf cancels the
+reconciles at shutdown), and `settle()` waits for the writes under way: the leader releases its Lease only
+after they landed (runtime/main.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import datetime
 import functools
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+import ssl
+import weakref
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import kopf
-import kubernetes
 import structlog
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError, ReadTimeoutError
-from urllib3.util.retry import Retry
 
+from keras_operator import __version__
 from keras_operator.runtime import lifecycle, quantity
 from keras_operator.runtime.settings import api_server, api_timeout
 
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import Configuration
+
 log = structlog.get_logger("keras_operator.kube")
-T = TypeVar("T")
-A = TypeVar("A")
 RETRY_DELAY = 5.0
-# The kubernetes client blocks, so each call takes a thread. asyncio's default pool (cores + 4 threads:
-# 6 on 2 cores) queued Job creates, status writes and Events behind each other at fleet scale; the
-# client's connection pool is sized to match, or the extra threads would open a connection per call.
-API_THREADS = 16
+# The emulated API (tests, bench) tells the operator's requests from the fake controllers' by this prefix,
+# and the API server records its first word as the manager of a write without a fieldManager.
+USER_AGENT = f"keras-operator/{__version__}"
+# Requests at once per loop; more wait for a free connection. The thread pool this replaced had 16: a
+# burst (the first sync of thousands of resources) queued behind it. An API server serves far more.
+CONNECTIONS = 64
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+APPLY = "application/apply-patch+yaml"
+FIELD_MANAGER = "keras-operator"
 
 
 class Rejected(Exception):
@@ -55,56 +70,13 @@ class Conflict(Exception):
     """A write conditioned on a resourceVersion lost: the object changed since it was read (HTTP 409)."""
 
 
-@functools.lru_cache(maxsize=4)
-def _api_client(api_server: str | None) -> kubernetes.client.ApiClient:
-    config = kubernetes.client.Configuration()
-    if api_server:
-        config.host = api_server
-    else:
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=config)
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=config)
-    config.connection_pool_maxsize = API_THREADS
-    config.retries = _NoRetryOnTimeout(3)
-    return kubernetes.client.ApiClient(config)
+class ApiError(Exception):
+    """An answer the caller decides about: 404 (not there) or 409 (already there, or changed meanwhile)."""
 
-
-class _NoRetryOnTimeout(Retry):
-    """urllib3's default retries, except after a read timeout: urllib3 would send a GET that timed out
-    again (three times), making one call's timeout four; the work queue retries it instead."""
-
-    def increment(self, *args: Any, **kwargs: Any) -> Retry:
-        error = kwargs.get("error") if len(args) < 4 else args[3]
-        if isinstance(error, ReadTimeoutError):
-            raise error
-        return super().increment(*args, **kwargs)
-
-
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _threads() -> concurrent.futures.ThreadPoolExecutor:
-    global _executor
-    if _executor is None:
-        _executor = concurrent.futures.ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="kube")
-    return _executor
-
-
-def api_client() -> kubernetes.client.ApiClient:
-    # Not Settings.from_env(): this runs on every API call, and the whole settings cost a hostname lookup.
-    return _api_client(api_server())
-
-
-def _read_through(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    result = fn(*args, **kwargs)
-    if kwargs.get("_preload_content") is False:
-        # Read here, in the worker thread, so the connection is back in the pool before the thread takes its
-        # next call. Read later on the event loop, a burst (the first sync) had more responses holding
-        # connections than the pool keeps: urllib3 opened extra ones, then discarded them with a warning
-        # ("Connection pool is full, discarding connection"). The body stays cached on the response.
-        result.data  # type: ignore[attr-defined]  # noqa: B018
-    return result
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Kubernetes API error {status}: {message}")
+        self.status = status
+        self.message = message
 
 
 CONNECT_TIMEOUT_MAX = 10.0  # a TCP connect to a live API server takes milliseconds
@@ -112,148 +84,257 @@ CONNECT_TIMEOUT_MAX = 10.0  # a TCP connect to a live API server takes milliseco
 
 def request_timeout() -> tuple[float, float]:
     """(connect, read) seconds for every call: without them, a call on a half-open connection holds its
-    key, and a thread of the pool, for as long as the kernel keeps the socket."""
+    key for as long as the kernel keeps the socket."""
     read = api_timeout()
     return min(read, CONNECT_TIMEOUT_MAX), read
 
 
-async def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    kwargs.setdefault("_request_timeout", request_timeout())
-    call = functools.partial(_read_through, fn, *args, **kwargs)
-    for attempt in range(1, THROTTLED_ATTEMPTS + 1):
-        try:
-            return await asyncio.get_running_loop().run_in_executor(_threads(), call)
-        except ApiException as exc:
-            wait = _retry_after(exc)
-            # A 429 was not processed, so the call may be sent again, but not before the server said: a
-            # retry of the whole reconcile would come sooner (any watch event of the resource starts one).
-            # client-go waits inside the call the same way.
-            if wait is not None and wait <= THROTTLED_WAIT_MAX and attempt < THROTTLED_ATTEMPTS:
-                await asyncio.sleep(wait)
-                continue
-            if exc.status in (400, 403, 422):
-                raise Rejected(_api_message(exc), exc.status) from exc
-            if exc.status in (404, 409):
-                raise
-            message = f"Kubernetes API error {exc.status}: {_api_message(exc)}"
-            raise kopf.TemporaryError(message, delay=max(RETRY_DELAY, wait or 0.0)) from exc
-        except (HTTPError, OSError) as exc:
-            raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc}", delay=RETRY_DELAY) from exc
-    raise AssertionError("unreachable: the last attempt returns or raises")
+@functools.lru_cache(maxsize=8)
+def _client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    # Per socket operation, as urllib3's (connect, read) was: a large answer arriving steadily is not cut
+    # off, a silent server is. No total: the work queue's liveness watches reconciles that take too long.
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One loop's session to one API server."""
+
+    base: str
+    session: aiohttp.ClientSession
+    credentials: Configuration | None  # None: the api_server setting, no credentials sent
+
+
+Answer = tuple[int, str, bytes, str | None]  # status, reason, body, Retry-After
+
+
+@dataclass(eq=False)
+class _Writes:
+    """One loop's writes under way."""
+
+    under_way: set[asyncio.Task[Answer]] = field(default_factory=set)
+    abandoned: int = 0
+    """Writes cancelled once started (only the loop's end or kopf's hung-task stop cancels one): whether
+    they reach the API server is unknown."""
+
+    def see_through(self, exchange: Coroutine[Any, Any, Answer]) -> asyncio.Future[Answer]:
+        """Run a write in a task of its own, awaited shielded: a reconcile cancelled while its write is on
+        the wire leaves the write to finish (its outcome known, its connection reusable) instead of cutting
+        the connection with the request possibly applied already."""
+        task = asyncio.get_running_loop().create_task(exchange)
+        self.under_way.add(task)
+        task.add_done_callback(self._ended)
+        return asyncio.shield(task)
+
+    def _ended(self, task: asyncio.Task[Answer]) -> None:
+        self.under_way.discard(task)
+        if task.cancelled():
+            self.abandoned += 1
+
+
+# Per loop (tests run many, one after another), then per API server setting (tests point it elsewhere).
+_connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str | None, _Connection]] = (
+    weakref.WeakKeyDictionary()
+)
+_writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writes] = weakref.WeakKeyDictionary()
+
+
+def _loop_writes() -> _Writes:
+    loop = asyncio.get_running_loop()
+    found = _writes.get(loop)
+    if found is None:
+        found = _writes[loop] = _Writes()
+    return found
+
+
+async def _connection() -> _Connection:
+    loop = asyncio.get_running_loop()
+    # Not Settings.from_env(): this runs on every API call, and the whole settings cost a hostname lookup.
+    server = api_server()
+    found = _connections.get(loop, {}).get(server)
+    if found is None:
+        credentials = None if server else await _credentials()
+        found = _connections.get(loop, {}).get(server)  # another call may have made it meanwhile
+        if found is None:
+            found = _connections.setdefault(loop, {})[server] = _connect(server, credentials)
+    if found.session.closed:
+        # Closed by the shutdown's cleanup (close_api_client): nothing more is sent from this loop.
+        raise kopf.TemporaryError("the API client is closed: the operator is stopping", delay=RETRY_DELAY)
+    return found
+
+
+def _connect(server: str | None, credentials: Configuration | None) -> _Connection:
+    if credentials is None:
+        base, context = (server or "").rstrip("/"), None
+    else:
+        base, context = credentials.host.rstrip("/"), _ssl_context(credentials)
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS, ssl=context if context is not None else True)
+    session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT, "Accept": JSON})
+    return _Connection(base, session, credentials)
+
+
+async def _credentials() -> Configuration:
+    """The in-cluster login (the pod's service account, its token read again as the kubelet rotates it),
+    else the kubeconfig's."""
+    from kubernetes_asyncio import config
+    from kubernetes_asyncio.client import Configuration
+
+    configuration = Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        await config.load_kube_config(client_configuration=configuration, persist_config=False)
+    return configuration
+
+
+def _ssl_context(credentials: Configuration) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=credentials.ssl_ca_cert)
+    if credentials.cert_file:
+        context.load_cert_chain(credentials.cert_file, keyfile=credentials.key_file)
+    if not credentials.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def settle(timeout: float | None = None) -> bool:
+    """Wait (at most `timeout` seconds) for the writes under way on this loop. True when none is left and
+    none was given up half-way; False means a write of this replica may still land."""
+    loop = asyncio.get_running_loop()
+    writes = _loop_writes()
+    deadline = None if timeout is None else loop.time() + timeout
+    while writes.under_way:  # a write's retry after a 429 is a new task: wait until none is left
+        left = None if deadline is None else deadline - loop.time()
+        if left is not None and left <= 0:
+            return False
+        await asyncio.wait(set(writes.under_way), timeout=left)
+    return not writes.abandoned
+
+
+@kopf.on.cleanup()
+async def close_api_client(**_: Any) -> None:
+    """Close this loop's sessions once their writes are done (each ends within its request timeout). The
+    other cleanup handlers cancel the reconciles: a call one still makes fails as a temporary error."""
+    await asyncio.sleep(0)  # the work queues' cleanup handlers cancel their reconciles first
+    await settle()
+    for conn in _connections.get(asyncio.get_running_loop(), {}).values():
+        await conn.session.close()
+
+
+async def _exchange(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    params: Mapping[str, str] | None,
+    data: bytes | None,
+    headers: Mapping[str, str],
+    timeout: aiohttp.ClientTimeout,
+) -> Answer:
+    """One request, its answer read whole: the connection is back in the pool when this returns."""
+    async with session.request(method, url, params=params, data=data, headers=headers, timeout=timeout) as resp:
+        return resp.status, resp.reason or "", await resp.read(), resp.headers.get("Retry-After")
 
 
 THROTTLED_ATTEMPTS = 4  # tries of a throttled call (429) before the reconcile is retried instead
 THROTTLED_WAIT_MAX = 10.0  # a longer Retry-After is waited for by the work queue, not inside the call
 
 
-def _retry_after(exc: ApiException) -> float | None:
+async def _request(
+    method: str,
+    path: str,
+    params: Mapping[str, str] | None = None,
+    body: Any = None,
+    content_type: str = JSON,
+) -> bytes:
+    """The body of the API's 2xx answer to one call, errors mapped as the module's docstring says (404 and
+    409 raised as ApiError, for the caller to decide)."""
+    conn, writes = await _connection(), _loop_writes()
+    headers: dict[str, str] = {}
+    data = None
+    if body is not None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        headers["Content-Type"] = content_type
+    if conn.credentials is not None:
+        token = await conn.credentials.get_api_key_with_prefix("BearerToken")  # re-reads a rotated token
+        if token:
+            headers["Authorization"] = token
+    timeout = _client_timeout(*request_timeout())
+    url = conn.base + path
+    for attempt in range(1, THROTTLED_ATTEMPTS + 1):
+        exchange = _exchange(conn.session, method, url, params, data, headers, timeout)
+        try:
+            # A read cancelled half-way changes nothing: only writes are seen through.
+            status, reason, payload, retry_after = await (exchange if method == "GET" else writes.see_through(exchange))
+        except (aiohttp.ClientError, OSError) as exc:  # asyncio's TimeoutError is an OSError
+            raise kopf.TemporaryError(f"Kubernetes API unreachable: {exc!r}", delay=RETRY_DELAY) from exc
+        if status < 300:
+            return payload
+        wait = _retry_after(status, retry_after)
+        # A 429 was not processed, so the call may be sent again, but not before the server said: a retry of
+        # the whole reconcile would come sooner (any watch event of the resource starts one). client-go
+        # waits inside the call the same way.
+        if wait is not None and wait <= THROTTLED_WAIT_MAX and attempt < THROTTLED_ATTEMPTS:
+            await asyncio.sleep(wait)
+            continue
+        message = _api_message(payload, reason)
+        if status in (400, 403, 422):
+            raise Rejected(message, status)
+        if status in (404, 409):
+            raise ApiError(status, message)
+        raise kopf.TemporaryError(f"Kubernetes API error {status}: {message}", delay=max(RETRY_DELAY, wait or 0.0))
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _retry_after(status: int, header: str | None) -> float | None:
     """Seconds a 429's Retry-After header asks for; None for any other error, or without the header."""
-    if exc.status != 429:
+    if status != 429:
         return None
     try:
-        return max(0.0, float((exc.headers or {}).get("Retry-After", "")))
-    except (TypeError, ValueError):
+        return max(0.0, float(header or ""))
+    except ValueError:
         return None
 
 
-def _api_message(exc: ApiException) -> str:
+def _api_message(payload: bytes, reason: str) -> str:
     try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+        return str(json.loads(payload or b"{}").get("message") or reason)
     except (ValueError, AttributeError):
-        return str(exc.reason)
+        return reason
 
 
-@functools.lru_cache(maxsize=16)
-def _api_on(cls: type[A], client: kubernetes.client.ApiClient) -> A:
-    # One API object per client, not one per call: the operator makes several calls per resource.
-    return cls(client)
+def _object(payload: bytes) -> dict[str, Any]:
+    return dict(json.loads(payload))
 
 
-def _core() -> kubernetes.client.CoreV1Api:
-    return _api_on(kubernetes.client.CoreV1Api, api_client())
+# kind -> (API path prefix, plural, patch type) of the kinds the operator owns. The built-in kinds take
+# strategic merge patches (what the kubernetes client sent for a dict); a custom resource takes JSON merge.
+_KINDS: dict[str, tuple[str, str, str]] = {
+    "Job": ("/apis/batch/v1", "jobs", STRATEGIC_PATCH),
+    "ConfigMap": ("/api/v1", "configmaps", STRATEGIC_PATCH),
+    "Service": ("/api/v1", "services", STRATEGIC_PATCH),
+    "Deployment": ("/apis/apps/v1", "deployments", STRATEGIC_PATCH),
+    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers", STRATEGIC_PATCH),
+    "HTTPRoute": ("/apis/gateway.networking.k8s.io/v1", "httproutes", MERGE_PATCH),
+}
 
 
-def _batch() -> kubernetes.client.BatchV1Api:
-    return _api_on(kubernetes.client.BatchV1Api, api_client())
+def _collection(kind: str, namespace: str) -> str:
+    prefix, plural, _ = _KINDS[kind]
+    return f"{prefix}/namespaces/{namespace}/{plural}"
 
 
-def _apps() -> kubernetes.client.AppsV1Api:
-    return _api_on(kubernetes.client.AppsV1Api, api_client())
+def _custom(resource: tuple[str, str, str], namespace: str) -> str:
+    group, version, plural = resource
+    return f"/apis/{group}/{version}/namespaces/{namespace}/{plural}"
 
 
-def _autoscaling() -> kubernetes.client.AutoscalingV2Api:
-    return _api_on(kubernetes.client.AutoscalingV2Api, api_client())
-
-
-Calls = tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], Callable[..., Any]]
-
-
-def _custom_calls(group: str, version: str, plural: str) -> Calls:
-    """(create, read, patch, delete) of a custom resource, with the typed APIs' argument order."""
-    api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
-
-    def create(namespace: str, body: Any, **kw: Any) -> Any:
-        return api.create_namespaced_custom_object(group, version, namespace, plural, body, **kw)
-
-    def read(name: str, namespace: str, **kw: Any) -> Any:
-        return api.get_namespaced_custom_object(group, version, namespace, plural, name, **kw)
-
-    def patch(name: str, namespace: str, body: Any, **kw: Any) -> Any:
-        return api.patch_namespaced_custom_object(group, version, namespace, plural, name, body, **kw)
-
-    def delete(name: str, namespace: str, **kw: Any) -> Any:
-        return api.delete_namespaced_custom_object(group, version, namespace, plural, name, **kw)
-
-    return create, read, patch, delete
-
-
-def _calls(kind: str) -> Calls:
-    """(create, read, patch, delete) for each kind the operator owns."""
-    if kind == "HTTPRoute":
-        return _custom_calls("gateway.networking.k8s.io", "v1", "httproutes")
-    core, batch, apps, hpa = _core(), _batch(), _apps(), _autoscaling()
-    return {
-        "Job": (
-            batch.create_namespaced_job,
-            batch.read_namespaced_job,
-            batch.patch_namespaced_job,
-            batch.delete_namespaced_job,
-        ),
-        "ConfigMap": (
-            core.create_namespaced_config_map,
-            core.read_namespaced_config_map,
-            core.patch_namespaced_config_map,
-            core.delete_namespaced_config_map,
-        ),
-        "Service": (
-            core.create_namespaced_service,
-            core.read_namespaced_service,
-            core.patch_namespaced_service,
-            core.delete_namespaced_service,
-        ),
-        "Deployment": (
-            apps.create_namespaced_deployment,
-            apps.read_namespaced_deployment,
-            apps.patch_namespaced_deployment,
-            apps.delete_namespaced_deployment,
-        ),
-        "HorizontalPodAutoscaler": (
-            hpa.create_namespaced_horizontal_pod_autoscaler,
-            hpa.read_namespaced_horizontal_pod_autoscaler,
-            hpa.patch_namespaced_horizontal_pod_autoscaler,
-            hpa.delete_namespaced_horizontal_pod_autoscaler,
-        ),
-    }[kind]
-
-
-async def _get(fn: Callable[..., Any], namespace: str, name: str) -> dict[str, Any] | None:
+async def _get(path: str) -> dict[str, Any] | None:
     try:
-        obj = await _call(fn, name, namespace, _preload_content=False)
-    except ApiException as exc:
+        return _object(await _request("GET", path))
+    except ApiError as exc:
         if exc.status == 404:
             return None
         raise
-    return dict(json.loads(obj.data))
 
 
 class NotLeading(kopf.TemporaryError):
@@ -272,32 +353,28 @@ async def create_or_adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Create `obj`; when it exists already (a retry, a restart) return the existing one. -> (object, created)."""
     _still_leading(f"creating {obj['kind']} {obj['metadata']['name']}")
     kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
-    create, read, _, _ = _calls(kind)
+    path = _collection(kind, namespace)
     try:
-        resp = await _call(create, namespace, obj, field_manager=FIELD_MANAGER, _preload_content=False)
-        return dict(json.loads(resp.data)), True
-    except ApiException as exc:
+        return _object(await _request("POST", path, {"fieldManager": FIELD_MANAGER}, obj)), True
+    except ApiError as exc:
         if exc.status != 409:
-            raise kopf.TemporaryError(f"creating {kind} {name}: {_api_message(exc)}", delay=RETRY_DELAY) from exc
-    existing = await _get(read, namespace, name)
+            raise kopf.TemporaryError(f"creating {kind} {name}: {exc.message}", delay=RETRY_DELAY) from exc
+    existing = await _get(f"{path}/{name}")
     if existing is None:  # deleted between our create and read: try again soon
         raise kopf.TemporaryError(f"{kind} {name} vanished while adopting it", delay=1)
     return existing, False
 
 
 async def patch(kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch of an object the operator owns; returns the object as patched."""
+    """A merge patch (strategic for the built-in kinds) of an object the operator owns; returns the object
+    as patched."""
     _still_leading(f"patching {kind} {name}")
-    resp = await _call(_calls(kind)[2], name, namespace, body, field_manager=FIELD_MANAGER, _preload_content=False)
-    return dict(json.loads(resp.data))
+    path = f"{_collection(kind, namespace)}/{name}"
+    return _object(await _request("PATCH", path, {"fieldManager": FIELD_MANAGER}, body, _KINDS[kind][2]))
 
 
 async def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-    return await _get(_calls(kind)[1], namespace, name)
-
-
-FIELD_MANAGER = "keras-operator"
-APPLY = "application/apply-patch+yaml"
+    return await _get(f"{_collection(kind, namespace)}/{name}")
 
 
 def _owned(obj: dict[str, Any], uid: str | None) -> bool:
@@ -390,17 +467,11 @@ async def apply(
     ).get(hash_annotation)
     if current is not None and same_hash and _covers(current, {k: v for k, v in obj.items() if k != "status"}):
         return current, None
-    resp = await _call(
-        _calls(kind)[2],
-        meta["name"],
-        meta["namespace"],
-        obj,
-        field_manager=FIELD_MANAGER,
-        force=True,  # the operator's fields are the operator's: a hand edit of one is set back
-        _content_type=APPLY,
-        _preload_content=False,
-    )
-    return dict(json.loads(resp.data)), "created" if current is None else "updated"
+    # force: the operator's fields are the operator's, a hand edit of one is set back.
+    params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+    path = f"{_collection(kind, meta['namespace'])}/{meta['name']}"
+    applied = _object(await _request("PATCH", path, params, obj, APPLY))  # JSON is YAML
+    return applied, "created" if current is None else "updated"
 
 
 async def delete_owned(kind: str, namespace: str, name: str, owner_uid: str | None) -> bool:
@@ -416,8 +487,8 @@ async def delete(kind: str, namespace: str, name: str) -> bool:
     True when something was deleted."""
     _still_leading(f"deleting {kind} {name}")
     try:
-        await _call(_calls(kind)[3], name, namespace, propagation_policy="Background")
-    except ApiException as exc:
+        await _request("DELETE", f"{_collection(kind, namespace)}/{name}", {"propagationPolicy": "Background"})
+    except ApiError as exc:
         if exc.status == 404:
             return False
         raise
@@ -426,45 +497,25 @@ async def delete(kind: str, namespace: str, name: str) -> bool:
 
 async def get_custom(resource: tuple[str, str, str], namespace: str, name: str) -> dict[str, Any] | None:
     """One of our custom resources ((group, version, plural)); None when there is none."""
-    group, version, plural = resource
-    api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
-    try:
-        resp = await _call(
-            api.get_namespaced_custom_object, group, version, namespace, plural, name, _preload_content=False
-        )
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return dict(json.loads(resp.data))
+    return await _get(f"{_custom(resource, namespace)}/{name}")
 
 
 async def find_custom(resource: tuple[str, str, str], namespace: str, name: str) -> dict[str, Any] | None:
     """One of our custom resources by name, read with a list narrowed to that name: the operator may list
     and watch its KerasModelServices, not get them (RBAC). None when there is none."""
-    group, version, plural = resource
-    api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
-    resp = await _call(
-        api.list_namespaced_custom_object,
-        group,
-        version,
-        namespace,
-        plural,
-        field_selector=f"metadata.name={name}",
-        _preload_content=False,
-    )
+    found = await _request("GET", _custom(resource, namespace), {"fieldSelector": f"metadata.name={name}"})
     # Filtered here too: a proxy or an old API server may ignore the selector.
-    items = json.loads(resp.data).get("items") or []
+    items = json.loads(found).get("items") or []
     return next((dict(i) for i in items if (i.get("metadata") or {}).get("name") == name), None)
 
 
 async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
-    resp = await _call(_core().list_namespaced_pod, namespace, label_selector=selector, _preload_content=False)
+    found = await _request("GET", f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector})
     wanted = dict(term.split("=", 1) for term in selector.split(","))
     # Filter here too: a proxy or an old API server may ignore the selector.
     return [
         p
-        for p in json.loads(resp.data).get("items", [])
+        for p in json.loads(found).get("items", [])
         if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
     ]
 
@@ -472,36 +523,25 @@ async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
 async def pod_proxy_get(namespace: str, pod: str, port: int, path: str) -> str | None:
     """GET a pod's HTTP endpoint through the API server's pod proxy (no direct network path needed)."""
     try:
-        resp = await _call(
-            _core().connect_get_namespaced_pod_proxy_with_path, f"{pod}:{port}", namespace, path, _preload_content=False
-        )
-    except (ApiException, Rejected, kopf.TemporaryError):
+        return _text(await _request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/{path}"))
+    except (ApiError, Rejected, kopf.TemporaryError):
         return None
-    return _text(resp)
 
 
 async def pod_log_tail(namespace: str, pod_name: str, container: str, lines: int = 200) -> str | None:
     """The last lines of the log of the pod's `container` (named always: a pod with an injected sidecar has
     two, and the API server then refuses a request without one); None when it cannot be read now (not
     started, rotated, gone)."""
+    params = {"container": container, "tailLines": str(lines)}
     try:
-        resp = await _call(
-            _core().read_namespaced_pod_log,
-            pod_name,
-            namespace,
-            container=container,
-            tail_lines=lines,
-            _preload_content=False,
-        )
-    except (ApiException, Rejected, kopf.TemporaryError):
+        return _text(await _request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log", params))
+    except (ApiError, Rejected, kopf.TemporaryError):
         return None
-    return _text(resp)
 
 
-def _text(resp: Any) -> str:
-    """A text body as sent: client versions differ in how they deserialize `str` responses (one returns
-    the repr, with escaped newlines), so the operator reads the raw bytes itself."""
-    return bytes(resp.data).decode(errors="replace")
+def _text(payload: bytes) -> str:
+    """A text body as sent (a log, a metrics page), whatever its encoding claims."""
+    return payload.decode(errors="replace")
 
 
 async def patch_status(
@@ -515,30 +555,19 @@ async def patch_status(
     whole), refused with Conflict when `resource_version` is given and the object has moved on.
     -> the resourceVersion it made, None when the resource is gone."""
     _still_leading(f"writing the status of {name}")
-    group, version, plural = resource
-    api = _api_on(kubernetes.client.CustomObjectsApi, api_client())
     body: dict[str, Any] = {"status": status}
     if resource_version:
         body["metadata"] = {"resourceVersion": resource_version}
+    path = f"{_custom(resource, namespace)}/{name}/status"
     try:
-        resp = await _call(
-            api.patch_namespaced_custom_object_status,
-            group,
-            version,
-            namespace,
-            plural,
-            name,
-            body,
-            field_manager=FIELD_MANAGER,
-            _preload_content=False,
-        )
-    except ApiException as exc:
+        patched = await _request("PATCH", path, {"fieldManager": FIELD_MANAGER}, body, MERGE_PATCH)
+    except ApiError as exc:
         if exc.status == 409:
-            raise Conflict(_api_message(exc)) from exc
+            raise Conflict(exc.message) from exc
         if exc.status != 404:  # deleted meanwhile: nothing to report on
             raise
         return None
-    return str(json.loads(resp.data).get("metadata", {}).get("resourceVersion") or "") or None
+    return str(json.loads(patched).get("metadata", {}).get("resourceVersion") or "") or None
 
 
 EVENT_MESSAGE_MAX = 1024  # the API server refuses longer Event messages
@@ -577,24 +606,19 @@ async def post_event(obj: dict[str, Any], type_: str, reason: str, message: str)
         "count": 1,
     }
     try:
-        await _call(
-            _core().create_namespaced_event,
-            meta["namespace"],
-            body,
-            field_manager=FIELD_MANAGER,
-            _preload_content=False,  # the answer is not decoded: _call reads it, to free the connection
-        )
-    except (ApiException, Rejected, kopf.TemporaryError) as exc:
+        # The answer is not decoded: nothing in it is needed (it is read, to free the connection).
+        await _request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", {"fieldManager": FIELD_MANAGER}, body)
+    except (ApiError, Rejected, kopf.TemporaryError) as exc:
         log.warning("event_not_posted", reason=reason, name=meta["name"], error=str(exc))
 
 
 async def token_review(token: str, audience: str) -> dict[str, Any]:
     """The API server's verdict on a bearer token for our own audience: the TokenReview's status."""
-    api = _api_on(kubernetes.client.AuthenticationV1Api, api_client())
     body = {
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenReview",
         "spec": {"token": token, "audiences": [audience]},
     }
-    resp = await _call(api.create_token_review, body, field_manager=FIELD_MANAGER, _preload_content=False)
-    return dict(json.loads(resp.data).get("status") or {})
+    path = "/apis/authentication.k8s.io/v1/tokenreviews"
+    reviewed = await _request("POST", path, {"fieldManager": FIELD_MANAGER}, body)
+    return dict(json.loads(reviewed).get("status") or {})

@@ -16,7 +16,6 @@ from typing import Any
 
 import kopf
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from helpers.fake_api import FakeApi, install
 from helpers.jobs import tiny_job
@@ -532,9 +531,9 @@ ROWS = [
             spec={"runPolicy": {"suspend": True}},
             status=WAS_RUNNING,
             job=Job(status=RUNNING, suspend=False, in_view=True),
-            fail=("patch", ApiException(status=404), "Job"),
+            fail=("patch", kube.ApiError(404, "Not Found"), "Job"),
             tried=[("patch", "Job", "tiny-train")],
-            raises=ApiException,
+            raises=kube.ApiError,
         ),
         id="suspend-of-a-vanished-job-404-raised",
     ),

@@ -4,7 +4,7 @@ client's timeouts against an API that never answers."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import json
 import socket
 import threading
@@ -14,6 +14,7 @@ import urllib.request
 
 import kubernetes
 import pytest
+from aiohttp import web
 from urllib3.exceptions import HTTPError
 
 from helpers.blackhole import Blackhole
@@ -115,15 +116,81 @@ async def test_the_shutdown_ends_the_forever_loops_and_nothing_else() -> None:
         work.cancel()
 
 
-def test_the_release_waits_for_the_api_calls_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    """kopf cancels the task awaiting a call, not the call in the client's thread."""
+class HeldWrites:
+    """An API server on the loop of `runner` that holds every PATCH until `answer` is set."""
+
+    def __init__(self, runner: asyncio.Runner) -> None:
+        self.runner = runner
+        self.answer = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self.landed: list[str] = []
+        runner.run(self._start())
+
+    async def _start(self) -> None:
+        async def hold(request: web.Request) -> web.Response:
+            self.arrived.set()
+            await self.answer.wait()
+            self.landed.append(request.path)
+            return web.json_response({"metadata": {"name": request.match_info["name"]}})
+
+        app = web.Application()
+        app.router.add_patch("/apis/batch/v1/namespaces/{namespace}/jobs/{name}", hold)
+        self.site_runner = web.AppRunner(app)
+        await self.site_runner.setup()
+        site = web.TCPSite(self.site_runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+
+    def write_then_cancel_its_caller(self) -> None:
+        """A reconcile's PATCH reaches the server; then kopf cancels the reconcile, as at shutdown."""
+        from keras_operator.runtime import kube
+
+        async def go() -> None:
+            call = asyncio.create_task(kube.patch("Job", "ns", "a", {"spec": {"suspend": True}}))
+            await asyncio.wait_for(self.arrived.wait(), 10)
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+
+        self.runner.run(go())
+
+    def close(self) -> None:
+        self.runner.run(self.site_runner.cleanup())
+
+
+def test_the_release_waits_for_the_writes_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kopf cancels the task awaiting a write, not the write: it lands, and only then may the Lease go."""
+    from keras_operator import main
+
+    with asyncio.Runner() as runner:
+        server = HeldWrites(runner)
+        monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", server.url)
+        server.write_then_cancel_its_caller()
+        assert main._api_calls_done(runner, timeout=0.2) is False  # still under way: the Lease is left to expire
+        assert server.landed == []
+        server.answer.set()
+        assert main._api_calls_done(runner, timeout=10) is True
+        assert server.landed == ["/apis/batch/v1/namespaces/ns/jobs/a"]
+        server.close()
+
+
+def test_a_write_cut_off_half_way_keeps_the_lease_from_being_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write cancelled itself (the loop's end, kopf's hung-task stop) may still be applied by the API server:
+    the replica then leaves the Lease to expire rather than release it."""
     from keras_operator import main
     from keras_operator.runtime import kube
 
-    monkeypatch.setattr(kube, "_executor", concurrent.futures.ThreadPoolExecutor(max_workers=2))
-    answered = threading.Event()
-    call = kube._threads().submit(answered.wait)
-    assert main._api_calls_done(timeout=0.2) is False  # still under way: the Lease is left to expire
-    answered.set()
-    assert main._api_calls_done(timeout=10) is True
-    assert call.done()
+    with asyncio.Runner() as runner:
+        server = HeldWrites(runner)
+        monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", server.url)
+        server.write_then_cancel_its_caller()
+
+        async def cancel_the_writes() -> None:
+            for task in kube._loop_writes().under_way:
+                task.cancel()
+            await asyncio.sleep(0.1)
+
+        runner.run(cancel_the_writes())
+        assert main._api_calls_done(runner, timeout=10) is False
+        server.answer.set()
+        server.close()

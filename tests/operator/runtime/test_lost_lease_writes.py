@@ -19,12 +19,12 @@ KTJ = ("kerasoperator.dev", "v1alpha1", "kerastrainingjobs")
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     made: list[str] = []
 
-    async def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        made.append(getattr(fn, "__name__", str(fn)))
+    async def request(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        made.append(f"{method} {path}")
         raise AssertionError("reached the API server")
 
-    monkeypatch.setattr(kube, "_call", call)
-    monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", "http://127.0.0.1:9")  # never reached: _call is the fake
+    monkeypatch.setattr(kube, "_request", request)
+    monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", "http://127.0.0.1:9")  # never reached: _request is the fake
     yield made
     lifecycle.LOST.clear()
 
