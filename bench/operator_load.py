@@ -46,6 +46,11 @@ BIN = Path(sys.executable).parent
 KTJ_PATH = "/apis/kerasoperator.dev/v1alpha1/namespaces/default/kerastrainingjobs"
 JOBS_WATCH = "/apis/batch/v1/jobs?watch=true"
 CREATE_CONCURRENCY = 8
+# The creation targets: throughput and CPU per resource against the baseline's in the same run, peak RSS.
+TARGET_THROUGHPUT = 0.9
+TARGET_CPU_RATIO = 1.5
+TARGET_RSS_MB = 300
+RSS_TARGET_AT = 5000
 TOKEN_REVIEWS = "method.POST tokenreviews"
 STATUS_PATCHES = "method.PATCH kerastrainingjobs/status"
 
@@ -450,18 +455,34 @@ def create_markdown(
     def med(which: str, count: int, key: str) -> float:
         return median([r[key] for r in runs[which][count]])
 
-    rows, summary = [], {}
+    rows, summary, target_rows = [], {}, []
     for count in counts:
         ratios = {w: med(w, count, "per_second") / med("baseline", count, "per_second") for w in operators}
+        cpu_ratio = med("keras-operator", count, "operator_cpu_s") / med("baseline", count, "operator_cpu_s")
+        peak = max(r["peak_rss_mb"] for r in runs["keras-operator"][count])
         summary[count] = {
             "throughput_ratio": ratios["keras-operator"],
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs["keras-operator"][count]),
+            "cpu_per_resource_ratio": cpu_ratio,
+            "peak_rss_mb": peak,
             "baseline_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["baseline"][count]),
             "operators": {
                 w: {"throughput_ratio": ratios[w], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[w][count])}
                 for w in operators
             },
         }
+        missed = {
+            "throughput": ratios["keras-operator"] < TARGET_THROUGHPUT,
+            "rss": count >= RSS_TARGET_AT and peak >= TARGET_RSS_MB,
+            "cpu": cpu_ratio > TARGET_CPU_RATIO,
+        }
+        target_rows.append(
+            [
+                count,
+                f"{ratios['keras-operator']:.2f}" + (" (missed)" if missed["throughput"] else ""),
+                f"{peak:.0f}" + (" (missed)" if missed["rss"] else ""),
+                f"{cpu_ratio:.2f}" + (" (missed)" if missed["cpu"] else ""),
+            ]
+        )
         for which in operators:
             rows.append(
                 [
@@ -494,6 +515,15 @@ def create_markdown(
         ],
         rows,
     )
+    targets = table(
+        [
+            "resources",
+            f"throughput vs baseline (≥ {TARGET_THROUGHPUT})",
+            f"peak RSS MB (< {TARGET_RSS_MB} at {RSS_TARGET_AT:,})",
+            f"operator CPU per resource vs baseline (≤ {TARGET_CPU_RATIO})",
+        ],
+        target_rows,
+    )
     # Requests per resource by verb and resource (median over runs; watches are long-lived, left out).
     columns = [(which, count) for count in counts for which in operators]
     found = {k for which, count in columns for r in runs[which][count] for k in r["operator_requests"]}
@@ -513,6 +543,10 @@ def create_markdown(
             f"Creating N resources: medians of {repeats} runs per row.",
             "",
             main,
+            "",
+            "Against the targets (ratios of medians, in the same run):",
+            "",
+            targets,
             "",
             "The operator's API requests per resource, by verb and resource (the warm-up resource included; "
             "long-lived watches left out):",
