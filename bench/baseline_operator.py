@@ -1,5 +1,6 @@
 """The operator benchmark's baseline: the least a kopf operator can do for a KerasTrainingJob —
-create one Job for it — with kopf's defaults and the same Kubernetes client the real operator uses.
+create one Job for it — with kopf's defaults and the blocking kubernetes client in a thread (what the real
+operator used until its calls moved onto the event loop; kept, so figures of before and after compare).
 
 Run: kopf run --standalone --all-namespaces bench/baseline_operator.py (KERAS_OPERATOR_API_SERVER=URL)
 """
