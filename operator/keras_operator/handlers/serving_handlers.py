@@ -39,7 +39,7 @@ Key = tuple[str, str]  # (namespace, KerasModelService name)
 
 
 @kopf.index(*RESOURCE)
-def serving_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def serving_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): watched_resource(body, KIND)}
 
 
@@ -51,7 +51,9 @@ def _training_ref(spec: Any, *path: str) -> str | None:
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
-def serving_deployments(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def serving_deployments(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
     return {
         (namespace, labels[MODEL_SERVICE_LABEL]): {
             k: plain(body.get(k)) for k in ("apiVersion", "kind", "metadata", "spec", "status")

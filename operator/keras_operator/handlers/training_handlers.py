@@ -47,13 +47,15 @@ def _completion_index(meta: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in annotations.items() if k == COMPLETION_INDEX_ANNOTATION}
 
 
+# The indexes are `async def`, though they await nothing: kopf runs a plain `def` handler in its thread pool,
+# a hop per watch event that cost more than the trimming itself (bench/README.md, the operator's profile).
 @kopf.index(*RESOURCE)
-def training_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def training_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): watched_resource(body, KIND)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
-def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     meta = body["metadata"]
     return {
         (namespace, labels[TRAINING_JOB_LABEL]): {
@@ -66,7 +68,7 @@ def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 
 
 @kopf.index("", "v1", "pods", labels=OWNED)
-def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     meta, status = body["metadata"], body.get("status") or {}
     return {
         (namespace, labels[TRAINING_JOB_LABEL]): {

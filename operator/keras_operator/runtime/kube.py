@@ -28,7 +28,7 @@ import aiohttp
 import kopf
 import structlog
 
-from keras_operator import __version__
+from keras_common import __version__
 from keras_operator.runtime import lifecycle, quantity
 from keras_operator.runtime.settings import api_server, api_timeout
 
