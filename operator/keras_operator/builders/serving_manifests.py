@@ -95,8 +95,10 @@ def server_args(
     server = spec.server
     defaults = ServerSpec()
     side = stable_side(spec, model) if isinstance(model, str) else model
-    # The port is stated even at its default: it is the pod's contract with containerPort and the probes.
+    # The port and the backend are stated even at their defaults: the port is the pod's contract with
+    # containerPort and the probes, the backend what the image must hold.
     args = ["--model-uri", side.model_uri, "--model-name", name, "--port", str(port or server.port)]
+    args += ["--backend", spec.backend]
     given = {
         "--max-batch-size": (server.batching.max_batch_size, defaults.batching.max_batch_size),
         "--max-latency-ms": (server.batching.max_latency_ms, defaults.batching.max_latency_ms),
@@ -108,8 +110,6 @@ def server_args(
     for flag, (value, default) in given.items():
         if value is not None and value != default:
             args += [flag, str(value)]
-    if spec.backend != "tensorflow":
-        args += ["--backend", spec.backend]
     if side.versions is not None:
         args += ["--model-versions", side.versions]
     for label, version in side.version_labels:

@@ -9,7 +9,7 @@ The calls are plain HTTP on the event loop that awaits them (aiohttp, one sessio
 end to end: no worker thread per call trading the GIL with the event loop, no model (de)serialisation.
 A write, once started, is seen through even when the task awaiting it is cancelled (kopf cancels the
 reconciles at shutdown), and `settle()` waits for the writes under way: the leader releases its Lease only
-after they landed (runtime/main.py).
+after they landed (keras_operator/main.py).
 """
 
 from __future__ import annotations

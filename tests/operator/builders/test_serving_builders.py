@@ -102,3 +102,17 @@ def test_the_pause_and_the_drain_fit_the_grace_period(pre_stop: int | None, drai
     assert ("--drain-seconds" in args) == (wait != 20)
     if wait != 20:
         assert args[args.index("--drain-seconds") + 1] == str(wait)
+
+
+def test_server_args_carry_only_what_differs_from_the_servers_defaults() -> None:
+    """The server takes its defaults from the same API types: a flag at its default would only repeat it.
+    The port and the backend are always stated (the pod's contract, what the image must hold)."""
+    from keras_operator.api.model_service import ServerSpec
+    from keras_operator.builders.serving_manifests import server_args
+
+    _, spec = owner(server={}, backend="tensorflow")
+    assert spec.server == ServerSpec()
+    base = ["--model-uri", "m.keras", "--model-name", "digits", "--port", "8080", "--backend", "tensorflow"]
+    assert server_args("digits", spec, "m.keras") == base
+    _, spec = owner(server={"batching": {"maxBatchSize": 8}, "drainSeconds": 20, "maxQueue": 1024})
+    assert server_args("digits", spec, "m.keras") == [*base, "--max-batch-size", "8"]
