@@ -65,32 +65,47 @@ class ObservedTraining:
 # only when it did (a level-triggered reconcile runs on every event and must not repeat them).
 ACTION_REASONS = frozenset({"Created", "Suspended", "Resumed", "Deleted"})
 
-# Per (uid, generation): the spec parsed, with the hash the Job must carry; or why it is invalid.
-_parsed: OrderedDict[tuple[str, int | None], tuple[KerasTrainingJobSpec, str] | InvalidResource] = OrderedDict()
-_PARSED_MAX = 20_000
+
+class ParsedSpecs:
+    """Per (uid, generation): the spec parsed, with the hash the Job must carry; or why it is invalid.
+    Reconciles run on every watch event and every push, the spec changes only with the generation: one
+    operator run holds one of these (handlers' Training) and passes it to each reconcile."""
+
+    def __init__(self, limit: int = 20_000) -> None:
+        self.limit = limit
+        self._found: OrderedDict[tuple[str, int | None], tuple[KerasTrainingJobSpec, str] | InvalidResource] = (
+            OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    def validated(self, body: dict[str, Any]) -> tuple[KerasTrainingJobSpec, str]:
+        """The spec of this generation and its Job hash, worked out once."""
+        meta = body["metadata"]
+        key = (str(meta.get("uid")), meta.get("generation"))
+        found = self._found.get(key)
+        if found is None:
+            found = _parse(body)
+            self._found[key] = found
+            if len(self._found) > self.limit:
+                self._found.popitem(last=False)
+        if isinstance(found, InvalidResource):
+            raise found
+        return found
 
 
-def _validated(body: dict[str, Any]) -> tuple[KerasTrainingJobSpec, str]:
-    """The spec of this generation and its Job hash, worked out once: reconciles run on every watch
-    event and every push, the spec changes only with the generation."""
-    meta = body["metadata"]
-    key = (str(meta.get("uid")), meta.get("generation"))
-    found = _parsed.get(key)
-    if found is None:
-        try:
-            spec = validate(body)
-            found = (spec, job_spec_hash(spec))
-        except InvalidResource as exc:
-            found = exc
-        _parsed[key] = found
-        if len(_parsed) > _PARSED_MAX:
-            _parsed.popitem(last=False)
-    if isinstance(found, InvalidResource):
-        raise found
-    return found
+def _parse(body: dict[str, Any]) -> tuple[KerasTrainingJobSpec, str] | InvalidResource:
+    try:
+        spec = validate(body)
+    except InvalidResource as exc:
+        return exc
+    return spec, job_spec_hash(spec)
 
 
-async def reconcile(view: ObservedTraining, settings: Settings) -> tuple[Outcome, dict[str, Any] | None]:
+async def reconcile(
+    view: ObservedTraining, settings: Settings, specs: ParsedSpecs | None = None
+) -> tuple[Outcome, dict[str, Any] | None]:
     """Make sure the Job for the current spec exists (never a second one) and say what the status is.
     -> (outcome, the Job as this reconcile left it)."""
     body = view.resource
@@ -99,7 +114,7 @@ async def reconcile(view: ObservedTraining, settings: Settings) -> tuple[Outcome
     generation = meta.get("generation")
     now = conditions.now_iso()
     try:
-        spec, spec_hash = _validated(body)
+        spec, spec_hash = (specs or ParsedSpecs(limit=0)).validated(body)
     except InvalidResource as exc:
         if previous.get("jobName"):  # a training already runs: an invalid edit must not touch it
             return _spec_not_applied(previous, generation, now, f"the new spec is invalid: {exc}"), view.job

@@ -107,19 +107,22 @@ class Vanished:
         return dataclasses.replace(view, job=None, pods=[])
 
     async def reconcile_training(
-        self, view: training_reconciler.ObservedTraining, settings: Settings
+        self,
+        view: training_reconciler.ObservedTraining,
+        settings: Settings,
+        specs: training_reconciler.ParsedSpecs | None = None,
     ) -> tuple[Outcome, dict[str, Any] | None, training_reconciler.ObservedTraining]:
         """The training's reconcile on a view checked as above; a 404 from a PATCH of its Job means the Job
         is gone (not a failure to retry): the reconcile runs again without it. -> (outcome, Job, view)."""
         view = await self.training_view(view)
         try:
-            outcome, job = await training_reconciler.reconcile(view, settings)
+            outcome, job = await training_reconciler.reconcile(view, settings, specs)
         except kube.ApiError as exc:
             if exc.status != 404 or view.job is None:
                 raise
             self.mark(view.job)
             view = dataclasses.replace(view, job=None, pods=[])
-            outcome, job = await training_reconciler.reconcile(view, settings)
+            outcome, job = await training_reconciler.reconcile(view, settings, specs)
         return outcome, job, view
 
 

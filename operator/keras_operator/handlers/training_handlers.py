@@ -106,6 +106,7 @@ class Training:
     created: dict[Key, dict[str, Any]] = field(default_factory=dict)
     seen: dict[Key, str] = field(default_factory=dict)  # the uid the last reconcile of the name saw
     vanished: Vanished = field(default_factory=Vanished)  # Jobs deleted while a watch re-listed: still indexed
+    specs: training_reconciler.ParsedSpecs = field(default_factory=training_reconciler.ParsedSpecs)
     status: StatusWriter = field(
         default_factory=lambda: StatusWriter(RESOURCE, KIND, training_reconciler.ACTION_REASONS)
     )
@@ -206,7 +207,7 @@ class Training:
         if view is None:  # deleted: its Job and pods go with it (owner references)
             self.forget(key)
             return
-        outcome, job, view = await self.vanished.reconcile_training(view, self.settings)
+        outcome, job, view = await self.vanished.reconcile_training(view, self.settings, self.specs)
         if job is not None and view.job is None:
             self.created[key] = job
         await self.status.write(key, view.resource, outcome)

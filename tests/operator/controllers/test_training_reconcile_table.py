@@ -550,7 +550,6 @@ def _check(outcome_status: dict[str, Any], row: Row) -> None:
 
 @pytest.mark.parametrize("row", ROWS)
 def test_training_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
-    training_reconciler._parsed.clear()  # the parse cache is keyed by uid and generation, which rows share
     api = install(monkeypatch, training_reconciler)
     body = resource(row.generation, row.status, **row.spec)
     job = None
@@ -586,7 +585,6 @@ def test_the_job_created_is_the_builders() -> None:
     """The fake stores what the reconcile sent: the builder's Job, owned by the resource (not a stub)."""
     api = FakeApi()
     body = resource()
-    training_reconciler._parsed.clear()
     spec = training_reconciler.validate(body)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(training_reconciler, "kube", api)
