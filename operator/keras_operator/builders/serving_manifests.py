@@ -21,6 +21,7 @@ from keras_operator.builders.metadata import PVC_ROOT, labels, object_meta, reso
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
+SERVER_DEFAULTS = ServerSpec()  # what the server assumes for a flag left out (keras_server.config)
 
 
 @dataclass(frozen=True)
@@ -93,19 +94,18 @@ def server_args(
     types (keras_server.config), so a flag would only repeat it, and an older server image keeps working
     for a spec that sets nothing new."""
     server = spec.server
-    defaults = ServerSpec()
     side = stable_side(spec, model) if isinstance(model, str) else model
     # The port and the backend are stated even at their defaults: the port is the pod's contract with
     # containerPort and the probes, the backend what the image must hold.
     args = ["--model-uri", side.model_uri, "--model-name", name, "--port", str(port or server.port)]
     args += ["--backend", spec.backend]
     given = {
-        "--max-batch-size": (server.batching.max_batch_size, defaults.batching.max_batch_size),
-        "--max-latency-ms": (server.batching.max_latency_ms, defaults.batching.max_latency_ms),
-        "--max-request-bytes": (server.max_request_bytes, defaults.max_request_bytes),
-        "--max-queue": (server.max_queue, defaults.max_queue),
-        "--drain-seconds": (server.drain_seconds, defaults.drain_seconds),
-        "--max-rows-per-request": (server.batching.max_rows_per_request, defaults.batching.max_rows_per_request),
+        "--max-batch-size": (server.batching.max_batch_size, SERVER_DEFAULTS.batching.max_batch_size),
+        "--max-latency-ms": (server.batching.max_latency_ms, SERVER_DEFAULTS.batching.max_latency_ms),
+        "--max-request-bytes": (server.max_request_bytes, SERVER_DEFAULTS.max_request_bytes),
+        "--max-queue": (server.max_queue, SERVER_DEFAULTS.max_queue),
+        "--drain-seconds": (server.drain_seconds, SERVER_DEFAULTS.drain_seconds),
+        "--max-rows-per-request": (server.batching.max_rows_per_request, SERVER_DEFAULTS.batching.max_rows_per_request),
     }
     for flag, (value, default) in given.items():
         if value is not None and value != default:
