@@ -149,6 +149,13 @@ def _logging_as_it_was() -> Iterator[None]:
 
 
 @pytest.fixture
+def local_pvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pvc:// URIs resolve under tmp_path/pvc, and relative paths under tmp_path (a local run's outputs)."""
+    monkeypatch.setenv("KERAS_OPERATOR_PVC_ROOT", str(tmp_path / "pvc"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
 def blackhole() -> Iterator[Any]:
     """An API server behind a half-open link: it accepts connections and never answers."""
     from helpers.blackhole import Blackhole

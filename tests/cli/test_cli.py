@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from helpers.jobs import tiny_job
+from helpers.jobs import tiny_job, write_job
 from helpers.manifests import ROOT, validate_k8s
 from kerasop import cli
 
-
-def write(tmp_path: Path, doc: dict[str, Any]) -> str:
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
-
-
-@pytest.fixture(autouse=True)
-def _local_pvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KERAS_OPERATOR_PVC_ROOT", str(tmp_path / "pvc"))
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("local_pvc_root")
 
 
 @pytest.mark.slow
 def test_run_prints_the_final_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["run", write(tmp_path, tiny_job("local")), "-o", "json"])
+    code = cli.main(["run", write_job(tmp_path, tiny_job("local")), "-o", "json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     status = json.loads(out)["status"]
@@ -43,7 +32,7 @@ def test_run_prints_the_final_status(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.mark.slow
 def test_run_maps_pvc_uris_to_the_local_pvc_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["run", write(tmp_path, tiny_job("p", output={"uri": "pvc://models/p"}))])
+    code = cli.main(["run", write_job(tmp_path, tiny_job("p", output={"uri": "pvc://models/p"}))])
     out, _ = capsys.readouterr()
     assert code == 0
     assert yaml.safe_load(out)["status"]["modelUri"] == "pvc://models/p/runs/local/model.keras"
@@ -51,7 +40,7 @@ def test_run_maps_pvc_uris_to_the_local_pvc_root(tmp_path: Path, capsys: pytest.
 
 
 def test_run_invalid_resource_exits_2_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["run", write(tmp_path, tiny_job(training__batchSize=0))])
+    code = cli.main(["run", write_job(tmp_path, tiny_job(training__batchSize=0))])
     _, err = capsys.readouterr()
     assert code == 2
     assert "spec.training.batchSize" in err
@@ -62,7 +51,7 @@ def test_run_training_failure_exits_1(tmp_path: Path, capsys: pytest.CaptureFixt
     import numpy as np
 
     np.savez(tmp_path / "d.npz", x=np.zeros((20, 8), "float32"), y=np.full(20, 7))  # 7 classes > 3 outputs
-    code = cli.main(["run", write(tmp_path, tiny_job(data={"train": {"uri": str(tmp_path / "d.npz")}}))])
+    code = cli.main(["run", write_job(tmp_path, tiny_job(data={"train": {"uri": str(tmp_path / "d.npz")}}))])
     out, _ = capsys.readouterr()
     assert code == 1
     status = yaml.safe_load(out)["status"]
@@ -134,7 +123,9 @@ def test_run_keeps_stdout_for_the_status_even_when_libraries_log(
 
     logs.configure("json", "info", stream="stdout", stdlib=True)  # as an operator in this process would
     try:
-        code = cli.main(["run", write(tmp_path, tiny_job("quiet", output={"formats": ["savedmodel"]})), "-o", "json"])
+        code = cli.main(
+            ["run", write_job(tmp_path, tiny_job("quiet", output={"formats": ["savedmodel"]})), "-o", "json"]
+        )
         out, _ = capsys.readouterr()
     finally:
         root = logging.getLogger()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 BASE: dict[str, Any] = {
     "apiVersion": "kerasoperator.dev/v1alpha1",
@@ -45,3 +48,10 @@ def synthetic_job(name: str, epochs: int, samples: int = 3000, batch_size: int =
         training__batchSize=batch_size,
         data__train={"synthetic": {"samples": samples, "inputShape": [8], "classes": 3}},
     )
+
+
+def write_job(tmp_path: Path, doc: dict[str, Any]) -> str:
+    """`doc` as tmp_path/job.yaml, for a command that reads a file."""
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from test_cli import _local_pvc_root, write  # noqa: F401  (the fixture applies here too)
 
-from helpers.jobs import tiny_job
+from helpers.jobs import tiny_job, write_job
 from helpers.manifests import ROOT
 from keras_operator.api import jobfile
 from keras_operator.api.model_service import KerasModelService
@@ -23,9 +22,11 @@ from keras_operator.builders.training_manifests import build_job, desired_suspen
 from keras_operator.status.training_status import tensorboard_uri
 from kerasop import cli
 
+pytestmark = pytest.mark.usefixtures("local_pvc_root")
+
 
 def run(tmp_path: Path, doc: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]:
-    code = cli.main(["run", write(tmp_path, doc), "-o", "json"])
+    code = cli.main(["run", write_job(tmp_path, doc), "-o", "json"])
     out, err = capsys.readouterr()
     return code, (json.loads(out)["status"] if out.strip() else {}), err
 
@@ -85,7 +86,7 @@ def test_a_backend_the_image_lacks_is_an_invalid_spec(
     monkeypatch.setenv("KERAS_TRAINER_TERMINATION_LOG", str(term))
     from keras_trainer import cli as trainer_cli
 
-    assert trainer_cli.main(["train", "--config", write(tmp_path, doc)]) == 2  # not retried by the Job
+    assert trainer_cli.main(["train", "--config", write_job(tmp_path, doc)]) == 2  # not retried by the Job
     result = json.loads(term.read_text())
     assert result["reason"] == "InvalidSpec"
     assert result["message"].startswith(f"spec.backend: the {backend} backend is not installed")
@@ -145,7 +146,7 @@ def test_unknown_optimizer_name_is_still_named(tmp_path: Path, capsys: pytest.Ca
 @pytest.mark.slow
 def test_no_tensorflow_start_up_noise(tmp_path: Path) -> None:
     """TensorFlow's C++ lines (`failed call to cuInit`, oneDNN notes) read as errors to a user."""
-    path = write(tmp_path, tiny_job("quiet", training__epochs=1))
+    path = write_job(tmp_path, tiny_job("quiet", training__epochs=1))
     env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run(
         [str(Path(sys.executable).parent / "kerasop"), "run", path],
