@@ -226,6 +226,13 @@ class PodTemplate(ApiModel):
     """Pod spec fields for scheduling, environment and volumes."""
 
 
+class TrainingJobRef(ApiModel):
+    """A KerasTrainingJob in the same namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=53, pattern=DNS1123_LABEL)]
+    """Its metadata.name."""
+
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 

@@ -177,6 +177,14 @@ def from_spec(metadata: dict[str, Any], spec: KerasTrainingJobSpec, run_id: str 
     )
 
 
+def starting_from(spec: KerasTrainingJobSpec, model_uri: str) -> KerasTrainingJobSpec:
+    """The spec with spec.model.trainingJobRef resolved to the referenced training's model: the job file
+    carries the URI (so the spec hash, and with it whether a checkpoint may be resumed, depends on the model
+    started from), and a trainer never looks another resource up."""
+    model = spec.model.model_copy(update={"training_job_ref": None, "uri": model_uri})
+    return spec.model_copy(update={"model": model})
+
+
 def from_resource(job: KerasTrainingJob, run_id: str | None = None, output_uri: str | None = None) -> TrainerJob:
     """The job file for a parsed KerasTrainingJob (`kerasop run`, a hand-written file); `output_uri`
     replaces spec.output.uri."""

@@ -10,26 +10,19 @@ from pydantic import ConfigDict, Field, model_validator
 from keras_operator.api.base import ApiModel, Rule, at_most_one_of, cel_raw_string, exactly_one_of
 from keras_operator.api.common import (
     API_VERSION,
-    DNS1123_LABEL,
     Backend,
     Condition,
     Image,
     Int32,
     PodTemplate,
     Resources,
+    TrainingJobRef,
     Uri,
 )
 from keras_operator.api.training_job import ObjectMeta
 
 KIND = "KerasModelService"
 PLURAL = "kerasmodelservices"
-
-
-class TrainingJobRef(ApiModel):
-    """A KerasTrainingJob in the same namespace."""
-
-    name: Annotated[str, Field(min_length=1, max_length=53, pattern=DNS1123_LABEL)]
-    """Its metadata.name."""
 
 
 VERSION_LABEL = r"^[a-z][a-z0-9_-]{0,62}$"

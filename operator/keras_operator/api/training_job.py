@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema, model_validator
 
 from keras_operator.api.base import (
     ApiModel,
     OpenModel,
     Rule,
     at_most_one_of,
+    cel_raw_string,
     exactly_one_of,
     immutable_fields,
     requires,
@@ -26,6 +27,7 @@ from keras_operator.api.common import (
     PodTemplate,
     Resources,
     SubdomainName,
+    TrainingJobRef,
     Uri,
 )
 from keras_operator.api.limits import INT32_MAX
@@ -54,6 +56,14 @@ class Layer(OpenModel):
     """A keras.layers class name, e.g. Dense, Conv2D, Dropout."""
 
 
+# true (all), false (frozen) or how many of the top layers train; a structural schema has no bool-or-int
+# type, so the schema keeps it open and pydantic checks it.
+Trainable = Annotated[
+    StrictBool | Annotated[StrictInt, Field(ge=0)],
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
 class Application(ApiModel):
     """A model from keras.applications."""
 
@@ -63,14 +73,19 @@ class Application(ApiModel):
     """Pretrained weights ("imagenet", downloaded at run time, or a file path); empty for random init."""
     args: dict[str, Any] | None = Field(default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
     """Keyword arguments for the constructor, e.g. {input_shape: [32, 32, 3], classes: 10}."""
+    trainable: Trainable = True
+    """Which of its layers train: true (all), false (frozen: only a head trains), or a count N (the top N
+    layers train, the ones below are frozen). Layers counted are the application's own, input layer aside;
+    BatchNormalization layers of a frozen part run in inference mode."""
 
 
 class ModelSpec(ApiModel):
-    """The model to train: exactly one of layers, config, application, callable, uri."""
+    """The model to train: exactly one of layers, config, application, callable, uri, trainingJobRef."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
-        exactly_one_of("layers", "config", "application", "callable", "uri"),
+        exactly_one_of("layers", "config", "application", "callable", "uri", "trainingJobRef"),
         requires("layers", "inputShape"),
+        requires("head", "application"),
     )
 
     input_shape: Shape | None = None
@@ -89,7 +104,16 @@ class ModelSpec(ApiModel):
     code_config_map: SubdomainName | None = None
     """A ConfigMap whose files are put on the Python path (for callable)."""
     uri: Uri | None = None
-    """A saved .keras model to start from (fine-tuning, continued training)."""
+    """A model to start from (fine-tuning, continued training): a saved .keras file, or a training's output
+    folder (its spec.output.uri), which stands for the model of its newest complete run (the run whose
+    _COMPLETE.json records the latest completion time)."""
+    training_job_ref: TrainingJobRef | None = None
+    """Start from the model of this KerasTrainingJob (same namespace): the operator waits, creating no Job,
+    until it has succeeded, then trains from its status.modelUri (recorded in status.startedFrom)."""
+    head: Annotated[list[Layer], Field(min_length=1)] | None = None
+    """Layers put on top of the application's output (with application): the application is built
+    without its top (include_top false; args.pooling, e.g. avg, flattens its features), e.g.
+    [{type: Dense, units: 10, activation: softmax}]."""
 
 
 DataFormat = Literal["npz", "csv", "tfrecord", "images"]
@@ -149,13 +173,39 @@ class DataSpec(ApiModel):
     """Shuffle the training data every epoch."""
 
 
+class Schedule(ApiModel):
+    """A keras.optimizers.schedules class and its arguments, e.g. {name: CosineDecay, args:
+    {initialLearningRate: 0.01, decaySteps: 1000}} (arguments in camelCase or snake_case)."""
+
+    name: Annotated[str, Field(min_length=1)]
+    """A keras.optimizers.schedules class name: CosineDecay, ExponentialDecay, PiecewiseConstantDecay, ..."""
+    args: dict[str, Any] | None = Field(default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    """Its constructor's arguments."""
+
+
+# A number or a schedule: open in the schema (no number-or-object type), checked by pydantic.
+LearningRate = Annotated[
+    Annotated[float, Field(gt=0)] | Schedule,
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
 class Optimizer(OpenModel):
     """A keras.optimizers name plus its arguments, e.g. {name: adam, learningRate: 0.001}."""
 
+    rules: ClassVar[tuple[Rule, ...]] = (at_most_one_of("clipNorm", "clipValue", "globalClipNorm"),)
+
     name: Annotated[str, Field(min_length=1)] = "adam"
     """A keras.optimizers name, e.g. adam, sgd, rmsprop, adamw."""
-    learning_rate: Annotated[float, Field(gt=0)] | None = None
-    """Learning rate; the optimizer's default when omitted."""
+    learning_rate: LearningRate | None = None
+    """Learning rate: a number, or a schedule {name: CosineDecay, args: {...}}; the optimizer's default when
+    omitted."""
+    clip_norm: Annotated[float, Field(gt=0)] | None = None
+    """Clip each weight's gradient to this norm (Keras clipnorm)."""
+    clip_value: Annotated[float, Field(gt=0)] | None = None
+    """Clip every gradient value to [-clipValue, clipValue] (Keras clipvalue)."""
+    global_clip_norm: Annotated[float, Field(gt=0)] | None = None
+    """Clip the gradients together so that their global norm is at most this (Keras global_clipnorm)."""
 
 
 def _optimizer_by_name(value: Any) -> Any:
@@ -187,8 +237,57 @@ class EarlyStopping(ApiModel):
     """Keep the weights of the best epoch rather than the last."""
 
 
+class Callback(ApiModel):
+    """A keras.callbacks class and its arguments, e.g. {name: ReduceLROnPlateau, args: {patience: 2}}."""
+
+    name: Annotated[str, Field(min_length=1)]
+    """A keras.callbacks class name: ReduceLROnPlateau, TerminateOnNaN, CSVLogger, ModelCheckpoint, ...
+    (not those the trainer runs itself: BackupAndRestore, TensorBoard, ProgbarLogger, History)."""
+    args: dict[str, Any] | None = Field(default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    """Its constructor's arguments. A path argument (CSVLogger's filename, ModelCheckpoint's filepath) is a
+    file name inside the run's folder (OUTPUT/runs/RUN_ID/callbacks/), kept with the model."""
+
+
+MAX_PHASES = 4
+
+
+class TrainingPhase(ApiModel):
+    """One stage of a training: how many epochs, which layers train, at which learning rate."""
+
+    epochs: Annotated[int, Field(ge=1)]
+    """Epochs of this phase."""
+    trainable: Trainable = True
+    """Which layers of the base train in this phase: true, false, or the top N. The base is the application
+    when model.head is set (the head always trains), else the whole model."""
+    learning_rate: LearningRate | None = None
+    """The learning rate (a number or a schedule) from this phase on; the optimizer's otherwise."""
+
+
+def _phase_epochs_cel() -> str:
+    # Kubernetes' CEL has sum(), the evaluators the tests use do not: the sum of at most MAX_PHASES, unrolled.
+    terms = " + ".join(f"(self.phases.size() > {i} ? self.phases[{i}].epochs : 0)" for i in range(MAX_PHASES))
+    return f"!has(self.phases) || {terms} == self.epochs"
+
+
+def _class_weight_keys(spec: TrainingSpec) -> bool:
+    return all(k.isdecimal() and k.isascii() for k in spec.class_weight or {})
+
+
 class TrainingSpec(ApiModel):
     """How to fit the model."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=_phase_epochs_cel(),
+            message="the epochs of the phases must add up to epochs",
+            holds=lambda t: t.phases is None or sum(p.epochs for p in t.phases) == t.epochs,
+        ),
+        Rule(
+            cel=f"!has(self.classWeight) || self.classWeight.all(k, k.matches({cel_raw_string('^[0-9]+$')}))",
+            message="classWeight keys are class indices (0, 1, 2, ...)",
+            holds=_class_weight_keys,
+        ),
+    )
 
     epochs: Annotated[int, Field(ge=1)]
     """Number of epochs."""
@@ -206,6 +305,15 @@ class TrainingSpec(ApiModel):
     """Compute in float16 (mixed_float16 policy), for GPUs with tensor cores."""
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] | None = None
     """Seed for Python, NumPy and the backend, for repeatable runs (0 to 4294967295)."""
+    class_weight: Annotated[dict[str, Annotated[float, Field(ge=0)]], Field(max_length=100_000)] | None = None
+    """A weight per class index ("0": 1.0, "1": 5.0) scaling each example's loss (Keras' class_weight);
+    classes left out weigh 1."""
+    callbacks: Annotated[list[Callback], Field(max_length=32)] | None = None
+    """keras.callbacks to run too, by name with their arguments."""
+    phases: Annotated[list[TrainingPhase], Field(min_length=1, max_length=MAX_PHASES)] | None = None
+    """Train in stages (transfer learning: a frozen base, then unfrozen at a lower rate), one after the
+    other in one run; their epochs add up to epochs, which the status counts across phases. A resumed
+    run continues in the phase its checkpoint's epoch falls in."""
 
 
 OutputFormat = Literal["keras", "savedmodel"]
@@ -428,6 +536,9 @@ class KerasTrainingJobStatus(ApiModel):
     """Metrics of the latest finished epoch (loss, accuracy, val_loss, ...)."""
     model_uri: str | None = None
     """Where the trained model was saved."""
+    started_from: str | None = None
+    """The model this training started from, resolved: spec.model.trainingJobRef's status.modelUri, or
+    the newest complete run of an output folder given as spec.model.uri."""
     devices: int | None = None
     """Devices the training ran on (GPUs of the pod; each batch is split between them)."""
     workers: WorkersStatus | None = None

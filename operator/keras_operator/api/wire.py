@@ -24,6 +24,9 @@ TRAINING_JOB_LABEL = f"{GROUP}/training-job"
 TRAINER_CONFIG_ANNOTATION = f"{GROUP}/trainer-config"
 """On the pod template: the trainer's job file (the downward API mounts it)."""
 GENERATION_ANNOTATION = f"{GROUP}/generation"
+# On a training's Job: the model its spec.model.trainingJobRef resolved to when the Job was made (the
+# status reads it back, so a referenced training that changes later never changes what this one says).
+STARTED_FROM_ANNOTATION = f"{GROUP}/started-from"
 """On the Job: the KerasTrainingJob's generation it was made for."""
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 """Set by the Job controller on each pod of an Indexed Job: its worker number."""

@@ -22,6 +22,7 @@ from keras_operator.api.wire import (
     KUEUE_QUEUE_LABEL,
     PROGRESS_AUDIENCE,
     SPEC_HASH_ANNOTATION,
+    STARTED_FROM_ANNOTATION,
     TRAINER_CONFIG_ANNOTATION,
     TRAINER_CONTAINER,
     TRAINING_JOB_LABEL,
@@ -184,7 +185,13 @@ def build_job(
     spec: KerasTrainingJobSpec,
     default_image: str,
     progress: ProgressEndpoint | None = None,
+    start_from: str | None = None,
 ) -> dict[str, Any]:
+    """The Job. `start_from`: the model spec.model.trainingJobRef resolved to, which the job file carries as
+    spec.model.uri; the Job's spec hash stays the spec's own, as the resource states it."""
+    stated = spec
+    if start_from is not None:
+        spec = jobfile.starting_from(spec, start_from)
     name = owner["metadata"]["name"]
     job_labels = training_labels(name)
     policy = spec.run_policy
@@ -268,7 +275,9 @@ def build_job(
     if policy.workload_priority_class:
         # On the Job only: Kueue takes the Workload's priority from its Job; the pods need none of it.
         meta["labels"] = {**meta["labels"], KUEUE_PRIORITY_CLASS_LABEL: policy.workload_priority_class}
-    meta["annotations"] = {SPEC_HASH_ANNOTATION: job_spec_hash(spec)}
+    meta["annotations"] = {SPEC_HASH_ANNOTATION: job_spec_hash(stated)}
+    if start_from is not None:
+        meta["annotations"][STARTED_FROM_ANNOTATION] = start_from
     if owner["metadata"].get("generation") is not None:
         meta["annotations"][GENERATION_ANNOTATION] = str(owner["metadata"]["generation"])
     job_spec: dict[str, Any] = {

@@ -16,7 +16,7 @@ from keras_operator.api.jobfile import run_prefix
 from keras_operator.api.parse import InvalidResource, parse_training_spec
 from keras_operator.api.report import EpochReport
 from keras_operator.api.training_job import KIND, KerasTrainingJobSpec, worker_name_problem
-from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, SPEC_HASH_ANNOTATION
+from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, SPEC_HASH_ANNOTATION, STARTED_FROM_ANNOTATION
 from keras_operator.builders.training_manifests import (
     build_job,
     build_worker_service,
@@ -29,7 +29,7 @@ from keras_operator.builders.training_manifests import (
 from keras_operator.controllers.outcome import check_metadata, owned_by, rejection, transition_events
 from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
-from keras_operator.status import conditions, training_status
+from keras_operator.status import conditions, training_source, training_status
 from keras_operator.status.events import Event, Outcome
 
 
@@ -45,6 +45,9 @@ def validate(body: dict[str, Any]) -> KerasTrainingJobSpec:
     problem = worker_name_problem(body["metadata"]["name"], spec)
     if problem:
         raise InvalidResource(problem)
+    ref = spec.model.training_job_ref
+    if ref is not None and ref.name == body["metadata"]["name"]:
+        raise InvalidResource("spec.model.trainingJobRef.name: a training cannot start from its own model")
     _cluster_checks(spec)
     trainer_config_text(body, spec)  # a job file too large for its pod annotation is a spec error
     return spec
@@ -59,6 +62,8 @@ class ObservedTraining:
     job: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
     report: EpochReport | None = None
+    source: dict[str, Any] | None = None
+    """The KerasTrainingJob spec.model.trainingJobRef names, as its watch shows it (None: none, or no ref)."""
 
 
 # Events that say what the operator did; the others say how the status changed, and are posted
@@ -145,8 +150,16 @@ async def reconcile(
             # A spec that failed validation never ran: once fixed, its old failure no longer applies.
             previous["conditions"] = [c for c in previous.get("conditions") or [] if c.get("type") != "Failed"]
             body = {**body, "status": previous}
+        start_from = None
+        if spec.model.training_job_ref is not None:
+            source = training_source.resolve(spec.model.training_job_ref.name, meta["namespace"], view.source)
+            if source.uri is None:  # no Job yet: the referenced training's next status change brings a reconcile
+                status = training_status.waiting(source.reason, source.message, previous, generation, now)
+                status["conditions"] = conditions.merge(status["conditions"], [source.condition()], generation, now)
+                return Outcome(status, transition_events(previous, status)), None
+            start_from = source.uri
         try:
-            job, events = await _create(body, spec, settings)
+            job, events = await _create(body, spec, settings, start_from)
         except kube.Rejected as exc:
             message = rejection(exc, f"Job {name}")
             return Outcome(
@@ -175,6 +188,7 @@ async def reconcile(
         workers=spec.distribution.workers,
         model_uri=_model_uri(spec, meta.get("uid")),
     )
+    _started_from(status, job, spec, generation, now)
     if tensorboard := training_status.tensorboard_uri(spec.output.uri, spec.output.tensorboard, meta.get("uid")):
         status["tensorboardUri"] = tensorboard
     outcome = Outcome(status, [*events, *suspend_events, *transition_events(previous, status)])
@@ -202,6 +216,22 @@ async def reconcile(
             now,
         )
     return outcome, job
+
+
+def _started_from(
+    status: dict[str, Any], job: dict[str, Any], spec: KerasTrainingJobSpec, generation: int | None, now: str
+) -> None:
+    """status.startedFrom and ModelResolved, from the Job: what its trainer was given, whatever the referenced
+    training has become since."""
+    ref = spec.model.training_job_ref
+    started = (job["metadata"].get("annotations") or {}).get(STARTED_FROM_ANNOTATION)
+    if ref is None or not started:
+        return
+    status["startedFrom"] = started
+    resolved = training_source.Source(
+        started, "TrainingSucceeded", f"started from the model of KerasTrainingJob {ref.name}"
+    )
+    status["conditions"] = conditions.merge(status.get("conditions"), [resolved.condition()], generation, now)
 
 
 async def _expire(job: dict[str, Any], status: dict[str, Any], ttl: int) -> tuple[float | None, list[Event]]:
@@ -289,7 +319,7 @@ def _name_conflict(message: str, previous: dict[str, Any], generation: int | Non
 
 
 async def _create(
-    body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings
+    body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings, start_from: str | None = None
 ) -> tuple[dict[str, Any], list[Event]]:
     events: list[Event] = []
     # Before the Job: its workers find worker 0 through this Service's DNS names as they start.
@@ -310,7 +340,7 @@ async def _create(
         if change == "created":
             events.append(("Normal", "Created", f"created Service {service_name}"))
     job, created = await kube.create_or_adopt(
-        build_job(body, spec, settings.image_for(spec.backend), progress_endpoint(settings))
+        build_job(body, spec, settings.image_for(spec.backend), progress_endpoint(settings), start_from)
     )
     if not created and not owned_by(job, body["metadata"].get("uid")) and _left_by_previous_run(job, body):
         raise PreviousRunLeft(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -52,6 +52,20 @@ def _completion_index(meta: dict[str, Any]) -> dict[str, str]:
 @kopf.index(*RESOURCE)
 async def training_resources(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): watched_resource(body, KIND)}
+
+
+@kopf.index(*RESOURCE)
+async def training_dependents(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Key, str] | None:
+    """Which trainings start from which (spec.model.trainingJobRef): a training's status change reconciles
+    the trainings waiting for it, with no timer and no GET."""
+    ref = _training_ref(spec)
+    return {(namespace, ref): name} if ref else None
+
+
+def _training_ref(spec: Any) -> str | None:
+    for key in ("model", "trainingJobRef", "name"):
+        spec = spec.get(key) if isinstance(spec, Mapping) else None
+    return spec if isinstance(spec, str) else None
 
 
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
@@ -141,8 +155,12 @@ class Training:
             self.created.pop(key, None)  # the watch has caught up with our own create
         else:
             job = self._made(key, uid)
+        ref = _training_ref(resource.get("spec"))
+        source = next(iter(resources.get((key[0], ref), [])), None) if ref else None
+        if source is not None:  # with the status last written for it, which its watch may not show yet
+            source = self.status.current((key[0], str(ref)), source)
         return training_reconciler.ObservedTraining(
-            resource=resource, job=job, pods=self._pods(key, job), report=self.report_of(key, uid)
+            resource=resource, job=job, pods=self._pods(key, job), report=self.report_of(key, uid), source=source
         )
 
     def _made(self, key: Key, uid: str) -> dict[str, Any] | None:
@@ -281,6 +299,10 @@ def _enqueue(key: Key, memo: kopf.Memo, kwargs: dict[str, Any]) -> None:
 
 @kopf.on.event(*RESOURCE)
 async def resource_changed(namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    dependents: kopf.Index | None = kwargs.get("training_dependents")
+    for dependent in (dependents or {}).get((namespace, name), []):
+        # Our own status write is news to them (it may say Succeeded): before the echo is skipped.
+        _enqueue((namespace, dependent), memo, kwargs)
     if of(memo).status.own_echo((namespace, name), body):
         return  # our own status write coming back: the index has it, nothing to reconcile
     _enqueue((namespace, name), memo, kwargs)
