@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keras_trainer import storage
+from keras_trainer import outputs, storage
 
 SAVED_MODEL = "saved_model.pb"
 
@@ -22,6 +22,23 @@ class Found:
     uri: str  # the .keras file or the SavedModel folder
     fingerprint: tuple[tuple[str, int], ...]
     problem: str = ""  # why this folder cannot be loaded, found without loading it
+    run: dict[str, str] | None = None  # the training run it is the model of, when the URI named an output folder
+
+
+def output_run(uri: str) -> Found | None:
+    """The model a training's output folder stands for (its newest complete run: keras_trainer.outputs), or
+    None when `uri` is no output folder. StorageError when it is one without a complete run, or when it also
+    holds numbered versions (which of the two to serve would be a guess)."""
+    if not outputs.is_output_folder(uri):
+        return None
+    if any(e.folder and e.name.isdecimal() for e in storage.listing(uri)):
+        raise storage.StorageError(
+            f"{uri} holds both a training's runs/ and numbered versions; name one: the output folder of a "
+            "training, or a base folder of versions"
+        )
+    run = outputs.newest_run(uri)
+    record = {"runId": run.run_id, "completedAt": run.completed_at, "modelUri": run.model_uri, "output": uri}
+    return Found(1, run.model_uri, (), run=record)
 
 
 def is_single_model(uri: str) -> bool:

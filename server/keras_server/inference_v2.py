@@ -63,6 +63,7 @@ class InferenceV2:
                 "platform": "keras",
                 "inputs": [codec.v2_tensor_metadata(s) for s in model.inputs],
                 "outputs": [codec.v2_tensor_metadata(s) for s in model.outputs],
+                **({"parameters": {"training_run": model.run}} if model.run else {}),
             }
         )
 

@@ -41,6 +41,7 @@ class ServedModel:
         self.inputs = self._input_specs()
         self.outputs = self._output_specs()
         self.load_seconds = 0.0
+        self.run: dict[str, str] | None = None  # the training run served, when the URI named its output folder
         self.ready = False
         self.compiled = False  # True once warm-up proved the XLA-compiled call works for this model
         self._xla: Any = None

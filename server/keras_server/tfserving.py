@@ -87,7 +87,10 @@ class TfServing:
         return json_response(
             {
                 "model_spec": {"name": model.name, "signature_name": "", "version": one.name},
-                "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
+                "metadata": {
+                    "signature_def": {"signature_def": {"serving_default": signature}},
+                    **({"training_run": model.run} if model.run else {}),
+                },
             }
         )
 

@@ -49,6 +49,12 @@ class Watcher:
         if self.single:
             await self.load(self.repository.version(1), Found(1, self.uri, ()))
             return
+        run = await loop.run_in_executor(None, discovery.output_run, self.uri)
+        if run is not None:  # resolved once: a newer run is served from the next start (a rollout)
+            self.single = True
+            log.info("serving_run", model=self.repository.name, **(run.run or {}))
+            await self.load(self.repository.version(1), run)
+            return
         log.info("versions", model=self.repository.name, uri=self.uri, policy=str(self.policy))
         await self.scan()
 
@@ -71,6 +77,7 @@ class Watcher:
             self.repository.fail(version, f"{type(exc).__name__}: {exc}")
             return
         version.staging = staging
+        model.run = found.run
         self.repository.publish(version, model)
 
     async def scan(self) -> None:

@@ -8,12 +8,14 @@ import sys
 from typing import Any
 
 import keras
+import structlog
 
 from keras_operator.api.training_job import ModelSpec, TrainingSpec
-from keras_trainer import storage
+from keras_trainer import outputs, storage
 from keras_trainer.errors import SpecError, TransientError, first_line, suggestion
 
 CODE_DIR_ENV = "KERAS_TRAINER_CODE_DIR"
+log = structlog.get_logger("keras_trainer")
 
 
 def _public_names(module: Any) -> list[str]:
@@ -34,6 +36,28 @@ def build(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
         return _callable(spec.callable)
     assert spec.uri is not None  # the API rule: exactly one source
     return load(spec.uri, "spec.model.uri")
+
+
+def starting_model(spec: ModelSpec) -> tuple[ModelSpec, str | None]:
+    """spec.model with a uri naming a training's output folder resolved to its newest complete run's model
+    -> (the spec to build, the model it starts from; None when it starts from no saved model)."""
+    if spec.training_job_ref is not None:
+        raise SpecError(
+            "spec.model.trainingJobRef",
+            "is resolved by the operator in a cluster; to run locally, give spec.model.uri (the referenced "
+            "training's output folder, or its model)",
+        )
+    if spec.uri is None:
+        return spec, None
+    try:
+        uri, run = outputs.resolve(spec.uri)
+    except storage.StorageError as exc:
+        raise SpecError("spec.model.uri", str(exc)) from exc
+    except TransientError as exc:
+        raise TransientError(f"spec.model.uri: {exc}") from exc
+    if run is not None:
+        log.info("starting_model", output=spec.uri, run=run.run_id, model=uri, completed_at=run.completed_at)
+    return spec.model_copy(update={"uri": uri}), uri
 
 
 def load(uri: str, field: str) -> keras.Model:

@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,8 @@ class Workspace:
             self.push(MODEL_FILE)
         model_uri = storage.join(self.uri, output.model_path())
         record = {"runId": self.run_id, "modelUri": model_uri, "formats": list(formats), **result}
+        # What "the newest complete run" of an output folder is decided by (keras_trainer.outputs).
+        record["completedAt"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         storage.write_text(marker, json.dumps(record, separators=(",", ":")))
         return model_uri
 

@@ -147,8 +147,9 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
     if workers > 1 or (spec.backend == "jax" and len(placement.devices) > 1):
         train, validation, validation_split = _shard(train, validation, validation_split, batch_size, placement)
         batch_size //= workers  # what each worker feeds per step: its part of the global batch
+    model_spec, started_from = models.starting_model(spec.model)
     with placement.scope():  # the model and its optimizer live on every device the pod was given
-        model = models.build(spec.model, mixed_precision=training.mixed_precision)
+        model = models.build(model_spec, mixed_precision=training.mixed_precision)
         _check_shapes(model, train)
         model.compile(
             optimizer=models.optimizer(training), loss=models.loss(training), metrics=models.metrics(training)
@@ -156,7 +157,8 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
 
     workspace = runs.Workspace(job.prefix(), job.run.id, job.spec_hash(), writer=worker == 0)
     try:
-        return _fit(spec, model, train, validation, validation_split, batch_size, placement, workspace, reporter)
+        result = _fit(spec, model, train, validation, validation_split, batch_size, placement, workspace, reporter)
+        return result.model_copy(update={"started_from": started_from})
     finally:
         workspace.discard()
 

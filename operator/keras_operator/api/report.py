@@ -81,6 +81,8 @@ class TrainingResult(_Report):
     metrics: dict[str, float] | None = None
     model_uri: str | None = None
     devices: int | None = None
+    started_from: str | None = None
+    """The model the training started from, when spec.model.uri named an output folder: its newest run's."""
 
     def to_termination_message(self) -> str:
         """Serialize within the kubelet's limit, giving up metrics and then message text if needed."""

@@ -93,6 +93,7 @@ def from_result(result: TrainingResult, previous: dict[str, Any], generation: in
         "progress": _final_progress(result, previous),
         "metrics": result.metrics if result.metrics is not None else previous.get("metrics"),
         "modelUri": result.model_uri,
+        "startedFrom": result.started_from or previous.get("startedFrom"),
         "devices": result.devices or previous.get("devices"),
         "message": result.message,
     }
