@@ -10,8 +10,8 @@ from typing import Any
 import keras
 import structlog
 
-from keras_operator.api.training_job import ModelSpec, TrainingSpec
-from keras_trainer import outputs, storage
+from keras_operator.api.training_job import ModelSpec, Schedule, TrainingSpec
+from keras_trainer import fit_options, outputs, storage, transfer
 from keras_trainer.errors import SpecError, TransientError, first_line, suggestion
 
 CODE_DIR_ENV = "KERAS_TRAINER_CODE_DIR"
@@ -31,7 +31,7 @@ def build(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
         except (ValueError, TypeError, KeyError) as exc:
             raise SpecError("spec.model.config", f"not a valid Keras model config: {exc}") from exc
     if spec.application is not None:
-        return _application(spec)
+        return _application(spec, mixed_precision)
     if spec.callable is not None:
         return _callable(spec.callable)
     assert spec.uri is not None  # the API rule: exactly one source
@@ -101,17 +101,26 @@ def _sequential(spec: ModelSpec, mixed_precision: bool) -> keras.Model:
     return model
 
 
-def _application(spec: ModelSpec) -> keras.Model:
+def _application(spec: ModelSpec, mixed_precision: bool = False) -> keras.Model:
     app = spec.application
     assert app is not None
     factory = getattr(keras.applications, app.name, None)
     if factory is None or not callable(factory):
         names = [n for n in _public_names(keras.applications) if n[0].isupper()]
         raise SpecError("spec.model.application.name", f"unknown application {app.name!r}{suggestion(app.name, names)}")
+    args = dict(app.args or {})
+    if spec.head is not None:
+        if args.get("include_top"):
+            raise SpecError("spec.model.application.args.include_top", "must be false (or left out) with model.head")
+        args["include_top"] = False
     try:
-        return factory(weights=app.weights, **(app.args or {}))
+        model = factory(weights=app.weights, **args)
     except (TypeError, ValueError) as exc:
         raise SpecError("spec.model.application", f"{app.name}: {first_line(exc)}") from exc
+    if spec.head is not None:
+        model = transfer.with_head(model, spec.head, mixed_precision)
+    transfer.set_trainable(model, app.trainable)
+    return model
 
 
 def _callable(ref: str) -> keras.Model:
@@ -132,11 +141,24 @@ def _callable(ref: str) -> keras.Model:
     return model
 
 
-def optimizer(spec: TrainingSpec) -> keras.optimizers.Optimizer:
+def optimizer(
+    spec: TrainingSpec, learning_rate: float | Schedule | None = None, rate_field: str = "spec.training.optimizer"
+) -> keras.optimizers.Optimizer:
+    """spec.training.optimizer; `learning_rate` (a phase's, named by `rate_field`) replaces its own."""
     opt = spec.optimizer
     config = opt.extra_args()
-    if opt.learning_rate is not None:
-        config["learning_rate"] = opt.learning_rate
+    if learning_rate is None:
+        learning_rate = opt.learning_rate
+    if learning_rate is not None:
+        config["learning_rate"] = fit_options.learning_rate(learning_rate, f"{rate_field}.learningRate")
+    # Keras takes one of them (the API allows at most one): gradient clipping.
+    for name, value in (
+        ("clipnorm", opt.clip_norm),
+        ("clipvalue", opt.clip_value),
+        ("global_clipnorm", opt.global_clip_norm),
+    ):
+        if value is not None:
+            config[name] = value
     try:
         return keras.optimizers.get({"class_name": opt.name, "config": config})
     except (ValueError, TypeError) as exc:

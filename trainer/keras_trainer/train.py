@@ -13,12 +13,14 @@ from keras_operator.api import jobfile
 from keras_operator.api.jobfile import TrainerJob
 from keras_operator.api.report import EpochReport, TrainingResult, clean_metrics
 from keras_operator.api.training_job import (
+    CALLBACK_PATH_ARGS,
+    CALLBACKS_DIR,
     CHECKPOINT_DIR,
     TENSORBOARD_DIR,
     KerasTrainingJob,
 )
 from keras_trainer import data as data_mod
-from keras_trainer import distribute, keras_compat, models, runs
+from keras_trainer import distribute, fit_options, keras_compat, models, runs, transfer
 from keras_trainer.errors import SpecError, TransientError, first_line
 from keras_trainer.reporting import Reporter
 
@@ -177,6 +179,9 @@ def _fit(
     training = spec.training
     workers = distribute.process()[1]
     callbacks, pushed = _callbacks(spec, workspace, workers)
+    callbacks += fit_options.callbacks(training.callbacks, workspace.local)
+    if any(c.name in CALLBACK_PATH_ARGS for c in training.callbacks or []):
+        pushed.append(CALLBACKS_DIR)  # what they write reaches a remote output every epoch, as checkpoints
     samples = _samples_per_epoch(train, validation_split)
     steps = int(np.ceil(samples / batch_size)) if samples is not None else None
     progress = _Progress(
@@ -190,9 +195,21 @@ def _fit(
     callbacks.append(progress)
 
     fit_args = _fit_args(spec, train, validation, validation_split, batch_size, callbacks)
+    if weights := fit_options.class_weight(training.class_weight):
+        fit_args["class_weight"] = weights
+
+    def compile_phase(phase: transfer.Phase) -> None:
+        rate_field = f"spec.training.phases[{phase.index}]"
+        model.compile(
+            optimizer=models.optimizer(training, phase.learning_rate, rate_field),
+            loss=models.loss(training),
+            metrics=models.metrics(training),
+        )
+
+    checkpoints = workspace.local / CHECKPOINT_DIR if spec.output.checkpoints else None
     try:
         with placement.scope():
-            model.fit(**fit_args)
+            transfer.fit(model, fit_args, training, compile_phase, checkpoints)
     except ValueError as exc:
         if distribute.lost_peer_message(exc):  # jax raises a failed collective as a ValueError too
             raise
