@@ -205,6 +205,18 @@ def _applications() -> dict[str, Any]:
     return apps
 
 
+def _classes(module: Any, base: type) -> dict[str, Any]:
+    """The public subclasses of `base` in `module` (what the trainer builds by name), with their arguments."""
+    found = {}
+    for name in sorted(dir(module)):
+        cls = getattr(module, name)
+        if name.startswith("_") or not isinstance(cls, type) or not issubclass(cls, base) or cls is base:
+            continue
+        args, required, var_kwargs = _signature(cls.__init__)
+        found[name] = {"args": args, "required": required, "strict": not var_kwargs}
+    return found
+
+
 def generate() -> dict[str, Any]:
     from keras.src import activations, constraints, initializers, metrics, regularizers
 
@@ -223,6 +235,9 @@ def generate() -> dict[str, Any]:
         "regularizers": _names(keras.regularizers, regularizers.ALL_OBJECTS_DICT),
         "constraints": _names(keras.constraints, constraints.ALL_OBJECTS_DICT),
         "applications": _applications(),
+        # keras_trainer.fit_options builds these by class name.
+        "schedules": _classes(keras.optimizers.schedules, keras.optimizers.schedules.LearningRateSchedule),
+        "callbacks": _classes(keras.callbacks, keras.callbacks.Callback),
     }
 
 

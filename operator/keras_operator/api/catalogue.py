@@ -28,6 +28,10 @@ from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
+from pydantic.alias_generators import to_snake
+
+from keras_operator.api.training_job import REFUSED_CALLBACKS
+
 CATALOGUE_FILE = "keras_catalogue.json"
 _keras_judges: contextvars.ContextVar[bool] = contextvars.ContextVar("keras_judges", default=False)
 
@@ -149,9 +153,15 @@ def _name(field: str, kind: str, value: Any, names: list[str]) -> list[str]:
 
 
 def _layers(spec: Any, cat: dict[str, Any]) -> list[str]:
+    return _layer_list("spec.model.layers", spec.model.layers, cat) + _layer_list(
+        "spec.model.head", getattr(spec.model, "head", None), cat
+    )
+
+
+def _layer_list(where: str, layers: Any, cat: dict[str, Any]) -> list[str]:
     problems: list[str] = []
-    for index, layer in enumerate(spec.model.layers or []):
-        field = f"spec.model.layers[{index}]"
+    for index, layer in enumerate(layers or []):
+        field = f"{where}[{index}]"
         entry = cat["layers"].get(layer.type)
         if entry is None:
             problems.append(
@@ -210,6 +220,47 @@ def _training(spec: Any, cat: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _class_args(field: str, name: str, entry: dict[str, Any], args: dict[str, Any]) -> list[str]:
+    """A schedule's or callback's arguments (the trainer takes them in camelCase too)."""
+    snake = {to_snake(k): k for k in args}
+    found = [f"{field}: {name} needs argument {arg!r}" for arg in entry["required"] if arg not in snake]
+    if entry.get("strict"):
+        found += [
+            f"{field}.{given}: {name} has no argument {given!r}{did_you_mean(arg, entry['args'])}"
+            for arg, given in snake.items()
+            if arg not in entry["args"]
+        ]
+    return found
+
+
+def _schedule(field: str, rate: Any, cat: dict[str, Any]) -> list[str]:
+    if not hasattr(rate, "name"):
+        return []  # a number
+    entry = cat["schedules"].get(rate.name)
+    if entry is None:
+        hint = did_you_mean(rate.name, list(cat["schedules"]))
+        return [f"{field}.name: unknown learning-rate schedule {rate.name!r}{hint}"]
+    return _class_args(f"{field}.args", rate.name, entry, rate.args or {})
+
+
+def _knobs(spec: Any, cat: dict[str, Any]) -> list[str]:
+    """Schedules and callbacks: Keras classes the trainer takes by name (no registry: custom code adds none)."""
+    training = spec.training
+    found = _schedule("spec.training.optimizer.learningRate", training.optimizer.learning_rate, cat)
+    for index, phase in enumerate(training.phases or []):
+        found += _schedule(f"spec.training.phases[{index}].learningRate", phase.learning_rate, cat)
+    usable = [n for n in cat["callbacks"] if n not in REFUSED_CALLBACKS]
+    for index, callback in enumerate(training.callbacks or []):
+        field = f"spec.training.callbacks[{index}]"
+        if callback.name in REFUSED_CALLBACKS:
+            found.append(f"{field}.name: {callback.name} cannot be given here: {REFUSED_CALLBACKS[callback.name]}")
+        elif callback.name not in cat["callbacks"]:
+            found.append(f"{field}.name: unknown callback {callback.name!r}{did_you_mean(callback.name, usable)}")
+        else:
+            found += _class_args(f"{field}.args", callback.name, cat["callbacks"][callback.name], callback.args or {})
+    return found
+
+
 def problems(resource: Any) -> list[str]:
     """What is certainly wrong in a KerasTrainingJob or its spec, one `field: message` each; [] for
     anything else, or when the catalogue cannot judge (see the module's docstring)."""
@@ -221,7 +272,7 @@ def problems(resource: Any) -> list[str]:
     if spec.image is not None or (installed is not None and installed != cat["kerasVersion"]):
         return []
     try:
-        found = _layers(spec, cat) + _application(spec, cat)
+        found = _layers(spec, cat) + _application(spec, cat) + _knobs(spec, cat)
         if not (spec.model.callable or spec.model.code_config_map):
             found += _training(spec, cat)
     except Exception:
