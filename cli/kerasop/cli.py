@@ -98,6 +98,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --run-id: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    if (ref := job.spec.model.training_job_ref) is not None:
+        if not args.start_from:
+            return _invalid(
+                InvalidResource(
+                    f"spec.model.trainingJobRef: no cluster here to find KerasTrainingJob {ref.name}'s model; give "
+                    "--start-from with its model or output folder (its spec.output.uri)"
+                )
+            )
+        job = job.model_copy(update={"spec": jobfile.starting_from(job.spec, args.start_from)})
     os.environ.setdefault("KERAS_OPERATOR_PVC_ROOT", str(Path(args.pvc_root).resolve()))
     try:
         from keras_trainer import backend
@@ -263,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         help="format of the final status (default yaml)",
     )
     run.add_argument("--output", help="override spec.output.uri (default: spec.output.uri, else ./runs/NAME)")
+    run.add_argument(
+        "--start-from",
+        metavar="URI",
+        help="what spec.model.trainingJobRef stands for here: the referenced training's model, or its output "
+        "folder (its newest complete run's model)",
+    )
     run.add_argument(
         "--run-id",
         default=jobfile.LOCAL_RUN_ID,
