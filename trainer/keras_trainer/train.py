@@ -45,12 +45,16 @@ class _Progress(keras.callbacks.Callback):
         self.samples = samples  # training examples per epoch, when known (arrays; not a tf.data stream)
         self.last: EpochReport | None = None
         self.initial = 0
+        self.begun = False
         self._started = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._started = time.monotonic()
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.begun:  # the next of training.phases: the same training goes on, nothing resumed
+            return
+        self.begun = True
         initial = keras_compat.initial_epoch(self.model)  # past 0 when BackupAndRestore resumed
         self.initial = initial
         self.reporter.begin(epochs=self.epochs, initial_epoch=initial, steps=self.steps)
@@ -102,6 +106,10 @@ def run(job: TrainerJob | KerasTrainingJob, output_uri: str | None, reporter: Re
 
 
 def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
+    # An output folder's newest run, resolved first: the spec hash (whether a checkpoint may be resumed)
+    # covers the model actually started from, so a retry that finds a newer run starts fresh, never mixes.
+    model_spec, started_from = models.starting_model(job.model)
+    job = job.model_copy(update={"model": model_spec})
     spec = job  # the job file's sections are the spec's, under the same names
     training = spec.training
     if training.seed is not None:
@@ -149,9 +157,8 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
     if workers > 1 or (spec.backend == "jax" and len(placement.devices) > 1):
         train, validation, validation_split = _shard(train, validation, validation_split, batch_size, placement)
         batch_size //= workers  # what each worker feeds per step: its part of the global batch
-    model_spec, started_from = models.starting_model(spec.model)
     with placement.scope():  # the model and its optimizer live on every device the pod was given
-        model = models.build(model_spec, mixed_precision=training.mixed_precision)
+        model = models.build(spec.model, mixed_precision=training.mixed_precision)
         _check_shapes(model, train)
         model.compile(
             optimizer=models.optimizer(training), loss=models.loss(training), metrics=models.metrics(training)

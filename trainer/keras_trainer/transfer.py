@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import structlog
 
 from keras_operator.api.training_job import Layer, Schedule, TrainingSpec
 from keras_trainer.errors import SpecError, first_line
 
 BASE_NAME = "base"
+log = structlog.get_logger("keras_trainer")
 
 
 def with_head(base: keras.Model, head: list[Layer], mixed_precision: bool) -> keras.Model:
@@ -115,6 +117,13 @@ def fit(
             continue  # finished before the restart
         set_trainable(model, phase.trainable)
         compile_phase(phase)
+        log.info(
+            "phase_started",
+            phase=phase.index + 1,
+            phases=len(phases),
+            epochs=f"{phase.start + 1}-{phase.end}",
+            trainable=phase.trainable,
+        )
         last = phase is phases[-1]
         for callback in fit_args["callbacks"]:
             if isinstance(callback, keras.callbacks.BackupAndRestore):

@@ -122,7 +122,8 @@ class TrainerJob(ApiModel):
 
         In, as the spec writes them with every default filled in:
         - backend: another backend initialises, orders and rounds differently; it is another training.
-        - model: the architecture, its starting weights (uri, application weights), the callable and
+        - model: the architecture, its starting weights (uri, as resolved: an operator's trainingJobRef, a
+          trainer's output folder; application weights), the callable and
           ConfigMap that build it (their names: code changed in the same ConfigMap is not seen).
         - data: what is trained on and how it is split and shuffled. The spec, not the bytes: a file
           replaced under the same URI is not seen (hashing it would mean reading all the data first).
