@@ -256,6 +256,16 @@ def _hash(doc: dict[str, Any], run_id: str | None = None, output_uri: str | None
         {"training__loss": "categorical_crossentropy"},
         {"training__mixedPrecision": True},
         {"training__earlyStopping": {"patience": 1}},
+        {"training__classWeight": {"0": 2.0}},
+        {"training__callbacks": [{"name": "ReduceLROnPlateau", "args": {"patience": 1}}]},
+        {"training__phases": [{"epochs": 1, "trainable": False}, {"epochs": 1}]},
+        {"training__optimizer": {"name": "adam", "clipNorm": 1.0}},
+        {
+            "training__optimizer": {
+                "name": "adam",
+                "learningRate": {"name": "CosineDecay", "args": {"initialLearningRate": 0.1, "decaySteps": 9}},
+            }
+        },
     ],
 )
 def test_what_shapes_the_weights_changes_the_spec_hash(change: dict[str, Any]) -> None:
@@ -276,3 +286,15 @@ def test_where_and_how_a_run_is_kept_leaves_the_spec_hash_alone() -> None:
     assert _hash(renamed) == base
     job, _ = jobfile.read(written(resource()))
     assert job.spec_hash() == base  # the trainer, from the job file the operator wrote: the same hash
+
+
+def test_a_resolved_training_job_ref_is_in_the_spec_hash() -> None:
+    """The job file carries the model a trainingJobRef resolved to: another model is another training."""
+    doc = resource()
+    doc["spec"]["model"] = {"trainingJobRef": {"name": "base"}}
+    spec = parse(doc).spec
+    first = jobfile.from_spec(doc["metadata"], jobfile.starting_from(spec, "pvc://m/base/runs/a/model.keras"))
+    second = jobfile.from_spec(doc["metadata"], jobfile.starting_from(spec, "pvc://m/base/runs/b/model.keras"))
+    assert first.model.uri == "pvc://m/base/runs/a/model.keras"
+    assert first.model.training_job_ref is None
+    assert first.spec_hash() != second.spec_hash()
