@@ -34,6 +34,8 @@ def build(spec: ModelSpec, *, mixed_precision: bool = False) -> keras.Model:
         return _application(spec, mixed_precision)
     if spec.callable is not None:
         return _callable(spec.callable)
+    if spec.uri is None:  # a trainingJobRef: resolved to a uri before a model is built
+        starting_model(spec)
     assert spec.uri is not None  # the API rule: exactly one source
     return load(spec.uri, "spec.model.uri")
 

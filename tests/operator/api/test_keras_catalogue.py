@@ -256,7 +256,7 @@ def test_examples_pass_and_build_in_the_trainer(path: Path) -> None:
         if not isinstance(resource, KerasTrainingJob):
             continue
         spec = resource.spec
-        if spec.model.uri is None and spec.model.callable is None:
+        if spec.model.uri is None and spec.model.callable is None and spec.model.training_job_ref is None:
             models.build(spec.model, mixed_precision=spec.training.mixed_precision)
         models.optimizer(spec.training)
         models.loss(spec.training)
