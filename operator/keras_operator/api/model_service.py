@@ -130,6 +130,9 @@ class Batching(ApiModel):
     """Requests of more rows are refused with 400 (default: no cap; larger requests run in chunks)."""
 
 
+HANDLER_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"  # module:Class, as model.callable's module:function
+
+
 class ServerSpec(ApiModel):
     """The model server's settings."""
 
@@ -147,6 +150,10 @@ class ServerSpec(ApiModel):
     drain_seconds: Annotated[int, Field(ge=1, le=3600)] = 20
     """How long a stopping server lets requests in flight finish; those still running then get a 503 with
     Retry-After. The pod's grace period is preStopSeconds + drainSeconds + 5."""
+    handler: Annotated[str, Field(pattern=HANDLER_REF, max_length=256)] | None = None
+    """Pre- and post-processing in the server's own process, "module:Class" (the module from spec.code or
+    the image): its preprocess(inputs) turns each batch of request values into model inputs, its
+    postprocess(outputs) turns the model's outputs into the answer (docs/serving.md)."""
 
 
 class Autoscaling(ApiModel):

@@ -114,6 +114,8 @@ def server_args(
         args += ["--model-versions", side.versions]
     for label, version in side.version_labels:
         args += ["--version-label", f"{label}={version}"]
+    if server.handler is not None:
+        args += ["--handler", server.handler]
     if server.batching.allowed_batch_sizes:
         args += ["--allowed-batch-sizes", ",".join(str(n) for n in sorted(server.batching.allowed_batch_sizes))]
     return args

@@ -198,6 +198,9 @@ def _service() -> dict[str, Any]:
         (lambda d: d["spec"]["server"]["batching"].update(maxBatchSize=0), "server.batching.maxBatchSize"),
         (lambda d: d["spec"].update(replicas=-1), "replicas"),
         (lambda d: d["spec"].update(modelName="no spaces"), "modelName"),
+        (lambda d: d["spec"]["server"].update(handler="text_handler"), "server.handler"),
+        (lambda d: d["spec"]["server"].update(handler="text handler:Tokens"), "server.handler"),
+        (lambda d: d["spec"]["server"].update(handler="text_handler:Tokens.pre"), "server.handler"),
     ],
 )
 def test_bad_service_specs_are_rejected_by_schema_and_types(mutate: Any, field: str) -> None:

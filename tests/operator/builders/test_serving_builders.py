@@ -116,3 +116,19 @@ def test_server_args_carry_only_what_differs_from_the_servers_defaults() -> None
     assert server_args("digits", spec, "m.keras") == base
     _, spec = owner(server={"batching": {"maxBatchSize": 8}, "drainSeconds": 20, "maxQueue": 1024})
     assert server_args("digits", spec, "m.keras") == [*base, "--max-batch-size", "8"]
+
+
+def test_a_handler_reaches_the_server_of_both_sides() -> None:
+    """spec.server.handler is the server's --handler, on the stable Deployment and on the canary's; without
+    it no flag (an older server image keeps working)."""
+    from keras_operator.builders.serving_manifests import DeploymentModel, server_args
+
+    doc, spec = owner(server={"handler": "text_handler:Tokens"})
+    dep = build_deployment(doc, spec, "pvc://models/m.keras", "img")
+    validate_k8s(dep)
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--handler") + 1] == "text_handler:Tokens"
+    canary = server_args("digits", spec, DeploymentModel("s3://b/canary.keras", canary=True))
+    assert canary[canary.index("--handler") + 1] == "text_handler:Tokens"
+    _, plain = owner(server={})
+    assert "--handler" not in server_args("digits", plain, "m.keras")
