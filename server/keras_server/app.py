@@ -10,13 +10,16 @@ off the loop), `context` (what the routes share), `tfserving`, `inference_v2`, `
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from keras_server.access_log import AccessLog
-from keras_server.batching import Batcher
+from keras_server.batching import Arrays, Batcher
 from keras_server.bodies import Bodies
 from keras_server.config import ServerConfig
 from keras_server.context import Context
+from keras_server.handler import Handler, HandlerError
 from keras_server.health import Health
 from keras_server.inference_v2 import InferenceV2
 from keras_server.metrics import Metrics
@@ -34,10 +37,25 @@ REPOSITORY = web.AppKey("repository", Repository)
 CONTEXT = web.AppKey("context", Context)
 
 
-def make_batcher(config: ServerConfig, metrics: Metrics, version: Version) -> Batcher:
+def model_call(version: Version, handler: Handler | None, metrics: Metrics) -> Callable[[Arrays], Arrays]:
+    """What a version's batcher calls with each batch: the model, or the handler around it."""
+    if handler is None:
+        return version.predict
+
+    def call(inputs: Arrays) -> Arrays:
+        try:
+            return handler.run(version.loaded().inputs, version.predict, inputs)
+        except HandlerError as exc:
+            metrics.handler_errors.labels(exc.stage, str(exc.status)).inc()
+            raise
+
+    return call
+
+
+def make_batcher(config: ServerConfig, metrics: Metrics, version: Version, handler: Handler | None = None) -> Batcher:
     """A version's batcher, as the repository makes one for each version it loads."""
     return Batcher(
-        version.predict,
+        model_call(version, handler, metrics),
         max_batch_size=config.max_batch_size,
         max_latency=config.max_latency_ms / 1000,
         max_queue=config.max_queue,
@@ -48,11 +66,12 @@ def make_batcher(config: ServerConfig, metrics: Metrics, version: Version) -> Ba
     )
 
 
-def create_app(repository: Repository, config: ServerConfig) -> web.Application:
+def create_app(repository: Repository, config: ServerConfig, handler: Handler | None = None) -> web.Application:
+    """`handler`: the loaded --handler, around every model call."""
     metrics = Metrics(repository)
-    repository.bind(lambda version: make_batcher(config, metrics, version))
+    repository.bind(lambda version: make_batcher(config, metrics, version, handler))
     drain = Drain()
-    context = Context(repository, config, Bodies(config.max_request_bytes, config.offload_bytes))
+    context = Context(repository, config, Bodies(config.max_request_bytes, config.offload_bytes), handler)
 
     app = web.Application(
         middlewares=[middleware(config.max_request_bytes, drain, AccessLog(metrics, config.access_log))],

@@ -112,6 +112,11 @@ def parser() -> argparse.ArgumentParser:
         "(within Kubernetes' 30 s grace period after the 5 s preStop pause)",
         type=float,
     )
+    p.add_argument(
+        "--handler",
+        help="pre- and post-processing, module:Class: its preprocess(inputs) and postprocess(outputs) run "
+        "around each batch's model call, in this process (the module on the Python path)",
+    )
     return p
 
 
@@ -133,6 +138,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
             "max_rows_per_request",
             "version_poll_seconds",
             "drain_seconds",
+            "handler",
         )
         if getattr(args, name) is not None
     }
@@ -156,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID_SPEC
     from keras_server import eventloop
+    from keras_server.handler import HandlerLoadError
     from keras_server.server import CannotListen, serve
 
     try:
         return eventloop.run(serve(args.model_uri, args.model_name, args.host, args.port, config))
     except CannotListen as exc:  # exit 1, not 2: the arguments were valid; the machine's state is not
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except HandlerLoadError as exc:  # exit 1: the code may be missing now and mounted at the next start
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -75,6 +75,8 @@ def _decode_b64(value: Any) -> Any:
 def to_array(value: Any, spec: TensorSpec, where: str, bools: bool = False) -> np.ndarray:
     """A batch for `spec` from JSON (nested lists, numbers, b64 objects) or an already typed array,
     shape- and type-checked. `bools`: true/false may feed a numeric input (a v2 tensor declared BOOL)."""
+    if spec.raw:
+        return as_given(value, spec, where)
     try:
         if spec.dtype.kind in ("O", "S", "U"):
             # b64 objects only mean something for text inputs: numbers are never walked in Python.
@@ -85,6 +87,40 @@ def to_array(value: Any, spec: TensorSpec, where: str, bools: bool = False) -> n
     except ValueError as exc:
         raise RequestError(400, f"{where}: input {spec.name!r} is not a rectangular array ({exc})") from exc
     check_shape(array, spec, where)
+    return array
+
+
+def as_given(value: Any, spec: TensorSpec, where: str) -> np.ndarray:
+    """A handler's input: the request's values as numpy holds them, only checked to be a batch of at least
+    one example. Numbers keep the type JSON gave them; text stays Python objects, str from JSON strings and
+    bytes from b64 values (a numpy string array would cut trailing NULs and pad); rows numpy cannot make
+    rectangular are one object each."""
+    if isinstance(value, np.ndarray):  # a v2 tensor, already typed by its datatype
+        array = value
+    else:
+        try:
+            array = np.asarray(value)
+        except ValueError:  # ragged
+            array = _objects(value)
+        if array.dtype.kind in ("O", "S", "U"):  # only text and odd values are walked in Python
+            value = _decode_b64(value)
+            try:
+                array = np.array(value, dtype=object)
+            except ValueError:
+                array = _objects(value)
+    if array.ndim == 0:
+        raise RequestError(400, f"{where}: input {spec.name!r} must be a list, one item per example")
+    if array.shape[0] == 0:
+        raise RequestError(400, f"{where}: no examples")
+    return array
+
+
+def _objects(rows: Any) -> np.ndarray:
+    if not isinstance(rows, list):
+        return np.array(rows, dtype=object)
+    array = np.empty(len(rows), dtype=object)
+    for index, row in enumerate(rows):
+        array[index] = row
     return array
 
 
@@ -334,7 +370,7 @@ def parse_v2(body: Any, inputs: list[TensorSpec], binary: bytes = b"") -> V2Requ
             raise RequestError(400, f"{where}: unknown input {name!r}; the model takes {sorted(by_name)}")
         if datatype not in V2_DATATYPES:
             raise RequestError(400, f"{where}: unknown datatype {datatype!r}; one of {', '.join(V2_DATATYPES)}")
-        if (datatype == "BYTES") != (spec.dtype.kind in ("O", "S", "U")):
+        if not spec.raw and (datatype == "BYTES") != (spec.dtype.kind in ("O", "S", "U")):
             raise RequestError(
                 400, f"{where}: datatype {datatype} does not fit input {spec.name!r} ({v2_datatype(spec.dtype)})"
             )

@@ -66,6 +66,8 @@ class ServerConfig:
     version_poll_seconds: float = 10.0  # 0: the base folder is read once, at start
     # On SIGTERM: how long requests in flight may still take; those left then get a 503 with Retry-After.
     drain_seconds: float = API.drain_seconds
+    # Pre- and post-processing, "module:Class" (keras_server.handler); None: requests go to the model as given.
+    handler: str | None = API.handler
     # Which requests get an access log line: all, errors (status 400 and up, 499 for a client gone) or off.
     # Not every one by default: a line per request took a fifth of the event loop's time, the server's
     # bottleneck with small requests (bench/README.md), and floods the node's logs at thousands of requests

@@ -15,7 +15,8 @@ from keras_server.access_log import ROUTED
 from keras_server.batching import Arrival
 from keras_server.bodies import Bodies, output_bytes
 from keras_server.config import ServerConfig
-from keras_server.model import TensorSpec
+from keras_server.handler import Handler
+from keras_server.model import ServedModel, TensorSpec
 from keras_server.repository import Repository, Version
 
 Parsed = TypeVar("Parsed")
@@ -27,6 +28,12 @@ class Context:
     repository: Repository
     config: ServerConfig
     bodies: Bodies
+    handler: Handler | None = None  # --handler: request values go to its preprocess, not to the model
+
+    def request_specs(self, model: ServedModel) -> list[TensorSpec]:
+        """What a request to `model` must carry."""
+        handler = self.handler
+        return model.inputs if handler is None else handler.request_specs(model.inputs)
 
     def check_name(self, request: web.Request) -> None:
         name = request.match_info["name"]
@@ -73,7 +80,7 @@ class Context:
         arrival = version.batcher.arrive()  # type: ignore[union-attr]  # an available version has one
         try:
             body = await bodies.read(request, arrival)
-            inputs, parsed = await bodies.off_loop(len(body), decode, body, version.loaded().inputs)
+            inputs, parsed = await bodies.off_loop(len(body), decode, body, self.request_specs(version.loaded()))
             outputs = await self.run(version, arrival, inputs)
             return await bodies.off_loop(output_bytes(outputs), encode, outputs, parsed)
         finally:

@@ -58,6 +58,13 @@ class Metrics:
             "Requests whose client went away before the model ran them: their work was skipped.",
             registry=self.registry,
         )
+        self.handler_errors = Counter(
+            "keras_server_handler_errors",
+            "Batches the --handler failed, by method (preprocess, postprocess) and the HTTP status its "
+            "requests got (400: values preprocess refused; 500: the handler's fault).",
+            ["stage", "code"],
+            registry=self.registry,
+        )
         self.queue_depth.set_function(lambda: sum(b.depth for b in repository.batchers))
         self.held_bytes.set_function(lambda: sum(b.held_bytes for b in repository.batchers))
         self.queued_rows.set_function(lambda: sum(b.queued_rows for b in repository.batchers))

@@ -24,6 +24,9 @@ class TensorSpec:
     name: str
     dtype: np.dtype[Any]
     shape: tuple[int | None, ...]  # the first dimension is the batch
+    # A handler's request input: its values are taken as given (any type, any shape), for the handler's
+    # preprocess to make model inputs of.
+    raw: bool = False
 
     def example_shape(self) -> tuple[int | None, ...]:
         return self.shape[1:]

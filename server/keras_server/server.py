@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from keras_server.app import DRAIN, METRICS, REPOSITORY, Metrics, ServerConfig, create_app
+from keras_server.handler import load as load_handler
 from keras_server.model import ServedModel
 from keras_server.protocol import Runner
 from keras_server.repository import Repository
@@ -81,8 +82,11 @@ def loader(name: str, config: ServerConfig, metrics: Metrics) -> Loader:
 
 
 async def serve(uri: str, name: str, host: str, port: int, config: ServerConfig) -> int:
+    """Raises HandlerLoadError, before listening, when config.handler cannot be loaded: that is found out
+    in a second, not after the model's load."""
+    handler = load_handler(config.handler) if config.handler is not None else None
     repository = Repository(name, dict(config.version_labels))
-    app = create_app(repository, config)
+    app = create_app(repository, config, handler)
     runner = await listen(app, host, port)
     log.info("listening", host=host, port=port, model=name, uri=uri)
 

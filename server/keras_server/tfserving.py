@@ -102,6 +102,8 @@ class TfServing:
     async def answer_examples(self, request: web.Request, task: examples.Task) -> web.Response:
         """Classify and Regress: examples in, through the same batcher as predict."""
         version = self.context.route(request)
+        if self.context.handler is not None:  # its postprocess decides what the outputs mean, not classify
+            raise codec.RequestError(400, f":{task} is not served with a handler; use :predict")
         examples.check(task, version.loaded().outputs)  # before any work: a model that cannot is a 400
         text = await self.context.answer(request, version, decode_examples, functools.partial(render_result, task))
         return web.Response(body=text, content_type="application/json")

@@ -72,3 +72,15 @@ def echo(path: Path) -> Path:
     word = keras.Input(shape=(1,), dtype="string", name="word")
     keras.Model(word, keras.layers.Identity(name="same")(word)).save(path)
     return path
+
+
+def token_classifier(path: Path) -> Path:
+    """Six word ids (int32) in, the probabilities of three classes out ("probs"): a text classifier whose
+    tokenising is left to a handler (tests/helpers/handler_code/text_handler.py)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(8, 4)(ids))
+    keras.Model(ids, keras.layers.Dense(3, activation="softmax", name="probs")(pooled)).save(path)
+    return path
