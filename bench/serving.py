@@ -5,8 +5,10 @@ Usage: python bench/serving.py [--seconds 5] [--repeats 3] [--concurrency 1 8 32
 For each model (the digits MLP and a small CNN), each server answers the same TF Serving REST
 requests (`/v1/models/digits:predict`, one example per request) under `wrk` at each concurrency:
   (a) ours, batching on   (b) ours, maxBatchSize 1   (c) KServe 0.21's Python model server with a
-  plain Keras predict (in its own venv, made on first use)   plus a constant-response server: the
-  most wrk can drive here, so figures can be read against what the client itself allows.
+  plain Keras predict (in its own venv, made on first use)   (a+h) ours as (a) with a handler that
+  does nothing (bench/handler_code/identity.py): what pre/post-processing in the server's process costs
+  by itself   plus a constant-response server: the most wrk can drive here, so figures can be read
+  against what the client itself allows.
 (d) the limit — the model called in-process on large batches, no HTTP — comes from bench/models.py.
 A second scenario sends 1,024 examples per request, the batch where (d) peaks (JSON, and the Open
 Inference binary extension for ours), to compare rows/s with (d). wrk, the server and the model
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import signal
@@ -40,6 +43,7 @@ ROOT = HERE.parent
 KSERVE_VENV = ROOT / ".cache" / "venv-kserve"
 KSERVE_VERSION = "0.21.0"
 BIN = Path(sys.executable).parent
+HANDLERS = HERE / "handler_code"
 CONSTANT_SERVER = """
 import sys
 from aiohttp import web
@@ -54,7 +58,7 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 Command = Callable[[Path, int], list[str]]
 
 
-def ours(max_batch_size: int) -> Command:
+def ours(max_batch_size: int, *extra: str) -> Command:
     def command(model: Path, port: int) -> list[str]:
         return [
             str(BIN / "keras-server"),
@@ -70,6 +74,7 @@ def ours(max_batch_size: int) -> Command:
             "127.0.0.1",
             "--port",
             str(port),
+            *extra,
         ]
 
     return command
@@ -87,6 +92,7 @@ SERVERS: dict[str, tuple[str, Command]] = {
     "ceiling": ("constant response (wrk's ceiling)", constant),
     "ours": ("(a) ours, batching (32 rows, 2 ms)", ours(32)),
     "ours-single": ("(b) ours, maxBatchSize 1", ours(1)),
+    "ours-handler": ("(a+h) ours as (a), identity handler", ours(32, "--handler", "identity:Identity")),
     # Large requests run in chunks of maxBatchSize (a shape warm-up compiled, never a new one): a server meant
     # for 1,024-row requests is configured for them, as TF Serving's max_batch_size would be.
     "ours-large": ("(a') ours, batching (1,024 rows, 2 ms)", ours(1024)),
@@ -108,7 +114,9 @@ def ensure_kserve() -> None:
 
 @contextlib.contextmanager
 def server(cmd: list[str], port: int, path: str, body: bytes, headers: dict[str, str]) -> Iterator[int]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The handlers' folder on every server's path (only (a+h) uses it), as spec.code's is in a pod.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HANDLERS), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -219,7 +227,7 @@ class Scenario:
 def scenarios(key: str, shape: list[int], args: argparse.Namespace) -> list[Scenario]:
     v1, json_headers = "/v1/models/digits:predict", {"Content-Type": "application/json"}
     found = [Scenario("TF Serving JSON", v1, tfs_body(shape, 1), json_headers, 1, args.concurrency)]
-    if key == "ceiling":
+    if key in ("ceiling", "ours-handler"):
         return found
     big = tfs_body(shape, args.big_rows)
     found.append(Scenario("TF Serving JSON", v1, big, json_headers, args.big_rows, [args.big_concurrency]))
@@ -311,6 +319,7 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     summary: dict[str, Any] = {}
     top = max(args.concurrency)
     ours_label, kserve_label, ceiling_label = SERVERS["ours"][0], SERVERS["kserve"][0], SERVERS["ceiling"][0]
+    handler_label = SERVERS["ours-handler"][0]
     for kind, cells in results["models"].items():
         one = {(c["server"], c["concurrency"]): c for c in cells if c["rows_per_request"] == 1}
         entry: dict[str, Any] = {}
@@ -318,6 +327,14 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         if a and c:
             entry["ours_vs_kserve_rps"] = a["rps"] / c["rps"]
             entry["ours_vs_kserve_p99"] = a["p99_ms"] / c["p99_ms"]
+        # The handler's cost: (a+h) against (a), same process layout, same run, at each concurrency.
+        ratios = {
+            n: one[(handler_label, n)]["rps"] / one[(ours_label, n)]["rps"]
+            for n in args.concurrency
+            if (handler_label, n) in one and (ours_label, n) in one
+        }
+        if ratios:
+            entry["handler_vs_ours_rps"] = ratios
         ceiling = one.get((ceiling_label, top))
         if a and ceiling:
             entry["ours_vs_ceiling_rps"] = a["rps"] / ceiling["rps"]
@@ -368,6 +385,9 @@ def render(results: dict[str, Any], summary: dict[str, Any], args: argparse.Name
                 f"- (a) at {top} clients, one example per request: {s['ours_vs_ceiling_rps']:.2f} of the "
                 "constant-response server's requests/s (target ≥ 0.4)"
             )
+        if "handler_vs_ours_rps" in s:
+            at = ", ".join(f"{r:.2f} at {n} clients" for n, r in s["handler_vs_ours_rps"].items())
+            lines.append(f"- (a+h)/(a) requests/s, one example per request: {at} (target ≥ 0.9)")
         lines.append(
             f"- ours' best rows/s ((a) or (a')) {s['ours_best_rows_per_s']:,.0f} = {s['ours_vs_limit_rows']:.2f} "
             f"of (d)'s {s['limit_rows_per_s']:,.0f} (target ≥ 0.5)"

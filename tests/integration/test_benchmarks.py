@@ -58,7 +58,8 @@ def test_operator_benchmark_runs(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (scripts/setup.sh installs it)")
 def test_serving_benchmark_runs(tmp_path: Path) -> None:
-    args = ["--models", "mlp", "--servers", "ceiling", "ours", "ours-large", "--concurrency", "2", "--seconds", "1"]
+    servers = ["ceiling", "ours", "ours-large", "ours-handler"]
+    args = ["--models", "mlp", "--servers", *servers, "--concurrency", "2", "--seconds", "1"]
     data = run_bench(
         "serving.py", "serving", tmp_path, *args, "--repeats", "1", "--big-rows", "4", "--limit-seconds", "0.2"
     )
@@ -70,10 +71,12 @@ def test_serving_benchmark_runs(tmp_path: Path) -> None:
         ("(a) ours", "Open Inference binary", 4),
         ("(a') ours", "TF Serving JSON", 4),
         ("(a') ours", "Open Inference binary", 4),
+        ("(a+h) ours as (a)", "TF Serving JSON", 1),
     }
     assert all(c["rps"] > 0 and c["errors"] == 0 for c in cells)
     assert data["limits"]["mlp"]["limit"] >= data["limits"]["mlp"]["calls"]["predict_on_batch"]["256"] > 0
     assert data["summary"]["mlp"]["ours_vs_limit_rows"] > 0
+    assert data["summary"]["mlp"]["handler_vs_ours_rps"]["2"] > 0
 
 
 def test_trainer_benchmark_runs(tmp_path: Path) -> None:
