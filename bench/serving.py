@@ -6,9 +6,9 @@ For each model (the digits MLP and a small CNN), each server answers the same TF
 requests (`/v1/models/digits:predict`, one example per request) under `wrk` at each concurrency:
   (a) ours, batching on   (b) ours, maxBatchSize 1   (c) KServe 0.21's Python model server with a
   plain Keras predict (in its own venv, made on first use)   (a+h) ours as (a) with a handler that
-  does nothing (bench/handler_code/identity.py): what pre/post-processing in the server's process costs
-  by itself   plus a constant-response server: the most wrk can drive here, so figures can be read
-  against what the client itself allows.
+  does nothing (bench/handler_code/identity.py), measured beside (a) in turns: what pre/post-processing
+  in the server's process costs by itself   plus a constant-response server: the most wrk can drive
+  here, so figures can be read against what the client itself allows.
 (d) the limit — the model called in-process on large batches, no HTTP — comes from bench/models.py.
 A second scenario sends 1,024 examples per request, the batch where (d) peaks (JSON, and the Open
 Inference binary extension for ours), to compare rows/s with (d). wrk, the server and the model
@@ -153,15 +153,27 @@ def lua_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:
     return path
 
 
-def wrk(url: str, seconds: float, connections: int, script: Path) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, seconds: float, connections: int, script: Path, pid: int | None = None) -> dict[str, float]:
+    """`pid`: the server's, whose CPU time per request is measured too (`cpu_us_per_request`): on a shared
+    machine it moves much less with other tenants' load than requests/s does."""
     threads = min(2, connections)
+    before = cpu_seconds(pid) if pid is not None else 0.0
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return parse_wrk(out)
+    result = parse_wrk(out)
+    if pid is not None and result["requests"]:
+        result["cpu_us_per_request"] = (cpu_seconds(pid) - before) / result["requests"] * 1e6
+    return result
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -173,8 +185,10 @@ def parse_wrk(out: str) -> dict[str, float]:
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     return {
         "rps": rps,
+        "requests": float(requests.group(1) if requests else 0),
         "p50_ms": pct("50"),
         "p99_ms": pct("99"),
         "errors": float(errors.group(1) if errors else 0)
@@ -240,33 +254,71 @@ def scenarios(key: str, shape: list[int], args: argparse.Namespace) -> list[Scen
     return found
 
 
+@dataclass(frozen=True)
+class Side:
+    """A server measured: its label in the tables, its command, its port."""
+
+    label: str
+    cmd: list[str]
+    port: int
+
+    def url(self, scenario: Scenario) -> str:
+        return f"http://127.0.0.1:{self.port}{scenario.path}"
+
+
+def new_side(key: str, model: Path) -> Side:
+    label, command = SERVERS[key]
+    port = free_port()
+    return Side(label, command(model, port), port)
+
+
+def cell(label: str, scenario: Scenario, connections: int, runs: list[dict[str, float]]) -> dict[str, Any]:
+    found = {
+        "server": label,
+        "protocol": scenario.protocol,
+        "rows_per_request": scenario.rows,
+        "concurrency": connections,
+        "runs": runs,
+        **{key: median([r[key] for r in runs]) for key in ("rps", "p50_ms", "p99_ms", "errors")},
+        "cpu_us_per_request": median([r.get("cpu_us_per_request", 0.0) for r in runs]),
+    }
+    print(
+        f"  {label}, {scenario.protocol}, {scenario.rows} rows, c={connections}: {found['rps']:.0f} req/s, "
+        f"p50 {found['p50_ms']:.2f} ms, p99 {found['p99_ms']:.2f} ms",
+        flush=True,
+    )
+    return found
+
+
 def measure(
-    label: str, cmd: list[str], port: int, plan: list[Scenario], args: argparse.Namespace, work: Path
+    main: Side, plan: list[Scenario], args: argparse.Namespace, work: Path, partner: Side | None = None
 ) -> list[dict[str, Any]]:
-    """One server process, every scenario against it; median of `args.repeats` wrk runs per cell."""
+    """One server process, every scenario against it; median of `args.repeats` wrk runs per cell.
+
+    A `partner` server runs beside it and answers the first scenario (one example per request) in wrk
+    runs taken in turn with the main server's, the order alternating: on a shared machine, load that
+    drifts during the run then falls on both alike (measured one after the other, (a+h)/(a) moved
+    between 0.67 and 1.14 from run to run)."""
     cells = []
     first = plan[0]
-    with server(cmd, port, first.path, first.body, first.headers):
+    with contextlib.ExitStack() as stack:
+        sides = [main] if partner is None else [main, partner]
+        pids = {
+            side.label: stack.enter_context(server(side.cmd, side.port, first.path, first.body, first.headers))
+            for side in sides
+        }
         for index, scenario in enumerate(plan):
-            script = lua_script(work / f"req-{port}-{index}.lua", scenario.body, scenario.headers)
-            url = f"http://127.0.0.1:{port}{scenario.path}"
+            script = lua_script(work / f"req-{main.port}-{index}.lua", scenario.body, scenario.headers)
+            together = sides if index == 0 else [main]
             for connections in scenario.concurrency:
-                wrk(url, 1, connections, script)  # warm-up: connections, caches, batch shapes
-                runs = [wrk(url, args.seconds, connections, script) for _ in range(args.repeats)]
-                cell = {
-                    "server": label,
-                    "protocol": scenario.protocol,
-                    "rows_per_request": scenario.rows,
-                    "concurrency": connections,
-                    "runs": runs,
-                    **{key: median([r[key] for r in runs]) for key in ("rps", "p50_ms", "p99_ms", "errors")},
-                }
-                print(
-                    f"  {label}, {scenario.protocol}, {scenario.rows} rows, c={connections}: {cell['rps']:.0f} req/s, "
-                    f"p50 {cell['p50_ms']:.2f} ms, p99 {cell['p99_ms']:.2f} ms",
-                    flush=True,
-                )
-                cells.append(cell)
+                for side in together:
+                    wrk(side.url(scenario), 1, connections, script)  # warm-up: connections, caches, batch shapes
+                runs: dict[str, list[dict[str, float]]] = {side.label: [] for side in together}
+                for repeat in range(args.repeats):
+                    for side in together if repeat % 2 == 0 else together[::-1]:
+                        run = wrk(side.url(scenario), args.seconds, connections, script, pids[side.label])
+                        runs[side.label].append(run)
+                cells += [cell(side.label, scenario, connections, runs[side.label]) for side in together]
     return cells
 
 
@@ -303,11 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.models:
         print(f"{kind}: {limits[kind]['parameters']} parameters", flush=True)
         cells: list[dict[str, Any]] = []
+        # (a+h) is measured beside (a), in turns, when both are asked for: its figure is a ratio to (a).
+        paired = "ours" in args.servers and "ours-handler" in args.servers
         for key in args.servers:
-            label, command = SERVERS[key]
-            port = free_port()
+            if paired and key == "ours-handler":
+                continue
+            model = work / f"{kind}.keras"
+            partner = new_side("ours-handler", model) if paired and key == "ours" else None
             plan = scenarios(key, limits[kind]["input_shape"], args)
-            cells += measure(label, command(work / f"{kind}.keras", port), port, plan, args, work)
+            cells += measure(new_side(key, model), plan, args, work, partner)
         results["models"][kind] = cells
     summary = summarize(results, args)
     results["summary"] = summary
@@ -335,6 +391,12 @@ def summarize(results: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         }
         if ratios:
             entry["handler_vs_ours_rps"] = ratios
+            # What (a+h) can answer per CPU-second of the server against (a): the capacity ratio of a busy pod.
+            entry["handler_vs_ours_cpu"] = {
+                n: one[(ours_label, n)]["cpu_us_per_request"] / one[(handler_label, n)]["cpu_us_per_request"]
+                for n in ratios
+                if one[(handler_label, n)]["cpu_us_per_request"]
+            }
         ceiling = one.get((ceiling_label, top))
         if a and ceiling:
             entry["ours_vs_ceiling_rps"] = a["rps"] / ceiling["rps"]
@@ -365,11 +427,15 @@ def render(results: dict[str, Any], summary: dict[str, Any], args: argparse.Name
                 c["rps"] * c["rows_per_request"],
                 c["p50_ms"],
                 c["p99_ms"],
+                c.get("cpu_us_per_request", 0.0),
                 int(c["errors"]),
             ]
             for c in cells
         ]
-        header = ["server", "protocol", "rows/request", "clients", "requests/s", "rows/s", "p50 ms", "p99 ms", "errors"]
+        header = [
+            *("server", "protocol", "rows/request", "clients", "requests/s", "rows/s", "p50 ms", "p99 ms"),
+            *("server CPU µs/request", "errors"),
+        ]
         lines += [table(header, rows), ""]
         batches = list(next(iter(limits["calls"].values())))
         limit_rows = [[way, *by_batch.values()] for way, by_batch in limits["calls"].items()]
@@ -388,6 +454,9 @@ def render(results: dict[str, Any], summary: dict[str, Any], args: argparse.Name
         if "handler_vs_ours_rps" in s:
             at = ", ".join(f"{r:.2f} at {n} clients" for n, r in s["handler_vs_ours_rps"].items())
             lines.append(f"- (a+h)/(a) requests/s, one example per request: {at} (target ≥ 0.9)")
+            per_cpu = ", ".join(f"{r:.2f} at {n} clients" for n, r in s.get("handler_vs_ours_cpu", {}).items())
+            if per_cpu:
+                lines.append(f"- (a+h)/(a) requests per server CPU-second (steadier under other load): {per_cpu}")
         lines.append(
             f"- ours' best rows/s ((a) or (a')) {s['ours_best_rows_per_s']:,.0f} = {s['ours_vs_limit_rows']:.2f} "
             f"of (d)'s {s['limit_rows_per_s']:,.0f} (target ≥ 0.5)"

@@ -77,6 +77,8 @@ def test_serving_benchmark_runs(tmp_path: Path) -> None:
     assert data["limits"]["mlp"]["limit"] >= data["limits"]["mlp"]["calls"]["predict_on_batch"]["256"] > 0
     assert data["summary"]["mlp"]["ours_vs_limit_rows"] > 0
     assert data["summary"]["mlp"]["handler_vs_ours_rps"]["2"] > 0
+    assert data["summary"]["mlp"]["handler_vs_ours_cpu"]["2"] > 0
+    assert all(c["cpu_us_per_request"] > 0 for c in cells)
 
 
 def test_trainer_benchmark_runs(tmp_path: Path) -> None:
@@ -124,3 +126,15 @@ def test_trainer_devices_benchmark_runs(tmp_path: Path) -> None:
             assert run["steps"] == 47
             assert len(run["epoch_s"]) == 2
     assert "| digits-mlp | tensorflow | 2 | generic trainer, checkpoints off |" in (tmp_path / "README.md").read_text()
+
+
+def test_handler_cost_benchmark_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "handler_cost.py"), "--number", "50"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert "the handler adds" in done.stdout
+    assert "batch, identity handler:" in done.stdout
