@@ -6,7 +6,7 @@ inlines references, drops nulls and titles, and translates the few constructs th
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +258,12 @@ def render(obj: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    dirs = [Path(a) for a in (argv if argv is not None else sys.argv[1:])] or list(CRD_DIRS)
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_operator.crdgen",
+        description="Write the CRDs generated from the API types (default: crds/ and the chart's crds/).",
+    )
+    parser.add_argument("folders", nargs="*", type=Path, help="folders to write the CRDs to")
+    dirs = parser.parse_args(argv).folders or list(CRD_DIRS)
     for out in dirs:
         out.mkdir(parents=True, exist_ok=True)
         for name, obj in all_crds().items():

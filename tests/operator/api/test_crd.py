@@ -302,3 +302,20 @@ def test_regexes_go_into_rules_as_raw_strings() -> None:
 def test_where_the_two_cel_implementations_disagree_the_test_fails(rule: str, value: Any) -> None:
     with pytest.raises(CelDisagreement):
         rule_holds(rule, {"self": value})
+
+
+def test_crdgen_answers_help_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--help` was taken for a folder: it wrote the CRDs into ./--help."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        crdgen.main(["--help"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m keras_operator.crdgen")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crdgen_writes_to_the_folders_given(tmp_path: Path) -> None:
+    assert crdgen.main([str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(crdgen.all_crds())
