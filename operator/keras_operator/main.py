@@ -1,10 +1,11 @@
 """The operator process: `keras-operator` runs kopf with the handlers of every kind, and with leader
 election acts only while it holds the Lease (the other replicas wait to take over).
 
-The composition root: the settings are read here once, logging is configured before anything logs, and
-each kind's object (its indexes' derived state, work queue and status writer) is made here and handed to
-the handlers in kopf's memo. Nothing of an operator run lives at module level, so a second run in the same
-process (the tests start several) starts from nothing.
+The composition root: the settings are read here once, logging is configured before anything logs, the
+credentials are found once (runtime/credentials.py), and the run's API client, metrics and each kind's
+object (its indexes' derived state, work queue and status writer) are made here and handed to the handlers
+in kopf's memo. Nothing of an operator run lives at module level, so a second run in the same process (the
+tests start several) starts from nothing.
 
 Every replica serves the admission webhook (when configured) for as long as it runs.
 A standby replica answers its liveness probe from `StandbyHealth` until it leads; that server is closed
@@ -29,17 +30,15 @@ import structlog
 
 from keras_operator.endpoints.progress_server import ProgressEndpoint
 from keras_operator.handlers import serving_handlers, setup, training_handlers
-from keras_operator.runtime import lifecycle, metrics
+from keras_operator.runtime import credentials
+from keras_operator.runtime.credentials import Credentials, NoCredentials
+from keras_operator.runtime.kube import Api
+from keras_operator.runtime.metrics import Metrics
 from keras_operator.runtime.settings import Settings
 
 if TYPE_CHECKING:
     from keras_operator.endpoints.webhook import WebhookServer
     from keras_operator.runtime.leader import Elector
-
-NO_CREDENTIALS = (
-    "no Kubernetes credentials: not in a cluster, no kubeconfig (KUBECONFIG / ~/.kube/config), "
-    "and KERAS_OPERATOR_API_SERVER unset"
-)
 
 INDENT = {"initial_indent": " " * 6, "subsequent_indent": " " * 6, "break_on_hyphens": False}
 
@@ -59,14 +58,23 @@ def parser() -> argparse.ArgumentParser:
     )
 
 
-def compose(settings: Settings, stop: threading.Event | None = None) -> kopf.Memo:
-    """Everything one operator run holds, made once: kopf hands it to every handler as `memo`."""
-    trainings = training_handlers.Training(settings)
+def compose(
+    settings: Settings,
+    login: Credentials,
+    stop: threading.Event | None = None,
+    lost: threading.Event | None = None,
+) -> kopf.Memo:
+    """Everything one operator run holds, made once: kopf hands it to every handler as `memo`. `lost` is set
+    when the run loses the Lease: its API client refuses writes from then on."""
+    api, metrics = Api(login, settings.api_timeout, lost), Metrics()
+    trainings = training_handlers.Training(settings, api, metrics)
     return kopf.Memo(
         settings=settings,
+        api=api,
+        metrics=metrics,
         training=trainings,
-        serving=serving_handlers.Serving(settings),
-        progress=ProgressEndpoint(trainings, settings),
+        serving=serving_handlers.Serving(settings, api, metrics),
+        progress=ProgressEndpoint(trainings, settings, api),
         stop=stop if stop is not None else threading.Event(),
     )
 
@@ -77,10 +85,13 @@ async def on_startup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any)
         # `kopf run -m keras_operator.main` (the tests' in-process operator): kopf brings an empty memo.
         ours = Settings.from_env()
         setup.configure_logging(ours)
-        memo.update(compose(ours))
+        try:
+            memo.update(compose(ours, credentials.find(ours.api_server)))
+        except NoCredentials as exc:
+            raise kopf.PermanentError(str(exc)) from None
     ours = cast(Settings, memo["settings"])
     setup.configure(settings, ours)
-    metrics.serve(ours.metrics_port)
+    cast(Metrics, memo["metrics"]).serve(ours.metrics_port)
     training_handlers.of(memo).start()
     serving_handlers.of(memo).start()
     await cast(ProgressEndpoint, memo["progress"]).start()
@@ -97,6 +108,9 @@ async def on_cleanup(memo: kopf.Memo, **_: Any) -> None:
     await cast(ProgressEndpoint, memo["progress"]).close()
     await training_handlers.of(memo).close()
     await serving_handlers.of(memo).close()
+    # Last: the reconciles just cancelled may have left writes under way, which it waits for.
+    await cast(Api, memo["api"]).close()
+    cast(Metrics, memo["metrics"]).close()
 
 
 @contextmanager
@@ -121,28 +135,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     setup.configure_logging(settings)  # first: every line of the process in one format
-    _check_credentials(settings)
+    try:
+        # Once, at the start: kopf would retry a missing login every minute, forever.
+        login = credentials.find(settings.api_server)
+    except NoCredentials as exc:
+        raise SystemExit(f"error: {exc}") from None
     webhook = _start_webhook(settings)
     try:
-        _run(settings)
+        _run(settings, login)
     finally:
         if webhook is not None:
             webhook.close()
-
-
-def _check_credentials(settings: Settings) -> None:
-    """Stop at once with why when there is nothing to log in with (kopf would retry every minute, forever)."""
-    if settings.api_server:
-        return
-    from kubernetes import client, config
-
-    for load in (config.load_incluster_config, config.load_kube_config):
-        try:
-            load(client_configuration=client.Configuration())
-            return
-        except (config.ConfigException, OSError):
-            continue
-    raise SystemExit(f"error: {NO_CREDENTIALS}")
 
 
 def _start_webhook(settings: Settings) -> WebhookServer | None:
@@ -156,18 +159,18 @@ def _start_webhook(settings: Settings) -> WebhookServer | None:
     return WebhookServer(settings.webhook_port, settings.webhook_cert_dir).start()
 
 
-def _run(settings: Settings) -> None:
-    lost = threading.Event()
+def _run(settings: Settings, login: Credentials) -> None:
+    lost = threading.Event()  # the Lease is lost: the API client refuses writes still asked for
     stop = threading.Event()
     kopf_stop = threading.Event()  # kopf's stop flag: set when the Lease is lost, and at every shutdown
-    memo = compose(settings, kopf_stop)
-    lifecycle.LOST.clear()
+    memo = compose(settings, login, kopf_stop, lost)
+    api = cast(Api, memo["api"])
     elector: Elector | None = None
     if settings.leader_election:
         from keras_operator.runtime.leader import Elector, StandbyHealth, lease_client
 
         held = elector = Elector(
-            lease_client(),
+            lease_client(login),
             settings.lease_namespace,
             settings.lease_name,
             settings.identity,
@@ -192,7 +195,6 @@ def _run(settings: Settings) -> None:
         def keep() -> None:
             held.keep(stop, lost, alive=work.alive)
             if lost.is_set():
-                lifecycle.LOST.set()  # writes still asked for are refused (runtime/kube.py)
                 kopf_stop.set()  # a replica that lost the Lease stops acting at once
 
         threading.Thread(target=keep, daemon=True, name="lease").start()
@@ -214,7 +216,7 @@ def _run(settings: Settings) -> None:
         # be under way. The Lease stays held (and renewed) until they are done: no write of this replica may
         # follow the release.
         try:
-            idle = elector is not None and not lost.is_set() and _api_calls_done(runner, timeout=elector.duration)
+            idle = elector is not None and not lost.is_set() and _api_calls_done(runner, api, elector.duration)
             if elector is not None and idle and not lost.is_set():
                 elector.release()  # the next replica may take over at its next attempt
         finally:
@@ -224,12 +226,10 @@ def _run(settings: Settings) -> None:
         sys.exit(1)  # restarted by Kubernetes, it waits for the Lease again
 
 
-def _api_calls_done(runner: asyncio.Runner, timeout: float) -> bool:
+def _api_calls_done(runner: asyncio.Runner, api: Api, timeout: float) -> bool:
     """Wait on kopf's loop for the API writes still under way to end; False when one still is after
     `timeout`, or one was cut off half-way (then the Lease is left to expire, as if this replica had died)."""
-    from keras_operator.runtime import kube
-
-    return runner.run(kube.settle(timeout))
+    return runner.run(api.settle(timeout))
 
 
 if __name__ == "__main__":

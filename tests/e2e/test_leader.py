@@ -26,7 +26,9 @@ from cluster.harness import KTJ, LEASES, Cluster
 from helpers.blackhole import Blackhole
 from helpers.jobs import tiny_job
 from helpers.server import free_port, get_json
-from keras_operator.runtime.leader import Elector, api_configuration, lease_client
+from keras_operator.runtime import credentials
+from keras_operator.runtime.leader import Elector, lease_client
+from keras_operator.runtime.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +36,12 @@ NAMESPACE, NAME = "keras-system", "keras-operator"
 
 
 def elector(cluster: Cluster, identity: str, duration: float = 2.0) -> Elector:
-    return Elector(lease_client(), NAMESPACE, NAME, identity, duration)
+    return Elector(lease_client(login()), NAMESPACE, NAME, identity, duration)
+
+
+def login() -> credentials.Credentials:
+    """The credentials as the operator finds them (the cluster fixture names the emulated API server)."""
+    return credentials.find(Settings.from_env().api_server)
 
 
 def lease(cluster: Cluster) -> dict:
@@ -89,7 +96,7 @@ def test_one_leader_then_takeover_a_lease_after_the_last_change_seen(cluster: Cl
 def test_a_write_based_on_a_stale_read_loses(cluster: Cluster) -> None:
     a = elector(cluster, "pod-a")
     assert a.try_acquire()
-    api = kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(api_configuration()))
+    api = kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(login().blocking()))
     stale = api.read_namespaced_lease(NAME, NAMESPACE).metadata.resource_version
     assert a.renew()  # the lease moves on
     with pytest.raises(kubernetes.client.exceptions.ApiException) as err:

@@ -234,9 +234,12 @@ def canary_by_httproute(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> No
 def elect_a_leader(cluster: Cluster) -> None:
     """The operator's leader election (what runtime.main runs before kopf when the chart has replicas > 1;
     the harness runs kopf alone): take the Lease, renew it, hand it back."""
+    from keras_operator.runtime import credentials
     from keras_operator.runtime.leader import Elector, lease_client
+    from keras_operator.runtime.settings import Settings
 
-    elector = Elector(lease_client(), RELEASE_NAMESPACE, "keras-operator", "rbac-test", 2.0)
+    login = credentials.find(Settings.from_env().api_server)  # as the operator finds it
+    elector = Elector(lease_client(login), RELEASE_NAMESPACE, "keras-operator", "rbac-test", 2.0)
     assert elector.acquire(threading.Event())
     assert elector.renew()
     assert elector.release()

@@ -10,8 +10,10 @@ import threading
 import pytest
 
 from cluster.harness import LEASES, Cluster
+from keras_operator.runtime import credentials
 from keras_operator.runtime.leader import Elector, lease_client
 from keras_operator.runtime.liveness import WorkLiveness
+from keras_operator.runtime.settings import Settings
 from keras_operator.runtime.workqueue import WorkQueue
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +22,8 @@ NAMESPACE, NAME = "keras-system", "keras-operator"
 
 
 def elector(identity: str) -> Elector:
-    return Elector(lease_client(), NAMESPACE, NAME, identity, 2.0)
+    login = credentials.find(Settings.from_env().api_server)  # as the operator finds it
+    return Elector(lease_client(login), NAMESPACE, NAME, identity, 2.0)
 
 
 class HangingWork:

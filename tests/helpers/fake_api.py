@@ -1,25 +1,17 @@
-"""An in-memory stand-in for `keras_operator.runtime.kube`, for calling a controller's reconcile directly.
+"""An in-memory stand-in for `keras_operator.runtime.kube.Api`, for calling a controller's reconcile directly.
 
-The controllers reach the API server only through the async functions of `kube` (`from
-keras_operator.runtime import kube`). `install` puts a `FakeApi` in place of that module attribute on the
-controller modules: the calls they make land in a dict of objects, every call is recorded (`calls`), and a
-call can be told to raise (`fail`) what the real one raises: `kube.Rejected`, `kube.Conflict`,
-`kopf.TemporaryError`, or the `kube.ApiError` 404 that `patch` lets through. Everything else (`Rejected`,
-`FIELD_MANAGER`, ...) is the real module's.
-
-Kept in this one module so that a change of how controllers reach the API (an `api` argument instead of the
-module) changes `install` and nothing in the tests.
+The controllers reach the API server only through the `Api` object the run hands them (an argument of each
+reconcile). A `FakeApi` is passed in its place: the calls land in a dict of objects, every call is recorded
+(`calls`), and a call can be told to raise (`fail`) what the real one raises: `kube.Rejected`,
+`kube.Conflict`, `kopf.TemporaryError`, or the `kube.ApiError` 404 that `patch` lets through.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import types
 from dataclasses import dataclass, field
 from typing import Any
-
-import pytest
 
 from keras_operator.runtime import kube
 
@@ -55,10 +47,6 @@ class FakeApi:
     """/metrics text of each pod (by name) for `pod_proxy_get`; a pod not named answers None."""
     failures: list[_Failure] = field(default_factory=list)
     _uids: itertools.count = field(default_factory=lambda: itertools.count(1))
-
-    def __getattr__(self, name: str) -> Any:
-        # Whatever the fake does not define is the real module's (exceptions, constants, pure helpers).
-        return getattr(kube, name)
 
     # --- set up ---
 
@@ -118,13 +106,13 @@ class FakeApi:
     async def apply(
         self, obj: dict[str, Any], hash_annotation: str, owner_uid: str | None, current: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any] | None, str | None]:
-        """As `kube.apply`: never touches an object `owner_uid` does not own; applies only on a new hash."""
+        """As `Api.apply`: never touches an object `owner_uid` does not own; applies only on a new hash."""
         meta = obj["metadata"]
         self._record("apply", obj["kind"], meta["namespace"], meta["name"], obj)
         existing = self.objects.get((obj["kind"], meta["namespace"], meta["name"]))
         if current is None:
             current = existing
-        if current is not None and not kube._owned(current, owner_uid):
+        if current is not None and not kube.owned(current, owner_uid):
             return None, None
         want = (meta.get("annotations") or {}).get(hash_annotation)
         have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(hash_annotation)
@@ -155,7 +143,7 @@ class FakeApi:
     async def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str | None) -> bool:
         self._record("delete_owned", kind, namespace, name)
         existing = self.objects.get((kind, namespace, name))
-        if existing is None or not kube._owned(existing, owner_uid):
+        if existing is None or not kube.owned(existing, owner_uid):
             return False
         del self.objects[(kind, namespace, name)]
         self.changes.append(("deleted", kind, name))
@@ -199,11 +187,3 @@ def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
             _merge(target[key], value)
         else:
             target[key] = copy.deepcopy(value)
-
-
-def install(monkeypatch: pytest.MonkeyPatch, *modules: types.ModuleType) -> FakeApi:
-    """A fresh FakeApi as the `kube` of each controller module given."""
-    fake = FakeApi()
-    for module in modules:
-        monkeypatch.setattr(module, "kube", fake)
-    return fake

@@ -375,6 +375,6 @@ def build_worker_service(owner: dict[str, Any], spec: KerasTrainingJobSpec) -> d
             ],
         },
     }
-    # What kube.apply compares to decide whether the Service must be applied again.
+    # What Api.apply compares to decide whether the Service must be applied again.
     service["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: spec_hash(service)}
     return service

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keras_operator.api.wire import PROGRESS_AUDIENCE, TOKEN_POD_NAME, TOKEN_POD_UID
-from keras_operator.runtime import kube
+from keras_operator.runtime.kube import Api
 
 CACHE_SECONDS = 300.0
 CACHE_MAX = 50_000
@@ -57,7 +57,8 @@ def _expiry(token: str) -> float | None:
 
 
 class Authenticator:
-    def __init__(self) -> None:
+    def __init__(self, api: Api) -> None:
+        self.api = api
         self._cache: OrderedDict[str, tuple[Identity | None, float]] = OrderedDict()
 
     async def identify(self, token: str) -> Identity | None:
@@ -66,7 +67,7 @@ class Authenticator:
         cached = self._cache.get(key)
         if cached is not None and cached[1] > now:
             return cached[0]
-        identity = identity_of(await kube.token_review(token, PROGRESS_AUDIENCE))
+        identity = identity_of(await self.api.token_review(token, PROGRESS_AUDIENCE))
         expires = _expiry(token) if identity is not None else None
         # Refusals are cached briefly too: a flood of one bad token costs one review per interval.
         until = min(now + CACHE_SECONDS, expires) if expires is not None else now + (CACHE_SECONDS if identity else 10)

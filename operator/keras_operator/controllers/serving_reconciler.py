@@ -4,7 +4,7 @@ as the spec says, and report readiness and serving figures."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from keras_operator.api.model_service import KerasModelServiceSpec, name_problem
@@ -32,6 +32,7 @@ from keras_operator.controllers import canary_plan
 from keras_operator.controllers.canary_plan import CanaryPlan, ready_replicas
 from keras_operator.controllers.outcome import check_metadata, rejection, transition_events
 from keras_operator.runtime import kube
+from keras_operator.runtime.kube import Api
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import canary as canary_status
 from keras_operator.status import conditions, serving_metrics, serving_status
@@ -299,68 +300,100 @@ def validate(body: dict[str, Any]) -> KerasModelServiceSpec:
     return spec
 
 
-async def reconcile(view: ObservedService, settings: Settings, scrape: bool = True) -> Outcome:
+@dataclass
+class Acted:
+    """What one reconcile saw and did once the model was resolved, for the status to report."""
+
+    resolution: serving_status.Resolution
+    deployment: dict[str, Any] | None = None
+    plan: CanaryPlan | None = None
+    pods: Scraped | None = None
+    events: list[Event] = field(default_factory=list)
+    requeue: float | None = None
+
+
+async def reconcile(view: ObservedService, settings: Settings, api: Api, scrape: bool = True) -> Outcome:
+    """Validate, resolve the model, act on the children, report: each a step of its own below."""
     body = view.resource
-    meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
     previous = dict(body.get("status") or {})
-    generation = meta.get("generation")
+    generation = body["metadata"].get("generation")
     now = conditions.now_iso()
     try:
         spec = validate(body)
     except InvalidResource as exc:
         status = serving_status.invalid(str(exc), previous, generation, now)
         return Outcome(status, transition_events(previous, status) or [("Warning", "InvalidSpec", str(exc))])
-
-    resolution = resolve(view, spec)
-    events: list[Event] = []
-    deployment, plan, pods = None, None, None
-    requeue: float | None = None
-    if resolution.model_uri is not None:
-        stable = stable_side(spec, resolution.model_uri)
-        if scrape and view.deployment is not None:
-            pods = await _scrape(namespace, name, spec.server.port)
-        plan = _plan_canary(view, spec, stable, settings, pods)
-        if plan is not None:
-            stable = plan.stable_model(stable)
+    acted = Acted(resolve(view, spec))
+    if acted.resolution.model_uri is not None:
         try:
-            if plan is not None and plan.decided_now:
-                # A verdict is stored before it is carried out: acting first, a failed status write would
-                # leave a retry with neither the decision nor its window. The next reconcile (requeued once
-                # this status is written, or the retry of a write that failed) acts on the stored decision.
-                deployment = view.deployment
-                requeue = 0.0
-            else:
-                deployment, events = await _apply(body, spec, stable, plan, settings, view)
+            acted = await _act(view, spec, acted.resolution, settings, api, scrape)
         except kube.Rejected as exc:
-            message = rejection(exc, f"the Services, Deployments, HPA or HTTPRoute of {name}")
+            message = rejection(exc, f"the Services, Deployments, HPA or HTTPRoute of {body['metadata']['name']}")
             status = serving_status.invalid(message, previous, generation, now, reason=exc.reason)
             return Outcome(status, [("Warning", exc.reason, message)])
         except NameConflict as exc:
             status = serving_status.invalid(str(exc), previous, generation, now, reason="NameConflict")
             return Outcome(status, [("Warning", "NameConflict", str(exc))])
-        if plan is not None:
-            events += plan.step.events
-            resolution = serving_status.Resolution(
-                stable.model_uri,
-                resolution.reason,
-                resolution.message + (" (the canary's model, promoted)" if plan.step.stable_serves_canary else ""),
-            )
-    texts = [*pods[0].scraped(), *pods[1].scraped()] if pods is not None else []
-    metrics = serving_metrics.summarize(texts) if texts else None
+    return _report(view, spec, acted, previous, generation, now)
+
+
+async def _act(
+    view: ObservedService,
+    spec: KerasModelServiceSpec,
+    resolution: serving_status.Resolution,
+    settings: Settings,
+    api: Api,
+    scrape: bool,
+) -> Acted:
+    """Scrape the pods, plan the canary's step, then make the children say it (or hold a decision just
+    made until it is stored)."""
+    assert resolution.model_uri is not None
+    meta = view.resource["metadata"]
+    stable = stable_side(spec, resolution.model_uri)
+    pods = None
+    if scrape and view.deployment is not None:
+        pods = await _scrape(api, meta["namespace"], meta["name"], spec.server.port)
+    plan = _plan_canary(view, spec, stable, settings, pods)
+    if plan is None:
+        deployment, events = await _apply(view.resource, spec, stable, None, settings, view, api)
+        return Acted(resolution, deployment, None, pods, events)
+    stable = plan.stable_model(stable)
+    promoted = " (the canary's model, promoted)" if plan.step.stable_serves_canary else ""
+    resolution = serving_status.Resolution(stable.model_uri, resolution.reason, resolution.message + promoted)
+    if plan.decided_now:
+        # A verdict is stored before it is carried out: acting first, a failed status write would leave a
+        # retry with neither the decision nor its window. The next reconcile (requeued once this status is
+        # written, or the retry of a write that failed) acts on the stored decision.
+        return Acted(resolution, view.deployment, plan, pods, list(plan.step.events), requeue=0.0)
+    deployment, events = await _apply(view.resource, spec, stable, plan, settings, view, api)
+    return Acted(resolution, deployment, plan, pods, events + list(plan.step.events))
+
+
+def _report(
+    view: ObservedService,
+    spec: KerasModelServiceSpec,
+    acted: Acted,
+    previous: dict[str, Any],
+    generation: int | None,
+    now: str,
+) -> Outcome:
+    """The status from what was seen and done (serving figures, the canary's report), and its Events."""
+    body = view.resource
+    texts = [*acted.pods[0].scraped(), *acted.pods[1].scraped()] if acted.pods is not None else []
     status = serving_status.observe(
-        resolution=resolution,
-        deployment=deployment,
+        resolution=acted.resolution,
+        deployment=acted.deployment,
         url=url(body, spec),
-        selector=selector_text(name),
-        metrics=metrics,
+        selector=selector_text(body["metadata"]["name"]),
+        metrics=serving_metrics.summarize(texts) if texts else None,
         previous=previous,
         generation=generation,
         now=now,
     )
-    report = _canary_status(plan, deployment, view.canary_deployment, previous) if plan else None
+    plan = acted.plan
+    report = _canary_status(plan, acted.deployment, view.canary_deployment, previous) if plan else None
     status = serving_status.with_canary(status, report, generation, now)
-    return Outcome(status, events + transition_events(previous, status), requeue)
+    return Outcome(status, acted.events + transition_events(previous, status), acted.requeue)
 
 
 def _canary_status(
@@ -405,17 +438,17 @@ def _conflict(obj: dict[str, Any]) -> NameConflict:
 
 
 async def _ensure(
-    obj: dict[str, Any], uid: str | None, current: dict[str, Any] | None = None
+    api: Api, obj: dict[str, Any], uid: str | None, current: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], list[Event]]:
-    result, change = await kube.apply(obj, SPEC_HASH_ANNOTATION, uid, current)
+    result, change = await api.apply(obj, SPEC_HASH_ANNOTATION, uid, current)
     if result is None:
         raise _conflict(obj)
     kind, obj_name = obj["kind"], obj["metadata"]["name"]
     return result, [("Normal", change.capitalize(), f"{change} {kind} {obj_name}")] if change else []
 
 
-async def _remove(kind: str, namespace: str, name: str, uid: str | None, why: str) -> list[Event]:
-    if await kube.delete_owned(kind, namespace, name, uid):
+async def _remove(api: Api, kind: str, namespace: str, name: str, uid: str | None, why: str) -> list[Event]:
+    if await api.delete_owned(kind, namespace, name, uid):
         return [("Normal", "Deleted", f"deleted {kind} {name} ({why})")]
     return []
 
@@ -427,6 +460,7 @@ async def _apply(
     plan: CanaryPlan | None,
     settings: Settings,
     view: ObservedService,
+    api: Api,
 ) -> tuple[dict[str, Any], list[Event]]:
     """Services, Deployments, HPA and HTTPRoute as the spec and the canary's step say, never touching one the
     resource does not own."""
@@ -435,43 +469,43 @@ async def _apply(
     image = settings.image_for(spec.backend)
     events: list[Event] = []
     # The Deployment as its watch shows it (no GET); Services, HPA and route are read (they are not watched).
-    _, change = await _ensure(build_service(body, spec, plan.service_target if plan else "stable"), uid)
+    _, change = await _ensure(api, build_service(body, spec, plan.service_target if plan else "stable"), uid)
     events += change
     replicas = handover_replicas(spec, view.deployment)
     built = build_deployment(body, spec, stable, image, replicas=replicas)
-    deployment, change = await _ensure(built, uid, view.deployment)
+    deployment, change = await _ensure(api, built, uid, view.deployment)
     events += change
     # The route first: a canary's weight goes to 0 before its pods go (else requests meet a backend without pods).
     if plan is not None and plan.routes_traffic:
         for canary in (False, True):
             service = build_service(body, spec, "canary" if canary else "stable", side_service_name(name, canary))
-            events += (await _ensure(service, uid))[1]
-        events += (await _ensure(build_route(body, spec, plan.canary_share, settings.gateway), uid))[1]
+            events += (await _ensure(api, service, uid))[1]
+        events += (await _ensure(api, build_route(body, spec, plan.canary_share, settings.gateway), uid))[1]
     elif ((body.get("status") or {}).get("canary") or {}).get("split") == "HTTPRoute":
-        events += await _remove("HTTPRoute", namespace, name, uid, "no canary split by HTTPRoute")
+        events += await _remove(api, "HTTPRoute", namespace, name, uid, "no canary split by HTTPRoute")
         for canary in (False, True):
-            events += await _remove("Service", namespace, side_service_name(name, canary), uid, "no HTTPRoute")
+            events += await _remove(api, "Service", namespace, side_service_name(name, canary), uid, "no HTTPRoute")
     if plan is not None and plan.canary_runs and plan.canary_model is not None:
         built = build_deployment(body, spec, plan.canary_model, image, replicas=plan.canary_replicas)
-        view.canary_deployment, change = await _ensure(built, uid, view.canary_deployment)
+        view.canary_deployment, change = await _ensure(api, built, uid, view.canary_deployment)
         events += change
     elif view.canary_deployment is not None:
-        events += await _remove("Deployment", namespace, canary_name(name), uid, "the canary is done")
+        events += await _remove(api, "Deployment", namespace, canary_name(name), uid, "the canary is done")
         view.canary_deployment = None
     hpa = build_hpa(body, spec)
     if hpa is not None:
         view.hpa_absent = False  # before the call: a failed apply may still have made it
-        events += (await _ensure(hpa, uid))[1]
+        events += (await _ensure(api, hpa, uid))[1]
     elif not view.hpa_absent:
-        events += await _remove("HorizontalPodAutoscaler", namespace, name, uid, "spec.autoscaling removed")
+        events += await _remove(api, "HorizontalPodAutoscaler", namespace, name, uid, "spec.autoscaling removed")
         view.hpa_absent = True
     return deployment, events
 
 
-async def _scrape_pods(namespace: str, selector: str, port: int) -> SidePods:
+async def _scrape_pods(api: Api, namespace: str, selector: str, port: int) -> SidePods:
     """/metrics of every ready pod the selector picks (None for one whose scrape failed), and every pod."""
     texts: dict[str, str | None] = {}
-    pods = await kube.list_pods(namespace, selector)
+    pods = await api.list_pods(namespace, selector)
     for pod in pods:
         ready = any(
             c.get("type") == "Ready" and c.get("status") == "True"
@@ -479,13 +513,13 @@ async def _scrape_pods(namespace: str, selector: str, port: int) -> SidePods:
         )
         if ready:
             name = pod["metadata"]["name"]
-            texts[name] = await kube.pod_proxy_get(namespace, name, port, "metrics") or None
+            texts[name] = await api.pod_proxy_get(namespace, name, port, "metrics") or None
     return SidePods(texts, frozenset(p["metadata"]["name"] for p in pods))
 
 
-async def _scrape(namespace: str, name: str, port: int) -> Scraped:
+async def _scrape(api: Api, namespace: str, name: str, port: int) -> Scraped:
     """/metrics of both sides' ready pods: for status.metrics, and for the canary's analysis."""
     return (
-        await _scrape_pods(namespace, selector_text(name), port),
-        await _scrape_pods(namespace, f"{CANARY_LABEL}={name}", port),
+        await _scrape_pods(api, namespace, selector_text(name), port),
+        await _scrape_pods(api, namespace, f"{CANARY_LABEL}={name}", port),
     )

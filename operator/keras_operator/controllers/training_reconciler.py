@@ -1,7 +1,7 @@
 """What the operator does for a KerasTrainingJob: make sure its Job exists, and report on it.
 
-Called by the thin kopf handlers; talks to the API through `kube`, decides through the pure
-builders and `training_status`. Each function returns the status to write and the Events to post.
+Called by the thin kopf handlers; talks to the API through the run's `kube.Api` (passed in), decides
+through the pure builders and `training_status`. Each function returns the status to write and the Events to post.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from keras_operator.builders.training_manifests import (
 )
 from keras_operator.controllers.outcome import check_metadata, owned_by, rejection, transition_events
 from keras_operator.runtime import kube
+from keras_operator.runtime.kube import Api
 from keras_operator.runtime.settings import Settings
 from keras_operator.status import conditions, training_source, training_status
 from keras_operator.status.events import Event, Outcome
@@ -109,7 +110,7 @@ def _parse(body: dict[str, Any]) -> tuple[KerasTrainingJobSpec, str] | InvalidRe
 
 
 async def reconcile(
-    view: ObservedTraining, settings: Settings, specs: ParsedSpecs | None = None
+    view: ObservedTraining, settings: Settings, api: Api, specs: ParsedSpecs | None = None
 ) -> tuple[Outcome, dict[str, Any] | None]:
     """Make sure the Job for the current spec exists (never a second one) and say what the status is.
     -> (outcome, the Job as this reconcile left it)."""
@@ -159,7 +160,7 @@ async def reconcile(
                 return Outcome(status, transition_events(previous, status)), None
             start_from = source.uri
         try:
-            job, events = await _create(body, spec, settings, start_from)
+            job, events = await _create(body, spec, settings, api, start_from)
         except kube.Rejected as exc:
             message = rejection(exc, f"Job {name}")
             return Outcome(
@@ -177,7 +178,7 @@ async def reconcile(
         message = f"a Job named {name} already exists and belongs to something else; rename this resource"
         return _name_conflict(message, previous, generation, now), None
 
-    job, suspend_events = await _apply_suspend(job, spec, previous.get("phase"))
+    job, suspend_events = await _apply_suspend(job, spec, previous.get("phase"), api)
     status = training_status.observe(
         training_status.Observation(job=job, pod=newest(view.pods), report=view.report, pods=tuple(view.pods)),
         previous,
@@ -195,7 +196,7 @@ async def reconcile(
     ttl = spec.run_policy.ttl_seconds_after_finished
     if ttl is not None and status.get("phase") in training_status.TERMINAL:
         if previous.get("phase") in training_status.TERMINAL:  # the result is in the stored status
-            outcome.requeue_after, ttl_events = await _expire(job, status, ttl)
+            outcome.requeue_after, ttl_events = await _expire(job, status, ttl, api)
             outcome.events += ttl_events
         else:  # written by this reconcile; the Job goes at a later one, never before the result is stored
             outcome.requeue_after = 0.1
@@ -234,7 +235,7 @@ def _started_from(
     status["conditions"] = conditions.merge(status.get("conditions"), [resolved.condition()], generation, now)
 
 
-async def _expire(job: dict[str, Any], status: dict[str, Any], ttl: int) -> tuple[float | None, list[Event]]:
+async def _expire(job: dict[str, Any], status: dict[str, Any], ttl: int, api: Api) -> tuple[float | None, list[Event]]:
     """spec.runPolicy.ttlSecondsAfterFinished, honoured by the operator (not the Job's TTL controller) so the
     result is in the status before the Job goes. -> (seconds until the Job is due, the Events)."""
     finished = conditions.parse_time(status.get("completionTime")) or time.time()
@@ -242,7 +243,7 @@ async def _expire(job: dict[str, Any], status: dict[str, Any], ttl: int) -> tupl
     if left > 0:
         return left, []
     meta = job["metadata"]
-    if await kube.delete("Job", meta["namespace"], meta["name"]):
+    if await api.delete("Job", meta["namespace"], meta["name"]):
         return None, [("Normal", "Deleted", f"deleted Job {meta['name']} ({ttl}s after the training finished)")]
     return None, []
 
@@ -271,14 +272,14 @@ def _model_uri(spec: KerasTrainingJobSpec, uid: str | None) -> str | None:
 
 
 async def _apply_suspend(
-    job: dict[str, Any], spec: KerasTrainingJobSpec, phase: str | None
+    job: dict[str, Any], spec: KerasTrainingJobSpec, phase: str | None, api: Api
 ) -> tuple[dict[str, Any], list[Event]]:
     """Suspend or resume our own Job as spec.runPolicy.suspend says (never a Kueue-owned or finished one)."""
     want = desired_suspend(spec)
     if want is None or phase in training_status.TERMINAL or bool((job.get("spec") or {}).get("suspend")) == want:
         return job, []
     meta = job["metadata"]
-    patched = await kube.patch("Job", meta["namespace"], meta["name"], {"spec": {"suspend": want}})
+    patched = await api.patch("Job", meta["namespace"], meta["name"], {"spec": {"suspend": want}})
     if want:
         return patched, [("Normal", "Suspended", "suspended the Job (spec.runPolicy.suspend); its pods stop")]
     where = "from the last checkpoint" if spec.output.checkpoints else "from the start (spec.output.checkpoints is off)"
@@ -319,16 +320,16 @@ def _name_conflict(message: str, previous: dict[str, Any], generation: int | Non
 
 
 async def _create(
-    body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings, start_from: str | None = None
+    body: dict[str, Any], spec: KerasTrainingJobSpec, settings: Settings, api: Api, start_from: str | None = None
 ) -> tuple[dict[str, Any], list[Event]]:
     events: list[Event] = []
     # Before the Job: its workers find worker 0 through this Service's DNS names as they start.
     service = build_worker_service(body, spec)
     if service is not None:
-        applied, change = await kube.apply(service, SPEC_HASH_ANNOTATION, body["metadata"].get("uid"))
+        applied, change = await api.apply(service, SPEC_HASH_ANNOTATION, body["metadata"].get("uid"))
         service_name = service["metadata"]["name"]
         if applied is None:
-            existing = await kube.get("Service", service["metadata"]["namespace"], service_name)
+            existing = await api.get("Service", service["metadata"]["namespace"], service_name)
             if existing is not None and _left_by_previous_run(existing, body):
                 raise PreviousRunLeft(
                     f"waiting for the Service {service_name} of the deleted KerasTrainingJob of the same name "
@@ -339,7 +340,7 @@ async def _create(
             )
         if change == "created":
             events.append(("Normal", "Created", f"created Service {service_name}"))
-    job, created = await kube.create_or_adopt(
+    job, created = await api.create_or_adopt(
         build_job(body, spec, settings.image_for(spec.backend), progress_endpoint(settings), start_from)
     )
     if not created and not owned_by(job, body["metadata"].get("uid")) and _left_by_previous_run(job, body):

@@ -22,6 +22,7 @@ from typing import Any
 
 from keras_operator.controllers import serving_reconciler, training_reconciler
 from keras_operator.runtime import kube
+from keras_operator.runtime.kube import Api
 from keras_operator.runtime.settings import Settings
 from keras_operator.status.events import Outcome
 
@@ -68,7 +69,7 @@ class Vanished:
     # --- KerasModelService ---
 
     async def serving_view(
-        self, resource: tuple[str, str, str], view: serving_reconciler.ObservedService | None
+        self, resource: tuple[str, str, str], view: serving_reconciler.ObservedService | None, api: Api
     ) -> serving_reconciler.ObservedService | None:
         """The view, or None when its resource is gone. Checked only when the reconcile may make its
         Deployment (none in the index), and again once a Deployment it had is gone (the garbage collector
@@ -84,7 +85,7 @@ class Vanished:
         if now - self.confirmed.get(uid, -RECHECK_AFTER) < RECHECK_AFTER:
             return view
         meta = view.resource["metadata"]
-        if not await self.exists(view.resource, lambda: kube.find_custom(resource, meta["namespace"], meta["name"])):
+        if not await self.exists(view.resource, lambda: api.find_custom(resource, meta["namespace"], meta["name"])):
             self.confirmed.pop(uid, None)
             return None
         # Entries of resources deleted while they had no Deployment would stay: dropped once stale.
@@ -94,7 +95,9 @@ class Vanished:
 
     # --- KerasTrainingJob ---
 
-    async def training_view(self, view: training_reconciler.ObservedTraining) -> training_reconciler.ObservedTraining:
+    async def training_view(
+        self, view: training_reconciler.ObservedTraining, api: Api
+    ) -> training_reconciler.ObservedTraining:
         """The view without its Job when that Job is gone. Checked when the index shows the Job with pods
         running while none of them exists any more (what a Job deleted, and its pods collected, looks like)."""
         job = view.job
@@ -102,7 +105,7 @@ class Vanished:
             return view
         if not self.gone(job):
             active = int(((job.get("status") or {}).get("active")) or 0)
-            if view.pods or not active or await self.exists(job, lambda: kube.get("Job", *_place(job))):
+            if view.pods or not active or await self.exists(job, lambda: api.get("Job", *_place(job))):
                 return view
         return dataclasses.replace(view, job=None, pods=[])
 
@@ -110,19 +113,20 @@ class Vanished:
         self,
         view: training_reconciler.ObservedTraining,
         settings: Settings,
+        api: Api,
         specs: training_reconciler.ParsedSpecs | None = None,
     ) -> tuple[Outcome, dict[str, Any] | None, training_reconciler.ObservedTraining]:
         """The training's reconcile on a view checked as above; a 404 from a PATCH of its Job means the Job
         is gone (not a failure to retry): the reconcile runs again without it. -> (outcome, Job, view)."""
-        view = await self.training_view(view)
+        view = await self.training_view(view, api)
         try:
-            outcome, job = await training_reconciler.reconcile(view, settings, specs)
+            outcome, job = await training_reconciler.reconcile(view, settings, api, specs)
         except kube.ApiError as exc:
             if exc.status != 404 or view.job is None:
                 raise
             self.mark(view.job)
             view = dataclasses.replace(view, job=None, pods=[])
-            outcome, job = await training_reconciler.reconcile(view, settings, specs)
+            outcome, job = await training_reconciler.reconcile(view, settings, api, specs)
         return outcome, job, view
 
 

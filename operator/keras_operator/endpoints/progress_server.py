@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from keras_operator.api.report import EpochReport, TrainingResult
 from keras_operator.controllers.progress_auth import Authenticator, may_report
 from keras_operator.runtime import kube
+from keras_operator.runtime.kube import Api
 from keras_operator.runtime.settings import Settings
 
 MAX_BODY = 64 * 1024  # an epoch report is a few hundred bytes
@@ -83,10 +84,10 @@ async def _json_errors(request: web.Request, handler: Any) -> web.StreamResponse
 class ProgressEndpoint:
     """The endpoint of one operator run: started by kopf's startup, closed at its cleanup (main.py)."""
 
-    def __init__(self, reports: Reports, settings: Settings) -> None:
+    def __init__(self, reports: Reports, settings: Settings, api: Api) -> None:
         self.reports = reports
         self.settings = settings
-        self.authenticator = Authenticator()
+        self.authenticator = Authenticator(api)
         self._runner: web.AppRunner | None = None
 
     async def receive(self, request: web.Request) -> web.Response:

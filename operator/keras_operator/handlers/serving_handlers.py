@@ -27,7 +27,8 @@ from keras_operator.controllers import serving_reconciler
 from keras_operator.controllers.vanished import Vanished
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.handlers.watched_objects import being_deleted, plain, watched_resource
-from keras_operator.runtime import kube, metrics
+from keras_operator.runtime.kube import Api
+from keras_operator.runtime.metrics import Metrics
 from keras_operator.runtime.settings import Settings
 from keras_operator.runtime.workqueue import WorkQueue
 
@@ -64,13 +65,13 @@ async def serving_deployments(
 @dataclass
 class Serving:
     """The kind in one operator run: its indexes, what the operator learnt (the status it last wrote, the
-    canary analysis under way, ...), its work queue and the settings it runs with."""
+    canary analysis under way, ...), its work queue, and the settings, API client and metrics of the run."""
 
     settings: Settings
+    api: Api
+    metrics: Metrics
     indexes: tuple[kopf.Index, kopf.Index] | None = None
-    status: StatusWriter = field(
-        default_factory=lambda: StatusWriter(RESOURCE, KIND, serving_reconciler.ACTION_REASONS)
-    )
+    status: StatusWriter = field(init=False)
     scraped: dict[Key, float] = field(default_factory=dict)  # when each service's pods were last scraped
     windows: dict[Key, serving_reconciler.Window] = field(default_factory=dict)  # canary analysis under way
     no_hpa: dict[Key, str] = field(default_factory=dict)  # the uid of each service known to have no HPA
@@ -79,6 +80,7 @@ class Serving:
     _resync: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.status = StatusWriter(RESOURCE, KIND, serving_reconciler.ACTION_REASONS, self.api, self.metrics)
         self.queue = WorkQueue(self.reconcile)
 
     async def view(self, key: Key) -> serving_reconciler.ObservedService | None:
@@ -101,9 +103,9 @@ class Serving:
         return serving_reconciler.ObservedService(
             resource=resource,
             deployment=owned.get(key[1]),
-            training_job=await kube.get_custom(TRAINING, key[0], ref) if ref else None,
+            training_job=await self.api.get_custom(TRAINING, key[0], ref) if ref else None,
             canary_deployment=owned.get(serving_reconciler.canary_name(key[1])),
-            canary_training_job=await kube.get_custom(TRAINING, key[0], canary_ref) if canary_ref else None,
+            canary_training_job=await self.api.get_custom(TRAINING, key[0], canary_ref) if canary_ref else None,
             window=self.windows.get(key),
             hpa_absent=self.no_hpa.get(key) == uid,  # by uid: one deleted and made again starts unknown
         )
@@ -119,17 +121,20 @@ class Serving:
         self.windows.pop(key, None)
         self.no_hpa.pop(key, None)
 
-    @metrics.instrumented(KIND, "reconcile")
     async def reconcile(self, key: Hashable) -> None:
+        with self.metrics.run_of(KIND, "reconcile"):
+            await self._reconcile(key)
+
+    async def _reconcile(self, key: Hashable) -> None:
         assert isinstance(key, tuple)
-        view = await self.vanished.serving_view(RESOURCE, await self.view(key))
+        view = await self.vanished.serving_view(RESOURCE, await self.view(key), self.api)
         if view is None:  # deleted: its Deployment, Service and HPA go with it (owner references)
             self.forget(key)
             return
         now = time.monotonic()
         scrape = now - self.scraped.get(key, 0.0) >= self.settings.sync_interval
         self.no_hpa.pop(key, None)  # until this reconcile succeeds: one that fails half-way may have made an HPA
-        outcome = await serving_reconciler.reconcile(view, self.settings, scrape=scrape)
+        outcome = await serving_reconciler.reconcile(view, self.settings, self.api, scrape=scrape)
         if view.hpa_absent:
             self.no_hpa[key] = view.resource["metadata"]["uid"]
         if scrape:

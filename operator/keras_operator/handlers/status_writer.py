@@ -16,7 +16,9 @@ import kopf
 import structlog
 
 from keras_operator.controllers.outcome import status_patch
-from keras_operator.runtime import kube, metrics
+from keras_operator.runtime import kube
+from keras_operator.runtime.kube import Api
+from keras_operator.runtime.metrics import Metrics
 from keras_operator.status.events import Outcome
 
 log = structlog.get_logger("keras_operator.status")
@@ -32,6 +34,8 @@ class StatusWriter:
     action_reasons: frozenset[str]
     """Events that say what the operator did: posted whenever they happen. The others say how the status
     changed, and are posted only when it did (a level-triggered reconcile runs on every event)."""
+    api: Api
+    metrics: Metrics
     written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     """(the resourceVersion the last status write made, the status written): until the watch shows that
     write, a status equal to it is not written again, and the watch event of the write brings nothing new."""
@@ -80,7 +84,7 @@ class StatusWriter:
                 self._post(resource, kind, reason, message)
         if changed:
             try:
-                version = await kube.patch_status(
+                version = await self.api.patch_status(
                     self.resource, meta["namespace"], meta["name"], changed, meta.get("resourceVersion")
                 )
             except kube.Conflict as exc:
@@ -95,7 +99,7 @@ class StatusWriter:
             phase = outcome.status.get("phase")
             moved = bool(phase) and phase != current.get("phase")
             if moved:
-                metrics.TRANSITIONS.labels(self.kind, phase).inc()
+                self.metrics.transition(self.kind, phase)
             # A phase change at info; progress within a phase (every epoch of every training) at debug.
             (log.info if moved else log.debug)(
                 "status",
@@ -113,7 +117,7 @@ class StatusWriter:
     def _post(self, resource: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """Post an Event beside the reconcile, not in its way: the next resource's work does not wait on
         it (at fleet scale, one more API round trip per transition)."""
-        task = asyncio.get_running_loop().create_task(kube.post_event(resource, kind, reason, message))
+        task = asyncio.get_running_loop().create_task(self.api.post_event(resource, kind, reason, message))
         self._posting.add(task)  # a reference, until it is done
         task.add_done_callback(self._posting.discard)
 

@@ -28,7 +28,8 @@ from keras_operator.controllers import training_reconciler
 from keras_operator.controllers.vanished import Vanished
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.handlers.watched_objects import being_deleted, plain, watched_resource
-from keras_operator.runtime import kube, metrics
+from keras_operator.runtime.kube import Api
+from keras_operator.runtime.metrics import Metrics
 from keras_operator.runtime.settings import Settings
 from keras_operator.runtime.workqueue import WorkQueue
 
@@ -108,9 +109,12 @@ async def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **
 class Training:
     """The kind in one operator run: the indexes (kopf hands them to handlers; the queue's workers and the
     progress endpoint read them here), what the operator itself learnt (pushed reports, Jobs it made before
-    their watch event, the status it last wrote), its work queue and the settings it runs with."""
+    their watch event, the status it last wrote), its work queue, and the settings, API client and metrics
+    of the run."""
 
     settings: Settings
+    api: Api
+    metrics: Metrics
     indexes: tuple[kopf.Index, kopf.Index, kopf.Index] | None = None
     # Each keyed by name but held for one resource uid: a resource deleted and re-applied under the same
     # name is another run, and nothing its predecessor's pods said applies to it.
@@ -121,13 +125,12 @@ class Training:
     seen: dict[Key, str] = field(default_factory=dict)  # the uid the last reconcile of the name saw
     vanished: Vanished = field(default_factory=Vanished)  # Jobs deleted while a watch re-listed: still indexed
     specs: training_reconciler.ParsedSpecs = field(default_factory=training_reconciler.ParsedSpecs)
-    status: StatusWriter = field(
-        default_factory=lambda: StatusWriter(RESOURCE, KIND, training_reconciler.ACTION_REASONS)
-    )
+    status: StatusWriter = field(init=False)
     queue: WorkQueue = field(init=False)
     _fallback: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.status = StatusWriter(RESOURCE, KIND, training_reconciler.ACTION_REASONS, self.api, self.metrics)
         self.queue = WorkQueue(self.reconcile)
 
     @property
@@ -218,14 +221,17 @@ class Training:
                 out.append((key, uid, newest["metadata"]["name"]))
         return out
 
-    @metrics.instrumented(KIND, "reconcile")
     async def reconcile(self, key: Hashable) -> None:
+        with self.metrics.run_of(KIND, "reconcile"):
+            await self._reconcile(key)
+
+    async def _reconcile(self, key: Hashable) -> None:
         assert isinstance(key, tuple)
         view = self.view(key)
         if view is None:  # deleted: its Job and pods go with it (owner references)
             self.forget(key)
             return
-        outcome, job, view = await self.vanished.reconcile_training(view, self.settings, self.specs)
+        outcome, job, view = await self.vanished.reconcile_training(view, self.settings, self.api, self.specs)
         if job is not None and view.job is None:
             self.created[key] = job
         await self.status.write(key, view.resource, outcome)
@@ -260,7 +266,7 @@ class Training:
                 silent = now - self.silent_since[key][1]
                 if self.pushed.get(key) == uid or silent < self.settings.progress_fallback_after:
                     continue
-                report = last_epoch(await kube.pod_log_tail(key[0], pod, TRAINER_CONTAINER) or "")
+                report = last_epoch(await self.api.pod_log_tail(key[0], pod, TRAINER_CONTAINER) or "")
                 old = self.report_of(key, uid)
                 if report is not None and (old is None or report.epoch > old.epoch):
                     self.reports[key] = (uid, report)

@@ -42,8 +42,8 @@ import structlog
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from keras_operator.runtime.credentials import Credentials
 from keras_operator.runtime.kube import FIELD_MANAGER
-from keras_operator.runtime.settings import api_server
 
 log = structlog.get_logger("keras_operator.runtime.leader")
 
@@ -61,30 +61,15 @@ def _micro(t: datetime.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def api_configuration() -> kubernetes.client.Configuration:
-    """The operator's connection settings for the blocking client: the api_server setting (no credentials),
-    else the in-cluster login, else the kubeconfig's. The Lease is renewed from a thread of its own, off the
-    event loop, so it keeps the blocking client (the handlers' calls are asyncio: runtime/kube.py)."""
-    config = kubernetes.client.Configuration()
-    server = api_server()
-    if server:
-        config.host = server
-        return config
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=config)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=config)
-    return config
-
-
-def lease_client(shared: kubernetes.client.ApiClient | None = None) -> kubernetes.client.ApiClient:
-    """A client of its own for the Lease, with the operator's connection settings (or `shared`'s) and no
-    retries.
+def lease_client(source: Credentials | kubernetes.client.ApiClient) -> kubernetes.client.ApiClient:
+    """A blocking client of its own for the Lease, with the operator's credentials (or `source`'s settings)
+    and no retries. The Lease is renewed from a thread of its own, off the event loop, so it keeps the
+    blocking client (the handlers' calls are asyncio: runtime/kube.py).
 
     urllib3 retries a GET that timed out (three times by default), which would stretch one request
     timeout past the renew deadline; the election retries on its own schedule instead. A pool of its
     own also keeps a renewal from queueing behind other calls."""
-    config = copy.deepcopy(shared.configuration) if shared is not None else api_configuration()
+    config = source.blocking() if isinstance(source, Credentials) else copy.deepcopy(source.configuration)
     config.retries = False
     return kubernetes.client.ApiClient(config)
 

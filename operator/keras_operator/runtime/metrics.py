@@ -1,59 +1,72 @@
-"""The operator's own Prometheus metrics (kopf has none): reconciles, their duration, phase changes."""
+"""The operator's own Prometheus metrics (kopf has none): reconciles, their duration, phase changes.
+
+One `Metrics` per operator run, made by main.py, in a registry of its own: a second run in the same process
+(the tests start many) counts from zero and serves its own /metrics, and nothing is registered at import."""
 
 from __future__ import annotations
 
-import functools
-import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
-
-RECONCILES = Counter(
-    "keras_operator_reconciles", "Handler runs by kind, handler and result.", ["kind", "handler", "result"]
-)
-DURATION = Histogram(
-    "keras_operator_reconcile_duration_seconds", "Handler run time by kind and handler.", ["kind", "handler"]
-)
-TRANSITIONS = Counter(
-    "keras_operator_phase_transitions", "Phase changes written to a resource's status.", ["kind", "phase"]
-)
-
-_started: set[int] = set()
-_lock = threading.Lock()
+import kopf
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on `port` once per process (0: off). kopf may restart the operator in-process."""
-    if not port:
-        return
-    with _lock:
-        if port not in _started:
-            start_http_server(port, registry=REGISTRY)
-            _started.add(port)
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reconciles = Counter(
+            "keras_operator_reconciles",
+            "Handler runs by kind, handler and result.",
+            ["kind", "handler", "result"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "keras_operator_reconcile_duration_seconds",
+            "Handler run time by kind and handler.",
+            ["kind", "handler"],
+            registry=self.registry,
+        )
+        self.transitions = Counter(
+            "keras_operator_phase_transitions",
+            "Phase changes written to a resource's status.",
+            ["kind", "phase"],
+            registry=self.registry,
+        )
+        self._server: WSGIServer | None = None
 
+    @contextmanager
+    def run_of(self, kind: str, handler: str) -> Iterator[None]:
+        """Count and time one handler run; an error is counted and goes on (for kopf or the queue to retry)."""
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            self.reconciles.labels(kind, handler, "error").inc()
+            raise
+        finally:
+            self.duration.labels(kind, handler).observe(time.perf_counter() - started)
+        self.reconciles.labels(kind, handler, "ok").inc()
 
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+    def transition(self, kind: str, phase: str) -> None:
+        self.transitions.labels(kind, phase).inc()
 
+    def serve(self, port: int) -> None:
+        """Expose /metrics on `port` (0: off) until `close`."""
+        if not port or self._server is not None:
+            return
+        try:
+            self._server, _ = start_http_server(port, registry=self.registry)
+        except OSError as exc:  # a port taken is a setting to fix: stop with why, not retry every minute
+            raise kopf.PermanentError(
+                f"the metrics endpoint cannot listen on port {port}: {exc} "
+                "(KERAS_OPERATOR_METRICS_PORT; 0 turns it off)"
+            ) from exc
 
-def instrumented(kind: str, handler: str) -> Callable[[F], F]:
-    """Count and time a kopf handler; errors are counted and re-raised for kopf to retry."""
-
-    def decorate(fn: F) -> F:
-        @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                result = await fn(*args, **kwargs)
-            except Exception:
-                RECONCILES.labels(kind, handler, "error").inc()
-                raise
-            finally:
-                DURATION.labels(kind, handler).observe(time.perf_counter() - started)
-            RECONCILES.labels(kind, handler, "ok").inc()
-            return result
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -182,8 +182,8 @@ class Settings:
             progress_url=env.get(_var("progress_url")) or None,
             progress_cert_dir=env.get(_var("progress_cert_dir")) or None,
             progress_fallback_after=float(env.get(_var("progress_fallback_after"), "60")),
-            api_server=api_server(env),
-            api_timeout=api_timeout(env),
+            api_server=env.get(_var("api_server")) or None,
+            api_timeout=_api_timeout(env),
             liveness_port=int(env.get(_var("liveness_port"), "8080")),
             metrics_port=int(env.get(_var("metrics_port"), "9090")),
             leader_election=env.get(_var("leader_election"), "").lower() in ("1", "true", "yes"),
@@ -211,17 +211,11 @@ def _read_text(folder: str, name: str) -> str | None:
     return path.read_text() if path.exists() else None
 
 
-def api_server(env: Mapping[str, str] | None = None) -> str | None:
-    """KERAS_OPERATOR_API_SERVER alone, for the API client that reads it on every call."""
-    return (os.environ if env is None else env).get(_var("api_server")) or None
-
-
 DEFAULT_API_TIMEOUT = 30.0
 
 
-def api_timeout(env: Mapping[str, str] | None = None) -> float:
-    """KERAS_OPERATOR_API_TIMEOUT alone (seconds), for the API client that reads it on every call."""
-    value = float((os.environ if env is None else env).get(_var("api_timeout")) or DEFAULT_API_TIMEOUT)
+def _api_timeout(env: Mapping[str, str]) -> float:
+    value = float(env.get(_var("api_timeout")) or DEFAULT_API_TIMEOUT)
     if value <= 0:
         raise ValueError(f"KERAS_OPERATOR_API_TIMEOUT must be a positive number of seconds, got {value}")
     return value

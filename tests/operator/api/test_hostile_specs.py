@@ -22,6 +22,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers.fake_api import FakeApi
 from helpers.manifests import ROOT
 from keras_operator.api import common
 from keras_operator.api.limits import INT32_MAX, MAX_ALIASES, MAX_DEPTH
@@ -582,7 +583,8 @@ def test_the_controllers_check_names_that_depend_on_the_kind() -> None:
         "metadata": {"name": "1digits", "namespace": "ml", "uid": "u", "generation": 1},
         "spec": {"model": {"uri": "pvc://models/m.keras"}},
     }
-    outcome = asyncio.run(serving_reconciler.reconcile(serving_reconciler.ObservedService(resource=body), Settings()))
+    view = serving_reconciler.ObservedService(resource=body)
+    outcome = asyncio.run(serving_reconciler.reconcile(view, Settings(), FakeApi()))  # type: ignore[arg-type]
     valid = next(c for c in outcome.status["conditions"] if c["type"] == "Valid")
     assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
     assert valid["message"].startswith("metadata.name: '1digits' must start with a letter")

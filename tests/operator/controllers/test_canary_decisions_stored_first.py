@@ -49,11 +49,8 @@ class FakeApi:
 
 
 @pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
-    fake = FakeApi()
-    for call in ("list_pods", "pod_proxy_get", "apply", "delete_owned"):
-        monkeypatch.setattr(serving_reconciler.kube, call, getattr(fake, call))
-    return fake
+def api() -> FakeApi:
+    return FakeApi()
 
 
 def view(
@@ -90,20 +87,20 @@ def test_a_rollback_is_stored_before_the_canary_is_deleted_and_a_failed_write_de
     window = open_window()
 
     deciding = view(progressing, window)
-    decided = asyncio.run(serving_reconciler.reconcile(deciding, Settings()))
+    decided = asyncio.run(serving_reconciler.reconcile(deciding, Settings(), api))
     assert api.deleted == []
     assert api.applied == []
     assert decided.status["canary"]["state"] == "RolledBack"
     assert decided.requeue_after == 0  # carried out by the next reconcile, once stored
 
     # The status write failed: the handler keeps the status and the window it had; the retry decides again.
-    retried = asyncio.run(serving_reconciler.reconcile(view(progressing, window), Settings()))
+    retried = asyncio.run(serving_reconciler.reconcile(view(progressing, window), Settings(), api))
     assert retried.status["canary"]["state"] == "RolledBack"
     assert api.deleted == []
 
     # Stored: the next reconcile carries it out from the stored decision (and again after a failure).
     for _ in range(2):
-        acting = asyncio.run(serving_reconciler.reconcile(view(decided.status, None), Settings()))
+        acting = asyncio.run(serving_reconciler.reconcile(view(decided.status, None), Settings(), api))
         assert acting.status["canary"]["state"] == "RolledBack"
         assert acting.requeue_after is None
     assert api.deleted == [("Deployment", "digits-canary"), ("Deployment", "digits-canary")]
@@ -113,9 +110,9 @@ def test_a_promotion_is_stored_before_the_stable_deployment_rolls(api: FakeApi) 
     api.canary_code = "200"
     progressing = {"modelUri": STABLE, "canary": {"state": "Progressing", "comparing": COMPARING}}
     promote = {"autoPromote": True, "successfulIntervals": 1}
-    decided = asyncio.run(serving_reconciler.reconcile(view(progressing, open_window(), **promote), Settings()))
+    decided = asyncio.run(serving_reconciler.reconcile(view(progressing, open_window(), **promote), Settings(), api))
     assert api.applied == []
     assert decided.status["canary"]["state"] == "Promoting"
-    acting = asyncio.run(serving_reconciler.reconcile(view(decided.status, None, **promote), Settings()))
+    acting = asyncio.run(serving_reconciler.reconcile(view(decided.status, None, **promote), Settings(), api))
     assert acting.status["canary"]["state"] == "Promoting"
     assert ("Deployment", "digits") in api.applied

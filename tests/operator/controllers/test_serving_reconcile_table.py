@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 import pytest
 
-from helpers.fake_api import FakeApi, install
+from helpers.fake_api import FakeApi
 from keras_operator.api.wire import CANARY_LABEL
 from keras_operator.builders.serving_manifests import (
     DeploymentModel,
@@ -561,8 +561,8 @@ def _check(status: dict[str, Any], row: Row) -> None:
 
 
 @pytest.mark.parametrize("row", ROWS)
-def test_serving_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
-    api = install(monkeypatch, serving_reconciler)
+def test_serving_reconcile(row: Row) -> None:
+    api = FakeApi()
     body = resource(row.status, **row.spec)
     deployment = api.add(built_deployment(body, row.deployment)) if row.deployment is not None else None
     canary = built_deployment(body, row.canary_deployment) if row.canary_deployment is not None else None
@@ -585,10 +585,10 @@ def test_serving_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
 
     if row.raises is not None:
         with pytest.raises(row.raises):
-            asyncio.run(serving_reconciler.reconcile(view, row.settings, scrape=row.scrape))
+            asyncio.run(serving_reconciler.reconcile(view, row.settings, api, scrape=row.scrape))
         assert api.changes == row.writes
         return
-    outcome = asyncio.run(serving_reconciler.reconcile(view, row.settings, scrape=row.scrape))
+    outcome = asyncio.run(serving_reconciler.reconcile(view, row.settings, api, scrape=row.scrape))
 
     assert api.changes == row.writes
     assert set(row.tried) <= set(api.called()), api.called()

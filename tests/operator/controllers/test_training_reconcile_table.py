@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 import pytest
 
-from helpers.fake_api import FakeApi, install
+from helpers.fake_api import FakeApi
 from helpers.jobs import tiny_job
 from keras_operator.builders.training_manifests import build_job, build_worker_service, progress_endpoint
 from keras_operator.controllers import training_reconciler
@@ -549,8 +549,8 @@ def _check(outcome_status: dict[str, Any], row: Row) -> None:
 
 
 @pytest.mark.parametrize("row", ROWS)
-def test_training_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
-    api = install(monkeypatch, training_reconciler)
+def test_training_reconcile(row: Row) -> None:
+    api = FakeApi()
     body = resource(row.generation, row.status, **row.spec)
     job = None
     if row.job is not None:
@@ -564,11 +564,11 @@ def test_training_reconcile(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
 
     if row.raises is not None:
         with pytest.raises(row.raises):
-            asyncio.run(training_reconciler.reconcile(view, SETTINGS))
+            asyncio.run(training_reconciler.reconcile(view, SETTINGS, api))
         assert api.changes == row.writes
         assert set(row.tried) <= set(api.called()), api.called()
         return
-    outcome, returned = asyncio.run(training_reconciler.reconcile(view, SETTINGS))
+    outcome, returned = asyncio.run(training_reconciler.reconcile(view, SETTINGS, api))
 
     assert api.changes == row.writes
     assert set(row.tried) <= set(api.called()), api.called()
@@ -586,9 +586,7 @@ def test_the_job_created_is_the_builders() -> None:
     api = FakeApi()
     body = resource()
     spec = training_reconciler.validate(body)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training_reconciler, "kube", api)
-        asyncio.run(training_reconciler.reconcile(training_reconciler.ObservedTraining(resource=body), SETTINGS))
+    asyncio.run(training_reconciler.reconcile(training_reconciler.ObservedTraining(resource=body), SETTINGS, api))
     stored = api.stored("Job", "tiny-train")
     assert stored is not None
     expected = build_job(body, spec, SETTINGS.image_for(spec.backend), progress_endpoint(SETTINGS))

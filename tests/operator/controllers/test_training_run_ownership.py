@@ -9,10 +9,16 @@ import pytest
 
 from helpers.jobs import tiny_job
 from keras_operator.controllers import training_reconciler
-from keras_operator.runtime import kube
 from keras_operator.runtime.settings import Settings
 
 STAMP = "2026-01-01T00:00:00Z"
+
+
+class Calls:
+    """An API client whose calls are the functions given (the ones the test expects to be made)."""
+
+    def __init__(self, **calls: Any) -> None:
+        self.__dict__.update(calls)
 
 
 def pod(name: str, phase: str, created: str = STAMP, **meta: Any) -> dict[str, Any]:
@@ -64,7 +70,7 @@ def test_only_a_same_named_training_of_another_uid_is_a_previous_run() -> None:
         assert training_reconciler._left_by_previous_run(obj, body) is expected, what
 
 
-async def test_a_previous_runs_worker_service_is_waited_for_not_a_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_previous_runs_worker_service_is_waited_for_not_a_conflict() -> None:
     """Several workers: the headless Service comes first, and the deleted run's may still be there."""
     body = resource(backend="jax", distribution={"workers": 2})
     spec = training_reconciler.validate(body)
@@ -78,14 +84,12 @@ async def test_a_previous_runs_worker_service_is_waited_for_not_a_conflict(monke
     async def no_job(*_: Any, **__: Any) -> Any:
         raise AssertionError("no Job is created while the old Service is there")
 
-    monkeypatch.setattr(kube, "apply", apply)
-    monkeypatch.setattr(kube, "get", get)
-    monkeypatch.setattr(kube, "create_or_adopt", no_job)
+    api = Calls(apply=apply, get=get, create_or_adopt=no_job)
     with pytest.raises(training_reconciler.PreviousRunLeft, match="tiny-workers"):
-        await training_reconciler._create(body, spec, Settings.from_env())
+        await training_reconciler._create(body, spec, Settings.from_env(), api)
 
 
-async def test_a_foreign_worker_service_is_a_name_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_foreign_worker_service_is_a_name_conflict() -> None:
     body = resource(backend="jax", distribution={"workers": 2})
     spec = training_reconciler.validate(body)
 
@@ -95,15 +99,12 @@ async def test_a_foreign_worker_service_is_a_name_conflict(monkeypatch: pytest.M
     async def get(kind: str, namespace: str, name: str) -> dict[str, Any]:
         return {"metadata": {"name": name}}
 
-    monkeypatch.setattr(kube, "apply", apply)
-    monkeypatch.setattr(kube, "get", get)
+    api = Calls(apply=apply, get=get)
     with pytest.raises(training_reconciler.NameTaken):
-        await training_reconciler._create(body, spec, Settings.from_env())
+        await training_reconciler._create(body, spec, Settings.from_env(), api)
 
 
-async def test_a_previous_runs_job_is_waited_for_and_a_foreign_one_is_a_conflict(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_previous_runs_job_is_waited_for_and_a_foreign_one_is_a_conflict() -> None:
     body = resource()
     spec = training_reconciler.validate(body)
     existing: dict[str, Any] = {}
@@ -111,10 +112,10 @@ async def test_a_previous_runs_job_is_waited_for_and_a_foreign_one_is_a_conflict
     async def adopt(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         return {"metadata": {"name": obj["metadata"]["name"], **existing}}, False
 
-    monkeypatch.setattr(kube, "create_or_adopt", adopt)
+    api = Calls(create_or_adopt=adopt)
     existing["ownerReferences"] = [owner_ref("KerasTrainingJob", "tiny", "old-uid")]
     with pytest.raises(training_reconciler.PreviousRunLeft, match="tiny-train"):
-        await training_reconciler._create(body, spec, Settings.from_env())
+        await training_reconciler._create(body, spec, Settings.from_env(), api)
     existing["ownerReferences"] = []
-    job, _ = await training_reconciler._create(body, spec, Settings.from_env())
+    job, _ = await training_reconciler._create(body, spec, Settings.from_env(), api)
     assert not training_reconciler.owned_by(job, "new-uid")  # reconcile then reports NameConflict

@@ -9,9 +9,9 @@ import kopf
 import pytest
 
 from keras_operator.controllers.outcome import status_patch
-from keras_operator.handlers import status_writer
 from keras_operator.handlers.status_writer import StatusWriter
 from keras_operator.runtime import kube
+from keras_operator.runtime.metrics import Metrics
 from keras_operator.status.events import Outcome
 
 KEY = ("default", "job")
@@ -50,16 +50,17 @@ class FakeApi:
 
 
 @pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
-    fake = FakeApi("7")
-    monkeypatch.setattr(status_writer.kube, "patch_status", fake.patch_status)
-    monkeypatch.setattr(status_writer.kube, "post_event", fake.post_event)
-    return fake
+def api() -> FakeApi:
+    return FakeApi("7")
 
 
-def writer() -> StatusWriter:
+def writer(api: FakeApi, metrics: Metrics | None = None) -> StatusWriter:
     return StatusWriter(
-        ("kerasoperator.dev", "v1alpha1", "kerastrainingjobs"), "KerasTrainingJob", frozenset({"Created"})
+        ("kerasoperator.dev", "v1alpha1", "kerastrainingjobs"),
+        "KerasTrainingJob",
+        frozenset({"Created"}),
+        api,  # type: ignore[arg-type]
+        metrics or Metrics(),
     )
 
 
@@ -75,7 +76,7 @@ def test_status_patch_removes_keys_the_new_status_no_longer_has() -> None:
 
 
 async def test_the_write_is_conditioned_on_the_version_it_was_computed_from(api: FakeApi) -> None:
-    w = writer()
+    w = writer(api)
     assert await w.write(KEY, resource("7"), Outcome({"phase": "Running", "observedGeneration": 1}))
     assert api.patches == [("7", {"phase": "Running", "observedGeneration": 1})]
 
@@ -84,7 +85,7 @@ async def test_a_status_computed_from_an_older_object_is_refused_and_evaluated_a
     """A spec edit lands (rv 8, generation 2) while a reconcile computed from rv 7: its status, which
     would say generation 2 was observed, is not written; the queue runs the reconcile again."""
     api.rv = "8"
-    w = writer()
+    w = writer(api)
     outcome = Outcome(
         {"phase": "Running", "observedGeneration": 2},
         [("Normal", "Created", "created Job job-train"), ("Normal", "Running", "running")],
@@ -97,7 +98,7 @@ async def test_a_status_computed_from_an_older_object_is_refused_and_evaluated_a
 
 
 async def test_until_the_watch_shows_a_write_reconciles_start_from_it(api: FakeApi) -> None:
-    w = writer()
+    w = writer(api)
     await w.write(KEY, resource("7"), Outcome({"phase": "Running"}))
     stale = resource("7", phase="Pending")  # the watch has not shown our write yet
     seen = w.current(KEY, stale)
@@ -112,7 +113,7 @@ async def test_until_the_watch_shows_a_write_reconciles_start_from_it(api: FakeA
 
 async def test_a_conflict_forgets_the_unseen_write(api: FakeApi) -> None:
     """After a 409 the watched copy is the one to trust (it may have passed our write)."""
-    w = writer()
+    w = writer(api)
     await w.write(KEY, resource("7"), Outcome({"phase": "Running"}))
     api.rv = "500"  # someone wrote after us; the watch shows it, with our status in it
     with pytest.raises(kopf.TemporaryError):
@@ -125,7 +126,7 @@ async def test_a_conflict_forgets_the_unseen_write(api: FakeApi) -> None:
 async def test_a_status_someone_else_edited_is_repaired(api: FakeApi) -> None:
     """Suspected in #24: `kubectl edit --subresource=status` after the watch has shown our write. The
     reconcile computes the same status as last written; it must be written again over the edit."""
-    w = writer()
+    w = writer(api)
     await w.write(KEY, resource("7"), Outcome({"phase": "Running", "message": "training"}))
     ours = api.rv
     assert w.current(KEY, resource(ours, phase="Running", message="training"))["metadata"]["resourceVersion"] == ours

@@ -1,4 +1,4 @@
-"""The operator's drift check (`kube._covers`) and its quantity parser: what the API server stores for what
+"""The operator's drift check (`drift.covers`) and its quantity parser: what the API server stores for what
 the operator applied must count as no drift (canonical quantities, defaults, entries another field
 manager added to a list-map), and only a real change to what the operator sets counts as drift."""
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from keras_operator.runtime import quantity
-from keras_operator.runtime.kube import _covers
+from keras_operator.runtime.drift import covers as _covers
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ from aiohttp import web
 from urllib3.exceptions import HTTPError
 
 from helpers.blackhole import Blackhole
+from keras_operator.runtime.credentials import Credentials
+from keras_operator.runtime.kube import Api
 from keras_operator.runtime.leader import Elector, StandbyHealth, lease_client
 
 
@@ -99,9 +101,12 @@ async def test_the_shutdown_ends_the_forever_loops_and_nothing_else() -> None:
     """Left running, a resync loop made kopf wait 5 s for it (a hung task) before the Lease's release."""
     from keras_operator.handlers.serving_handlers import Serving
     from keras_operator.handlers.training_handlers import Training
+    from keras_operator.runtime.metrics import Metrics
     from keras_operator.runtime.settings import Settings
 
-    kinds = (Training(Settings(sync_interval=3600)), Serving(Settings(sync_interval=3600)))
+    settings = Settings(sync_interval=3600)
+    api, metrics = Api(Credentials("http://127.0.0.1:9"), settings.api_timeout), Metrics()
+    kinds = (Training(settings, api, metrics), Serving(settings, api, metrics))
     work = asyncio.create_task(asyncio.sleep(3600), name="reconcile")
     try:
         for kind in kinds:
@@ -140,13 +145,13 @@ class HeldWrites:
         site = web.TCPSite(self.site_runner, "127.0.0.1", 0)
         await site.start()
         self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self.api = Api(Credentials(self.url), 30.0)  # the operator run's client, as main.py makes it
 
     def write_then_cancel_its_caller(self) -> None:
         """A reconcile's PATCH reaches the server; then kopf cancels the reconcile, as at shutdown."""
-        from keras_operator.runtime import kube
 
         async def go() -> None:
-            call = asyncio.create_task(kube.patch("Job", "ns", "a", {"spec": {"suspend": True}}))
+            call = asyncio.create_task(self.api.patch("Job", "ns", "a", {"spec": {"suspend": True}}))
             await asyncio.wait_for(self.arrived.wait(), 10)
             call.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -155,42 +160,41 @@ class HeldWrites:
         self.runner.run(go())
 
     def close(self) -> None:
+        self.runner.run(self.api.close())
         self.runner.run(self.site_runner.cleanup())
 
 
-def test_the_release_waits_for_the_writes_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_release_waits_for_the_writes_under_way() -> None:
     """kopf cancels the task awaiting a write, not the write: it lands, and only then may the Lease go."""
     from keras_operator import main
 
     with asyncio.Runner() as runner:
         server = HeldWrites(runner)
-        monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", server.url)
         server.write_then_cancel_its_caller()
-        assert main._api_calls_done(runner, timeout=0.2) is False  # still under way: the Lease is left to expire
+        # Still under way: the Lease is left to expire.
+        assert main._api_calls_done(runner, server.api, timeout=0.2) is False
         assert server.landed == []
         server.answer.set()
-        assert main._api_calls_done(runner, timeout=10) is True
+        assert main._api_calls_done(runner, server.api, timeout=10) is True
         assert server.landed == ["/apis/batch/v1/namespaces/ns/jobs/a"]
         server.close()
 
 
-def test_a_write_cut_off_half_way_keeps_the_lease_from_being_released(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_cut_off_half_way_keeps_the_lease_from_being_released() -> None:
     """A write cancelled itself (the loop's end, kopf's hung-task stop) may still be applied by the API server:
     the replica then leaves the Lease to expire rather than release it."""
     from keras_operator import main
-    from keras_operator.runtime import kube
 
     with asyncio.Runner() as runner:
         server = HeldWrites(runner)
-        monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", server.url)
         server.write_then_cancel_its_caller()
 
         async def cancel_the_writes() -> None:
-            for task in kube._loop_writes().under_way:
+            for task in server.api.writes.under_way:
                 task.cancel()
             await asyncio.sleep(0.1)
 
         runner.run(cancel_the_writes())
-        assert main._api_calls_done(runner, timeout=10) is False
+        assert main._api_calls_done(runner, server.api, timeout=10) is False
         server.answer.set()
         server.close()

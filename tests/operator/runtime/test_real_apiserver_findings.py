@@ -17,6 +17,7 @@ from cluster.emulator import PODS
 from cluster.harness import Cluster
 from keras_operator.handlers import setup
 from keras_operator.runtime import kube
+from keras_operator.runtime.credentials import Credentials
 from keras_operator.runtime.settings import Settings
 
 
@@ -49,7 +50,7 @@ def test_kopfs_requests_name_the_operator_first() -> None:
     assert info.server == "https://k8s.example:6443"
 
 
-async def test_calls_one_after_another_share_one_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_calls_one_after_another_share_one_connection() -> None:
     """Every answer is read whole, so its connection goes back to the pool: a status PATCH whose answer was
     dropped unread once opened a TCP connection per call (a TLS handshake per epoch in a cluster)."""
     peers: list[object] = []
@@ -64,17 +65,17 @@ async def test_calls_one_after_another_share_one_connection(monkeypatch: pytest.
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
+    api = kube.Api(Credentials(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"), 30.0)  # type: ignore[union-attr]
     try:
-        monkeypatch.setenv("KERAS_OPERATOR_API_SERVER", f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # type: ignore[union-attr]
         ktj = ("kerasoperator.dev", "v1alpha1", "kerastrainingjobs")
         for epoch in range(5):
-            assert await kube.patch_status(ktj, "ml", "j", {"epoch": epoch}) == "2"
-            assert await kube.get("Job", "ml", "j-train") is not None
-            await kube.post_event({"kind": "Job", "metadata": {"name": "j", "namespace": "ml"}}, "Normal", "E", "m")
+            assert await api.patch_status(ktj, "ml", "j", {"epoch": epoch}) == "2"
+            assert await api.get("Job", "ml", "j-train") is not None
+            await api.post_event({"kind": "Job", "metadata": {"name": "j", "namespace": "ml"}}, "Normal", "E", "m")
         assert len(peers) == 15
         assert len(set(peers)) == 1, f"{len(set(peers))} connections for 15 calls"
     finally:
-        await kube.close_api_client()
+        await api.close()
         await runner.cleanup()
 
 

@@ -1,0 +1,89 @@
+"""Where the API server is and how the operator logs in to it: found once, here, for both of its clients
+(the asyncio one of the reconciles, runtime/kube.py, and the blocking one that renews the Lease,
+runtime/leader.py).
+
+The search is the usual one: KERAS_OPERATOR_API_SERVER (a plain URL, no credentials: the tests' emulated
+cluster), else the pod's service account, else the kubeconfig (KUBECONFIG or ~/.kube/config). The official
+client's loaders read them, so every form they know is honoured, and a token that expires is fetched again
+when due: the service account's file, rotated by the kubelet, is read again every minute; an exec plugin
+(`aws eks get-token`, `gke-gcloud-auth-plugin`) is run again once its `expirationTimestamp` is near.
+"""
+
+from __future__ import annotations
+
+import copy
+import ssl
+from dataclasses import dataclass
+
+import kubernetes
+
+NO_CREDENTIALS = (
+    "no Kubernetes credentials: not in a cluster, no kubeconfig (KUBECONFIG / ~/.kube/config), "
+    "and KERAS_OPERATOR_API_SERVER unset"
+)
+
+
+class NoCredentials(Exception):
+    """Nothing to log in with: the operator cannot run."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """One API server and the login to it."""
+
+    host: str
+    """The API server's URL, without a trailing slash."""
+    configuration: kubernetes.client.Configuration | None = None
+    """The official client's settings as its loaders found them (CA, client certificate, token and the hook
+    that refreshes it, tls-server-name); None for a plain URL with no login."""
+
+    @property
+    def server_name(self) -> str | None:
+        """The name the server's certificate is checked against (and sent as SNI) instead of the URL's host:
+        the kubeconfig's `tls-server-name`, for an API server reached through an address its certificate
+        does not name."""
+        return getattr(self.configuration, "tls_server_name", None) or None
+
+    def token(self) -> str | None:
+        """The Authorization header's value ("Bearer ..."), fetched again when it is due (blocking: a file
+        read, or an exec plugin run)."""
+        if self.configuration is None:
+            return None
+        return self.configuration.get_api_key_with_prefix("BearerToken") or None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS as the kubeconfig says (CA, client certificate, insecure-skip-tls-verify); None over http."""
+        conf = self.configuration
+        if conf is None or not self.host.startswith("https"):
+            return None
+        context = ssl.create_default_context(cafile=conf.ssl_ca_cert)
+        if conf.cert_file:
+            context.load_cert_chain(conf.cert_file, keyfile=conf.key_file)
+        if not conf.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def blocking(self) -> kubernetes.client.Configuration:
+        """A copy of the settings for a blocking client of its own (the Lease's)."""
+        if self.configuration is None:
+            conf = kubernetes.client.Configuration()
+            conf.host = self.host
+            return conf
+        return copy.deepcopy(self.configuration)
+
+
+def find(api_server: str | None) -> Credentials:
+    """The operator's credentials (the search in the module's docstring); NoCredentials when none is found."""
+    if api_server:
+        return Credentials(api_server.rstrip("/"))
+    from kubernetes import config
+
+    for load in (config.load_incluster_config, config.load_kube_config):
+        conf = kubernetes.client.Configuration()
+        try:
+            load(client_configuration=conf)
+        except (config.ConfigException, OSError):
+            continue
+        return Credentials(str(conf.host).rstrip("/"), conf)
+    raise NoCredentials(NO_CREDENTIALS)
