@@ -26,6 +26,7 @@ import importlib.metadata
 import json
 from collections.abc import Iterator
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 from pydantic.alias_generators import to_snake
@@ -51,13 +52,15 @@ def keras_judges() -> Iterator[None]:
 # (update_step), Initializer (__call__) and Layer (no call()). The catalogue lists them because get() takes
 # them; they are no usable choice, so they are refused and never suggested (`my_loss` must not get "did you
 # mean 'Loss'?"). Regularizer and Constraint are left: their base classes are working no-ops.
-ABSTRACT = {
-    "losses": frozenset({"Loss"}),
-    "metrics": frozenset({"Metric", "metric"}),
-    "optimizers": frozenset({"optimizer"}),
-    "initializers": frozenset({"Initializer", "initializer"}),
-    "layers": frozenset({"Layer"}),
-}
+ABSTRACT = MappingProxyType(
+    {
+        "losses": frozenset({"Loss"}),
+        "metrics": frozenset({"Metric", "metric"}),
+        "optimizers": frozenset({"optimizer"}),
+        "initializers": frozenset({"Initializer", "initializer"}),
+        "layers": frozenset({"Layer"}),
+    }
+)
 
 
 def _without_abstract(cat: dict[str, Any]) -> dict[str, Any]:

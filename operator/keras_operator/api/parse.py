@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import yaml
@@ -19,10 +21,9 @@ from keras_operator.api.training_job import KIND as TRAINING_KIND
 from keras_operator.api.training_job import KerasTrainingJob, KerasTrainingJobSpec
 
 Resource = KerasTrainingJob | KerasModelService
-KINDS: dict[str, type[KerasTrainingJob] | type[KerasModelService]] = {
-    TRAINING_KIND: KerasTrainingJob,
-    SERVING_KIND: KerasModelService,
-}
+KINDS: Mapping[str, type[KerasTrainingJob] | type[KerasModelService]] = MappingProxyType(
+    {TRAINING_KIND: KerasTrainingJob, SERVING_KIND: KerasModelService}
+)
 
 
 M = TypeVar("M", bound=BaseModel)

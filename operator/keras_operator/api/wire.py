@@ -5,6 +5,8 @@ status readers and controllers read them, the handlers select by them (and the t
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 from keras_operator.api.common import GROUP
 
 # Every object the operator makes.
@@ -12,7 +14,7 @@ MANAGED_BY = "keras-operator"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
-WATCHED_LABELS = {MANAGED_BY_LABEL: MANAGED_BY}
+WATCHED_LABELS = MappingProxyType({MANAGED_BY_LABEL: MANAGED_BY})
 """What the operator watches: the objects it made."""
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
 """A hash of the object as built, so a reconcile patches only what changed."""

@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from keras_operator.api.common import PodTemplate
-from keras_operator.builders.metadata import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, PVC_ROOT
+from keras_operator.builders.metadata import PVC_ROOT, container_security_context, pod_security_context
 
 SCRATCH_DIR = "/tmp"  # the root filesystem is read-only; Keras, TF and Python caches write here
 
@@ -42,14 +42,14 @@ def pod_template(
 ) -> dict[str, Any]:
     """The pod: our container, volumes and security settings, then the user's podTemplate on top."""
     container = copy.deepcopy(container)
-    container.setdefault("securityContext", copy.deepcopy(CONTAINER_SECURITY_CONTEXT))
+    container.setdefault("securityContext", container_security_context())
     container.setdefault("volumeMounts", []).append({"name": "scratch", "mountPath": SCRATCH_DIR})
     env = container.setdefault("env", [])
     env.extend([{"name": "HOME", "value": SCRATCH_DIR}, {"name": "KERAS_HOME", "value": f"{SCRATCH_DIR}/.keras"}])
     spec: dict[str, Any] = {
         "restartPolicy": restart_policy,
         "automountServiceAccountToken": False,  # the pods never call the API
-        "securityContext": copy.deepcopy(POD_SECURITY_CONTEXT),
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": [*volumes, {"name": "scratch", "emptyDir": {}}],
         **(extra or {}),

@@ -9,7 +9,8 @@ with a warning (the reconcile still judges it), so a bug here can never block a 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -22,10 +23,9 @@ from keras_operator.controllers import serving_reconciler, training_reconciler
 
 log = structlog.get_logger("keras_operator.admission")
 
-VALIDATORS: dict[str, Callable[[dict[str, Any]], object]] = {
-    TRAINING_KIND: training_reconciler.validate,
-    SERVICE_KIND: serving_reconciler.validate,
-}
+VALIDATORS: Mapping[str, Callable[[dict[str, Any]], object]] = MappingProxyType(
+    {TRAINING_KIND: training_reconciler.validate, SERVICE_KIND: serving_reconciler.validate}
+)
 CHECKED_OPERATIONS = frozenset({"CREATE", "UPDATE"})
 
 

@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, cast
 
 import kopf
@@ -34,7 +35,7 @@ from keras_operator.runtime.settings import Settings
 from keras_operator.runtime.workqueue import WorkQueue
 
 RESOURCE = (GROUP, VERSION, PLURAL)
-OWNED = {**WATCHED_LABELS, TRAINING_JOB_LABEL: kopf.PRESENT}
+OWNED = MappingProxyType({**WATCHED_LABELS, TRAINING_JOB_LABEL: kopf.PRESENT})
 
 Key = tuple[str, str]  # (namespace, KerasTrainingJob name)
 

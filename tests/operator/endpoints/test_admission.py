@@ -138,7 +138,7 @@ def test_a_bug_in_the_check_admits_with_a_warning(monkeypatch: pytest.MonkeyPatc
     def broken(body: dict[str, Any]) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setitem(admission.VALIDATORS, "KerasTrainingJob", broken)
+    monkeypatch.setattr(admission, "VALIDATORS", {**admission.VALIDATORS, "KerasTrainingJob": broken})
     got = answer(training())
     assert got["allowed"] is True
     assert "could not check" in got["warnings"][0]
