@@ -206,6 +206,12 @@ class Row:
 WITH_SERVICE: list[Setup] = [service]
 CANARY_DEPLOYMENT = Deployment(model=DeploymentModel(CANARY, canary=True), spec={"canary": CANARY_SPEC})
 CREATED = [("created", "Service", "digits"), ("created", "Deployment", "digits")]
+PROMOTED_SPEC = {**CANARY_SPEC, "analysis": {"intervalSeconds": 10, "autoPromote": True, "successfulIntervals": 1}}
+
+
+def stable_args(api: FakeApi) -> list[str]:
+    """The model server's arguments in the stable Deployment as stored."""
+    return api.stored("Deployment", "digits")["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 ROWS = [
@@ -419,6 +425,23 @@ ROWS = [
     ),
     pytest.param(
         Row(
+            spec={"autoscaling": {"minReplicas": 1, "maxReplicas": 4}},
+            status=READY,
+            deployment=Deployment(),
+            existing=[service, lambda body: not_ours("HorizontalPodAutoscaler", "digits")],
+            phase="Failed",
+            conditions={"Valid": ("False", "NameConflict"), "Ready": ("False", "NameConflict")},
+            events=["NameConflict"],
+            tried=[("apply", "HorizontalPodAutoscaler", "digits")],
+            check=lambda status, api, view: (
+                api.stored("HorizontalPodAutoscaler", "digits")["spec"] == {}
+                and "HorizontalPodAutoscaler named digits" in message_of(status, "Valid")
+            ),
+        ),
+        id="hpa-name-taken-conflict",
+    ),
+    pytest.param(
+        Row(
             fail=("apply", kopf.TemporaryError("Kubernetes API error 503", delay=5), "Service"),
             raises=kopf.TemporaryError,
         ),
@@ -480,6 +503,45 @@ ROWS = [
             events=["Deleted"],
         ),
         id="canary-rolled-back-deletes-the-canary",
+    ),
+    pytest.param(
+        Row(
+            spec={"canary": PROMOTED_SPEC},
+            status={**READY, "canary": {"state": "Promoting", "comparing": COMPARING}},
+            deployment=Deployment(model=CANARY, spec={"canary": PROMOTED_SPEC}),
+            canary_deployment=CANARY_DEPLOYMENT,
+            existing=[*WITH_SERVICE, lambda body: built_deployment(body, CANARY_DEPLOYMENT)],
+            writes=[("deleted", "Deployment", "digits-canary")],
+            canary="Promoted",
+            conditions={"CanaryHealthy": ("True", "Promoted"), "Ready": ("True", "Serving")},
+            events=["Deleted", "CanaryPromoted"],
+            check=lambda status, api, view: (
+                status["modelUri"] == CANARY
+                and "promoted" in message_of(status, "ModelResolved")
+                and view.canary_deployment is None
+            ),
+        ),
+        id="canary-promoting-stable-rolled-out-promoted",
+    ),
+    pytest.param(
+        Row(
+            spec={"canary": PROMOTED_SPEC},
+            status={**READY, "canary": {"state": "Promoting", "comparing": COMPARING}},
+            deployment=Deployment(spec={"canary": PROMOTED_SPEC}),
+            canary_deployment=CANARY_DEPLOYMENT,
+            existing=[*WITH_SERVICE, lambda body: built_deployment(body, CANARY_DEPLOYMENT)],
+            # The Service takes both sides while the stable Deployment rolls to the canary's model.
+            writes=[("updated", "Service", "digits"), ("updated", "Deployment", "digits")],
+            canary="Promoting",
+            phase="Loading",  # the stable Deployment's new template is rolling out
+            events=["Updated", "Updated", "Loading"],
+            check=lambda status, api, view: (
+                stable_args(api)[stable_args(api).index("--model-uri") + 1] == CANARY
+                and api.stored("Service", "digits")["spec"]["selector"] != service(resource())["spec"]["selector"]
+                and view.canary_deployment is not None
+            ),
+        ),
+        id="canary-promoting-rolls-the-stable-deployment",
     ),
     pytest.param(
         Row(
