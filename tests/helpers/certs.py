@@ -67,11 +67,12 @@ class CA:
         )
         return cls(key, cert)
 
-    def serving(self, *dns_names: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        """A server certificate for `dns_names` and 127.0.0.1."""
+    def serving(self, *dns_names: str, ip: bool = True) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """A server certificate for `dns_names` and (unless `ip` is False) 127.0.0.1."""
         key = ec.generate_private_key(ec.SECP256R1())
         names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
-        names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+        if ip:
+            names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
         cert = (
             _validity(x509.CertificateBuilder())
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))

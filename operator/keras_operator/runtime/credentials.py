@@ -12,6 +12,8 @@ when due: the service account's file, rotated by the kubelet, is read again ever
 from __future__ import annotations
 
 import copy
+import functools
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -79,7 +81,10 @@ def find(api_server: str | None) -> Credentials:
         return Credentials(api_server.rstrip("/"))
     from kubernetes import config
 
-    for load in (config.load_incluster_config, config.load_kube_config):
+    # KUBECONFIG as it is now: the loader's own default was read when it was imported.
+    kubeconfig = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    loads = (config.load_incluster_config, functools.partial(config.load_kube_config, kubeconfig))
+    for load in loads:
         conf = kubernetes.client.Configuration()
         try:
             load(client_configuration=conf)
