@@ -12,6 +12,7 @@ import kopf
 
 from keras_common import __version__, logs
 from keras_operator.api.common import GROUP
+from keras_operator.runtime.kube import Api
 from keras_operator.runtime.settings import Settings
 
 # kopf's requests name the operator first: kopf's own writes (Events about failing handlers) carry no
@@ -33,11 +34,10 @@ def _identified(info: kopf.ConnectionInfo | None) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.login()
-def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
-    settings = cast(Settings, memo["settings"])
-    if settings.api_server:
-        return _identified(kopf.ConnectionInfo(server=settings.api_server, insecure=True, default_namespace="default"))
-    return _identified(kopf.login_via_client(**kwargs))
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo | None:
+    """The credentials main.py found once, as the run's API client uses them (a plain `def`: kopf runs it in
+    a thread, and fetching a token may run an exec plugin)."""
+    return _identified(cast(Api, memo["api"]).credentials.for_kopf())
 
 
 def configure_logging(ours: Settings) -> None:

@@ -1,6 +1,6 @@
-"""Where the API server is and how the operator logs in to it: found once, here, for both of its clients
-(the asyncio one of the reconciles, runtime/kube.py, and the blocking one that renews the Lease,
-runtime/leader.py).
+"""Where the API server is and how the operator logs in to it: found once, here, for all of its clients
+(the asyncio one of the reconciles, runtime/kube.py; the blocking one that renews the Lease,
+runtime/leader.py; kopf's, handlers/setup.py).
 
 The search is the usual one: KERAS_OPERATOR_API_SERVER (a plain URL, no credentials: the tests' emulated
 cluster), else the pod's service account, else the kubeconfig (KUBECONFIG or ~/.kube/config). The official
@@ -17,6 +17,7 @@ import os
 import ssl
 from dataclasses import dataclass
 
+import kopf
 import kubernetes
 
 NO_CREDENTIALS = (
@@ -65,6 +66,26 @@ class Credentials:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+    def for_kopf(self) -> kopf.ConnectionInfo:
+        """The same login for kopf's watches and its own writes. kopf logs in again after a 401, which
+        fetches a token that expired meanwhile. (kopf's client has no tls-server-name.)"""
+        conf = self.configuration
+        if conf is None:
+            return kopf.ConnectionInfo(server=self.host, insecure=True, default_namespace="default")
+        header = self.token()
+        scheme, _, token = header.partition(" ") if header else ("", "", "")
+        return kopf.ConnectionInfo(
+            server=self.host,
+            ca_path=conf.ssl_ca_cert,
+            insecure=not conf.verify_ssl,
+            username=conf.username or None,
+            password=conf.password or None,
+            scheme=(scheme or None) if token else None,
+            token=token or scheme or None,  # a header of one word is the token alone
+            certificate_path=conf.cert_file,
+            private_key_path=conf.key_file,
+        )
 
     def blocking(self) -> kubernetes.client.Configuration:
         """A copy of the settings for a blocking client of its own (the Lease's)."""

@@ -126,6 +126,27 @@ async def test_without_tls_server_name_the_certificate_does_not_match(
     assert api_server.tokens == []
 
 
+def test_kopf_logs_in_with_the_same_credentials(
+    api_server: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kopf's watches once found the login a third way (its own call of the client's loaders)."""
+    from keras_operator.handlers import setup
+
+    named = api_server.kubeconfig(tmp_path / "named", {"token": "t0ken"}, **{"tls-server-name": SERVER_NAME})
+    monkeypatch.setenv("KUBECONFIG", str(named))
+    login = credentials.find(None)
+    info = setup.login(memo=kopf.Memo(api=Api(login, timeout=5)))
+    assert info is not None
+    assert (info.server, info.scheme, info.token, info.insecure) == (api_server.url, "Bearer", "t0ken", False)
+    assert login.configuration is not None
+    assert info.ca_path == login.configuration.ssl_ca_cert
+    assert Path(info.ca_path).read_text() == api_server.ca.pem
+    assert info.as_http_headers()["User-Agent"].startswith("keras-operator/")
+    plain = setup.login(memo=kopf.Memo(api=Api(credentials.find("http://127.0.0.1:1"), timeout=5)))
+    assert plain is not None
+    assert (plain.server, plain.token, plain.insecure) == ("http://127.0.0.1:1", None, True)
+
+
 def test_no_login_anywhere_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
