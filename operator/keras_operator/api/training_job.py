@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema, model_validator
@@ -250,20 +251,24 @@ class Callback(ApiModel):
 
 # keras.callbacks the trainer refuses in spec.training.callbacks, and why: what it runs itself, or what a
 # YAML cannot give (a Python function). The operator (api/catalogue.py) and the trainer both refuse them.
-REFUSED_CALLBACKS = {
-    "BackupAndRestore": "the trainer backs up and resumes itself: set spec.output.checkpoints",
-    "OrbaxCheckpoint": "the trainer backs up and resumes itself: set spec.output.checkpoints",
-    "TensorBoard": "the trainer writes TensorBoard logs itself: set spec.output.tensorboard",
-    "ProgbarLogger": "the trainer reports progress itself (the status, one log line per epoch)",
-    "History": "the trainer records the history itself (status.metrics)",
-    "LambdaCallback": "it takes Python functions, which a spec cannot hold",
-    "LearningRateScheduler": "it takes a Python function: give spec.training.optimizer.learningRate a schedule",
-    "Callback": "the base class does nothing: name a callback",
-    "CallbackList": "the trainer makes the list: name each callback",
-}
+REFUSED_CALLBACKS = MappingProxyType(
+    {
+        "BackupAndRestore": "the trainer backs up and resumes itself: set spec.output.checkpoints",
+        "OrbaxCheckpoint": "the trainer backs up and resumes itself: set spec.output.checkpoints",
+        "TensorBoard": "the trainer writes TensorBoard logs itself: set spec.output.tensorboard",
+        "ProgbarLogger": "the trainer reports progress itself (the status, one log line per epoch)",
+        "History": "the trainer records the history itself (status.metrics)",
+        "LambdaCallback": "it takes Python functions, which a spec cannot hold",
+        "LearningRateScheduler": "it takes a Python function: give spec.training.optimizer.learningRate a schedule",
+        "Callback": "the base class does nothing: name a callback",
+        "CallbackList": "the trainer makes the list: name each callback",
+    }
+)
 # Callback arguments that are paths: given a file name (or nothing), the trainer puts the file in the run's
 # folder, under CALLBACKS_DIR, kept and uploaded with the model.
-CALLBACK_PATH_ARGS = {"CSVLogger": ("filename", "training.csv"), "ModelCheckpoint": ("filepath", "checkpoint.keras")}
+CALLBACK_PATH_ARGS = MappingProxyType(
+    {"CSVLogger": ("filename", "training.csv"), "ModelCheckpoint": ("filepath", "checkpoint.keras")}
+)
 CALLBACKS_DIR = "callbacks"
 MAX_PHASES = 4
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helpers.fake_api import install
+from helpers.fake_api import FakeApi
 from helpers.jobs import tiny_job
 from keras_operator.api.parse import InvalidResource
 from keras_operator.api.wire import STARTED_FROM_ANNOTATION, TRAINER_CONFIG_ANNOTATION
@@ -59,10 +59,10 @@ ROWS = [
 
 
 @pytest.mark.parametrize("row", ROWS)
-def test_a_chained_training_waits_then_starts_from_the_model(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
-    api = install(monkeypatch, training_reconciler)
+def test_a_chained_training_waits_then_starts_from_the_model(row: Row) -> None:
+    api = FakeApi()
     view = training_reconciler.ObservedTraining(resource=chained(), source=row.source)
-    outcome, job = asyncio.run(training_reconciler.reconcile(view, SETTINGS))
+    outcome, job = asyncio.run(training_reconciler.reconcile(view, SETTINGS, api))
 
     resolved = next(c for c in outcome.status["conditions"] if c["type"] == "ModelResolved")
     assert resolved["reason"] == row.reason
@@ -89,12 +89,12 @@ def test_a_chained_training_waits_then_starts_from_the_model(row: Row, monkeypat
     assert "models" in claims
 
 
-def test_a_created_job_keeps_its_model_when_the_source_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_created_job_keeps_its_model_when_the_source_changes() -> None:
     """Re-reconciles are idempotent: once made, the Job and status.startedFrom stay what the first resolution
     gave, even when the referenced training is re-applied and fails, or names another model."""
-    api = install(monkeypatch, training_reconciler)
+    api = FakeApi()
     view = training_reconciler.ObservedTraining(resource=chained(), source=source("Succeeded", A_MODEL))
-    outcome, job = asyncio.run(training_reconciler.reconcile(view, SETTINGS))
+    outcome, job = asyncio.run(training_reconciler.reconcile(view, SETTINGS, api))
     assert job is not None
     for later in (
         source("Failed", message="re-applied, failed"),
@@ -102,7 +102,7 @@ def test_a_created_job_keeps_its_model_when_the_source_changes(monkeypatch: pyte
         None,
     ):
         again = training_reconciler.ObservedTraining(resource=chained(outcome.status), job=job, source=later)
-        outcome, job = asyncio.run(training_reconciler.reconcile(again, SETTINGS))
+        outcome, job = asyncio.run(training_reconciler.reconcile(again, SETTINGS, api))
         assert outcome.status["startedFrom"] == A_MODEL
         assert {c["type"]: c["status"] for c in outcome.status["conditions"]}["ModelResolved"] == "True"
         assert api.changes == [("created", "Job", "finetune-train")]  # still the one Job
