@@ -27,7 +27,7 @@ CONFIG_PATH = "/etc/keras-operator/job.yaml"
 def exit_code(result: TrainingResult) -> int:
     if result.phase == "Succeeded":
         return 0
-    return EXIT_INVALID_SPEC if result.reason == "InvalidSpec" else 1
+    return EXIT_INVALID_SPEC if result.reason in ("InvalidSpec", "Unservable") else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlparse
 
 from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from keras_operator.api.base import ApiModel, cel_raw_string
+from keras_operator.api.base import ApiModel, Rule, cel_raw_string, exactly_one_of
 from keras_operator.api.limits import INT32_MAX
 
 GROUP = "kerasoperator.dev"
@@ -215,6 +215,40 @@ RESERVED_MOUNT_PATHS = frozenset(
     {"/etc/keras-operator", "/tmp", "/var/run/secrets/kerasoperator.dev/progress", "/opt/keras-operator/code"}
 )
 PVC_MOUNT_ROOT = "/mnt/pvc"
+
+
+CODE_DIR = "/opt/keras-operator/code"
+"""Where a spec.code ConfigMap is mounted in the trainer's and the server's pods."""
+PYTHON_MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+# An absolute folder, not the root.
+IMAGE_FOLDER = r"^/[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*/?$"
+
+
+class CodeSpec(ApiModel):
+    """The user's Python (custom layers, losses, metrics, the model.callable module): exactly one of
+    configMap, uri, path. The training records the code it ran beside its model, and a server that
+    serves that run imports the same code before loading it."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (exactly_one_of("configMap", "uri", "path"),)
+
+    config_map: SubdomainName | None = None
+    """A ConfigMap in the same namespace whose keys are the files (models.py, layers.py); mounted at
+    /opt/keras-operator/code, which goes first on the Python path."""
+    uri: Uri | None = None
+    """A folder, or a .tar.gz/.tgz/.zip archive of one: pvc://CLAIM/PATH, s3://, gs://, file:// or a
+    plain path; fetched (and unpacked) when the container starts."""
+    path: Annotated[str, Field(max_length=4096, pattern=IMAGE_FOLDER)] | None = None
+    """A folder inside the image (an image built FROM the trainer image with the code copied in): the
+    production route, nothing fetched or installed at start."""
+    imports: Annotated[list[Annotated[str, Field(pattern=PYTHON_MODULE)]], Field(max_length=100)] | None = None
+    """Modules imported before a model is built or loaded, so their keras.saving.register_keras_serializable
+    classes are known; default every top-level module and package of the code."""
+    requirements: (
+        Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], Field(max_length=100)] | None
+    ) = None
+    """pip requirement specifiers installed at container start (into a scratch folder, each start
+    again): needs the package index reachable from the pod and costs start-up time; pin versions
+    (name==1.2.3) for repeatable runs, or bake them into an image."""
 
 
 class PodTemplate(ApiModel):

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, Field, ValidationError
 
 from keras_operator.api.base import ApiModel, field_path
-from keras_operator.api.common import API_VERSION, GROUP, Backend
+from keras_operator.api.common import API_VERSION, GROUP, Backend, CodeSpec
 from keras_operator.api.parse import InvalidResource, parse
 from keras_operator.api.training_job import KIND as TRAINING_KIND
 from keras_operator.api.training_job import (
@@ -108,6 +108,8 @@ class TrainerJob(ApiModel):
     training: TrainingSpec
     output: OutputSpec = Field(default_factory=OutputSpec)
     distribution: Distribution = Field(default_factory=Distribution)
+    code: CodeSpec | None = None
+    """Where the user's Python comes from (spec.code, or model.codeConfigMap in its long form)."""
 
     def prefix(self) -> str:
         """This run's own output folder (output.uri must be set)."""
@@ -125,6 +127,8 @@ class TrainerJob(ApiModel):
         - model: the architecture, its starting weights (uri, as resolved: an operator's trainingJobRef, a
           trainer's output folder; application weights), the callable and
           ConfigMap that build it (their names: code changed in the same ConfigMap is not seen).
+        - code, when given: where the code comes from and what is imported (the source, not its bytes,
+          as for the ConfigMap); the short form model.codeConfigMap is already in model.
         - data: what is trained on and how it is split and shuffled. The spec, not the bytes: a file
           replaced under the same URI is not seen (hashing it would mean reading all the data first).
         - training, all of it: epochs (a checkpoint at epoch 8 is no state of a 3-epoch training, and
@@ -150,6 +154,9 @@ class TrainerJob(ApiModel):
             "data": self.data.dump(),
             "training": self.training.dump(),
         }
+        short = self.model.code_config_map
+        if self.code is not None and not (short and self.code == CodeSpec(config_map=short)):
+            sections["code"] = self.code.dump()  # absent otherwise: hashes from before the field stay
         canonical = json.dumps(sections, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -175,6 +182,7 @@ def from_spec(metadata: dict[str, Any], spec: KerasTrainingJobSpec, run_id: str 
         training=spec.training,
         output=spec.output,
         distribution=Distribution(gpus=spec.resources.gpus, workers=spec.distribution.workers),
+        code=spec.code_source(),
     )
 
 

@@ -11,6 +11,7 @@ from keras_operator.api.base import ApiModel, Rule, at_most_one_of, cel_raw_stri
 from keras_operator.api.common import (
     API_VERSION,
     Backend,
+    CodeSpec,
     Condition,
     Image,
     Int32,
@@ -257,6 +258,9 @@ class KerasModelServiceSpec(ApiModel):
     canary: Canary | None = None
     """A canary model taking a share of the traffic; remove it (or set trafficPercent 0) to roll back by hand,
     move its model to spec.model to promote it."""
+    code: CodeSpec | None = None
+    """The user's Python, imported before the model loads. Not needed for a model trained by this
+    operator: a server imports the code recorded with the run it serves (trainingJobRef or a run's URI)."""
 
 
 ServicePhase = Literal["Pending", "Loading", "Ready", "Failed"]

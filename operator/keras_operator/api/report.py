@@ -72,9 +72,10 @@ class TrainingResult(_Report):
     """The trainer's final word, written to the termination message file."""
 
     phase: Literal["Succeeded", "Failed"]
-    reason: Literal["Completed", "InvalidSpec", "TrainingError"] = "Completed"
+    reason: Literal["Completed", "InvalidSpec", "TrainingError", "Unservable"] = "Completed"
     """InvalidSpec failures are the user's to fix: the trainer exits with EXIT_INVALID_SPEC and the Job
-    does not retry them."""
+    does not retry them. Unservable: the saved model did not load (or predicted otherwise) in a fresh
+    process with only the recorded code; also not retried, for the same reason."""
     message: str = ""
     epoch: int = 0
     epochs: int = 0
@@ -83,6 +84,8 @@ class TrainingResult(_Report):
     devices: int | None = None
     started_from: str | None = None
     """The model the training started from, when spec.model.uri named an output folder: its newest run's."""
+    code_hash: str | None = None
+    """The content hash of the code the run recorded beside its model."""
 
     def to_termination_message(self) -> str:
         """Serialize within the kubelet's limit, giving up metrics and then message text if needed."""

@@ -21,6 +21,7 @@ from keras_operator.api.common import (
     API_VERSION,
     DNS1123_LABEL,
     Backend,
+    CodeSpec,
     Condition,
     Image,
     Int32,
@@ -100,10 +101,10 @@ class ModelSpec(ApiModel):
     application: Application | None = None
     """A model from keras.applications."""
     callable: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
-    """A Python function "module:function" returning a keras.Model; the module comes from codeConfigMap or
-    the image."""
+    """A Python function "module:function" returning a keras.Model; the module comes from spec.code (or
+    codeConfigMap) or the image."""
     code_config_map: SubdomainName | None = None
-    """A ConfigMap whose files are put on the Python path (for callable)."""
+    """The short form of spec.code.configMap: a ConfigMap whose files are put on the Python path."""
     uri: Uri | None = None
     """A model to start from (fine-tuning, continued training): a saved .keras file, or a training's output
     folder (its spec.output.uri), which stands for the model of its newest complete run (the run whose
@@ -454,6 +455,13 @@ class KerasTrainingJobSpec(ApiModel):
             "backoffLimit counts the pod failures of every worker)",
             holds=lambda spec: spec.run_policy.backoff_limit * spec.distribution.workers <= INT32_MAX,
         ),
+        # Two sources of code would leave it unclear which one a module is imported from.
+        Rule(
+            cel="!has(self.code) || !has(self.model.codeConfigMap)",
+            message="code and model.codeConfigMap are two ways to give the code; give one (code.configMap is "
+            "the same as model.codeConfigMap)",
+            holds=lambda spec: spec.code is None or spec.model.code_config_map is None,
+        ),
     )
 
     backend: Backend = "tensorflow"
@@ -476,6 +484,16 @@ class KerasTrainingJobSpec(ApiModel):
     """Retries, deadlines, clean-up, queueing."""
     pod_template: PodTemplate | None = None
     """Pod settings merged into the generated pod."""
+    code: CodeSpec | None = None
+    """The user's Python: custom layers, losses, metrics, the model.callable module. Recorded with the
+    run beside its model (code/ and code.json, with a content hash), where a server serving the run finds
+    it."""
+
+    def code_source(self) -> CodeSpec | None:
+        """spec.code, or model.codeConfigMap as the CodeSpec it is short for."""
+        if self.code is None and self.model.code_config_map:
+            return CodeSpec(config_map=self.model.code_config_map)
+        return self.code
 
 
 # What may change on a created training: only what the operator applies to a running Job in place
@@ -565,6 +583,9 @@ class KerasTrainingJobStatus(ApiModel):
     """Devices the training ran on (GPUs of the pod; each batch is split between them)."""
     workers: WorkersStatus | None = None
     """Above one worker: workers running now out of all, and the last one that failed."""
+    code_hash: str | None = None
+    """The content hash of the code the training ran (spec.code, or the model.callable module), as
+    recorded in the run's code.json."""
     tensorboard_uri: str | None = None
     """Where the TensorBoard logs are (spec.output.tensorboard): point `tensorboard --logdir` at it."""
     message: str | None = None

@@ -95,6 +95,7 @@ def from_result(result: TrainingResult, previous: dict[str, Any], generation: in
         "modelUri": result.model_uri,
         "startedFrom": result.started_from or previous.get("startedFrom"),
         "devices": result.devices or previous.get("devices"),
+        "codeHash": result.code_hash,
         "message": result.message,
     }
     # Running is stated even when it never was True: `kerasop run` shows it for a training it watched run.

@@ -39,6 +39,7 @@ IMMUTABLE_PATHS = {
     ".resources",
     ".distribution",
     ".output",
+    ".code",
     ".podTemplate",
     ".runPolicy.backoffLimit",
     ".runPolicy.activeDeadlineSeconds",
