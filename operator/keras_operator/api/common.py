@@ -208,17 +208,17 @@ class PodSpecOverrides(ApiModel):
         return self
 
 
+CODE_DIR = "/opt/keras-operator/code"
+"""Where a spec.code ConfigMap is mounted in the trainer's and the server's pods."""
 # The volumes and mount paths the operator adds to every pod (builders/pod.py, training.py, serving.py;
 # tests/operator/api/test_hostile_specs.py checks they are all listed here).
 RESERVED_VOLUMES = frozenset({"config", "scratch", "progress-token", "code"})
 RESERVED_MOUNT_PATHS = frozenset(
-    {"/etc/keras-operator", "/tmp", "/var/run/secrets/kerasoperator.dev/progress", "/opt/keras-operator/code"}
+    {"/etc/keras-operator", "/tmp", "/var/run/secrets/kerasoperator.dev/progress", CODE_DIR}
 )
 PVC_MOUNT_ROOT = "/mnt/pvc"
 
 
-CODE_DIR = "/opt/keras-operator/code"
-"""Where a spec.code ConfigMap is mounted in the trainer's and the server's pods."""
 PYTHON_MODULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 # An absolute folder, not the root.
 IMAGE_FOLDER = r"^/[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*/?$"

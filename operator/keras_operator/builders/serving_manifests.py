@@ -17,6 +17,7 @@ from keras_operator.api.wire import (
     SPEC_HASH_ANNOTATION,
     TRACK_LABEL,
 )
+from keras_operator.builders.code import code_mount, server_code_args
 from keras_operator.builders.metadata import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
@@ -118,7 +119,7 @@ def server_args(
         args += ["--handler", server.handler]
     if server.batching.allowed_batch_sizes:
         args += ["--allowed-batch-sizes", ",".join(str(n) for n in sorted(server.batching.allowed_batch_sizes))]
-    return args
+    return args + server_code_args(spec.code)
 
 
 def pod_labels(name: str, canary: bool) -> dict[str, str]:
@@ -141,8 +142,11 @@ def build_deployment(
     side = stable_side(spec, model) if isinstance(model, str) else model
     canary = spec.canary if side.canary else None
     server = spec.server
-    claims = pvc_claims([side.model_uri], writable=[])
+    claims = pvc_claims([side.model_uri, spec.code.uri if spec.code else None], writable=[])
     volumes, mounts = pvc_volumes(claims)
+    code_parts = code_mount(spec.code)
+    volumes.extend(code_parts.volumes)
+    mounts.extend(code_parts.mounts)
     probe_port = "http"
     container: dict[str, Any] = {
         "name": SERVER_CONTAINER,

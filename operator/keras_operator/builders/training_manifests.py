@@ -27,12 +27,12 @@ from keras_operator.api.wire import (
     TRAINER_CONTAINER,
     TRAINING_JOB_LABEL,
 )
+from keras_operator.builders.code import code_mount
 from keras_operator.builders.metadata import PVC_ROOT, labels, object_meta, resource_requirements, spec_hash
 from keras_operator.builders.pod import pod_template, pvc_claims, pvc_volumes
 
 CONFIG_DIR = "/etc/keras-operator"
 CONFIG_KEY = "job.yaml"
-CODE_DIR = "/opt/keras-operator/code"
 COORDINATOR_PORT_NAME = "coordinator"
 
 
@@ -204,6 +204,7 @@ def build_job(
             spec.data.validation.uri if spec.data.validation else None,
             spec.model.uri,
             spec.output.uri,
+            code.uri if (code := spec.code_source()) else None,
         ],
         writable=[spec.output.uri],
     )
@@ -235,10 +236,10 @@ def build_job(
         env.extend(progress_env)
         volumes.append(progress_volume)
         mounts.append(progress_mount)
-    if spec.model.code_config_map:
-        volumes.append({"name": "code", "configMap": {"name": spec.model.code_config_map}})
-        mounts.append({"name": "code", "mountPath": CODE_DIR, "readOnly": True})
-        env.append({"name": "KERAS_TRAINER_CODE_DIR", "value": CODE_DIR})
+    # The trainer reads where the code is from its job file; only a ConfigMap needs a volume.
+    code_parts = code_mount(spec.code_source())
+    volumes.extend(code_parts.volumes)
+    mounts.extend(code_parts.mounts)
 
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
