@@ -106,6 +106,17 @@ def parser() -> argparse.ArgumentParser:
         "how often to look for new versions in a base folder; 0: only at start",
         type=float,
     )
+    code = p.add_argument_group("user code (a model's recorded code needs no flag: it is found beside the model)")
+    code.add_argument("--code-dir", help="a folder or .tar.gz/.zip archive of Python (path or URI), first on the path")
+    code.add_argument(
+        "--code-import",
+        action="append",
+        default=[],
+        help="a module to import (repeatable; default: every top-level module of --code-dir)",
+    )
+    code.add_argument(
+        "--code-requirement", action="append", default=[], help="a pip requirement installed at start (repeatable)"
+    )
     flag(
         "--drain-seconds",
         "on SIGTERM, how long requests in flight may take before they are answered 503 with Retry-After "
@@ -161,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID_SPEC
+    if args.code_dir:
+        try:
+            _import_code(args)
+        except SpecError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INVALID_SPEC
     from keras_server import eventloop
     from keras_server.handler import HandlerLoadError
     from keras_server.server import CannotListen, serve
@@ -173,6 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     except HandlerLoadError as exc:  # exit 1: the code may be missing now and mounted at the next start
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _import_code(args: argparse.Namespace) -> None:
+    """The service's own code (spec.code), imported before any model loads."""
+    from keras_operator.api.common import CodeSpec
+    from keras_trainer import usercode
+
+    spec = CodeSpec(uri=args.code_dir, imports=args.code_import or None, requirements=args.code_requirement or None)
+    code = usercode.prepare(spec, "--code-dir")
+    assert code is not None
+    usercode.activate(code, "--code-dir")
 
 
 if __name__ == "__main__":

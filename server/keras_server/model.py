@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import structlog
 
-from keras_trainer import storage
+from keras_trainer import storage, usercode
+from keras_trainer.errors import SpecError
 
 log = structlog.get_logger("keras_server")
 
@@ -58,12 +59,20 @@ class ServedModel:
 
         started = time.perf_counter()
         try:
+            # A run's model comes with the code it was trained with (custom layers, losses...), recorded
+            # beside it: imported first, so Keras finds the classes the saved model names.
+            code = usercode.recorded(uri)
+            if code is not None:
+                usercode.activate(code, "recorded code")
+                log.info(
+                    "recorded_code_imported", model=name, modules=code.imports, code_hash=code.source.get("recorded")
+                )
             path = storage.fetch(uri, staging)
             if path.is_dir() and (path / "saved_model.pb").exists():
                 model = _saved_model(path)
             else:
                 model = keras.models.load_model(path, compile=False)
-        except storage.StorageError as exc:
+        except (storage.StorageError, SpecError) as exc:
             raise ModelLoadError(str(exc)) from exc
         except (ValueError, OSError) as exc:
             raise ModelLoadError(f"cannot load a Keras model from {uri}: {exc}") from exc

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from typing import Any
 
 import keras
@@ -14,7 +12,6 @@ from keras_operator.api.training_job import ModelSpec, Schedule, TrainingSpec
 from keras_trainer import fit_options, outputs, storage, transfer
 from keras_trainer.errors import SpecError, TransientError, first_line, suggestion
 
-CODE_DIR_ENV = "KERAS_TRAINER_CODE_DIR"
 log = structlog.get_logger("keras_trainer")
 
 
@@ -126,9 +123,7 @@ def _application(spec: ModelSpec, mixed_precision: bool = False) -> keras.Model:
 
 
 def _callable(ref: str) -> keras.Model:
-    code_dir = os.environ.get(CODE_DIR_ENV)
-    if code_dir and code_dir not in sys.path:
-        sys.path.insert(0, code_dir)
+    # spec.code is on the path already (usercode.activate); without it the module comes from the image.
     module_name, func_name = ref.split(":")
     try:
         module = importlib.import_module(module_name)

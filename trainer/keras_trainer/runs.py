@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import structlog
 
 from keras_operator.api import jobfile
 from keras_operator.api.training_job import CHECKPOINT_DIR, MODEL_FILE, SAVEDMODEL_DIR, OutputSpec
-from keras_trainer import storage
+from keras_trainer import storage, usercode
 
 log = structlog.get_logger("keras_trainer")
 
@@ -113,8 +114,20 @@ class Workspace:
         if self.writer and self.remote and (self.local / name).exists():
             storage.publish(self.local / name, storage.join(self.uri, name))
 
-    def commit(self, model: keras.Model, output: OutputSpec, result: dict[str, Any]) -> str:
-        """Save the model so that no reader ever sees a part of it. -> the model's URI.
+    def commit(
+        self,
+        model: keras.Model,
+        output: OutputSpec,
+        result: dict[str, Any],
+        code: usercode.Code | None = None,
+        check: Callable[[Path], None] | None = None,
+    ) -> tuple[str, str | None]:
+        """Save the model so that no reader ever sees a part of it. -> (the model's URI, the hash of the
+        code recorded beside it).
+
+        The code the run trained with is recorded first (CODE_FOLDER, CODE_RECORD); `check` is given the
+        saved model (the .keras file when there is one) before the marker is written: raising there
+        leaves the run incomplete.
 
         Locally each format is written under a temporary name in the same folder and renamed into place
         (os.replace: atomic on one filesystem). On object storage, which has no rename, the files are
@@ -127,6 +140,11 @@ class Workspace:
         storage.remove(marker)
         token = secrets.token_hex(4)
         formats = output.formats
+        code_hash = None
+        if code is not None:
+            code_hash = usercode.record(code, self.local)
+            self.push(jobfile.CODE_FOLDER)
+            self.push(jobfile.CODE_RECORD)
         if "savedmodel" in formats:
             partial = self.local / f".{SAVEDMODEL_DIR}.{token}.partial"
             model.export(str(partial), verbose=False)
@@ -137,12 +155,16 @@ class Workspace:
             model.save(partial)
             os.replace(partial, self.local / MODEL_FILE)
             self.push(MODEL_FILE)
+        if check is not None:
+            check(self.local / output.model_path())
         model_uri = storage.join(self.uri, output.model_path())
         record = {"runId": self.run_id, "modelUri": model_uri, "formats": list(formats), **result}
         # What "the newest complete run" of an output folder is decided by (keras_trainer.outputs).
         record["completedAt"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if code_hash:
+            record["codeHash"] = code_hash
         storage.write_text(marker, json.dumps(record, separators=(",", ":")))
-        return model_uri
+        return model_uri, code_hash
 
 
 def replace_folder(new: Path, target: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -20,7 +21,7 @@ from keras_operator.api.training_job import (
     KerasTrainingJob,
 )
 from keras_trainer import data as data_mod
-from keras_trainer import distribute, fit_options, keras_compat, models, runs, transfer
+from keras_trainer import distribute, fit_options, keras_compat, models, runs, servable, transfer, usercode
 from keras_trainer.errors import SpecError, TransientError, first_line
 from keras_trainer.reporting import Reporter
 
@@ -91,6 +92,9 @@ def run(job: TrainerJob | KerasTrainingJob, output_uri: str | None, reporter: Re
         result = _train(job, reporter)
     except SpecError as exc:
         result = TrainingResult(phase="Failed", reason="InvalidSpec", message=str(exc), epochs=epochs)
+    except servable.Unservable as exc:
+        message = f"the saved model cannot be served with the code recorded with it: {exc}"
+        result = TrainingResult(phase="Failed", reason="Unservable", message=message, epochs=epochs)
     except TransientError as exc:  # the store or network may be back when the Job retries the pod
         result = TrainingResult(phase="Failed", reason="TrainingError", message=str(exc), epochs=epochs)
     except Exception as exc:  # anything else still ends as one clear line, not a traceback in status
@@ -147,6 +151,11 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
             "works with npz, csv, synthetic and keras data; give spec.data.validation for tfrecord and images",
         )
 
+    # Imported before the model is built: their registered layers, losses and metrics must be known to
+    # Keras when a config or a saved model names them.
+    code = usercode.prepare(job.code)
+    if code is not None:
+        usercode.activate(code)
     placement = distribute.place(spec.backend)
     worker, workers = distribute.process()
     batch_size = training.batch_size
@@ -159,6 +168,8 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
         batch_size //= workers  # what each worker feeds per step: its part of the global batch
     with placement.scope():  # the model and its optimizer live on every device the pod was given
         model = models.build(spec.model, mixed_precision=training.mixed_precision)
+        if code is None and spec.model.callable:  # its module came from the image's path: record it
+            code = usercode.of_module(spec.model.callable.split(":")[0])
         _check_shapes(model, train)
         model.compile(
             optimizer=models.optimizer(training), loss=models.loss(training), metrics=models.metrics(training)
@@ -166,7 +177,9 @@ def _train(job: TrainerJob, reporter: Reporter) -> TrainingResult:
 
     workspace = runs.Workspace(job.prefix(), job.run.id, job.spec_hash(), writer=worker == 0)
     try:
-        result = _fit(spec, model, train, validation, validation_split, batch_size, placement, workspace, reporter)
+        result = _fit(
+            spec, model, train, validation, validation_split, batch_size, placement, workspace, reporter, code
+        )
         return result.model_copy(update={"started_from": started_from})
     finally:
         workspace.discard()
@@ -182,6 +195,7 @@ def _fit(
     placement: distribute.Placement,
     workspace: runs.Workspace,
     reporter: Reporter,
+    code: usercode.Code | None = None,
 ) -> TrainingResult:
     training = spec.training
     workers = distribute.process()[1]
@@ -234,9 +248,21 @@ def _fit(
         distribute.leave_cluster()
     if spec.output.tensorboard:
         workspace.push(TENSORBOARD_DIR)  # the last epoch's events, written after its callback ran
-    model_uri = None
+    model_uri = code_hash = None
+    checked: list[float] = []
+
+    def check(saved: Path) -> None:
+        # Only with user code: a model of Keras' own objects has nothing a server could be missing, and
+        # the fresh process costs seconds (importing the backend).
+        sample = servable.examples(train.x, train.dataset) if code is not None else None
+        if sample is not None:
+            checked.append(servable.check(model, saved, code, sample))
+            log.info("servable_checked", model=str(saved), seconds=round(checked[-1], 2))
+
     if workspace.writer:
-        model_uri = workspace.commit(model, spec.output, {"epoch": epoch, "epochs": training.epochs})
+        model_uri, code_hash = workspace.commit(
+            model, spec.output, {"epoch": epoch, "epochs": training.epochs}, code=code, check=check
+        )
     if spec.output.checkpoints:
         workspace.finish_checkpoints()
     if workers == 1:
@@ -245,6 +271,8 @@ def _fit(
     message = f"trained {epoch}/{training.epochs} epochs"
     if workspace.not_resumed:  # the user may have expected a resume: say why this run started over
         message += f" ({workspace.not_resumed}: started fresh)"
+    if checked:
+        message += f"; the saved model loads and predicts alike in a fresh process ({checked[0]:.1f} s)"
     return TrainingResult(
         phase="Succeeded",
         reason="Completed",
@@ -254,6 +282,7 @@ def _fit(
         metrics=metrics,
         model_uri=model_uri,
         devices=len(placement.devices),
+        code_hash=code_hash,
     )
 
 

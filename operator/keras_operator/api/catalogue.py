@@ -10,7 +10,7 @@ the trainer to judge, because refusing a valid spec is worse than a late failure
   need Keras' own deserializer to check reliably;
 - values that are not names (a dict config of an initializer, a loss's args values), and registered
   names ("package>Name");
-- optimizer, loss, metric and other names when custom code is loaded (callable, codeConfigMap): it may
+- optimizer, loss, metric and other names when custom code is loaded (callable, code, codeConfigMap): it may
   register objects under any name;
 - arguments of a layer, optimizer or loss the generator could not probe (marked not strict: they take
   **kwargs Keras passes on, or need arguments a YAML value cannot give, like a wrapped layer).
@@ -276,7 +276,7 @@ def problems(resource: Any) -> list[str]:
         return []
     try:
         found = _layers(spec, cat) + _application(spec, cat) + _knobs(spec, cat)
-        if not (spec.model.callable or spec.model.code_config_map):
+        if not (spec.model.callable or spec.model.code_config_map or getattr(spec, "code", None)):
             found += _training(spec, cat)
     except Exception:
         # A bug here must not refuse a spec the trainer would take; the trainer still checks it all.

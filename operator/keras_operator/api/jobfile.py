@@ -51,6 +51,11 @@ RUNS_DIR = "runs"
 RUN_RECORD = "run.json"
 """In a run's checkpoint folder: the run id and the spec hash (TrainerJob.spec_hash) the checkpoint belongs
 to; it is resumed only by the same run training the same spec."""
+CODE_FOLDER = "code"
+"""In a run's folder, beside the model: a copy of the user's Python the run trained with."""
+CODE_RECORD = "code.json"
+"""Beside CODE_FOLDER: each file's sha256, one hash over them all, and the modules to import before
+loading the model."""
 COMPLETE_MARKER = "_COMPLETE.json"
 """Written last, once every file of the model is in place: a run's model is complete when it exists."""
 LOCAL_RUN_ID = "local"
