@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keras_operator.api.common import CODE_DIR, CodeSpec
+from keras_operator.api.common import CODE_DIR, CODE_DIR_ENV, CodeSpec
 from keras_operator.api.jobfile import CODE_FOLDER, CODE_RECORD
 from keras_trainer import storage
 from keras_trainer.errors import SpecError, TransientError, first_line
 
-CODE_DIR_ENV = "KERAS_TRAINER_CODE_DIR"
-"""Where a code ConfigMap is (the operator mounts it at CODE_DIR; a local run points this at a folder)."""
 ARCHIVES = (".tar.gz", ".tgz", ".zip")
 PIP_SECONDS = 900
 

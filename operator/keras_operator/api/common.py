@@ -210,6 +210,8 @@ class PodSpecOverrides(ApiModel):
 
 CODE_DIR = "/opt/keras-operator/code"
 """Where a spec.code ConfigMap is mounted in the trainer's and the server's pods."""
+CODE_DIR_ENV = "KERAS_TRAINER_CODE_DIR"
+"""The trainer's variable naming where the code ConfigMap is (CODE_DIR in a pod; a folder in a local run)."""
 # The volumes and mount paths the operator adds to every pod (builders/pod.py, training.py, serving.py;
 # tests/operator/api/test_hostile_specs.py checks they are all listed here).
 RESERVED_VOLUMES = frozenset({"config", "scratch", "progress-token", "code"})

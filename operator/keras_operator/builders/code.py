@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_operator.api.common import CODE_DIR, CodeSpec
+from keras_operator.api.common import CODE_DIR, CODE_DIR_ENV, CodeSpec
 
 CODE_VOLUME = "code"
 
@@ -15,6 +15,8 @@ CODE_VOLUME = "code"
 class CodeMount:
     volumes: list[dict[str, Any]] = field(default_factory=list)
     mounts: list[dict[str, Any]] = field(default_factory=list)
+    env: list[dict[str, Any]] = field(default_factory=list)
+    """For the trainer, which reads the source from its job file but the mount's place from here."""
     location: str | None = None
     """Where the process finds the code: a folder in the container, or a URI it fetches."""
 
@@ -26,6 +28,7 @@ def code_mount(code: CodeSpec | None) -> CodeMount:
         return CodeMount(
             volumes=[{"name": CODE_VOLUME, "configMap": {"name": code.config_map}}],
             mounts=[{"name": CODE_VOLUME, "mountPath": CODE_DIR, "readOnly": True}],
+            env=[{"name": CODE_DIR_ENV, "value": CODE_DIR}],
             location=CODE_DIR,
         )
     return CodeMount(location=code.path or code.uri)

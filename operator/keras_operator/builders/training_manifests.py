@@ -236,10 +236,11 @@ def build_job(
         env.extend(progress_env)
         volumes.append(progress_volume)
         mounts.append(progress_mount)
-    # The trainer reads where the code is from its job file; only a ConfigMap needs a volume.
+    # The trainer reads where the code comes from in its job file; only a ConfigMap needs a volume.
     code_parts = code_mount(spec.code_source())
     volumes.extend(code_parts.volumes)
     mounts.extend(code_parts.mounts)
+    env.extend(code_parts.env)
 
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,

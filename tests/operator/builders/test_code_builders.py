@@ -54,6 +54,7 @@ def test_a_training_mounts_its_code_config_map_read_only_and_names_it_in_the_job
     pod, container = _pod(_training(spec))
     assert {"name": "code", "configMap": {"name": "my-code"}} in pod["volumes"]
     assert {"name": "code", "mountPath": CODE_DIR, "readOnly": True} in container["volumeMounts"]
+    assert {"name": "KERAS_TRAINER_CODE_DIR", "value": CODE_DIR} in container["env"]
     job_file = json.loads(_training(spec)["spec"]["template"]["metadata"]["annotations"][TRAINER_CONFIG_ANNOTATION])
     assert job_file["code"] == {"configMap": "my-code"}
 
