@@ -1,0 +1,62 @@
+"""spec.code on the emulated cluster: a training whose custom layer and loss come from a ConfigMap, then a
+KerasModelService serving it by trainingJobRef with real trainer and server processes; the server imports
+the code recorded with the run (the service names no code)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cluster.harness import CONFIGMAPS, KMS, KTJ, Cluster, operator
+from helpers import custom_code
+from helpers.server import post_json
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_a_config_map_trained_model_is_served_by_training_job_ref(cluster: Cluster) -> None:
+    import tensorflow as tf
+
+    with operator(cluster):
+        cluster.create(CONFIGMAPS, custom_code.config_map("custom-code"))
+        trained = cluster.create(
+            KTJ,
+            {
+                "apiVersion": "kerasoperator.dev/v1alpha1",
+                "kind": "KerasTrainingJob",
+                "metadata": {"name": "custom"},
+                "spec": custom_code.spec(
+                    code={"configMap": "custom-code"},
+                    output={"uri": "pvc://models/custom", "formats": ["keras", "savedmodel"]},
+                ),
+            },
+        )
+        cluster.create(
+            KMS,
+            {
+                "apiVersion": "kerasoperator.dev/v1alpha1",
+                "kind": "KerasModelService",
+                "metadata": {"name": "custom"},
+                "spec": {"model": {"trainingJobRef": {"name": "custom"}}},
+            },
+        )
+        status = cluster.wait_for(
+            lambda: (s := (cluster.get(KMS, "custom") or {}).get("status") or {}).get("phase") == "Ready" and s,
+            240,
+            "the service Ready",
+        )
+        training = cluster.ktj("custom")["status"]
+        assert training["phase"] == "Succeeded", training
+        run = cluster.pvc_root / "models" / "custom" / "runs" / trained["metadata"]["uid"]
+        assert training["codeHash"] == custom_code.check_recorded(run)
+        assert "loads and predicts alike" in training["message"]
+
+        x = np.random.default_rng(4).normal(size=(3, 4)).astype("float32")
+        code, body = post_json(
+            f"{cluster.service_url(status['url'])}/v1/models/custom:predict", {"instances": x.tolist()}
+        )
+        assert code == 200, body
+        fn = tf.saved_model.load(str(run / "savedmodel")).signatures["serving_default"]
+        (name,) = fn.structured_input_signature[1]
+        (expected,) = fn(**{name: tf.constant(x)}).values()
+        np.testing.assert_allclose(body["predictions"], expected.numpy(), rtol=1e-4, atol=1e-5)
