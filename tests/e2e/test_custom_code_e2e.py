@@ -18,42 +18,24 @@ def test_a_config_map_trained_model_is_served_by_training_job_ref(cluster: Clust
     import tensorflow as tf
 
     with operator(cluster):
-        cluster.create(CONFIGMAPS, custom_code.config_map("custom-code"))
-        trained = cluster.create(
-            KTJ,
-            {
-                "apiVersion": "kerasoperator.dev/v1alpha1",
-                "kind": "KerasTrainingJob",
-                "metadata": {"name": "custom"},
-                "spec": custom_code.spec(
-                    code={"configMap": "custom-code"},
-                    output={"uri": "pvc://models/custom", "formats": ["keras", "savedmodel"]},
-                ),
-            },
-        )
-        cluster.create(
-            KMS,
-            {
-                "apiVersion": "kerasoperator.dev/v1alpha1",
-                "kind": "KerasModelService",
-                "metadata": {"name": "custom"},
-                "spec": {"model": {"trainingJobRef": {"name": "custom"}}},
-            },
-        )
+        # examples/custom-code.yaml as it is, but for a short training on random data.
+        cluster.create(CONFIGMAPS, custom_code.CONFIG_MAP)
+        trained = cluster.create(KTJ, custom_code.training("digits-custom"))
+        cluster.create(KMS, custom_code.SERVICE)
         status = cluster.wait_for(
-            lambda: (s := (cluster.get(KMS, "custom") or {}).get("status") or {}).get("phase") == "Ready" and s,
+            lambda: (s := (cluster.get(KMS, "digits-custom") or {}).get("status") or {}).get("phase") == "Ready" and s,
             240,
             "the service Ready",
         )
-        training = cluster.ktj("custom")["status"]
+        training = cluster.ktj("digits-custom")["status"]
         assert training["phase"] == "Succeeded", training
-        run = cluster.pvc_root / "models" / "custom" / "runs" / trained["metadata"]["uid"]
+        run = cluster.pvc_root / "models" / "digits-custom" / "runs" / trained["metadata"]["uid"]
         assert training["codeHash"] == custom_code.check_recorded(run)
         assert "loads and predicts alike" in training["message"]
 
-        x = np.random.default_rng(4).normal(size=(3, 4)).astype("float32")
+        x = np.random.default_rng(4).uniform(0, 16, size=(3, 64)).astype("float32")
         code, body = post_json(
-            f"{cluster.service_url(status['url'])}/v1/models/custom:predict", {"instances": x.tolist()}
+            f"{cluster.service_url(status['url'])}/v1/models/digits-custom:predict", {"instances": x.tolist()}
         )
         assert code == 200, body
         fn = tf.saved_model.load(str(run / "savedmodel")).signatures["serving_default"]

@@ -1,45 +1,21 @@
-"""User code with a custom layer and a custom loss registered with Keras' serialization, as a folder or a
-ConfigMap: what a model from model.callable needs at training and at serving."""
+"""The user code of examples/custom-code.yaml (a custom layer and a custom loss registered with Keras'
+serialization), as a folder or a ConfigMap, and a model whose layer no import of its code registers."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-LAYERS = """
-import keras
+import yaml
 
+from helpers.manifests import ROOT
 
-@keras.saving.register_keras_serializable(package="custom")
-class Scale(keras.layers.Layer):
-    def __init__(self, factor=2.0, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = factor
-
-    def call(self, x):
-        return x * self.factor
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
-
-
-@keras.saving.register_keras_serializable(package="custom")
-def halved_mse(y_true, y_pred):
-    return 0.5 * keras.ops.mean(keras.ops.square(y_true - y_pred), axis=-1)
-"""
-
-MODELS = """
-import keras
-
-from layers import Scale
-
-
-def build():
-    inputs = keras.Input((4,))
-    return keras.Model(inputs, Scale(3.0)(keras.layers.Dense(2)(inputs)))
-"""
+EXAMPLE = [*yaml.safe_load_all((ROOT / "examples" / "custom-code.yaml").read_text())]
+CONFIG_MAP, TRAINING, SERVICE = EXAMPLE
+FILES: dict[str, str] = CONFIG_MAP["data"]
 
 # Scale is registered only when build() runs: a process that imports the module never knows it.
 UNSERVABLE = """
@@ -52,12 +28,9 @@ def build():
         def call(self, x):
             return x * 2.0
 
-    inputs = keras.Input((4,))
-    return keras.Model(inputs, Scale()(keras.layers.Dense(2)(inputs)))
+    inputs = keras.Input((64,))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(Scale()(inputs)))
 """
-
-FILES = {"layers.py": LAYERS, "models.py": MODELS}
-LOSS = {"name": "custom>halved_mse"}
 
 
 def write(folder: Path, files: dict[str, str] = FILES) -> Path:
@@ -67,18 +40,14 @@ def write(folder: Path, files: dict[str, str] = FILES) -> Path:
     return folder
 
 
-def config_map(name: str, files: dict[str, str] = FILES) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": dict(files)}
-
-
-def spec(**more: Any) -> dict[str, Any]:
-    """A training spec (less code and output) of the custom model: 4 features, 2 regression targets."""
-    return {
-        "model": {"callable": "models:build"},
-        "data": {"train": {"synthetic": {"samples": 32, "inputShape": [4], "classes": 0}}},
-        "training": {"epochs": 1, "batchSize": 16, "loss": LOSS, "metrics": [], "seed": 1},
-        **more,
-    }
+def training(name: str, **spec: Any) -> dict[str, Any]:
+    """The example's KerasTrainingJob, small: 1 epoch of 32 random examples, `spec` on top."""
+    doc = copy.deepcopy(TRAINING)
+    doc["metadata"]["name"] = name
+    doc["spec"]["data"] = {"train": {"synthetic": {"samples": 32, "inputShape": [64], "classes": 10}}}
+    doc["spec"]["training"].update(epochs=1, batchSize=16)
+    doc["spec"].update(spec)
+    return doc
 
 
 def check_recorded(run: Path, files: dict[str, str] = FILES) -> str:

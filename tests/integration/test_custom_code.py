@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,18 +28,13 @@ from keras_trainer.reporting import PodReporter
 
 pytestmark = pytest.mark.slow
 train = lazy("keras_trainer.train")
-X = np.random.default_rng(3).normal(size=(3, 4)).astype("float32")
+X = np.random.default_rng(3).uniform(0, 16, size=(3, 64)).astype("float32")
 
 
-def _job(name: str, backend: str, output: Path, code: dict[str, object]) -> dict[str, object]:
-    return {
-        "apiVersion": "kerasoperator.dev/v1alpha1",
-        "kind": "KerasTrainingJob",
-        "metadata": {"name": name},
-        "spec": custom_code.spec(
-            backend=backend, code=code, output={"uri": str(output), "formats": ["keras", "savedmodel"]}
-        ),
-    }
+def _job(name: str, backend: str, output: Path, code: dict[str, object]) -> dict[str, Any]:
+    return custom_code.training(
+        name, backend=backend, code=code, output={"uri": str(output), "formats": ["keras", "savedmodel"]}
+    )
 
 
 def _saved_model_predictions(path: Path) -> np.ndarray:
@@ -96,7 +92,7 @@ def test_custom_code_is_trained_recorded_and_served_by_training_job_ref(tmp_path
         "kind": "KerasModelService",
         "metadata": {"name": "custom"},
         "spec": {
-            "model": {"trainingJobRef": {"name": "custom"}},
+            "model": {"trainingJobRef": {"name": "custom"}},  # as examples/custom-code.yaml's service
             "modelName": "clf",
             "backend": backend,
             "server": {"port": port},
@@ -138,9 +134,8 @@ def test_an_unservable_model_fails_its_training_naming_the_class(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KERAS_TRAINER_TERMINATION_LOG", str(tmp_path / "termination-log"))
-    code = custom_code.write(tmp_path / "code", {"models.py": custom_code.UNSERVABLE})
+    code = custom_code.write(tmp_path / "code", {**custom_code.FILES, "models.py": custom_code.UNSERVABLE})
     job = _job("unservable", "tensorflow", tmp_path / "out", {"uri": str(code)})
-    job["spec"]["training"]["loss"] = "mse"  # type: ignore[index]
     result = train.run(parse(job), None, PodReporter())
     assert result.phase == "Failed"
     assert result.reason == "Unservable"

@@ -129,12 +129,25 @@ def activate(code: Code, field_name: str = "spec.code") -> None:
             sys.path.insert(0, str(folder))
     importlib.invalidate_caches()
     for module in code.imports:
+        _forget_others(module, code.folder)
         try:
             importlib.import_module(module)
         except Exception as exc:  # the user's module may raise anything at import
             raise SpecError(
                 field_name, f"importing {module!r} failed: {type(exc).__name__}: {first_line(exc)}"
             ) from exc
+
+
+def _forget_others(module: str, folder: Path) -> None:
+    """Drop a module of the same name imported from elsewhere (an earlier training or model in this
+    process: `kerasop`, tests), with its submodules, so that this code's is the one imported."""
+    top = module.split(".")[0]
+    loaded = sys.modules.get(top)
+    filename = getattr(loaded, "__file__", None)
+    if loaded is None or (filename and Path(filename).resolve().is_relative_to(folder.resolve())):
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
 
 
 def of_module(name: str) -> Code | None:
