@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -96,6 +97,13 @@ def _check_members(names: list[str], uri: str) -> None:
 
 def install(requirements: list[str], field_name: str) -> Path:
     """pip install into a scratch folder (the root filesystem is read-only), which then goes on the path."""
+    if importlib.util.find_spec("pip") is None:
+        # The operator's images leave pip out; an image built FROM them holds the packages instead.
+        raise SpecError(
+            field_name,
+            "this image has no pip to install them with: build an image FROM it with the packages "
+            "installed, and give it as spec.image (docs/custom-code.md)",
+        )
     target = Path(tempfile.mkdtemp(prefix="keras-code-packages-"))
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-input", "--disable-pip-version-check"]
     command += ["--no-warn-script-location", "--target", str(target), "--", *requirements]
