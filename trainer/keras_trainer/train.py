@@ -256,7 +256,9 @@ def _fit(
         # the fresh process costs seconds (importing the backend).
         sample = servable.examples(train.x, train.dataset) if code is not None else None
         if sample is not None:
-            checked.append(servable.check(model, saved, code, sample))
+            on_cpu = all("cpu" in d.lower() for d in placement.devices) and not training.mixed_precision
+            tolerance = servable.TIGHT if on_cpu else servable.LOOSE
+            checked.append(servable.check(model, saved, code, sample, tolerance))
             log.info("servable_checked", model=str(saved), seconds=round(checked[-1], 2))
 
     if workspace.writer:

@@ -177,6 +177,22 @@ def test_the_trainer_result_is_found_beside_a_sidecar() -> None:
     assert status["message"] == "BackoffLimitExceeded: Killed: out of memory"
 
 
+def test_the_code_hash_and_an_unservable_model_reach_the_status() -> None:
+    result = TrainingResult(phase="Succeeded", message="done", epoch=1, epochs=1, model_uri="m", code_hash="ab" * 32)
+    complete = job({"conditions": [{"type": "Complete", "status": "True"}]})
+    ended = pod("Succeeded", {"terminated": {"exitCode": 0, "message": result.to_termination_message()}})
+    assert observe(Observation(complete, ended), {}, 1, NOW, 1)["codeHash"] == "ab" * 32
+    message = "the saved model cannot be served with the code recorded with it: Could not locate class 'Scale'"
+    unservable = TrainingResult(phase="Failed", reason="Unservable", message=message, epochs=1)
+    failed = job({"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]})
+    ended = pod("Failed", {"terminated": {"exitCode": 2, "message": unservable.to_termination_message()}})
+    status = observe(Observation(failed, ended), {}, 1, NOW, 1)
+    assert status["phase"] == "Failed"
+    assert "codeHash" not in status
+    assert conditions.get(status["conditions"], "Failed")["reason"] == "Unservable"
+    assert "Could not locate class 'Scale'" in status["message"]
+
+
 def test_a_complete_job_waits_for_its_pods_final_state_to_say_the_result() -> None:
     """The Job's Complete can reach the operator before the pod's end (two watches): Succeeded then had no
     modelUri, and an operator that wrote it never looked again (seen in the faults test, 1 of 100)."""
