@@ -10,13 +10,14 @@ import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from keras_operator.api import jobfile
-from keras_operator.api.common import DNS1123_LABEL
+from keras_operator.api.common import CODE_DIR_ENV, DNS1123_LABEL
 from keras_operator.api.model_service import KerasModelService
 from keras_operator.api.parse import InvalidResource, Resource, parse, read_documents
 from keras_operator.api.training_job import MODEL_FILE, SAVEDMODEL_DIR, KerasTrainingJob
@@ -47,6 +48,8 @@ def load_resources(path: str) -> list[Resource]:
     resources: list[Resource] = []
     seen: dict[tuple[str, str | None, str], int] = {}
     for index, doc in enumerate(docs, start=1):
+        if _is_config_map(doc):
+            continue  # code for spec.code.configMap, applied beside the resources (local_code_dir)
         try:
             resource = parse(doc)
         except InvalidResource as exc:
@@ -60,6 +63,24 @@ def load_resources(path: str) -> list[Resource]:
         seen[key] = index
         resources.append(resource)
     return resources
+
+
+def _is_config_map(doc: dict[str, Any]) -> bool:
+    return doc.get("apiVersion") == "v1" and doc.get("kind") == "ConfigMap"
+
+
+def local_code_dir(path: str, name: str) -> Path | None:
+    """The ConfigMap `name` of the file written out as a folder, for a local run of a training whose
+    spec.code.configMap names it (in a cluster the kubelet mounts it); None when the file has none."""
+    for doc in read_documents(path):
+        if _is_config_map(doc) and (doc.get("metadata") or {}).get("name") == name:
+            folder = Path(tempfile.mkdtemp(prefix="kerasop-code-"))
+            for key, text in (doc.get("data") or {}).items():
+                if not isinstance(text, str) or Path(key).name != key or key.startswith(".."):
+                    raise InvalidResource(f"ConfigMap {name}: data.{key} is not a file of code")
+                (folder / key).write_text(text)
+            return folder
+    return None
 
 
 def _load(path: str, kind: type[Resource]) -> tuple[Any, list[Resource]]:
@@ -108,6 +129,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         job = job.model_copy(update={"spec": jobfile.starting_from(job.spec, args.start_from)})
     os.environ.setdefault("KERAS_OPERATOR_PVC_ROOT", str(Path(args.pvc_root).resolve()))
+    code = job.spec.code_source()
+    if code is not None and code.config_map:
+        try:
+            folder = local_code_dir(args.file, code.config_map)
+        except InvalidResource as exc:
+            return _invalid(exc)
+        if folder is not None:
+            os.environ[CODE_DIR_ENV] = str(folder)
+        elif not os.environ.get(CODE_DIR_ENV):
+            print(
+                f"error: spec.code.configMap: no ConfigMap {code.config_map!r} in {args.file}; put it there, or "
+                f"point {CODE_DIR_ENV} at a folder of the code",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
     try:
         from keras_trainer import backend
         from keras_trainer.errors import SpecError

@@ -113,6 +113,26 @@ def test_serve_without_a_trained_model_is_a_clear_error(capsys: pytest.CaptureFi
     assert "spec.model.trainingJobRef: no trained model found" in capsys.readouterr().err
 
 
+def test_a_code_config_map_comes_from_the_same_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kerasop writes a ConfigMap of the file out for spec.code.configMap; without one it says so at once."""
+    config_map, training, _ = yaml.safe_load_all((ROOT / "examples" / "custom-code.yaml").read_text())
+    monkeypatch.delenv("KERAS_TRAINER_CODE_DIR", raising=False)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(training))
+    assert cli.main(["run", str(path)]) == 2
+    assert "spec.code.configMap: no ConfigMap 'digits-custom-code' in" in capsys.readouterr().err
+    folder = cli.local_code_dir(str(ROOT / "examples" / "custom-code.yaml"), "digits-custom-code")
+    assert folder is not None
+    assert {p.name: p.read_text() for p in folder.iterdir()} == config_map["data"]
+    config_map["data"] = {"../escape.py": "x = 1\n"}
+    path.write_text(yaml.safe_dump_all([config_map, training]))
+    assert cli.main(["run", str(path)]) == 2
+    assert "data.../escape.py is not a file of code" in capsys.readouterr().err
+    assert not (tmp_path.parent / "escape.py").exists()
+
+
 @pytest.mark.slow
 def test_run_keeps_stdout_for_the_status_even_when_libraries_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

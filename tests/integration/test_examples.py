@@ -18,13 +18,12 @@ ORDER = [
     "gpu.yaml",
     "multi-gpu.yaml",
     "kueue.yaml",
+    "custom-code.yaml",  # its ConfigMap of code is in the same file: kerasop writes it out
 ]
 # Examples that need more than this machine; each runs elsewhere, against a stand-in.
 ELSEWHERE = {
     "s3-training.yaml": "needs an S3 endpoint: test_object_storage.py runs it against moto's S3 server",
     "multi-node-jax.yaml": "needs several pods: tests/e2e/test_multinode.py trains two JAX workers",
-    "custom-code.yaml": "its code is a ConfigMap: tests/e2e/test_custom_code_e2e.py applies it to the emulated "
-    "cluster (and tests/integration/test_custom_code.py trains its code from a folder)",
 }
 
 
