@@ -41,6 +41,8 @@ def where(path: tuple[str | int, ...]) -> str:
     """A field path for messages, cut short when an attack made it long."""
     text = ""
     for part in path:
+        if isinstance(part, str) and not part.isprintable():
+            part = repr(part)[1:-1]  # a key with a newline must not break the one-line message
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text if len(text) <= 120 else text[:117] + "..."
 

@@ -203,6 +203,9 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], str]] = [
         lambda: _set(T(), "spec.model", {"callable": "m:f", "codeConfigMap": "Code_Map"}),
         "spec.model.codeConfigMap",
     ),
+    ("code path", lambda: _set(T(), "spec.code", {"path": "../code"}), "spec.code.path"),
+    # A newline in a key is shown escaped: the message stays one line (found by the fuzz test).
+    ("newline key", lambda: _set(T(), "metadata.name", {"\n": 2**63}), "metadata.name.\\n: "),
     (
         "label value",
         lambda: _set(T(), "spec.podTemplate", {"metadata": {"labels": {"team": "a" * 64}}}),
