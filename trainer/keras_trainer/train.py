@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -254,11 +255,12 @@ def _fit(
     def check(saved: Path) -> None:
         # Only with user code: a model of Keras' own objects has nothing a server could be missing, and
         # the fresh process costs seconds (importing the backend).
-        sample = servable.examples(train.x, train.dataset) if code is not None else None
-        if sample is not None:
+        if code is not None and (sample := servable.examples(train.x, train.dataset)) is not None:
             on_cpu = all("cpu" in d.lower() for d in placement.devices) and not training.mixed_precision
             tolerance = servable.TIGHT if on_cpu else servable.LOOSE
-            checked.append(servable.check(model, saved, code, sample, tolerance))
+            # The copy recorded beside the model, not the source: what a server will import.
+            recorded = dataclasses.replace(code, folder=saved.parent / jobfile.CODE_FOLDER)
+            checked.append(servable.check(model, saved, recorded, sample, tolerance))
             log.info("servable_checked", model=str(saved), seconds=round(checked[-1], 2))
 
     if workspace.writer:
