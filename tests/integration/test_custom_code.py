@@ -146,3 +146,15 @@ def test_an_unservable_model_fails_its_training_naming_the_class(
     from keras_trainer.cli import exit_code
 
     assert exit_code(result) == 2  # the Job does not retry it
+
+
+def test_a_registered_name_the_code_does_not_register_names_its_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KERAS_TRAINER_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    code = custom_code.write(tmp_path / "code")
+    job = _job("typo", "tensorflow", tmp_path / "out", {"uri": str(code)})
+    job["spec"]["training"]["metrics"] = ["accuracy", "custom>Confidance"]
+    result = train.run(parse(job), None, PodReporter())
+    assert (result.phase, result.reason) == ("Failed", "InvalidSpec")
+    assert result.message.startswith("spec.training.metrics[1]: no metric is registered as 'custom>Confidance'")

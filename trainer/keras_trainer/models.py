@@ -166,8 +166,23 @@ def optimizer(
         raise SpecError("spec.training.optimizer", first_line(exc)) from exc
 
 
+def registered(name: str, field: str, what: str) -> Any:
+    """The object spec.code registered as "package>name" (keras.losses.get and keras.metrics.get do not
+    look such names up); a class is instantiated with its defaults."""
+    found = keras.saving.get_registered_object(name)
+    if found is None:
+        raise SpecError(
+            field,
+            f"no {what} is registered as {name!r}: is it decorated with keras.saving.register_keras_serializable "
+            "in a module of spec.code?",
+        )
+    return found() if isinstance(found, type) else found
+
+
 def loss(spec: TrainingSpec) -> Any:
     value = spec.loss
+    if isinstance(value, str) and ">" in value:
+        return registered(value, "spec.training.loss", "loss")
     try:
         if isinstance(value, str):
             return keras.losses.get(value)
@@ -178,14 +193,21 @@ def loss(spec: TrainingSpec) -> Any:
         raise SpecError("spec.training.loss", f"unknown or invalid loss: {first_line(exc)}") from exc
 
 
-def metrics(spec: TrainingSpec) -> list[str]:
+def metrics(spec: TrainingSpec) -> list[Any]:
     """The names as written: Keras resolves them itself and logs each under the name it was given
-    (`mae` stays `mae`), which is what the status shows. Checked here so a typo names its field."""
+    (`mae` stays `mae`), which is what the status shows. Checked here so a typo names its field. A name
+    registered by spec.code ("package>Name") becomes the object, logged under its own name."""
+    resolved: list[Any] = []
     for index, name in enumerate(spec.metrics):
+        field = f"spec.training.metrics[{index}]"
+        if ">" in name:
+            resolved.append(registered(name, field, "metric"))
+            continue
+        resolved.append(name)
         if name in ("accuracy", "acc"):
             continue  # Keras picks the right accuracy for the loss
         try:
             keras.metrics.get(name)
         except (ValueError, TypeError) as exc:
-            raise SpecError(f"spec.training.metrics[{index}]", f"unknown metric {name!r}") from exc
-    return list(spec.metrics)
+            raise SpecError(field, f"unknown metric {name!r}") from exc
+    return resolved
