@@ -216,7 +216,7 @@ def write_scan_folder(folder: Path) -> None:
         objects = rendered(example, cert_dir)
         assert objects, example.name
         (folder / f"example-{example.stem}.yaml").write_text(yaml.safe_dump_all(objects, sort_keys=False))
-        for resource in (parse(d) for d in read_documents(example)):
+        for resource in (parse(d) for d in read_documents(example) if "spec" in d):  # not a ConfigMap of code
             if isinstance(resource, KerasModelService) and resource.spec.canary is not None:
                 canaries += 1
                 for split in ("pods", "httproute"):
