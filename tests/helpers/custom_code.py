@@ -1,5 +1,6 @@
-"""The user code of examples/custom-code.yaml (a custom layer and a custom loss registered with Keras'
-serialization), as a folder or a ConfigMap, and a model whose layer no import of its code registers."""
+"""The user code of examples/custom-code.yaml (a layer, an activation, a loss and a metric registered with
+Keras' serialization), as a folder or a ConfigMap, and a model whose layer no import of its code
+registers."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""A model with a custom layer and a custom loss from spec.code: trained by the trainer as a pod runs
-it, exported as .keras and SavedModel, its code recorded beside it, and served by `kerasop serve` by
-trainingJobRef, which imports the recorded code; on tensorflow and jax. A model whose layer the
-recorded code cannot provide fails its training instead."""
+"""A model with a custom layer, activation, loss and metric from spec.code (examples/custom-code.yaml's):
+trained by the trainer as a pod runs it, exported as .keras and SavedModel, its code recorded beside it,
+and served by `kerasop serve` by trainingJobRef, which imports the recorded code; on tensorflow and jax.
+A model whose layer the recorded code cannot provide fails its training instead."""
 
 from __future__ import annotations
 
