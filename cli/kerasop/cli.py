@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from keras_operator.api import jobfile
-from keras_operator.api.common import CODE_DIR_ENV, DNS1123_LABEL
+from keras_operator.api.common import CODE_DIR_ENV, DNS1123_LABEL, CodeSpec
 from keras_operator.api.model_service import KerasModelService
 from keras_operator.api.parse import InvalidResource, Resource, parse, read_documents
 from keras_operator.api.training_job import MODEL_FILE, SAVEDMODEL_DIR, KerasTrainingJob
@@ -83,6 +83,22 @@ def local_code_dir(path: str, name: str) -> Path | None:
     return None
 
 
+def _code_folder(path: str, code: CodeSpec | None) -> Path | None:
+    """Where a local run or server finds a spec.code.configMap: that ConfigMap of the file written out,
+    else the folder KERAS_TRAINER_CODE_DIR names; None for code that is no ConfigMap."""
+    if code is None or not code.config_map:
+        return None
+    folder = local_code_dir(path, code.config_map)
+    if folder is None and os.environ.get(CODE_DIR_ENV):
+        folder = Path(os.environ[CODE_DIR_ENV])
+    if folder is None:
+        raise InvalidResource(
+            f"spec.code.configMap: no ConfigMap {code.config_map!r} in {path}; put it there, or point "
+            f"{CODE_DIR_ENV} at a folder of the code"
+        )
+    return folder
+
+
 def _load(path: str, kind: type[Resource]) -> tuple[Any, list[Resource]]:
     """The one resource of `kind` in the file, and all resources in it (a service may name a job beside it)."""
     resources = load_resources(path)
@@ -129,21 +145,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         job = job.model_copy(update={"spec": jobfile.starting_from(job.spec, args.start_from)})
     os.environ.setdefault("KERAS_OPERATOR_PVC_ROOT", str(Path(args.pvc_root).resolve()))
-    code = job.spec.code_source()
-    if code is not None and code.config_map:
-        try:
-            folder = local_code_dir(args.file, code.config_map)
-        except InvalidResource as exc:
-            return _invalid(exc)
-        if folder is not None:
-            os.environ[CODE_DIR_ENV] = str(folder)
-        elif not os.environ.get(CODE_DIR_ENV):
-            print(
-                f"error: spec.code.configMap: no ConfigMap {code.config_map!r} in {args.file}; put it there, or "
-                f"point {CODE_DIR_ENV} at a folder of the code",
-                file=sys.stderr,
-            )
-            return EXIT_INVALID
+    try:
+        folder = _code_folder(args.file, job.spec.code_source())
+    except InvalidResource as exc:
+        return _invalid(exc)
+    if folder is not None:
+        os.environ[CODE_DIR_ENV] = str(folder)
     try:
         from keras_trainer import backend
         from keras_trainer.errors import SpecError
@@ -210,10 +217,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
+    try:
+        folder = _code_folder(args.file, service.spec.code)
+    except InvalidResource as exc:
+        return _invalid(exc)
     from keras_server import cli as server_cli
 
     name = model_name({"metadata": {"name": service.metadata.name}}, service.spec)
-    return server_cli.main([*server_args(name, service.spec, uri, args.port), "--host", args.host])
+    argv = server_args(name, service.spec, uri, args.port)
+    if folder is not None:  # the pod's mount path, here the ConfigMap written out
+        argv[argv.index("--code-dir") + 1] = str(folder)
+    return server_cli.main([*argv, "--host", args.host])
 
 
 def render_objects(resource: Resource, resources: list[Resource], namespace: str | None) -> list[dict[str, Any]]:

@@ -126,6 +126,12 @@ def test_a_code_config_map_comes_from_the_same_file(
     folder = cli.local_code_dir(str(ROOT / "examples" / "custom-code.yaml"), "digits-custom-code")
     assert folder is not None
     assert {p.name: p.read_text() for p in folder.iterdir()} == config_map["data"]
+    # kerasop serve: a service's own code ConfigMap, which its file must hold too.
+    service = {**yaml.safe_load((ROOT / "examples" / "digits-service.yaml").read_text())}
+    service["spec"]["code"] = {"configMap": "serve-code"}
+    path.write_text(yaml.safe_dump(service))
+    assert cli.main(["serve", str(path), "--model-uri", str(tmp_path / "m.keras")]) == 2
+    assert "spec.code.configMap: no ConfigMap 'serve-code' in" in capsys.readouterr().err
     config_map["data"] = {"../escape.py": "x = 1\n"}
     path.write_text(yaml.safe_dump_all([config_map, training]))
     assert cli.main(["run", str(path)]) == 2
