@@ -15,13 +15,14 @@ import structlog
 from aiohttp import web
 
 from keras_server.app import DRAIN, METRICS, REPOSITORY, Metrics, ServerConfig, create_app
+from keras_server.handler import Handler, HandlerLoadError
 from keras_server.handler import load as load_handler
 from keras_server.model import ServedModel
 from keras_server.protocol import Runner
 from keras_server.repository import Repository
 from keras_server.watcher import Loader, Watcher
-from keras_trainer import storage
-from keras_trainer.errors import TransientError
+from keras_trainer import storage, usercode
+from keras_trainer.errors import SpecError, TransientError
 
 log = structlog.get_logger("keras_server")
 # What aiohttp's own shutdown may still take once the drain is over (answers being written, a 503 to a
@@ -81,10 +82,29 @@ def loader(name: str, config: ServerConfig, metrics: Metrics) -> Loader:
     return load
 
 
+def handler_for(ref: str, uri: str) -> Handler:
+    """--handler, imported from the path, or else from the code recorded with the model's run: a service
+    by trainingJobRef has no code of its own, and its handler may sit beside the training's layers."""
+    try:
+        return load_handler(ref)
+    except HandlerLoadError:
+        try:
+            code = usercode.recorded(uri)
+        except (storage.StorageError, TransientError, SpecError):
+            code = None  # no recorded code to try: the first reason stands
+        if code is None:
+            raise
+    try:
+        usercode.activate(code, "recorded code")
+    except SpecError as exc:
+        raise HandlerLoadError(f"handler {ref}: {exc}") from None
+    return load_handler(ref)
+
+
 async def serve(uri: str, name: str, host: str, port: int, config: ServerConfig) -> int:
     """Raises HandlerLoadError, before listening, when config.handler cannot be loaded: that is found out
     in a second, not after the model's load."""
-    handler = load_handler(config.handler) if config.handler is not None else None
+    handler = handler_for(config.handler, uri) if config.handler is not None else None
     repository = Repository(name, dict(config.version_labels))
     app = create_app(repository, config, handler)
     runner = await listen(app, host, port)
