@@ -77,9 +77,9 @@ def test_two_phases_freeze_the_base_then_train_it_and_count_every_epoch(tmp_path
         include_preprocessing=False,
     )
     start = tmp_path / "start.keras"
-    transfer.with_head(
-        base, [Layer.model_validate({"type": "Dense", "units": 3, "activation": "softmax"})], False
-    ).save(start)
+    # Named: Keras numbers unnamed layers per process (dense_5 after other tests made dense layers).
+    head = Layer.model_validate({"type": "Dense", "units": 3, "activation": "softmax", "name": "head"})
+    transfer.with_head(base, [head], False).save(start)
     job = trainer_job(
         tmp_path,
         {"uri": str(start)},
@@ -103,7 +103,7 @@ def test_two_phases_freeze_the_base_then_train_it_and_count_every_epoch(tmp_path
     assert reporter.begins == [{"epochs": 2, "initial_epoch": 0}]  # phase 2 goes on, it resumes nothing
     assert result.started_from == str(start)
     saved = tmp_path / "out" / "runs" / "r1" / "callbacks"
-    assert not same(weights(start, "dense"), weights(saved / "epoch1.keras", "dense"))  # the head trained
+    assert not same(weights(start, "head"), weights(saved / "epoch1.keras", "head"))  # the head trained
     assert same(weights(start, "base"), weights(saved / "epoch1.keras", "base"))  # phase 1: base frozen
     assert not same(weights(saved / "epoch1.keras", "base"), weights(saved / "epoch2.keras", "base"))  # phase 2
     assert len((saved / "training.csv").read_text().splitlines()) == 3  # a header, one row per epoch of both
