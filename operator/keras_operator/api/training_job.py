@@ -5,7 +5,16 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema, model_validator
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
 
 from keras_operator.api.base import (
     ApiModel,
@@ -347,6 +356,61 @@ CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "logs"
 
 
+class CheckpointEvery(ApiModel):
+    """How often a checkpoint is saved within an epoch: exactly one of steps, minutes."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (exactly_one_of("steps", "minutes"),)
+
+    steps: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    """Save every this many training steps (batches), counted across epochs."""
+    minutes: Annotated[float, Field(gt=0, le=100_000)] | None = None
+    """Save at the first step end at least this many minutes after the last save (a fraction works)."""
+
+
+# The pod's terminationGracePeriodSeconds is saveSeconds plus this: time to finish the step under way,
+# upload the checkpoint's last files and write the result.
+GRACE_ROOM_SECONDS = 30
+
+
+class Checkpoints(ApiModel):
+    """What `output.checkpoints` holds: true/false, or {every: {steps: N} | {minutes: M}, saveSeconds}."""
+
+    enabled: bool = True
+    """Save checkpoints at all; false trains without (a retried pod starts over)."""
+    every: CheckpointEvery | None = None
+    """Save within epochs too, every N steps or M minutes; every epoch end always saves."""
+    save_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
+    """How long saving one checkpoint may take: on SIGTERM the trainer saves at the next step end, and the
+    pod's grace period is this plus 30 seconds. The trainer reports each save's duration; a save slower
+    than this is reported (a CheckpointSlow Warning Event)."""
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    def grace_period_seconds(self) -> int:
+        return self.save_seconds + GRACE_ROOM_SECONDS
+
+
+def _checkpoints_from_bool(value: Any) -> Any:
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
+def _checkpoints_to_wire(value: Checkpoints) -> bool | dict[str, Any]:
+    """true/false when nothing else was asked for, as before: a job file an older trainer still reads."""
+    dumped = value.dump()
+    return value.enabled if dumped == {"enabled": value.enabled, "saveSeconds": 60} else dumped
+
+
+# `checkpoints: true` as before, or an object: a structural schema has no bool-or-object type, so the
+# schema keeps the value open and pydantic checks it (like `optimizer`).
+CheckpointsOrBool = Annotated[
+    Checkpoints,
+    BeforeValidator(_checkpoints_from_bool),
+    PlainSerializer(_checkpoints_to_wire),
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+
+
 class OutputSpec(ApiModel):
     """Where the model and checkpoints go."""
 
@@ -355,8 +419,11 @@ class OutputSpec(ApiModel):
     defaults to ./runs/NAME."""
     formats: Annotated[list[OutputFormat], Field(min_length=1)] = Field(default_factory=lambda: ["keras"])
     """keras (a model.keras file) and/or savedmodel (model.export, for TF Serving)."""
-    checkpoints: bool = True
-    """Back up every epoch and resume from the last finished epoch after a restart or preemption."""
+    checkpoints: CheckpointsOrBool = Field(default_factory=Checkpoints)
+    """true (the default): back up at every epoch end and resume from there after a restart or preemption;
+    false: none. Or {every: {steps: N} | {minutes: M}, saveSeconds: S}: also save every N steps or M
+    minutes and resume mid-epoch, at the saved step. On SIGTERM the trainer saves at the next step end
+    (within the pod's grace period, saveSeconds + 30) and exits."""
     tensorboard: bool = False
     """Write TensorBoard logs to URI/logs (uploaded every epoch; status.tensorboardUri says where)."""
 

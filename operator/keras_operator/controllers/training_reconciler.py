@@ -185,7 +185,7 @@ async def reconcile(
         generation,
         now,
         spec.training.epochs,
-        checkpoints=spec.output.checkpoints,
+        checkpoints=bool(spec.output.checkpoints),
         workers=spec.distribution.workers,
         model_uri=_model_uri(spec, meta.get("uid")),
     )
