@@ -40,3 +40,27 @@ def run_again(cmd: list[str], env: dict[str, str]) -> tuple[list[int], bool]:
     epochs = [r.epoch for r in map(last_epoch, lines) if r]
     resumed = any(json.loads(line).get("event") == "resumed" for line in lines if line.startswith("{"))
     return epochs, resumed
+
+
+def events(text: str) -> list[dict[str, object]]:
+    """The JSON log lines of a trainer's stdout."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def sigterm_after_checkpoint(cmd: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, float]:
+    """Run until the first checkpoint saved within an epoch is logged, then SIGTERM, as the kubelet does
+    to a preempted pod. -> (the exit code, seconds from the signal to the exit)."""
+    import time
+
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    signalled = None
+    for line in process.stdout:
+        if line.startswith("{") and json.loads(line).get("event") == "checkpoint_saved":
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            break
+    assert signalled is not None, "no checkpoint was saved within an epoch"
+    process.stdout.read()
+    process.wait(timeout=timeout)
+    return process.returncode, time.monotonic() - signalled

@@ -60,6 +60,8 @@ def test_each_private_member_the_shims_touch_exists() -> None:
         found = owner(path)
         if member == "_initial_epoch":  # an instance attribute, set in the trainer's __init__
             found = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        elif path == "keras.callbacks.BackupAndRestore" and not hasattr(found, member):
+            found = found("unused-folder")  # instance attributes, set in its __init__
         if not hasattr(found, member):
             gone.append(f"{path}.{member} is gone; {why}")
     assert keras_compat.PRIVATE_MEMBERS

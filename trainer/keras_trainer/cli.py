@@ -1,7 +1,8 @@
 """The container entrypoint: `keras-trainer train --config job.yaml` (the job file the operator mounts).
 
 Exit codes: 0 trained; 2 the job file or the spec is wrong (the Job fails at once: retrying cannot help);
-1 anything else, including storage or network failures that may pass (the Job retries the pod).
+143 stopped by SIGTERM after saving a checkpoint (the next attempt resumes there); 1 anything else,
+including storage or network failures that may pass (the Job retries the pod).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import structlog
 from keras_common import logs
 from keras_operator.api import catalogue, jobfile
 from keras_operator.api.parse import InvalidResource, read_documents
-from keras_operator.api.report import EXIT_INVALID_SPEC, TrainingResult
+from keras_operator.api.report import EXIT_INVALID_SPEC, EXIT_STOPPED, TrainingResult
 from keras_trainer import backend, distribute
 from keras_trainer.errors import SpecError
 from keras_trainer.reporting import PodReporter
@@ -27,6 +28,8 @@ CONFIG_PATH = "/etc/keras-operator/job.yaml"
 def exit_code(result: TrainingResult) -> int:
     if result.phase == "Succeeded":
         return 0
+    if result.stopped_by_signal:
+        return EXIT_STOPPED
     return EXIT_INVALID_SPEC if result.reason in ("InvalidSpec", "Unservable") else 1
 
 

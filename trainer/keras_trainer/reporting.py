@@ -78,6 +78,8 @@ class PodReporter:
             seconds=report.seconds,
             samples_per_second=report.samples_per_second,
             devices=report.devices,
+            checkpoint=report.checkpoint.dump() if report.checkpoint else None,
+            resumed_from=report.resumed_from.dump() if report.resumed_from else None,
         )
         if self.pusher is not None:
             self.pusher.epoch(report)

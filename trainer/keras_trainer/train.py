@@ -13,16 +13,25 @@ import structlog
 
 from keras_operator.api import jobfile
 from keras_operator.api.jobfile import TrainerJob
-from keras_operator.api.report import EpochReport, TrainingResult, clean_metrics
+from keras_operator.api.report import EpochReport, ResumeReport, TrainingResult, clean_metrics
 from keras_operator.api.training_job import (
     CALLBACK_PATH_ARGS,
     CALLBACKS_DIR,
-    CHECKPOINT_DIR,
     TENSORBOARD_DIR,
     KerasTrainingJob,
 )
+from keras_trainer import (
+    checkpointing,
+    distribute,
+    fit_options,
+    keras_compat,
+    models,
+    runs,
+    servable,
+    transfer,
+    usercode,
+)
 from keras_trainer import data as data_mod
-from keras_trainer import distribute, fit_options, keras_compat, models, runs, servable, transfer, usercode
 from keras_trainer.errors import SpecError, TransientError, first_line
 from keras_trainer.reporting import Reporter
 
@@ -47,16 +56,18 @@ class _Progress(keras.callbacks.Callback):
         self.samples = samples  # training examples per epoch, when known (arrays; not a tf.data stream)
         self.last: EpochReport | None = None
         self.initial = 0
-        self.begun = False
+        self.checkpoints: keras_compat.Checkpointer | None = None  # its last save goes in each report
+        self.resumed: ResumeReport | None = None
+        self._begun = False
         self._started = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._started = time.monotonic()
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self.begun:  # the next of training.phases: the same training goes on, nothing resumed
+        if self._begun:  # a resume mid-epoch's second fit, or the next phase: the same training goes on
             return
-        self.begun = True
+        self._begun = True
         initial = keras_compat.initial_epoch(self.model)  # past 0 when BackupAndRestore resumed
         self.initial = initial
         self.reporter.begin(epochs=self.epochs, initial_epoch=initial, steps=self.steps)
@@ -73,6 +84,8 @@ class _Progress(keras.callbacks.Callback):
             seconds=round(seconds, 3),
             samples_per_second=round(self.samples / seconds, 1) if self.samples and seconds > 0 else None,
             devices=self.devices,
+            checkpoint=self.checkpoints.last if self.checkpoints else None,
+            resumed_from=self.resumed,
         )
         if self.on_epoch is not None:
             self.on_epoch()
@@ -204,6 +217,8 @@ def _fit(
     callbacks += fit_options.callbacks(training.callbacks, workspace.local)
     if any(c.name in CALLBACK_PATH_ARGS for c in training.callbacks or []):
         pushed.append(CALLBACKS_DIR)  # what they write reaches a remote output every epoch, as checkpoints
+    checkpoints = next((c for c in callbacks if isinstance(c, keras_compat.Checkpointer)), None)
+    resumed = checkpointing.resume_point(checkpoints)
     samples = _samples_per_epoch(train, validation_split)
     steps = int(np.ceil(samples / batch_size)) if samples is not None else None
     progress = _Progress(
@@ -214,11 +229,20 @@ def _fit(
         devices=len(placement.devices),
         on_epoch=lambda: [workspace.push(p) for p in pushed],
     )
+    progress.checkpoints, progress.resumed = checkpoints, resumed
     callbacks.append(progress)
 
     fit_args = _fit_args(spec, train, validation, validation_split, batch_size, callbacks)
     if weights := fit_options.class_weight(training.class_weight):
         fit_args["class_weight"] = weights
+    rest_args = None
+    if resumed is not None and resumed.step:
+        rest, held = checkpointing.rest_of_epoch(
+            train, validation_split, resumed.step, batch_size, spec.data.shuffle, training.seed, resumed.epoch
+        )
+        rest_args = _fit_args(spec, rest, validation or held, None, batch_size, callbacks)
+        if weights:
+            rest_args["class_weight"] = weights
 
     def compile_phase(phase: transfer.Phase) -> None:
         rate_field = f"spec.training.phases[{phase.index}]"
@@ -228,10 +252,30 @@ def _fit(
             metrics=models.metrics(training),
         )
 
-    checkpoints = workspace.local / CHECKPOINT_DIR if spec.output.checkpoints else None
+    def fit_epochs(args: dict[str, Any]) -> None:
+        """One fit (the whole training, or a phase's epochs): in two when it holds the epoch resumed mid-way."""
+        if resumed is not None and args.get("initial_epoch", 0) <= resumed.epoch < args["epochs"]:
+            checkpointing.fit(model, args, checkpoints, resumed, rest_args)
+        else:
+            model.fit(**args)
+
+    backups = Path(checkpoints.backup_dir) if checkpoints else None
     try:
-        with placement.scope():
-            transfer.fit(model, fit_args, training, compile_phase, checkpoints)
+        with placement.scope(), checkpointing.stop_on_sigterm(checkpoints.stop if checkpoints else None):
+            transfer.fit(model, fit_args, training, compile_phase, backups, fit_epochs)
+    except keras_compat.Stopped as stopped:
+        where = f"epoch {stopped.checkpoint.epoch + 1} step {stopped.checkpoint.step}" if stopped.checkpoint else ""
+        return TrainingResult(
+            phase="Failed",
+            reason="TrainingError",
+            message=f"stopped by SIGTERM; checkpoint saved at {where}: the next attempt resumes there"
+            if where
+            else "stopped by SIGTERM; the next attempt resumes from the last checkpoint",
+            epoch=progress.last.epoch if progress.last else progress.initial,
+            epochs=training.epochs,
+            checkpoint=stopped.checkpoint,
+            resumed_from=resumed,
+        )
     except ValueError as exc:
         if distribute.lost_peer_message(exc):  # jax raises a failed collective as a ValueError too
             raise
@@ -287,6 +331,8 @@ def _fit(
         model_uri=model_uri,
         devices=len(placement.devices),
         code_hash=code_hash,
+        checkpoint=checkpoints.last if checkpoints else None,
+        resumed_from=resumed,
     )
 
 
@@ -297,11 +343,7 @@ def _callbacks(
     training = spec.training
     callbacks: list[keras.callbacks.Callback] = []
     if spec.output.checkpoints:
-        checkpoints = workspace.restore_checkpoints()
-        backup = keras.callbacks.BackupAndRestore
-        if workers > 1:
-            backup = keras_compat.SaveAlone if workspace.writer else keras_compat.RestoreOnly
-        callbacks.append(backup(str(checkpoints), double_checkpoint=True))
+        callbacks.append(checkpointing.checkpointer(spec.output.checkpoints, workspace, workers))
     if training.early_stopping is not None:
         es = training.early_stopping
         callbacks.append(
@@ -313,8 +355,8 @@ def _callbacks(
                 restore_best_weights=es.restore_best_weights,
             )
         )
-    # What reaches a remote output every epoch, so a preempted run loses at most one epoch of either.
-    pushed = [CHECKPOINT_DIR]
+    # What reaches a remote output every epoch (checkpoints go up at each save, checkpointing.checkpointer).
+    pushed: list[str] = []
     if spec.output.tensorboard and workspace.writer:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(workspace.local / TENSORBOARD_DIR)))
         pushed.append(TENSORBOARD_DIR)

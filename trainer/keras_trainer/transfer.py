@@ -104,12 +104,15 @@ def fit(
     training: TrainingSpec,
     compile_phase: Callable[[Phase], None],
     checkpoints: Path | None,
+    fit_epochs: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """model.fit, once per phase from the one the checkpoint in `checkpoints` is in (one fit without phases).
-    `compile_phase` compiles the model for a phase after its trainable layers are set."""
+    `compile_phase` compiles the model for a phase after its trainable layers are set; `fit_epochs` runs
+    each fit (default model.fit: the trainer's also resumes mid-epoch)."""
+    run = fit_epochs or (lambda args: model.fit(**args))
     phases = plan(training)
     if not phases:
-        model.fit(**fit_args)
+        run(fit_args)
         return
     done = checkpoint_epoch(checkpoints) if checkpoints is not None else 0
     for phase in phases:
@@ -129,4 +132,4 @@ def fit(
             if isinstance(callback, keras.callbacks.BackupAndRestore):
                 # The next phase resumes from this one's last checkpoint; only the last one's end removes it.
                 callback.delete_checkpoint = last
-        model.fit(**{**fit_args, "initial_epoch": phase.start, "epochs": phase.end})
+        run({**fit_args, "initial_epoch": phase.start, "epochs": phase.end})

@@ -18,6 +18,10 @@ from keras_operator.api.base import ApiModel
 EPOCH_EVENT = "epoch_end"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 EXIT_INVALID_SPEC = 2  # the Job's podFailurePolicy fails at once on this code: retrying cannot help
+# 128 + SIGTERM, as a shell reports a process the signal ended: the trainer saved a checkpoint on SIGTERM
+# and stopped. A disrupted pod (DisruptionTarget) is not counted by the podFailurePolicy; any other
+# SIGTERM counts as one retry, which resumes at the saved step.
+EXIT_STOPPED = 143
 TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates anything longer
 
 
@@ -42,6 +46,33 @@ class _Report(ApiModel):
     data_by_name = True
 
 
+class CheckpointReport(_Report):
+    """A saved checkpoint: where in the training it was taken, why, and what saving it cost."""
+
+    epoch: Annotated[int, Field(ge=0)]
+    """Epochs finished when it was saved."""
+    step: Annotated[int, Field(ge=0)] = 0
+    """Steps (batches) of the next epoch done when it was saved; 0 at an epoch end."""
+    trigger: str = "epoch"
+    """What saved it: epoch (an epoch end), steps or minutes (output.checkpoints.every), signal (SIGTERM)."""
+    seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    """Wall time of the save, the upload to a remote output included."""
+
+
+class ResumeReport(_Report):
+    """Where a training that found its checkpoint resumed, and what the interruption lost."""
+
+    epoch: Annotated[int, Field(ge=0)]
+    """Epochs already done (the resumed training starts the next one)."""
+    step: Annotated[int, Field(ge=0)] = 0
+    """Steps of that next epoch already done, which the resumed training skips."""
+    trigger: str = "epoch"
+    """What saved the checkpoint resumed from (epoch, steps, minutes, signal)."""
+    steps_lost: Annotated[int, Field(ge=0)] | None = None
+    """Steps the interruption lost: 0 when the checkpoint was saved on SIGTERM; unknown (absent) after a
+    kill without warning, when up to one checkpoint interval is lost."""
+
+
 class EpochReport(_Report):
     """One finished epoch, as logged on stdout and pushed to the operator."""
 
@@ -55,6 +86,10 @@ class EpochReport(_Report):
     """Training examples per second in this epoch."""
     devices: Annotated[int, Field(ge=1)] | None = None
     """Devices that trained (each batch is split between them)."""
+    checkpoint: CheckpointReport | None = None
+    """The last checkpoint saved."""
+    resumed_from: ResumeReport | None = None
+    """Where this attempt resumed, when it resumed a checkpoint."""
 
     def progress(self) -> dict[str, Any]:
         """status.progress for this report: epochs, percent, throughput and time remaining."""
@@ -86,6 +121,14 @@ class TrainingResult(_Report):
     """The model the training started from, when spec.model.uri named an output folder: its newest run's."""
     code_hash: str | None = None
     """The content hash of the code the run recorded beside its model."""
+    checkpoint: CheckpointReport | None = None
+    """The last checkpoint saved; with trigger signal, the one saved on SIGTERM before stopping."""
+    resumed_from: ResumeReport | None = None
+
+    @property
+    def stopped_by_signal(self) -> bool:
+        """The trainer saved on SIGTERM and stopped: the next attempt resumes there."""
+        return self.phase == "Failed" and self.checkpoint is not None and self.checkpoint.trigger == "signal"
 
     def to_termination_message(self) -> str:
         """Serialize within the kubelet's limit, giving up metrics and then message text if needed."""
@@ -104,7 +147,16 @@ class TrainingResult(_Report):
         return text
 
 
-LOGGED_FIELDS = ("epoch", "epochs", "metrics", "seconds", "samples_per_second", "devices")
+LOGGED_FIELDS = (
+    "epoch",
+    "epochs",
+    "metrics",
+    "seconds",
+    "samples_per_second",
+    "devices",
+    "checkpoint",
+    "resumed_from",
+)
 
 
 def parse_epoch_line(line: str) -> EpochReport | None:
@@ -116,13 +168,7 @@ def parse_epoch_line(line: str) -> EpochReport | None:
         data = json.loads(line)
         if data.get("event") != EPOCH_EVENT:
             return None
-        return EpochReport.model_validate(
-            {
-                k: data[k]
-                for k in ("epoch", "epochs", "metrics", "seconds", "samples_per_second", "devices")
-                if k in data
-            }
-        )
+        return EpochReport.model_validate({k: data[k] for k in LOGGED_FIELDS if k in data})
     except (ValueError, KeyError, TypeError):
         return None
 
