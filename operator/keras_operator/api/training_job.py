@@ -620,6 +620,39 @@ class WorkersStatus(ApiModel):
     """The last worker failure: the Job then restarts the group, from worker 0's last checkpoint."""
 
 
+class ResumedFrom(ApiModel):
+    """Where the last attempt that found a checkpoint resumed, and what the interruption lost."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    epoch: Annotated[int, Field(ge=0)]
+    """Epochs already done when it resumed."""
+    step: Annotated[int, Field(ge=0)] = 0
+    """Steps of the next epoch already done, which it skipped (0: it resumed at an epoch start)."""
+    trigger: str | None = None
+    """What saved the checkpoint it resumed: epoch (an epoch end), steps or minutes
+    (output.checkpoints.every), signal (SIGTERM)."""
+    steps_lost: Annotated[int, Field(ge=0)] | None = None
+    """Steps the interruption lost: 0 when the checkpoint was saved on SIGTERM; absent when unknown (a kill
+    without warning loses up to one checkpoint interval)."""
+
+
+class LastCheckpoint(ApiModel):
+    """The last checkpoint the trainer saved."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    epoch: Annotated[int, Field(ge=0)]
+    """Epochs done when it was saved."""
+    step: Annotated[int, Field(ge=0)] = 0
+    """Steps of the next epoch done when it was saved."""
+    trigger: str | None = None
+    """What saved it: epoch, steps, minutes or signal."""
+    seconds: Annotated[float, Field(ge=0)] | None = None
+    """How long saving it took, the upload to a remote output included; compared with
+    output.checkpoints.saveSeconds (a CheckpointSlow Warning Event when longer)."""
+
+
 class KerasTrainingJobStatus(ApiModel):
     """The observed state of the training run."""
 
@@ -655,6 +688,10 @@ class KerasTrainingJobStatus(ApiModel):
     recorded in the run's code.json."""
     tensorboard_uri: str | None = None
     """Where the TensorBoard logs are (spec.output.tensorboard): point `tensorboard --logdir` at it."""
+    resumed_from: ResumedFrom | None = None
+    """Where the latest attempt resumed from a checkpoint (epoch, step) and the steps that resume lost."""
+    last_checkpoint: LastCheckpoint | None = None
+    """The last checkpoint saved: where, why and how long saving it took."""
     message: str | None = None
     """A human-readable summary of the current state."""
 

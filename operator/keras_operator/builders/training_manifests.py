@@ -259,6 +259,9 @@ def build_job(
     extra: dict[str, Any] = {}
     if policy.priority_class_name:
         extra["priorityClassName"] = policy.priority_class_name
+    if spec.output.checkpoints:
+        # On SIGTERM the trainer saves a checkpoint at the next step end: time for that save and the exit.
+        extra["terminationGracePeriodSeconds"] = spec.output.checkpoints.grace_period_seconds()
     template = pod_template(
         container=container,
         labels=job_labels,

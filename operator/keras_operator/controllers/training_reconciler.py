@@ -192,7 +192,8 @@ async def reconcile(
     _started_from(status, job, spec, generation, now)
     if tensorboard := training_status.tensorboard_uri(spec.output.uri, spec.output.tensorboard, meta.get("uid")):
         status["tensorboardUri"] = tensorboard
-    outcome = Outcome(status, [*events, *suspend_events, *transition_events(previous, status)])
+    slow = training_status.slow_checkpoint(previous, status, spec.output.checkpoints.save_seconds)
+    outcome = Outcome(status, [*events, *suspend_events, *transition_events(previous, status), *slow])
     ttl = spec.run_policy.ttl_seconds_after_finished
     if ttl is not None and status.get("phase") in training_status.TERMINAL:
         if previous.get("phase") in training_status.TERMINAL:  # the result is in the stored status

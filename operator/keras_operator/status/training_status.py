@@ -13,10 +13,17 @@ from functools import cached_property
 from typing import Any
 
 from keras_operator.api.jobfile import run_prefix
-from keras_operator.api.report import EpochReport, TrainingResult, parse_termination_message
+from keras_operator.api.report import (
+    CheckpointReport,
+    EpochReport,
+    ResumeReport,
+    TrainingResult,
+    parse_termination_message,
+)
 from keras_operator.api.training_job import TENSORBOARD_DIR, KerasTrainingJobStatus, WorkersStatus
 from keras_operator.api.wire import COMPLETION_INDEX_ANNOTATION, KUEUE_QUEUE_LABEL, TRAINER_CONTAINER
 from keras_operator.status import conditions
+from keras_operator.status.events import Event
 
 TERMINAL = ("Succeeded", "Failed")
 # Each phase but Pending has a condition of its own name, True exactly while the status is in that phase:
@@ -96,6 +103,7 @@ def from_result(result: TrainingResult, previous: dict[str, Any], generation: in
         "startedFrom": result.started_from or previous.get("startedFrom"),
         "devices": result.devices or previous.get("devices"),
         "codeHash": result.code_hash,
+        **checkpoint_status(result.resumed_from, result.checkpoint, previous),
         "message": result.message,
     }
     # Running is stated even when it never was True: `kerasop run` shows it for a training it watched run.
@@ -393,9 +401,45 @@ def _running(seen: _SeenJob) -> KerasTrainingJobStatus:
         # Worker 0 still runs, but a peer has failed: the group is about to restart (JAX ends the others).
         message += f"; {_failure_text(first)}"
     status = seen.status(("Running", reason, message), seen.running_updates(), progress=True)
-    if seen.obs.report is not None and seen.obs.report.devices:
-        status["devices"] = seen.obs.report.devices
+    report = seen.obs.report
+    if report is not None and report.devices:
+        status["devices"] = report.devices
+    if report is not None:
+        status.update(checkpoint_status(report.resumed_from, report.checkpoint, status))
     return _typed(status)
+
+
+def checkpoint_status(
+    resumed: ResumeReport | None, checkpoint: CheckpointReport | None, previous: dict[str, Any]
+) -> dict[str, Any]:
+    """status.resumedFrom and status.lastCheckpoint from a trainer's report, the previous ones where it
+    says nothing (an attempt that did not resume keeps the last resume shown)."""
+    out = {k: previous[k] for k in ("resumedFrom", "lastCheckpoint") if previous.get(k)}
+    if resumed is not None:
+        out["resumedFrom"] = resumed.dump()
+    if checkpoint is not None:
+        out["lastCheckpoint"] = checkpoint.dump()
+    return out
+
+
+def slow_checkpoint(previous: dict[str, Any], status: dict[str, Any], save_seconds: int) -> list[Event]:
+    """A Warning Event when a checkpoint first took longer than output.checkpoints.saveSeconds: a pod
+    preempted then may be killed before its SIGTERM checkpoint is saved (the grace period is
+    saveSeconds + 30). The running Job's pods keep their grace period (a Job's template is fixed):
+    the user raises saveSeconds for the next training."""
+    seconds = (status.get("lastCheckpoint") or {}).get("seconds")
+    before = (previous.get("lastCheckpoint") or {}).get("seconds")
+    if seconds is None or seconds <= save_seconds or (before is not None and before > save_seconds):
+        return []
+    return [
+        (
+            "Warning",
+            "CheckpointSlow",
+            f"saving a checkpoint took {seconds:g} s, more than spec.output.checkpoints.saveSeconds "
+            f"({save_seconds} s): a preempted pod may be killed before its last checkpoint is saved; "
+            f"give the next training a saveSeconds of at least {int(seconds) + 1}",
+        )
+    ]
 
 
 def waiting(reason: str, message: str, previous: dict[str, Any], generation: int | None, now: str) -> dict[str, Any]:
@@ -582,7 +626,13 @@ def _status(
         generation,
         now,
     )
-    for kept in ("progress", "metrics", "devices"):  # no report right now must not erase them
+    for kept in (
+        "progress",
+        "metrics",
+        "devices",
+        "resumedFrom",
+        "lastCheckpoint",
+    ):  # no report right now must not erase them
         if previous.get(kept):
             status[kept] = previous[kept]
     return status

@@ -368,3 +368,20 @@ def test_zero_workers_is_refused() -> None:
         parse(doc)
     schema = crd_schema("kerastrainingjobs")["properties"]["spec"]["properties"]["distribution"]
     assert schema["properties"]["workers"]["minimum"] == 1
+
+
+@pytest.mark.parametrize(
+    ("checkpoints", "grace"),
+    [
+        (True, 90),  # the default saveSeconds 60 + 30
+        ({"every": {"steps": 100}, "saveSeconds": 300}, 330),
+        (False, None),  # no checkpoint to save: the Kubernetes default
+    ],
+)
+def test_the_pods_grace_period_leaves_time_for_the_sigterm_checkpoint(checkpoints: Any, grace: int | None) -> None:
+    doc, _ = owner()
+    doc["spec"].setdefault("output", {})["checkpoints"] = checkpoints
+    spec = parse(doc).spec
+    job = build_job(doc, spec, IMAGE)
+    validate_k8s(job)
+    assert job["spec"]["template"]["spec"].get("terminationGracePeriodSeconds") == grace
