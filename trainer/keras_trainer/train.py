@@ -59,10 +59,13 @@ class _Progress(keras.callbacks.Callback):
         self.checkpoints: keras_compat.Checkpointer | None = None  # its last save goes in each report
         self.resumed: ResumeReport | None = None
         self._begun = False
+        self._skipped = 0  # steps of the current epoch done before this attempt
         self._started = time.monotonic()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._started = time.monotonic()
+        # A resume mid-epoch runs only the rest of that epoch: its steps count on from the saved one.
+        self._skipped = self.resumed.step if self.resumed is not None and epoch == self.resumed.epoch else 0
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self._begun:  # a resume mid-epoch's second fit, or the next phase: the same training goes on
@@ -73,16 +76,19 @@ class _Progress(keras.callbacks.Callback):
         self.reporter.begin(epochs=self.epochs, initial_epoch=initial, steps=self.steps)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.reporter.batch(batch + 1)
+        self.reporter.batch(self._skipped + batch + 1)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         seconds = time.monotonic() - self._started  # fit, validation and callbacks: what an epoch costs
+        samples = self.samples
+        if samples and self.steps and self._skipped:
+            samples = samples * max(self.steps - self._skipped, 0) // self.steps
         self.last = EpochReport(
             epoch=epoch + 1,
             epochs=self.epochs,
             metrics=clean_metrics(logs or {}),
             seconds=round(seconds, 3),
-            samples_per_second=round(self.samples / seconds, 1) if self.samples and seconds > 0 else None,
+            samples_per_second=round(samples / seconds, 1) if samples and seconds > 0 else None,
             devices=self.devices,
             checkpoint=self.checkpoints.last if self.checkpoints else None,
             resumed_from=self.resumed,
