@@ -105,7 +105,10 @@ class Checkpointer(keras.callbacks.BackupAndRestore):
         self._current_epoch = epoch
         self._step = self.step_offset
         self.step_offset = 0
-        if self.stop is not None and self.stop.is_set():  # came during the last epoch's end: saved there
+        if self.stop is not None and self.stop.is_set():
+            # It came during the last epoch's validation or end: saved again as what SIGTERM saved, so a
+            # resume knows it lost nothing.
+            self._save("signal")
             raise Stopped(self.last)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
