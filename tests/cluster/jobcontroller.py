@@ -310,6 +310,10 @@ class JobController(Kubelet):
             exit_code, message = await self._run_container(pod, container, scratch, ports)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        if pod["metadata"]["uid"] in self.deleted:
+            # Deleted from the API (the kubelet stopped it): no pod left to report on; the Job counts the
+            # failure and starts another, as after a preemption.
+            return exit_code
         await self._patch_status(
             "pods",
             ns,
