@@ -192,3 +192,25 @@ def test_trainer_image_holds_no_build_tools_and_the_storage_drivers(backend: str
     assert f"keras backend: {backend}" in result.stdout.splitlines(), result.stdout + result.stderr
     config = json.loads(podman("image", "inspect", trainer_image).stdout)[0]["Config"]
     assert config["User"] == "1000:1000"
+
+
+@pytest.mark.timeout(1800)
+def test_trainer_image_installs_code_requirements_with_the_pip_wheel_it_keeps(images) -> None:
+    """The image has no pip to install with (the test above), but spec.code.requirements opts into an
+    install: with the pip wheel it keeps aside, into the read-only pod's /tmp."""
+    from helpers.wheels import tiny_wheel
+
+    with workdir("keras-wheels-") as wheels:
+        wheel = tiny_wheel(wheels, "tinypkg_image", "in-image")
+        wheel.chmod(0o644)
+        code = (
+            "import importlib, sys; from keras_trainer import usercode; "
+            f"target = usercode.install(['/wheels/{wheel.name}'], 'spec.code.requirements'); "
+            "sys.path.insert(0, str(target)); print('value:', importlib.import_module('tinypkg_image').VALUE)"
+        )
+        result = podman(
+            "run", "--rm", "--read-only", "--network", "none", "-v", f"{wheels}:/wheels:ro",
+            "--entrypoint", "python", images.trainer, "-c", code, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "value: in-image" in result.stdout.splitlines(), result.stdout + result.stderr

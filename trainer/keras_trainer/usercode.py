@@ -27,6 +27,9 @@ from keras_trainer.errors import SpecError, TransientError, first_line
 
 ARCHIVES = (".tar.gz", ".tgz", ".zip")
 PIP_SECONDS = 900
+# The images install nothing into their environment (pip is uninstalled) but keep pip's wheel here, run
+# only for spec.code.requirements, which a user opts into.
+PIP_WHEELS = Path("/opt/keras-operator/pip")
 
 
 @dataclass(frozen=True)
@@ -95,17 +98,26 @@ def _check_members(names: list[str], uri: str) -> None:
             raise ValueError(f"{name!r} would land outside the code folder")
 
 
-def install(requirements: list[str], field_name: str) -> Path:
+def pip_command(wheels: Path) -> list[str] | None:
+    """How to run pip here: the environment's, else the pip wheel in `wheels` (run from the wheel itself,
+    as pip supports); None when there is neither."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    found = sorted(wheels.glob("pip-*.whl"))
+    return [sys.executable, str(found[-1] / "pip")] if found else None
+
+
+def install(requirements: list[str], field_name: str, wheels: Path = PIP_WHEELS) -> Path:
     """pip install into a scratch folder (the root filesystem is read-only), which then goes on the path."""
-    if importlib.util.find_spec("pip") is None:
-        # The operator's images leave pip out; an image built FROM them holds the packages instead.
+    pip = pip_command(wheels)
+    if pip is None:
         raise SpecError(
             field_name,
             "this image has no pip to install them with: build an image FROM it with the packages "
             "installed, and give it as spec.image (docs/custom-code.md)",
         )
     target = Path(tempfile.mkdtemp(prefix="keras-code-packages-"))
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-input", "--disable-pip-version-check"]
+    command = [*pip, "install", "--quiet", "--no-input", "--disable-pip-version-check"]
     command += ["--no-warn-script-location", "--target", str(target), "--", *requirements]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_SECONDS, check=False)
