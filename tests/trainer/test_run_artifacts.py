@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,9 @@ def test_outputs_live_under_the_run_and_model_uri_names_them(tmp_path: Path) -> 
     assert result.model_uri == str(prefix / "model.keras")
     assert sorted(p.name for p in prefix.iterdir()) == ["_COMPLETE.json", "model.keras"]  # no checkpoints left
     marker = json.loads((prefix / "_COMPLETE.json").read_text())
+    # When the model was in place, which decides the newest complete run of an output folder.
+    completed = datetime.strptime(marker.pop("completedAt"), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs((datetime.now(UTC) - completed).total_seconds()) < 600
     assert marker == {
         "runId": "uid-1",
         "modelUri": result.model_uri,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
@@ -60,14 +60,18 @@ async def training_resources(namespace: str, name: str, body: kopf.Body, **_: An
 async def training_dependents(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Key, str] | None:
     """Which trainings start from which (spec.model.trainingJobRef): a training's status change reconciles
     the trainings waiting for it, with no timer and no GET."""
-    ref = _training_ref(spec)
+    ref = training_ref(spec)
     return {(namespace, ref): name} if ref else None
 
 
-def _training_ref(spec: Any) -> str | None:
-    for key in ("model", "trainingJobRef", "name"):
-        spec = spec.get(key) if isinstance(spec, Mapping) else None
-    return spec if isinstance(spec, str) else None
+def training_ref(spec: Any) -> str | None:
+    """spec.model.trainingJobRef.name, or None. An invalid spec's fields may be of any type (the reconcile
+    reports it Valid=False), and kopf's Spec view raises TypeError on a field under a string or a list."""
+    try:
+        ref = spec["model"]["trainingJobRef"]["name"]
+    except (KeyError, TypeError, IndexError):
+        return None
+    return ref if isinstance(ref, str) else None
 
 
 @kopf.index("batch", "v1", "jobs", labels=OWNED)
@@ -159,7 +163,7 @@ class Training:
             self.created.pop(key, None)  # the watch has caught up with our own create
         else:
             job = self._made(key, uid)
-        ref = _training_ref(resource.get("spec"))
+        ref = training_ref(resource.get("spec"))
         source = next(iter(resources.get((key[0], ref), [])), None) if ref else None
         if source is not None:  # with the status last written for it, which its watch may not show yet
             source = self.status.current((key[0], str(ref)), source)
