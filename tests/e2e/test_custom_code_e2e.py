@@ -1,8 +1,10 @@
 """spec.code on the emulated cluster: a training whose custom layer and loss come from a ConfigMap, then a
 KerasModelService serving it by trainingJobRef with real trainer and server processes; the server imports
-the code recorded with the run (the service names no code)."""
+the code recorded with the run (the service names no code). On tensorflow and jax."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -14,14 +16,17 @@ from helpers.server import post_json
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_a_config_map_trained_model_is_served_by_training_job_ref(cluster: Cluster) -> None:
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_a_config_map_trained_model_is_served_by_training_job_ref(cluster: Cluster, backend: str) -> None:
     import tensorflow as tf
 
+    service = copy.deepcopy(custom_code.SERVICE)
+    service["spec"]["backend"] = backend
     with operator(cluster):
         # examples/custom-code.yaml as it is, but for a short training on random data.
         cluster.create(CONFIGMAPS, custom_code.CONFIG_MAP)
-        trained = cluster.create(KTJ, custom_code.training("digits-custom"))
-        cluster.create(KMS, custom_code.SERVICE)
+        trained = cluster.create(KTJ, custom_code.training("digits-custom", backend=backend))
+        cluster.create(KMS, service)
         status = cluster.wait_for(
             lambda: (s := (cluster.get(KMS, "digits-custom") or {}).get("status") or {}).get("phase") == "Ready" and s,
             240,
@@ -32,6 +37,8 @@ def test_a_config_map_trained_model_is_served_by_training_job_ref(cluster: Clust
         run = cluster.pvc_root / "models" / "digits-custom" / "runs" / trained["metadata"]["uid"]
         assert training["codeHash"] == custom_code.check_recorded(run)
         assert "loads and predicts alike" in training["message"]
+        # Keras' export from jax wraps the computation in one XlaCallModule op; tensorflow's has none.
+        assert (b"XlaCallModule" in (run / "savedmodel" / "saved_model.pb").read_bytes()) == (backend == "jax")
 
         x = np.random.default_rng(4).uniform(0, 16, size=(3, 64)).astype("float32")
         code, body = post_json(
