@@ -28,9 +28,8 @@ from keras_trainer.errors import SpecError, TransientError, first_line
 ARCHIVES = (".tar.gz", ".tgz", ".zip")
 PIP_SECONDS = 900
 # The images install nothing into their environment (pip is uninstalled) but keep pip's wheel here, run
-# only for spec.code.requirements, which a user opts into.
-# Not a name Python can import: the image's working folder is /opt/keras-operator, where a folder named
-# pip would be found as a namespace package.
+# only for spec.code.requirements, which a user opts into. Not a name Python can import: the image's
+# working folder is /opt/keras-operator, where a folder named pip would be found as a namespace package.
 PIP_WHEELS = Path("/opt/keras-operator/pip-wheel")
 
 
